@@ -1,0 +1,36 @@
+/* Cancellation flag — see cancel.h. Written from signal handlers, so a lock-free atomic. */
+#include "cancel.h"
+
+#include <stdatomic.h>
+#include <time.h>
+
+static atomic_int g_cancel; /* 0, or the RtErrorClass that cancelled */
+
+bool rt_cancelled(void) { return atomic_load_explicit(&g_cancel, memory_order_relaxed) != 0; }
+
+void rt_cancel(RtErrorClass reason)
+{
+    int expected = 0;
+    atomic_compare_exchange_strong(&g_cancel, &expected, (int)reason);
+}
+
+void rt_cancel_reset(void) { atomic_store(&g_cancel, 0); }
+
+int rt_cancel_error(RtError *err)
+{
+    if (atomic_load(&g_cancel) == RT_CLASS_TIMEOUT)
+        return rt_error_set(err, RT_CLASS_TIMEOUT, "timeout", "timed out (--timeout expired)");
+    return rt_error_set(err, RT_CLASS_CANCELLED, "cancelled", "cancelled by signal");
+}
+
+bool rt_sleep_cancellable(double seconds)
+{
+    while (seconds > 0) {
+        if (rt_cancelled()) return false;
+        double step = seconds < 0.05 ? seconds : 0.05;
+        struct timespec ts = {(time_t)step, (long)((step - (time_t)step) * 1e9)};
+        nanosleep(&ts, NULL);
+        seconds -= step;
+    }
+    return !rt_cancelled();
+}

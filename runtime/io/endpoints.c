@@ -1,0 +1,603 @@
+/*
+ * Runtime stream endpoints — see endpoints.h.
+ */
+#include "endpoints.h"
+#include "../proc.h"
+#include "../redact.h"
+#include "cancel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ---- descriptors ------------------------------------------------------------------------ */
+
+typedef struct FdSrc {
+    int fd;
+    bool own;
+    int64_t size;
+    char name[256];
+} FdSrc;
+
+static int fd_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
+{
+    FdSrc *s = self;
+    for (;;) {
+        if (rt_cancelled()) return rt_cancel_error(err);
+        ssize_t n = read(s->fd, buf, cap);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return rt_error_errno(err, "read", errno, "cannot read %s", s->name);
+        *got = (size_t)n;
+        *eof = n == 0;
+        return RT_OK;
+    }
+}
+
+static int64_t fd_size(void *self) { return ((FdSrc *)self)->size; }
+
+static void fd_src_destroy(void *self)
+{
+    FdSrc *s = self;
+    if (s->own && s->fd >= 0) close(s->fd);
+    free(s);
+}
+
+static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err)
+{
+    RtSource *src = rt_source_new();
+    FdSrc *s = calloc(1, sizeof *s);
+    if (!src || !s) {
+        free(src);
+        free(s);
+        if (own) close(fd);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    s->fd = fd;
+    s->own = own;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    struct stat st;
+    s->size = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
+    src->name = "file";
+    src->self = s;
+    src->read = fd_read;
+    src->size_hint = fd_size;
+    src->destroy = fd_src_destroy;
+    return src;
+}
+
+RtSource *rt_file_source(const char *path, RtError *err)
+{
+    if (strcmp(path, "-") == 0) return rt_fd_source(0, "stdin", err);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        rt_error_errno(err, "open", errno, "cannot open %s", path);
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        rt_error_set(err, RT_CLASS_USAGE, "io.open", "%s is a directory, not a file", path);
+        return NULL;
+    }
+    return make_fd_source(fd, true, path, err);
+}
+
+RtSource *rt_fd_source(int fd, const char *name, RtError *err)
+{
+    return make_fd_source(fd, false, name, err);
+}
+
+/* ---- memory source ---------------------------------------------------------------------- */
+
+typedef struct MemSrc {
+    uint8_t *data;
+    size_t len, pos;
+} MemSrc;
+
+static int mem_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
+{
+    (void)err;
+    MemSrc *s = self;
+    size_t n = s->len - s->pos < cap ? s->len - s->pos : cap;
+    if (n) memcpy(buf, s->data + s->pos, n);
+    s->pos += n;
+    *got = n;
+    *eof = s->pos == s->len;
+    return RT_OK;
+}
+
+static int64_t mem_size(void *self) { return (int64_t)((MemSrc *)self)->len; }
+
+static void mem_src_destroy(void *self)
+{
+    MemSrc *s = self;
+    free(s->data);
+    free(s);
+}
+
+RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
+{
+    RtSource *src = rt_source_new();
+    MemSrc *s = calloc(1, sizeof *s);
+    uint8_t *copy = malloc(len ? len : 1);
+    if (!src || !s || !copy) {
+        free(src);
+        free(s);
+        free(copy);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    if (len) memcpy(copy, data, len);
+    s->data = copy;
+    s->len = len;
+    src->name = "memory";
+    src->self = s;
+    src->read = mem_read;
+    src->size_hint = mem_size;
+    src->destroy = mem_src_destroy;
+    return src;
+}
+
+/* ---- file and descriptor sinks ---------------------------------------------------------- */
+
+typedef struct FileSink {
+    int fd;
+    bool own;      /* we opened fd */
+    bool atomic;   /* temp file renamed on finish */
+    bool finished;
+    char *path;    /* final name */
+    char *tmp;     /* temp name */
+    uint64_t bytes;
+} FileSink;
+
+static int write_all(int fd, const uint8_t *data, size_t len, const char *name, RtError *err)
+{
+    while (len) {
+        if (rt_cancelled()) return rt_cancel_error(err);
+        ssize_t n = write(fd, data, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            if (errno == EPIPE)
+                return rt_error_set(err, RT_CLASS_FAILURE, "io.epipe",
+                                    "%s was closed by the reader", name);
+            return rt_error_errno(err, "write", errno, "cannot write %s", name);
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+    return RT_OK;
+}
+
+static int fsink_write(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    FileSink *s = self;
+    s->bytes += len;
+    return write_all(s->fd, data, len, s->path, err);
+}
+
+static int fsink_finish(void *self, RtError *err)
+{
+    FileSink *s = self;
+    if (!s->atomic) {
+        (void)fsync(s->fd); /* stdout may be a pipe or a tty, which cannot be synced */
+        s->finished = true;
+        return RT_OK;
+    }
+    if (fsync(s->fd) != 0) return rt_error_errno(err, "fsync", errno, "cannot sync %s", s->path);
+    if (close(s->fd) != 0) {
+        s->fd = -1;
+        return rt_error_errno(err, "close", errno, "cannot close %s", s->path);
+    }
+    s->fd = -1;
+    if (rename(s->tmp, s->path) != 0)
+        return rt_error_errno(err, "rename", errno, "cannot rename %s to %s", s->tmp, s->path);
+    s->finished = true;
+    return RT_OK;
+}
+
+static void fsink_abort(void *self)
+{
+    FileSink *s = self;
+    if (s->atomic && !s->finished) {
+        if (s->fd >= 0) close(s->fd);
+        s->fd = -1;
+        if (s->tmp) unlink(s->tmp);
+    }
+}
+
+static void fsink_results(void *self, RtResults *res)
+{
+    FileSink *s = self;
+    rt_results_int(res, "bytes", (int64_t)s->bytes);
+    if (s->atomic) rt_results_str(res, "path", s->path);
+}
+
+static void fsink_destroy(void *self)
+{
+    FileSink *s = self;
+    fsink_abort(s); /* no-op once finished */
+    if (s->own && s->fd >= 0) close(s->fd);
+    free(s->path);
+    free(s->tmp);
+    free(s);
+}
+
+static RtSink *make_file_sink(FileSink *s)
+{
+    RtSink *k = rt_sink_new();
+    if (!k) return NULL;
+    k->name = s->atomic ? "file_sink" : "stdout";
+    k->self = s;
+    k->write = fsink_write;
+    k->finish = fsink_finish;
+    k->abort = fsink_abort;
+    k->results = fsink_results;
+    k->destroy = fsink_destroy;
+    return k;
+}
+
+RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err)
+{
+    if (strcmp(path, "-") == 0) return rt_fd_sink(1, "stdout", err);
+    struct stat st;
+    if (!overwrite && lstat(path, &st) == 0) {
+        rt_error_set(err, RT_CLASS_USAGE, "io.exists", "%s already exists", path);
+        rt_error_hint(err, "choose another name or remove the file first");
+        return NULL;
+    }
+    FileSink *s = calloc(1, sizeof *s);
+    char *dcopy = strdup(path), *bcopy = strdup(path);
+    if (!s || !dcopy || !bcopy) goto nomem;
+    s->path = strdup(path);
+    const char *dir = dirname(dcopy), *base = basename(bcopy);
+    size_t tl = strlen(dir) + strlen(base) + 32;
+    s->tmp = malloc(tl);
+    if (!s->path || !s->tmp) goto nomem;
+    snprintf(s->tmp, tl, "%s/.%s.tmp-XXXXXX", dir, base);
+    s->fd = mkostemp(s->tmp, O_CLOEXEC); /* mode 0600: a partial file is nobody's business */
+    if (s->fd < 0) {
+        rt_error_errno(err, "open", errno, "cannot create a file in %s", dir);
+        free(s->tmp);
+        s->tmp = NULL;
+        goto fail;
+    }
+    s->own = s->atomic = true;
+    free(dcopy);
+    free(bcopy);
+    RtSink *k = make_file_sink(s); /* named "file_sink" */
+    if (!k) {
+        fsink_destroy(s);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    }
+    return k;
+nomem:
+    rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+fail:
+    free(dcopy);
+    free(bcopy);
+    if (s) {
+        free(s->path);
+        free(s->tmp);
+        free(s);
+    }
+    return NULL;
+}
+
+RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
+{
+    FileSink *s = calloc(1, sizeof *s);
+    if (s) s->path = strdup(name);
+    RtSink *k = s && s->path ? make_file_sink(s) : NULL;
+    if (!k) {
+        if (s) free(s->path);
+        free(s);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    s->fd = fd;
+    return k;
+}
+
+/* ---- memory sink ------------------------------------------------------------------------ */
+
+typedef struct MemSink {
+    uint8_t *data;
+    size_t len, cap, limit;
+} MemSink;
+
+static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    MemSink *s = self;
+    if (len > s->limit - s->len)
+        return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full",
+                            "memory sink full (limit %zu bytes)", s->limit);
+    if (s->len + len > s->cap) {
+        size_t cap = s->cap ? s->cap : 4096;
+        while (cap < s->len + len) cap *= 2;
+        if (cap > s->limit) cap = s->limit;
+        uint8_t *d = realloc(s->data, cap ? cap : 1);
+        if (!d) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        s->data = d;
+        s->cap = cap;
+    }
+    memcpy(s->data + s->len, data, len);
+    s->len += len;
+    return RT_OK;
+}
+
+static int msink_finish(void *self, RtError *err)
+{
+    (void)self;
+    (void)err;
+    return RT_OK;
+}
+
+static void msink_abort(void *self)
+{
+    MemSink *s = self;
+    s->len = 0;
+}
+
+static void msink_results(void *self, RtResults *res)
+{
+    MemSink *s = self;
+    rt_results_int(res, "bytes", (int64_t)s->len);
+    rt_results_strn(res, "data", s->data ? (const char *)s->data : "", s->len);
+}
+
+static void msink_destroy(void *self)
+{
+    MemSink *s = self;
+    free(s->data);
+    free(s);
+}
+
+RtSink *rt_mem_sink(size_t limit, RtError *err)
+{
+    RtSink *k = rt_sink_new();
+    MemSink *s = calloc(1, sizeof *s);
+    if (!k || !s) {
+        free(k);
+        free(s);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    s->limit = limit;
+    k->name = "buffer";
+    k->self = s;
+    k->write = msink_write;
+    k->finish = msink_finish;
+    k->abort = msink_abort;
+    k->results = msink_results;
+    k->destroy = msink_destroy;
+    return k;
+}
+
+const uint8_t *rt_mem_sink_data(const RtSink *k, size_t *len)
+{
+    const MemSink *s = k->self;
+    *len = s->len;
+    return s->data ? s->data : (const uint8_t *)"";
+}
+
+/* ---- count filter ----------------------------------------------------------------------- */
+
+static int count_observe(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    (void)data;
+    (void)err;
+    *(uint64_t *)self += len;
+    return RT_OK;
+}
+
+static void count_results(void *self, RtResults *res)
+{
+    rt_results_int(res, "bytes", (int64_t) * (uint64_t *)self);
+}
+
+RtFilter *rt_count_filter(RtError *err)
+{
+    RtFilter *f = rt_filter_new();
+    uint64_t *n = calloc(1, sizeof *n);
+    if (!f || !n) {
+        free(f);
+        free(n);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    f->name = "count";
+    f->self = n;
+    f->observe = count_observe;
+    f->results = count_results;
+    f->destroy = free;
+    return f;
+}
+
+/* ---- child processes -------------------------------------------------------------------- */
+
+typedef struct Child {
+    RtProc proc;
+    char name[128];
+    pthread_t err_thread;
+    bool err_thread_started;
+    char err_tail[512]; /* last bytes the child wrote on stderr, for the error message */
+    size_t err_len;
+    pthread_mutex_t mu;
+    bool waited;
+    int status;
+} Child;
+
+/* Drains the child's stderr so it never blocks on a full pipe, keeping the tail, and passes
+ * it on to our stderr (children like pg_dump say useful things there). */
+static void *child_err_main(void *arg)
+{
+    Child *c = arg;
+    char buf[4096];
+    for (;;) {
+        ssize_t n = read(c->proc.err_fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        pthread_mutex_lock(&c->mu);
+        for (ssize_t i = 0; i < n; i++) {
+            if (c->err_len == sizeof c->err_tail - 1) {
+                memmove(c->err_tail, c->err_tail + 256, c->err_len - 256);
+                c->err_len -= 256;
+            }
+            c->err_tail[c->err_len++] = buf[i];
+        }
+        c->err_tail[c->err_len] = '\0';
+        pthread_mutex_unlock(&c->mu);
+    }
+    return NULL;
+}
+
+static Child *child_start(const RtProcSpec *spec, int pipes, RtError *err)
+{
+    Child *c = calloc(1, sizeof *c);
+    if (!c) {
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    snprintf(c->name, sizeof c->name, "%s", spec->argv && spec->argv[0] ? spec->argv[0] : "?");
+    if (rt_proc_spawn(spec, pipes | RT_PROC_STDERR, &c->proc, err) != RT_OK) {
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+        return NULL;
+    }
+    c->err_thread_started = pthread_create(&c->err_thread, NULL, child_err_main, c) == 0;
+    return c;
+}
+
+/* Waits for the child and turns a non-zero status into an error with its last stderr line. */
+static int child_finish(Child *c, RtError *err)
+{
+    if (c->proc.in_fd >= 0) {
+        close(c->proc.in_fd);
+        c->proc.in_fd = -1;
+    }
+    if (c->proc.out_fd >= 0) {
+        close(c->proc.out_fd);
+        c->proc.out_fd = -1;
+    }
+    if (!c->waited) {
+        c->status = rt_proc_wait(&c->proc);
+        c->waited = true;
+    }
+    if (c->err_thread_started) {
+        pthread_join(c->err_thread, NULL);
+        c->err_thread_started = false;
+    }
+    if (c->status == 0) return RT_OK;
+    /* the last non-empty line of stderr */
+    char *tail = c->err_tail;
+    size_t n = strlen(tail);
+    while (n && (tail[n - 1] == '\n' || tail[n - 1] == '\r')) tail[--n] = '\0';
+    char *line = strrchr(tail, '\n');
+    line = line ? line + 1 : tail;
+    if (*line)
+        return rt_error_set(err, RT_CLASS_FAILURE, "proc.exit", "%s exited with status %d: %s",
+                            c->name, c->status, line);
+    return rt_error_set(err, RT_CLASS_FAILURE, "proc.exit", "%s exited with status %d", c->name,
+                        c->status);
+}
+
+static void child_kill(Child *c)
+{
+    if (!c->waited && c->proc.pid > 0) {
+        rt_proc_kill(&c->proc, SIGTERM);
+        rt_proc_close_fds(&c->proc);
+        c->status = rt_proc_wait(&c->proc);
+        c->waited = true;
+    }
+    if (c->err_thread_started) {
+        pthread_join(c->err_thread, NULL);
+        c->err_thread_started = false;
+    }
+}
+
+static void child_destroy(void *self)
+{
+    Child *c = self;
+    child_kill(c);
+    rt_proc_close_fds(&c->proc);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static int child_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
+{
+    Child *c = self;
+    for (;;) {
+        if (rt_cancelled()) return rt_cancel_error(err);
+        ssize_t n = read(c->proc.out_fd, buf, cap);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return rt_error_errno(err, "read", errno, "cannot read from %s", c->name);
+        *got = (size_t)n;
+        *eof = n == 0;
+        /* The stream is only complete if the child says so: check its exit status at EOF. */
+        if (n == 0) return child_finish(c, err);
+        return RT_OK;
+    }
+}
+
+RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
+{
+    Child *c = child_start(spec, RT_PROC_STDOUT, err);
+    if (!c) return NULL;
+    RtSource *src = rt_source_new();
+    if (!src) {
+        child_destroy(c);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    src->name = "command";
+    src->self = c;
+    src->read = child_read;
+    src->destroy = child_destroy;
+    return src;
+}
+
+static int child_write(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    Child *c = self;
+    if (write_all(c->proc.in_fd, data, len, c->name, err) == RT_OK) return RT_OK;
+    /* the child died early: its own message says more than EPIPE */
+    RtError e2;
+    rt_error_init(&e2);
+    if (child_finish(c, &e2) != RT_OK) {
+        rt_error_clear(err);
+        rt_error_copy(err, &e2);
+    }
+    return RT_ERR;
+}
+
+static int child_sink_finish(void *self, RtError *err) { return child_finish(self, err); }
+static void child_sink_abort(void *self) { child_kill(self); }
+
+RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
+{
+    Child *c = child_start(spec, RT_PROC_STDIN | (quiet ? RT_PROC_QUIET : 0), err);
+    if (!c) return NULL;
+    RtSink *k = rt_sink_new();
+    if (!k) {
+        child_destroy(c);
+        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return NULL;
+    }
+    k->name = "command";
+    k->self = c;
+    k->write = child_write;
+    k->finish = child_sink_finish;
+    k->abort = child_sink_abort;
+    k->destroy = child_destroy;
+    return k;
+}

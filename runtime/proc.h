@@ -1,0 +1,37 @@
+/*
+ * Child processes from an argv array — never through a shell. Secrets go to the child through
+ * its environment (or a pipe), never its argv, which other users can read in /proc.
+ */
+#ifndef RT_PROC_H
+#define RT_PROC_H
+
+#include "io/error.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct RtProcSpec {
+    const char *const *argv; /* argv[0] is looked up in PATH; NULL-terminated */
+    const char *const *env_set; /* "NAME=value" entries added to/overriding our environment */
+    const char *const *env_unset; /* names removed from the child's environment */
+    const char *cwd; /* may be NULL */
+} RtProcSpec;
+
+typedef struct RtProc {
+    pid_t pid;
+    int in_fd;  /* write end of the child's stdin, or -1 */
+    int out_fd; /* read end of the child's stdout, or -1 */
+    int err_fd; /* read end of the child's stderr, or -1 */
+} RtProc;
+
+/* Which of the child's standard streams to connect to pipes (others: stdin /dev/null,
+ * stdout/stderr inherited). */
+enum { RT_PROC_STDIN = 1, RT_PROC_STDOUT = 2, RT_PROC_STDERR = 4, RT_PROC_QUIET = 8 };
+
+int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err);
+/* Waits for the child; returns its exit status (0..255) or 128+signal. */
+int rt_proc_wait(RtProc *p);
+void rt_proc_kill(RtProc *p, int sig);
+void rt_proc_close_fds(RtProc *p);
+
+#endif

@@ -1,0 +1,765 @@
+/*
+ * The host's small standard modules for scripts:
+ *
+ *   log     log.info("uploaded", {bytes = n})           levels, JSON with --json, redaction
+ *   env     env.get("NEON_PROJECT_ID")                   raises naming the missing variable
+ *   time    time.parse("2024-01-15T10:30:00Z")           ISO 8601 / YYYYMMDD, UTC, day arithmetic
+ *   proc    proc.run{argv = {"pg_dump", "--version"}}    child processes, no shell
+ *   secret  secret.env("BACKUP_ENCRYPTION_KEY")          secret values that print as ***
+ *   clubio  clubio.flags.dry_run, clubio.confirm(...)    host flags, errors, confirmation
+ */
+#include "host.h"
+#include "io/cancel.h"
+#include "log.h"
+#include "proc.h"
+#include "redact.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+void rt_lua_proc_spec(lua_State *L, int idx, RtProcSpec *spec, const char *what);
+
+/* ---- log -------------------------------------------------------------------------------- */
+
+/* A growable C string for the fields of a log line (a luaL_Buffer cannot be used while
+ * lua_next keeps the key and value on the stack). */
+typedef struct Str {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} Str;
+
+static void str_add(Str *s, const char *d, size_t n)
+{
+    if (s->oom) return;
+    if (s->len + n + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        while (cap < s->len + n + 1) cap *= 2;
+        char *p = realloc(s->p, cap);
+        if (!p) {
+            s->oom = true;
+            return;
+        }
+        s->p = p;
+        s->cap = cap;
+    }
+    memcpy(s->p + s->len, d, n);
+    s->len += n;
+    s->p[s->len] = '\0';
+}
+
+static void str_json(Str *s, const char *d, size_t n)
+{
+    str_add(s, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)d[i];
+        char esc[8];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            str_add(s, esc, 2);
+        } else if (c == '\n') str_add(s, "\\n", 2);
+        else if (c == '\t') str_add(s, "\\t", 2);
+        else if (c < 0x20) str_add(s, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
+        else str_add(s, (const char *)&d[i], 1);
+    }
+    str_add(s, "\"", 1);
+}
+
+static int log_at(lua_State *L, RtLogLevel level)
+{
+    if (level < rt_log_level()) return 0;
+    const char *msg = luaL_tolstring(L, 1, NULL);
+    if (lua_type(L, 2) != LUA_TTABLE) {
+        rt_log_fields(level, msg, NULL);
+        return 0;
+    }
+    Str f = {0};
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t kl, vl;
+            const char *k = lua_tolstring(L, -2, &kl);
+            if (f.len) str_add(&f, ",", 1);
+            str_json(&f, k, kl);
+            str_add(&f, ":", 1);
+            int t = lua_type(L, -1);
+            char num[64];
+            if (t == LUA_TNUMBER && lua_isinteger(L, -1))
+                str_add(&f, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1)));
+            else if (t == LUA_TNUMBER)
+                str_add(&f, num, (size_t)snprintf(num, sizeof num, "%.17g", lua_tonumber(L, -1)));
+            else if (t == LUA_TBOOLEAN)
+                str_add(&f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
+            else {
+                const char *v = luaL_tolstring(L, -1, &vl); /* may raise only on OOM */
+                str_json(&f, v, vl);
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    rt_log_fields(level, msg, f.oom ? NULL : f.p);
+    free(f.p);
+    return 0;
+}
+
+static int l_log_debug(lua_State *L) { return log_at(L, RT_LOG_DEBUG); }
+static int l_log_info(lua_State *L) { return log_at(L, RT_LOG_INFO); }
+static int l_log_warn(lua_State *L) { return log_at(L, RT_LOG_WARN); }
+static int l_log_error(lua_State *L) { return log_at(L, RT_LOG_ERROR); }
+static int l_log_redact(lua_State *L)
+{
+    char *r = rt_redact_dup(luaL_checkstring(L, 1));
+    if (!r) return luaL_error(L, "out of memory");
+    lua_pushstring(L, r);
+    free(r);
+    return 1;
+}
+static int l_log_level(lua_State *L)
+{
+    lua_pushstring(L, rt_log_level_name(rt_log_level()));
+    return 1;
+}
+
+int luaopen_log(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"debug", l_log_debug}, {"info", l_log_info},
+                                 {"warn", l_log_warn},   {"error", l_log_error},
+                                 {"redact", l_log_redact}, {"level", l_log_level},
+                                 {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}
+
+/* ---- env -------------------------------------------------------------------------------- */
+
+static int l_env_get(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    const char *v = getenv(name);
+    if (v && *v) {
+        lua_pushstring(L, v);
+        return 1;
+    }
+    if (lua_gettop(L) >= 2) {
+        lua_settop(L, 2);
+        return 1;
+    }
+    char hint[160];
+    snprintf(hint, sizeof hint, "export %s=... (see the README's environment table)", name);
+    return rt_lua_fail(L, RT_CLASS_CONFIG, "config.missing_env", hint,
+                       "environment variable %s is not set", name);
+}
+
+static int l_env_has(lua_State *L)
+{
+    const char *v = getenv(luaL_checkstring(L, 1));
+    lua_pushboolean(L, v && *v);
+    return 1;
+}
+
+int luaopen_env(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"get", l_env_get}, {"has", l_env_has}, {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}
+
+/* ---- time ------------------------------------------------------------------------------- */
+
+static bool leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
+static int days_in_month(int y, int m)
+{
+    static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    return m == 2 && leap(y) ? 29 : d[m - 1];
+}
+
+static int digits(const char *s, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+/* Parses ISO 8601: YYYY-MM-DD[(T| )HH:MM[:SS[.frac]]][Z|(+|-)HH[:]MM]. No zone means UTC.
+ * Returns false with a reason. */
+static bool parse_iso(const char *s, double *out, const char **why)
+{
+    size_t n = strlen(s);
+    int Y, M, D, h = 0, mi = 0, sec = 0;
+    double frac = 0;
+    long off = 0;
+    if (n < 10 || s[4] != '-' || s[7] != '-' || (Y = digits(s, 4)) < 0 || (M = digits(s + 5, 2)) < 0 ||
+        (D = digits(s + 8, 2)) < 0) {
+        *why = "expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ";
+        return false;
+    }
+    const char *p = s + 10;
+    if (*p == 'T' || *p == 't' || *p == ' ') {
+        p++;
+        if (strlen(p) < 5 || p[2] != ':' || (h = digits(p, 2)) < 0 || (mi = digits(p + 3, 2)) < 0) {
+            *why = "expected a time as HH:MM or HH:MM:SS";
+            return false;
+        }
+        p += 5;
+        if (*p == ':') {
+            if ((sec = digits(p + 1, 2)) < 0) {
+                *why = "expected seconds as SS";
+                return false;
+            }
+            p += 3;
+            if (*p == '.' || *p == ',') {
+                p++;
+                double scale = 0.1;
+                if (*p < '0' || *p > '9') {
+                    *why = "expected digits after the decimal point";
+                    return false;
+                }
+                while (*p >= '0' && *p <= '9') {
+                    frac += (*p - '0') * scale;
+                    scale /= 10;
+                    p++;
+                }
+            }
+        }
+        if (*p == 'Z' || *p == 'z') p++;
+        else if (*p == '+' || *p == '-') {
+            int sign = *p == '-' ? -1 : 1;
+            int oh = digits(p + 1, 2), om;
+            const char *q = p + 3;
+            if (*q == ':') q++;
+            om = digits(q, 2);
+            if (oh < 0 || om < 0 || oh > 14 || om > 59) {
+                *why = "bad UTC offset (expected +HH:MM)";
+                return false;
+            }
+            off = sign * (oh * 3600L + om * 60L);
+            p = q + 2;
+        }
+    }
+    if (*p) {
+        *why = "unexpected text after the timestamp";
+        return false;
+    }
+    if (M < 1 || M > 12 || D < 1 || D > days_in_month(Y, M) || h > 23 || mi > 59 || sec > 60) {
+        *why = "date or time out of range";
+        return false;
+    }
+    struct tm tm = {0};
+    tm.tm_year = Y - 1900;
+    tm.tm_mon = M - 1;
+    tm.tm_mday = D;
+    tm.tm_hour = h;
+    tm.tm_min = mi;
+    tm.tm_sec = sec;
+    *out = (double)timegm(&tm) - (double)off + frac;
+    return true;
+}
+
+static double check_time(lua_State *L, int idx)
+{
+    return lua_isnoneornil(L, idx) ? rt_now() : luaL_checknumber(L, idx);
+}
+
+static void push_strftime(lua_State *L, double t, const char *fmt)
+{
+    time_t tt = (time_t)t;
+    if ((double)tt > t) tt--;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    char buf[256];
+    size_t n = strftime(buf, sizeof buf, fmt, &tm);
+    lua_pushlstring(L, buf, n);
+}
+
+static int l_time_now(lua_State *L)
+{
+    lua_pushnumber(L, rt_now());
+    return 1;
+}
+
+static int l_time_iso(lua_State *L)
+{
+    char buf[32];
+    lua_pushstring(L, rt_iso8601(check_time(L, 1), lua_toboolean(L, 2), buf));
+    return 1;
+}
+
+static int l_time_parse(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1);
+    double t;
+    const char *why = NULL;
+    if (!parse_iso(s, &t, &why)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "invalid timestamp '%s': %s", s, why);
+        return 2;
+    }
+    lua_pushnumber(L, t);
+    return 1;
+}
+
+static int l_time_parse_ymd(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1);
+    char iso[16];
+    double t;
+    const char *why;
+    if (strlen(s) != 8 || digits(s, 8) < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "invalid date '%s': expected YYYYMMDD", s);
+        return 2;
+    }
+    snprintf(iso, sizeof iso, "%.4s-%.2s-%.2s", s, s + 4, s + 6);
+    if (!parse_iso(iso, &t, &why)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "invalid date '%s': %s", s, why);
+        return 2;
+    }
+    lua_pushnumber(L, t);
+    return 1;
+}
+
+static int l_time_ymd(lua_State *L)
+{
+    push_strftime(L, check_time(L, 1), "%Y%m%d");
+    return 1;
+}
+
+static int l_time_stamp(lua_State *L)
+{
+    push_strftime(L, check_time(L, 1), "%Y%m%d-%H%M%S");
+    return 1;
+}
+
+static int l_time_format(lua_State *L)
+{
+    double t = check_time(L, 1);
+    push_strftime(L, t, luaL_optstring(L, 2, "%Y-%m-%dT%H:%M:%SZ"));
+    return 1;
+}
+
+static int l_time_add_days(lua_State *L)
+{
+    lua_pushnumber(L, luaL_checknumber(L, 1) + luaL_checknumber(L, 2) * 86400.0);
+    return 1;
+}
+
+static int l_time_days_between(lua_State *L)
+{
+    lua_pushnumber(L, (luaL_checknumber(L, 2) - luaL_checknumber(L, 1)) / 86400.0);
+    return 1;
+}
+
+static int l_time_start_of_day(lua_State *L)
+{
+    double t = check_time(L, 1);
+    lua_pushnumber(L, (double)((long long)(t / 86400.0) * 86400LL) - (t < 0 ? 86400 : 0));
+    return 1;
+}
+
+static int l_time_date(lua_State *L)
+{
+    double t = check_time(L, 1);
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    lua_createtable(L, 0, 8);
+    lua_pushinteger(L, tm.tm_year + 1900);
+    lua_setfield(L, -2, "year");
+    lua_pushinteger(L, tm.tm_mon + 1);
+    lua_setfield(L, -2, "month");
+    lua_pushinteger(L, tm.tm_mday);
+    lua_setfield(L, -2, "day");
+    lua_pushinteger(L, tm.tm_hour);
+    lua_setfield(L, -2, "hour");
+    lua_pushinteger(L, tm.tm_min);
+    lua_setfield(L, -2, "min");
+    lua_pushinteger(L, tm.tm_sec);
+    lua_setfield(L, -2, "sec");
+    lua_pushinteger(L, tm.tm_wday); /* 0 = Sunday */
+    lua_setfield(L, -2, "wday");
+    lua_pushinteger(L, tm.tm_yday + 1);
+    lua_setfield(L, -2, "yday");
+    return 1;
+}
+
+static int l_time_monotonic(lua_State *L)
+{
+    lua_pushnumber(L, rt_monotonic());
+    return 1;
+}
+
+static int l_time_sleep(lua_State *L)
+{
+    if (!rt_sleep_cancellable(luaL_checknumber(L, 1))) {
+        RtError err;
+        rt_error_init(&err);
+        rt_cancel_error(&err);
+        return rt_lua_raise(L, &err);
+    }
+    return 0;
+}
+
+int luaopen_time(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"now", l_time_now},
+                                 {"iso", l_time_iso},
+                                 {"parse", l_time_parse},
+                                 {"parse_ymd", l_time_parse_ymd},
+                                 {"ymd", l_time_ymd},
+                                 {"stamp", l_time_stamp},
+                                 {"format", l_time_format},
+                                 {"add_days", l_time_add_days},
+                                 {"days_between", l_time_days_between},
+                                 {"start_of_day", l_time_start_of_day},
+                                 {"date", l_time_date},
+                                 {"monotonic", l_time_monotonic},
+                                 {"sleep", l_time_sleep},
+                                 {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}
+
+/* ---- proc ------------------------------------------------------------------------------- */
+
+typedef struct Capture {
+    char *data;
+    size_t len, cap, limit;
+    bool truncated;
+} Capture;
+
+static void capture_add(Capture *c, const char *p, size_t n)
+{
+    if (c->len + n > c->limit) {
+        n = c->limit - c->len;
+        c->truncated = true;
+    }
+    if (c->len + n > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        while (cap < c->len + n) cap *= 2;
+        char *d = realloc(c->data, cap);
+        if (!d) {
+            c->truncated = true;
+            return;
+        }
+        c->data = d;
+        c->cap = cap;
+    }
+    memcpy(c->data + c->len, p, n);
+    c->len += n;
+}
+
+/* Runs the child to completion, feeding stdin and collecting stdout/stderr without deadlock.
+ * No Lua calls in here. */
+static int proc_communicate(RtProc *p, const char *in, size_t in_len, Capture *out, Capture *err_c)
+{
+    size_t in_pos = 0;
+    if (p->in_fd >= 0 && in_len == 0) {
+        close(p->in_fd);
+        p->in_fd = -1;
+    }
+    while (p->out_fd >= 0 || p->err_fd >= 0 || p->in_fd >= 0) {
+        if (rt_cancelled()) {
+            rt_proc_kill(p, 15);
+            break;
+        }
+        struct pollfd fds[3];
+        int nf = 0, io = -1, oo = -1, eo = -1;
+        if (p->in_fd >= 0) fds[io = nf++] = (struct pollfd){p->in_fd, POLLOUT, 0};
+        if (p->out_fd >= 0) fds[oo = nf++] = (struct pollfd){p->out_fd, POLLIN, 0};
+        if (p->err_fd >= 0) fds[eo = nf++] = (struct pollfd){p->err_fd, POLLIN, 0};
+        int r = poll(fds, (nfds_t)nf, 100);
+        if (r < 0 && errno != EINTR) break;
+        if (r <= 0) continue;
+        char buf[16384];
+        if (io >= 0 && fds[io].revents) {
+            ssize_t w = write(p->in_fd, in + in_pos, in_len - in_pos);
+            if (w > 0) in_pos += (size_t)w;
+            if (w < 0 || in_pos == in_len) {
+                close(p->in_fd);
+                p->in_fd = -1;
+            }
+        }
+        if (oo >= 0 && fds[oo].revents) {
+            ssize_t n = read(p->out_fd, buf, sizeof buf);
+            if (n > 0) capture_add(out, buf, (size_t)n);
+            else if (n == 0 || errno != EINTR) {
+                close(p->out_fd);
+                p->out_fd = -1;
+            }
+        }
+        if (eo >= 0 && fds[eo].revents) {
+            ssize_t n = read(p->err_fd, buf, sizeof buf);
+            if (n > 0) capture_add(err_c, buf, (size_t)n);
+            else if (n == 0 || errno != EINTR) {
+                close(p->err_fd);
+                p->err_fd = -1;
+            }
+        }
+    }
+    rt_proc_close_fds(p);
+    return rt_proc_wait(p);
+}
+
+static int l_proc_run(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const allowed[] = {"argv", "env", "unset_env", "cwd", "stdin",
+                                          "check", "max_output", NULL};
+    rt_lua_check_options(L, 1, "proc.run", allowed);
+    RtProcSpec spec;
+    rt_lua_proc_spec(L, 1, &spec, "proc.run");
+    size_t in_len = 0;
+    const char *in = NULL;
+    if (lua_getfield(L, 1, "stdin") == LUA_TSTRING) in = lua_tolstring(L, -1, &in_len);
+    lua_pop(L, 1); /* the string stays referenced by the option table */
+    bool check = rt_lua_opt_boolean(L, 1, "check", false);
+    lua_Integer limit = rt_lua_opt_integer(L, 1, "max_output", 64 * 1024 * 1024);
+    RtError err;
+    rt_error_init(&err);
+    RtProc p;
+    if (rt_proc_spawn(&spec, RT_PROC_STDIN | RT_PROC_STDOUT | RT_PROC_STDERR, &p, &err) != RT_OK)
+        return rt_lua_raise(L, &err);
+    Capture out = {.limit = (size_t)limit}, errc = {.limit = (size_t)limit};
+    int status = proc_communicate(&p, in, in_len, &out, &errc);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, out.data ? out.data : "", out.len);
+    lua_setfield(L, -2, "stdout");
+    lua_pushlstring(L, errc.data ? errc.data : "", errc.len);
+    lua_setfield(L, -2, "stderr");
+    lua_pushboolean(L, out.truncated || errc.truncated);
+    lua_setfield(L, -2, "truncated");
+    free(out.data);
+    free(errc.data);
+    if (rt_cancelled()) {
+        rt_cancel_error(&err);
+        return rt_lua_raise(L, &err);
+    }
+    if (check && status != 0) {
+        lua_getfield(L, -1, "stderr");
+        const char *e = lua_tostring(L, -1);
+        size_t el = strlen(e);
+        while (el && (e[el - 1] == '\n' || e[el - 1] == ' ')) el--;
+        const char *last = e + el;
+        while (last > e && last[-1] != '\n') last--;
+        return rt_lua_fail(L, RT_CLASS_FAILURE, "proc.exit", NULL, "%s exited with status %d%s%.*s",
+                           spec.argv[0], status, el ? ": " : "", (int)(e + el - last), last);
+    }
+    return 1;
+}
+
+int luaopen_proc(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"run", l_proc_run}, {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}
+
+/* ---- secret ----------------------------------------------------------------------------- */
+
+static int secret_gc(lua_State *L)
+{
+    RtSecret **ud = luaL_checkudata(L, 1, RT_SECRET_MT);
+    rt_secret_free(*ud);
+    *ud = NULL;
+    return 0;
+}
+
+static int secret_tostring(lua_State *L)
+{
+    RtSecret **ud = luaL_checkudata(L, 1, RT_SECRET_MT);
+    lua_pushfstring(L, "secret(%s)", *ud ? (*ud)->origin : "wiped");
+    return 1;
+}
+
+static int secret_reveal(lua_State *L)
+{
+    RtSecret **ud = luaL_checkudata(L, 1, RT_SECRET_MT);
+    if (!*ud) return rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "secret was wiped");
+    lua_pushlstring(L, (*ud)->data, (*ud)->len);
+    return 1;
+}
+
+static void push_secret(lua_State *L, RtSecret *s)
+{
+    RtSecret **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+    *ud = s;
+    if (luaL_newmetatable(L, RT_SECRET_MT)) {
+        static const luaL_Reg m[] = {{"__gc", secret_gc},
+                                     {"__close", secret_gc},
+                                     {"__tostring", secret_tostring},
+                                     {"reveal", secret_reveal},
+                                     {"wipe", secret_gc},
+                                     {NULL, NULL}};
+        luaL_setfuncs(L, m, 0);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+}
+
+static int l_secret_env(lua_State *L)
+{
+    RtError err;
+    rt_error_init(&err);
+    RtSecret *s = rt_secret_from_env(luaL_checkstring(L, 1), &err);
+    if (!s) return rt_lua_raise(L, &err);
+    push_secret(L, s);
+    return 1;
+}
+
+static int l_secret_file(lua_State *L)
+{
+    RtError err;
+    rt_error_init(&err);
+    RtSecret *s = rt_secret_from_file(luaL_checkstring(L, 1), &err);
+    if (!s) return rt_lua_raise(L, &err);
+    push_secret(L, s);
+    return 1;
+}
+
+static int l_secret_value(lua_State *L)
+{
+    push_secret(L, rt_lua_to_secret(L, 1, "secret.value"));
+    return 1;
+}
+
+int luaopen_secret(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"env", l_secret_env}, {"file", l_secret_file},
+                                 {"value", l_secret_value}, {NULL, NULL}};
+    luaL_newlib(L, f);
+    return 1;
+}
+
+/* ---- clubio ----------------------------------------------------------------------------- */
+
+static void error_from_table(lua_State *L, int idx, RtError *err)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    static const char *const allowed[] = {"message", "code", "hint", "class", "retryable", NULL};
+    rt_lua_check_options(L, idx, "clubio.error", allowed);
+    const char *klass = rt_lua_opt_string(L, idx, "class", "failure");
+    static const RtErrorClass all[] = {RT_CLASS_FAILURE, RT_CLASS_USAGE, RT_CLASS_CONFIG,
+                                       RT_CLASS_VERIFY, RT_CLASS_DECLINED, RT_CLASS_TIMEOUT,
+                                       RT_CLASS_CANCELLED};
+    RtErrorClass k = 0;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(rt_error_class_name(all[i]), klass) == 0) k = all[i];
+    if (!k)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.error_class",
+                    "one of failure, usage, config, verify, declined, timeout, cancelled",
+                    "unknown error class '%s'", klass);
+    rt_error_init(err);
+    rt_error_set(err, k, rt_lua_opt_string(L, idx, "code", "script.error"), "%s",
+                 rt_lua_opt_string(L, idx, "message", "error"));
+    const char *hint = rt_lua_opt_string(L, idx, "hint", NULL);
+    if (hint) rt_error_hint(err, "%s", hint);
+    err->retryable = rt_lua_opt_boolean(L, idx, "retryable", false);
+}
+
+static int l_clubio_error(lua_State *L)
+{
+    RtError err;
+    error_from_table(L, 1, &err);
+    rt_lua_push_error(L, &err);
+    return 1;
+}
+
+static int l_clubio_fail(lua_State *L)
+{
+    RtError err;
+    error_from_table(L, 1, &err);
+    return rt_lua_raise(L, &err);
+}
+
+static int l_clubio_is_error(lua_State *L)
+{
+    bool is = false;
+    if (lua_getmetatable(L, 1)) {
+        luaL_getmetatable(L, RT_ERROR_MT);
+        is = lua_rawequal(L, -1, -2);
+    }
+    lua_pushboolean(L, is);
+    return 1;
+}
+
+static int l_clubio_cancelled(lua_State *L)
+{
+    lua_pushboolean(L, rt_cancelled());
+    return 1;
+}
+
+/* confirm(prompt): true with --yes; asks on a terminal; refuses (raises) when nobody can answer,
+ * instead of hanging a scheduled job on a prompt. */
+static int l_clubio_confirm(lua_State *L)
+{
+    const char *prompt = luaL_checkstring(L, 1);
+    if (rt_host_global_flags.yes) {
+        rt_log(RT_LOG_INFO, "%s: confirmed by --yes", prompt);
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (!isatty(0))
+        return rt_lua_fail(L, RT_CLASS_DECLINED, "declined.needs_yes",
+                           "re-run with --yes to confirm in a non-interactive run",
+                           "%s: refusing without confirmation (stdin is not a terminal)", prompt);
+    fprintf(stderr, "%s [y/N] ", prompt);
+    fflush(stderr);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_pushboolean(L, line[0] == 'y' || line[0] == 'Y');
+    return 1;
+}
+
+static int l_clubio_hostname(lua_State *L)
+{
+    char h[256];
+    if (gethostname(h, sizeof h) != 0) snprintf(h, sizeof h, "unknown");
+    h[sizeof h - 1] = '\0';
+    lua_pushstring(L, h);
+    return 1;
+}
+
+int luaopen_clubio(lua_State *L)
+{
+    static const luaL_Reg f[] = {{"error", l_clubio_error},       {"fail", l_clubio_fail},
+                                 {"is_error", l_clubio_is_error}, {"cancelled", l_clubio_cancelled},
+                                 {"confirm", l_clubio_confirm},   {"hostname", l_clubio_hostname},
+                                 {NULL, NULL}};
+    luaL_newlib(L, f);
+    lua_pushliteral(L, CLUBIO_DR_VERSION);
+    lua_setfield(L, -2, "version");
+    const RtHostFlags *fl = &rt_host_global_flags;
+    lua_createtable(L, 0, 6);
+    lua_pushboolean(L, fl->dry_run);
+    lua_setfield(L, -2, "dry_run");
+    lua_pushboolean(L, fl->yes);
+    lua_setfield(L, -2, "yes");
+    lua_pushboolean(L, fl->json);
+    lua_setfield(L, -2, "json");
+    lua_pushstring(L, rt_log_level_name((RtLogLevel)fl->log_level));
+    lua_setfield(L, -2, "log_level");
+    if (fl->timeout > 0) lua_pushnumber(L, fl->timeout);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, "timeout");
+    lua_setfield(L, -2, "flags");
+    lua_pushboolean(L, isatty(0) && isatty(2));
+    lua_setfield(L, -2, "interactive");
+    return 1;
+}
