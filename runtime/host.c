@@ -154,7 +154,10 @@ static void cancel_hook(lua_State *L, lua_Debug *ar)
     RtError err;
     rt_error_init(&err);
     rt_cancel_error(&err);
-    rt_lua_raise(L, &err); /* raised again at every hook call, so pcall cannot swallow it */
+    /* From now on the hook fires at every instruction: a pcall may catch this raise, but the
+     * first instruction after it raises again, so the cancel always reaches the top. */
+    lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
+    rt_lua_raise(L, &err);
 }
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -442,11 +445,12 @@ int rt_host_list(bool json)
 {
     ScriptInfo *items = NULL;
     size_t n = 0, cap = 0;
-    static const char *const subdirs[] = {"scripts", "runbooks"};
+    /* same places as rt_host_find_script: a root itself (a site's folder), scripts/, runbooks/ */
+    static const char *const subdirs[] = {"", "/scripts", "/runbooks"};
     for (const char *const *r = rt_host_roots(); *r; r++)
-        for (int d = 0; d < 2; d++) {
+        for (int d = 0; d < 3; d++) {
             char dir[PATH_MAX];
-            snprintf(dir, sizeof dir, "%s/%s", *r, subdirs[d]);
+            snprintf(dir, sizeof dir, "%s%s", *r, subdirs[d]);
             DIR *dh = opendir(dir);
             if (!dh) continue;
             struct dirent *e;
@@ -468,7 +472,7 @@ int rt_host_list(bool json)
                 ScriptInfo *s = &items[n++];
                 memset(s, 0, sizeof *s);
                 snprintf(s->name, sizeof s->name, "%s", name);
-                snprintf(s->kind, sizeof s->kind, "%s", d ? "runbook" : "script");
+                snprintf(s->kind, sizeof s->kind, "%s", d == 2 ? "runbook" : "script");
                 snprintf(s->path, sizeof s->path, "%s/%s", dir, e->d_name);
                 read_header(s);
             }

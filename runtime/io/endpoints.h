@@ -33,7 +33,7 @@ RtFilter *rt_count_filter(RtError *err);
  * Source: the child's stdout; its stdin is /dev/null. Sink: the child's stdin; its stdout goes
  * to ours (or /dev/null if quiet). A non-zero exit status is an error naming argv[0] and the
  * last line the child wrote on stderr (redacted). abort kills the child. */
-typedef struct RtProcSpec RtProcSpec;
+#include "../proc.h"
 RtSource *rt_child_source(const RtProcSpec *spec, RtError *err);
 RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err);
 

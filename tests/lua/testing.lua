@@ -1,0 +1,67 @@
+-- A tiny test harness for Lua tests run by the host: named cases, assertions that say what
+-- differed, and the closing "N passed, N failed" line CI reads. A failing run exits non-zero.
+--
+--   local T = require "testing"
+--   T.case("adds", function() T.eq(1 + 1, 2) end)
+--   return T.finish()
+local M = {}
+local passed, failed = 0, 0
+
+local function show(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return tostring(v)
+end
+
+function M.eq(got, want, what)
+  if got ~= want then
+    error(string.format("%sexpected %s, got %s", what and (what .. ": ") or "", show(want), show(got)), 2)
+  end
+end
+
+function M.ok(cond, what)
+  if not cond then error("expected true: " .. (what or "condition"), 2) end
+end
+
+function M.match(s, pattern, what)
+  if type(s) ~= "string" or not s:find(pattern) then
+    error(string.format("%sexpected %s to match %q", what and (what .. ": ") or "", show(s), pattern), 2)
+  end
+end
+
+function M.no_match(s, pattern, what)
+  if type(s) == "string" and s:find(pattern) then
+    error(string.format("%sexpected %s not to match %q", what and (what .. ": ") or "", show(s), pattern), 2)
+  end
+end
+
+-- Calls fn, which must raise; returns the error value.
+function M.raises(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then error("expected an error, but the call succeeded", 2) end
+  return err
+end
+
+function M.case(name, fn)
+  local ok, err = pcall(fn)
+  if ok then
+    passed = passed + 1
+    io.stderr:write("ok ", name, "\n")
+  else
+    failed = failed + 1
+    io.stderr:write("not ok ", name, ": ", tostring(err), "\n")
+  end
+end
+
+function M.tmpdir()
+  local p = io.popen("mktemp -d /tmp/clubio-test-XXXXXX")
+  local d = p:read("l")
+  p:close()
+  return d
+end
+
+function M.finish()
+  print(string.format("%d passed, %d failed", passed, failed))
+  return failed == 0 and 0 or 1
+end
+
+return M
