@@ -1,13 +1,130 @@
 /*
- * Lua binding of the verify module — a placeholder until its issue lands: require "verify" returns
- * an empty table so scripts can be written against it.
+ * Lua binding of the verify module: the C primitives (a SQL scan that recomputes per-table row
+ * counts and digests from a dump stream, the manifest HMAC), then the Lua half of the module
+ * (scripts/lib/clubio/verify_ext.lua: manifests, archive verification, restore tests,
+ * freshness) added to the same table.
+ *
+ *   local r = pipe.run{c:download{...}, crypto.decrypt{}, crypto.gunzip{}, verify.sql_scan()}
+ *   r.sqlscan.tables["public.users"].rows
  */
 #include "lua_api.h"
+#include "manifest.h"
+#include "sqlscan.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 int luaopen_verify(lua_State *L);
 
+static const char *const LABEL_ONLY[] = {"label", NULL};
+
+static void label_opt(lua_State *L, int opts)
+{
+    if (lua_istable(L, opts)) {
+        const char *label = rt_lua_opt_string(L, opts, "label", NULL);
+        if (label) rt_lua_set_stage_label(L, -1, label);
+    }
+}
+
+/* verify.sql_scan{label=} -> sink */
+static int l_sql_scan(lua_State *L)
+{
+    rt_lua_check_options(L, 1, "verify.sql_scan", LABEL_ONLY);
+    RtError err;
+    rt_error_init(&err);
+    RtSink *k = sqlscan_sink(&err);
+    if (!k) return rt_lua_raise(L, &err);
+    rt_lua_push_sink(L, k);
+    label_opt(L, 1);
+    return 1;
+}
+
+/* verify.sql_scan_filter{label=} -> observing filter */
+static int l_sql_scan_filter(lua_State *L)
+{
+    rt_lua_check_options(L, 1, "verify.sql_scan_filter", LABEL_ONLY);
+    RtError err;
+    rt_error_init(&err);
+    RtFilter *f = sqlscan_filter(&err);
+    if (!f) return rt_lua_raise(L, &err);
+    rt_lua_push_filter(L, f);
+    label_opt(L, 1);
+    return 1;
+}
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* verify.manifest_hmac{text=, salt=HEX, iter=N, passphrase= | passphrase_env= | passphrase_file=}
+ * -> 64 hex digits. The passphrase defaults to BACKUP_ENCRYPTION_KEY. */
+static int l_manifest_hmac(lua_State *L)
+{
+    static const char *const allowed[] = {
+        "text", "salt", "iter", "passphrase", "passphrase_env", "passphrase_file", NULL};
+    luaL_checktype(L, 1, LUA_TTABLE);
+    rt_lua_check_options(L, 1, "verify.manifest_hmac", allowed);
+    lua_getfield(L, 1, "text");
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    if (!text)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
+                    "verify.manifest_hmac: text is required");
+    const char *salt_hex = rt_lua_opt_string(L, 1, "salt", NULL);
+    size_t sl = salt_hex ? strlen(salt_hex) : 0;
+    uint8_t salt[64];
+    if (!salt_hex || sl % 2 || sl / 2 > sizeof salt)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
+                    "verify.manifest_hmac: salt must be hex, at most 64 bytes");
+    for (size_t i = 0; i < sl / 2; i++) {
+        int hi = hexval(salt_hex[2 * i]), lo = hexval(salt_hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
+                        "verify.manifest_hmac: salt is not hex");
+        salt[i] = (uint8_t)(hi * 16 + lo);
+    }
+    lua_Integer iter = rt_lua_opt_integer(L, 1, "iter", 10000);
+    if (iter < 1 || iter > 10000000)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
+                    "verify.manifest_hmac: iter out of range");
+    RtSecret *pass =
+        rt_lua_opt_secret(L, 1, "passphrase", "BACKUP_ENCRYPTION_KEY", "verify.manifest_hmac");
+    char hex[65];
+    RtError err;
+    rt_error_init(&err);
+    int rc = verify_manifest_hmac(pass, salt, sl / 2, (int)iter, text, len, hex, &err);
+    rt_secret_free(pass);
+    if (rc != RT_OK) return rt_lua_raise(L, &err);
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+/* verify.equal(a, b): constant-time string comparison (for digests and HMACs). */
+static int l_equal(lua_State *L)
+{
+    size_t al, bl;
+    const char *a = luaL_checklstring(L, 1, &al), *b = luaL_checklstring(L, 2, &bl);
+    lua_pushboolean(L, verify_equal_ct(a, al, b, bl));
+    return 1;
+}
+
 int luaopen_verify(lua_State *L)
 {
-    lua_newtable(L);
+    static const luaL_Reg f[] = {{"sql_scan", l_sql_scan},
+                                 {"sql_scan_filter", l_sql_scan_filter},
+                                 {"manifest_hmac", l_manifest_hmac},
+                                 {"equal", l_equal},
+                                 {NULL, NULL}};
+    luaL_newlib(L, f);
+    /* The Lua half extends the same table: require("clubio.verify_ext")(M). */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "clubio.verify_ext");
+    lua_call(L, 1, 1);
+    lua_pushvalue(L, -2);
+    lua_call(L, 1, 0);
     return 1;
 }

@@ -1,0 +1,41 @@
+/*
+ * SqlScan — reads a plain-SQL dump as it streams past and recomputes, for every table, the row
+ * count and the SHA-256 of its COPY data, without a database and without keeping the data.
+ *
+ * A table's COPY data is the bytes between `COPY <table> (<columns>) FROM stdin;` and the `\.`
+ * line — exactly what `COPY <table> TO STDOUT` produced on the server, one line per row, each
+ * ending in "\n". When a dump splits a table into several COPY blocks, their data is hashed in
+ * the order the blocks appear, as one stream. The digest therefore equals the one the dump
+ * computed while writing (pgdump's per-table `sha256`), and a manifest's per-table figures can
+ * be checked from the archive alone.
+ *
+ * Recognised lines (at the start of a line, outside a COPY block):
+ *   COPY <name> [(<columns>)] FROM stdin;     starts a block; <name> is kept as written
+ *   -- PostgreSQL database dump complete      sets `complete` (pg_dump's last line)
+ * Everything else is SQL the scan does not interpret. A stream that ends inside a COPY block is
+ * truncated.
+ *
+ * Available as a sink (verify an archive: nothing is written) and as an observing filter
+ * (check a stream while something else consumes it, e.g. a restore).
+ * Results: { tables = { [name] = {rows, sha256, bytes} }, table_count, rows, complete, truncated }.
+ */
+#ifndef VERIFY_SQLSCAN_H
+#define VERIFY_SQLSCAN_H
+
+#include "io/stage.h"
+
+typedef struct SqlScan SqlScan;
+
+SqlScan *sqlscan_new(void);
+/* Feeds bytes; RT_ERR only on allocation failure or an unreadable COPY header. */
+int sqlscan_feed(SqlScan *s, const uint8_t *data, size_t len, RtError *err);
+/* Marks the end of the stream (sets `truncated` when inside a COPY block). */
+void sqlscan_end(SqlScan *s);
+void sqlscan_results(SqlScan *s, RtResults *res);
+void sqlscan_free(SqlScan *s);
+
+/* Stages around a scan (the stage owns it). */
+RtSink *sqlscan_sink(RtError *err);
+RtFilter *sqlscan_filter(RtError *err);
+
+#endif

@@ -1,0 +1,258 @@
+-- The Lua half of the `verify` module: manifests, archive verification without a database,
+-- restore tests, freshness. The C half (modules/verify) gives the byte-level pieces: a SQL scan
+-- that recomputes per-table row counts and digests from a dump stream, and the manifest HMAC.
+-- luaopen_verify calls this file's function with the module table to extend it.
+--
+--   local verify = require "verify"
+--   local m = verify.manifest{...}; local text = verify.sign_manifest(m)
+--   local r = verify.archive{bucket = b, key = k}      -- r.ok, r.reason, r.table
+return function(M)
+  local cjson = require "cjson"
+
+  local function lazy(name)
+    return setmetatable({}, {__index = function(_, k) return require(name)[k] end})
+  end
+  local clubio = lazy("clubio")
+
+  M.FORMAT = "clubio-dr-manifest"
+  M.FORMAT_VERSION = 1
+  M.MANIFEST_SUFFIX = ".manifest.json"
+
+  ---------------------------------------------------------------------------------------------
+  -- canonical JSON: object keys sorted, integers without a fraction, no whitespace; the text the
+  -- HMAC covers, so that any change to a manifest (or a re-encoding) is detected.
+  local function canon(v, out)
+    local t = type(v)
+    if t == "table" then
+      if v == cjson.null then out[#out + 1] = "null"; return end
+      local n = #v
+      local is_array = n > 0 -- an empty table is written as {}
+      if is_array then
+        for k in pairs(v) do
+          if math.type(k) ~= "integer" or k < 1 or k > n then is_array = false; break end
+        end
+      end
+      if is_array then
+        out[#out + 1] = "["
+        for i = 1, n do
+          if i > 1 then out[#out + 1] = "," end
+          canon(v[i], out)
+        end
+        out[#out + 1] = "]"
+      else
+        local keys = {}
+        for k in pairs(v) do
+          if type(k) ~= "string" then error("canonical JSON: object keys must be strings", 0) end
+          keys[#keys + 1] = k
+        end
+        table.sort(keys)
+        out[#out + 1] = "{"
+        for i, k in ipairs(keys) do
+          if i > 1 then out[#out + 1] = "," end
+          out[#out + 1] = cjson.encode(k)
+          out[#out + 1] = ":"
+          canon(v[k], out)
+        end
+        out[#out + 1] = "}"
+      end
+    elseif t == "number" then
+      if math.type(v) == "integer" or (v == math.floor(v) and math.abs(v) < 2^53) then
+        out[#out + 1] = string.format("%d", v)
+      else
+        out[#out + 1] = string.format("%.17g", v)
+      end
+    elseif t == "string" or t == "boolean" then
+      out[#out + 1] = cjson.encode(v)
+    elseif v == nil then
+      out[#out + 1] = "null"
+    else
+      error("canonical JSON: cannot encode a " .. t, 0)
+    end
+  end
+
+  function M.canonical_json(v)
+    local out = {}
+    canon(v, out)
+    return table.concat(out)
+  end
+
+  local function random_hex(n)
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local b = f:read(n)
+    f:close()
+    return (b:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+  end
+
+  local function copy_without_hmac(m)
+    local c = {}
+    for k, v in pairs(m) do c[k] = v end
+    if m.auth then
+      c.auth = {}
+      for k, v in pairs(m.auth) do if k ~= "hmac" then c.auth[k] = v end end
+    end
+    return c
+  end
+
+  -- Adds the authentication block to manifest m and returns the manifest's text (canonical
+  -- JSON, HMAC included). opts: passphrase / passphrase_env / passphrase_file, iter.
+  function M.sign_manifest(m, opts)
+    opts = opts or {}
+    m.auth = {alg = "hmac-sha256", kdf = "pbkdf2-hmac-sha256", domain = "clubio-dr/manifest/v1",
+              iter = opts.iter or 10000, salt = random_hex(16)}
+    local unsigned = M.canonical_json(copy_without_hmac(m))
+    m.auth.hmac = M.manifest_hmac{text = unsigned, salt = m.auth.salt, iter = m.auth.iter,
+                                  passphrase = opts.passphrase, passphrase_env = opts.passphrase_env,
+                                  passphrase_file = opts.passphrase_file}
+    return M.canonical_json(m)
+  end
+
+  -- Parses and authenticates a manifest's text. Returns the manifest, or nil and a reason
+  -- ("incomplete": unreadable or unsigned; "wrong-passphrase": the HMAC does not match, which
+  -- is also what a tampered manifest looks like).
+  function M.check_manifest(text, opts)
+    opts = opts or {}
+    local ok, m = pcall(cjson.decode, text)
+    if not ok or type(m) ~= "table" or m.format ~= M.FORMAT then
+      return nil, "incomplete", "the manifest is not a clubio-dr manifest"
+    end
+    if type(m.format_version) ~= "number" or m.format_version > M.FORMAT_VERSION then
+      return nil, "incomplete", "manifest format version " .. tostring(m.format_version) .. " is newer than this tool"
+    end
+    local a = m.auth
+    if type(a) ~= "table" or type(a.hmac) ~= "string" or type(a.salt) ~= "string" then
+      return nil, "incomplete", "the manifest is not signed"
+    end
+    local want = M.manifest_hmac{text = M.canonical_json(copy_without_hmac(m)), salt = a.salt,
+                                 iter = a.iter, passphrase = opts.passphrase,
+                                 passphrase_env = opts.passphrase_env, passphrase_file = opts.passphrase_file}
+    if not M.equal(want, a.hmac) then
+      return nil, "wrong-passphrase", "the manifest's HMAC does not match (wrong passphrase, or the manifest was altered)"
+    end
+    return m
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- Compares the per-table figures of a scan (or a restore) with the manifest's. Returns nil
+  -- when they agree, else the first table that differs and what differs.
+  function M.compare_tables(want, got)
+    local names = {}
+    for name in pairs(want or {}) do names[#names + 1] = name end
+    for name in pairs(got or {}) do if not (want or {})[name] then names[#names + 1] = name end end
+    table.sort(names)
+    for _, name in ipairs(names) do
+      local w, g = (want or {})[name], (got or {})[name]
+      if not w then return name, "table " .. name .. " is in the archive but not in the manifest" end
+      if not g then return name, "table " .. name .. " is in the manifest but not in the archive" end
+      if w.rows ~= g.rows then
+        return name, string.format("table %s: %d rows in the manifest, %d found", name, w.rows, g.rows)
+      end
+      if w.sha256 and g.sha256 and w.sha256 ~= g.sha256 then
+        return name, string.format("table %s: its data digest differs from the manifest's", name)
+      end
+    end
+    return nil
+  end
+
+  local function classify(err)
+    local code = type(err) == "table" and err.code or ""
+    local msg = tostring(err)
+    if code:find("passphrase") or code:find("decrypt") or msg:find("wrong passphrase") then
+      return "wrong-passphrase"
+    end
+    if code:find("truncat") or msg:find("truncat") then return "truncated" end
+    if code:find("gzip") or code:find("gunzip") or code:find("crc") then return "checksum-mismatch" end
+    return "error"
+  end
+
+  -- verify.archive{bucket=, key= | file=, manifest= (text; else read beside the archive),
+  --                client= (an s3 client), passphrase / passphrase_env / passphrase_file}
+  -- Streams the archive through sha256 -> decrypt -> gunzip -> sha256 -> SQL scan with no
+  -- database and no plaintext written, and checks everything the manifest records.
+  -- Returns {ok = true, ...} or {ok = false, reason = "missing" | "incomplete" | "size-invalid" |
+  -- "checksum-mismatch" | "wrong-passphrase" | "truncated" | "table-mismatch", message, table}.
+  function M.archive(o)
+    local allowed = {bucket = 1, key = 1, file = 1, manifest = 1, client = 1, passphrase = 1,
+                     passphrase_env = 1, passphrase_file = 1, label = 1}
+    for k in pairs(o) do
+      if not allowed[k] then clubio.fail{message = "unknown option '" .. tostring(k) .. "' for verify.archive",
+                                         class = "usage", code = "usage.option"} end
+    end
+    local pipe, crypto = require "pipe", require "crypto"
+    local where = o.file or ("s3://" .. tostring(o.bucket) .. "/" .. tostring(o.key))
+    local function bad(reason, message, extra)
+      local r = {ok = false, reason = reason, message = message, archive = where}
+      for k, v in pairs(extra or {}) do r[k] = v end
+      return r
+    end
+    local pass = {passphrase = o.passphrase, passphrase_env = o.passphrase_env, passphrase_file = o.passphrase_file}
+
+    -- the archive and its manifest
+    local text, size, source = o.manifest, nil, nil
+    if o.file then
+      local f = io.open(o.file, "rb")
+      if not f then return bad("missing", "no archive at " .. o.file) end
+      size = f:seek("end")
+      f:close()
+      if not text then
+        local mf = io.open(o.file .. M.MANIFEST_SUFFIX, "rb")
+        if mf then text = mf:read("a"); mf:close() end
+      end
+      source = function() return pipe.file(o.file) end
+    else
+      local c = o.client or require("s3").client{}
+      local h = c:head(o.bucket, o.key)
+      if not h then return bad("missing", "no archive at " .. where) end
+      size = h.size
+      if not text then
+        local mh = c:head(o.bucket, o.key .. M.MANIFEST_SUFFIX)
+        if mh then text = c:get(o.bucket, o.key .. M.MANIFEST_SUFFIX) end
+      end
+      source = function() return c:download{bucket = o.bucket, key = o.key} end
+    end
+    if not text then
+      return bad("incomplete", "the archive has no manifest (the export did not finish): " .. where)
+    end
+    local m, reason, why = M.check_manifest(text, pass)
+    if not m then return bad(reason, why) end
+    if m.stored and m.stored.bytes and size ~= m.stored.bytes then
+      return bad("size-invalid", string.format("the archive is %d bytes, the manifest says %d", size, m.stored.bytes))
+    end
+
+    local ok, r = pcall(pipe.run, {source(), crypto.sha256{label = "stored"},
+                                   crypto.decrypt(pass), crypto.gunzip{},
+                                   crypto.sha256{label = "plain"}, M.sql_scan{label = "scan"}})
+    if not ok then
+      if clubio.is_error(r) and (r.class == "cancelled" or r.class == "timeout") then error(r, 0) end
+      return bad(classify(r), tostring(r))
+    end
+    if m.stored and m.stored.sha256 and r.stored.hex ~= m.stored.sha256 then
+      return bad("checksum-mismatch", "the archive's SHA-256 differs from the manifest's")
+    end
+    if m.plain and m.plain.sha256 and r.plain.hex ~= m.plain.sha256 then
+      return bad("checksum-mismatch", "the decrypted dump's SHA-256 differs from the manifest's")
+    end
+    if r.scan.truncated then return bad("truncated", "the dump ends inside a COPY block") end
+    local tname, tmsg = M.compare_tables(m.tables, r.scan.tables)
+    if tname then return bad("table-mismatch", tmsg, {table = tname}) end
+    return {ok = true, archive = where, manifest = m, stored_bytes = r.stored.bytes,
+            plain_bytes = r.plain.bytes, tables = r.scan.table_count, rows = r.scan.rows,
+            seconds = r.seconds}
+  end
+
+  ---------------------------------------------------------------------------------------------
+  -- Freshness: is the newest of `times` (epoch seconds) at most max_age_hours old?
+  function M.freshness(o)
+    local time = require "time"
+    local newest
+    for _, t in ipairs(o.times or {}) do if not newest or t > newest then newest = t end end
+    local now = o.now or time.now()
+    if not newest then
+      return {ok = false, reason = "missing", message = "no " .. (o.what or "backup") .. " found"}
+    end
+    local age_h = (now - newest) / 3600
+    local ok = age_h <= o.max_age_hours
+    return {ok = ok, reason = (not ok) and "stale" or nil, newest = newest, newest_iso = time.iso(newest),
+            age_hours = age_h, max_age_hours = o.max_age_hours,
+            message = string.format("latest %s is %.1f hours old (limit %g)", o.what or "backup", age_h, o.max_age_hours)}
+  end
+end
