@@ -1,0 +1,134 @@
+-- Jobs written as steps. Each step has a name and a plan (what it would do); `--dry-run`
+-- prints the plan and runs nothing; a destructive step asks for confirmation (or needs --yes)
+-- and a failing step stops the job with what to do next. Every step goes to the journal
+-- (JSON lines: run, job, step, start, end, seconds, status, error — redacted), so an incident
+-- has a record and DR tests can measure their RTO.
+--
+--   local job = require "clubio.job"
+--   local J = job.new("export-database")
+--   local key = J:step("upload", {plan = "stream the dump to s3://b/k"}, function() ... return key end)
+--   return J:finish({key = key}, "exported to " .. key)
+--
+-- The journal is CLUBIO_DR_JOURNAL, else $XDG_STATE_HOME/clubio-dr/journal.jsonl, else
+-- ~/.local/state/clubio-dr/journal.jsonl; CLUBIO_DR_JOURNAL=off disables it.
+local clubio = require "clubio"
+local log = require "log"
+local time = require "time"
+local cjson = require "cjson"
+
+local M = {}
+local Job = {}
+Job.__index = Job
+
+local function journal_path()
+  local p = os.getenv("CLUBIO_DR_JOURNAL")
+  if p == "off" then return nil end
+  if p and p ~= "" then return p end
+  local base = os.getenv("XDG_STATE_HOME")
+  if not base or base == "" then
+    local home = os.getenv("HOME")
+    if not home or home == "" then return nil end
+    base = home .. "/.local/state"
+  end
+  return base .. "/clubio-dr/journal.jsonl"
+end
+
+local function mkdir_p(dir)
+  require("proc").run{argv = {"mkdir", "-p", dir}}
+end
+
+function M.new(name, opts)
+  opts = opts or {}
+  local self = setmetatable({name = name, run_id = string.format("%s-%d-%d", name, os.time(), math.random(1, 1 << 30)),
+                             started = time.now(), t0 = time.monotonic(), steps = {},
+                             dry_run = clubio.flags.dry_run, json = clubio.flags.json}, Job)
+  self.journal = opts.journal or journal_path()
+  return self
+end
+
+function Job:record(entry)
+  entry.run = self.run_id
+  entry.job = self.name
+  self.steps[#self.steps + 1] = entry
+  if not self.journal or self.dry_run then return end
+  local ok, line = pcall(cjson.encode, entry)
+  if not ok then return end
+  local f = io.open(self.journal, "a")
+  if not f then
+    mkdir_p(self.journal:match("^(.*)/") or ".")
+    f = io.open(self.journal, "a")
+  end
+  if f then
+    f:write(log.redact(line), "\n")
+    f:close()
+  end
+end
+
+-- Runs fn() as a step. opts: plan (text shown with --dry-run and in the log), destructive
+-- (confirmation needed), confirm (the question), hint (what to do if it fails), dry (a function
+-- run instead of fn under --dry-run, for read-only checks that make the plan concrete).
+function Job:step(title, opts, fn)
+  opts = opts or {}
+  if self.dry_run then
+    log.info("would " .. title .. (opts.plan and (": " .. opts.plan) or ""))
+    self:record({step = title, status = "planned", plan = opts.plan})
+    if opts.dry then return opts.dry() end
+    return nil
+  end
+  if opts.destructive then
+    if not clubio.confirm(opts.confirm or (title .. "?")) then
+      self:record({step = title, status = "declined"})
+      clubio.fail{message = title .. ": declined", class = "declined", code = "declined.step",
+                  hint = "nothing was changed by this step; re-run with --yes to confirm"}
+    end
+  end
+  local start, t0 = time.now(), time.monotonic()
+  log.info(title .. (opts.plan and (": " .. opts.plan) or ""))
+  local res = table.pack(pcall(fn))
+  local secs = time.monotonic() - t0
+  if not res[1] then
+    local err = res[2]
+    self:record({step = title, status = "failed", start = time.iso(start), ["end"] = time.iso(time.now()),
+                 seconds = secs, error = tostring(err)})
+    if opts.hint and clubio.is_error(err) and (err.hint == nil or err.hint == "") then err.hint = opts.hint end
+    if not clubio.is_error(err) and opts.hint then
+      clubio.fail{message = title .. " failed: " .. tostring(err), hint = opts.hint}
+    end
+    error(err, 0)
+  end
+  self:record({step = title, status = "ok", start = time.iso(start), ["end"] = time.iso(time.now()), seconds = secs})
+  return table.unpack(res, 2, res.n)
+end
+
+-- Ends the job: with --json prints {ok, job, run, seconds, dry_run, steps, result} on stdout,
+-- else the summary line. Returns 0 (the script's exit status).
+function Job:finish(result, summary)
+  local secs = time.monotonic() - self.t0
+  if self.json then
+    local out = {ok = true, job = self.name, run = self.run_id, seconds = secs, dry_run = self.dry_run,
+                 result = result or cjson.null, steps = self.steps}
+    io.stdout:write(log.redact(cjson.encode(out)), "\n")
+  elseif summary then
+    io.stdout:write(log.redact(summary), "\n")
+  end
+  return 0
+end
+
+-- Small helpers jobs share.
+
+-- The parts of a postgres URL that may be shown (never the password).
+function M.describe_url(url)
+  local user, host, port, db = url:match("^postgres[q]?[l]?://([^:@/]*)[^@/]*@([^:/?]+):?(%d*)/([^?]*)")
+  if not host then return {display = log.redact(url)} end
+  return {user = user, host = host, port = tonumber(port) or 5432, database = db,
+          display = string.format("%s@%s:%s/%s", user, host, port ~= "" and port or "5432", db)}
+end
+
+function M.bytes(n)
+  local units = {"B", "KiB", "MiB", "GiB", "TiB"}
+  local i = 1
+  while n >= 1024 and i < #units do n = n / 1024; i = i + 1 end
+  return i == 1 and string.format("%d B", n) or string.format("%.1f %s", n, units[i])
+end
+
+return M

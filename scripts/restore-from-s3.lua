@@ -1,0 +1,90 @@
+-- Restore an S3 export into a database: download -> decrypt -> gunzip -> parallel restore, checked against the manifest
+--
+-- clubio-dr run restore-from-s3                      list the 10 latest exports
+-- clubio-dr run restore-from-s3 TARGET_URL KEY       restore s3://$BACKUP_S3_BUCKET/KEY into TARGET_URL
+-- clubio-dr run restore-from-s3 - KEY                the target URL from RESTORE_TARGET_URL (keeps
+--                                                    its password out of the process list)
+--
+-- Nothing is written to disk: the archive streams from S3 into the database. The target must
+-- be empty. Afterwards every table's row count and data digest are compared with the manifest
+-- (exit status 4 on a mismatch). KEY may also be a file name under EXPORT_PREFIX, or "latest".
+local env, pipe = require "env", require "pipe"
+local s3, crypto, pgdump, verify = require "s3", require "crypto", require "pgdump", require "verify"
+local clubio, log = require "clubio", require "log"
+local job, exports = require "clubio.job", require "clubio.exports"
+
+local bucket = env.get("BACKUP_S3_BUCKET")
+local prefix = env.get("EXPORT_PREFIX", "database/")
+local c = s3.client{}
+local target, key = ...
+
+if not target then
+  local list = exports.list(c, bucket, prefix)
+  if clubio.flags.json then
+    local out = {}
+    for i = 1, math.min(10, #list) do out[i] = list[i] end
+    io.stdout:write(require("cjson").encode({ok = true, exports = out}), "\n")
+    return 0
+  end
+  if #list == 0 then print("no exports in s3://" .. bucket .. "/" .. prefix); return 0 end
+  print(string.format("%-52s  %10s  %s", "KEY", "SIZE", "MANIFEST"))
+  for i = 1, math.min(10, #list) do
+    print(string.format("%-52s  %10s  %s", list[i].key, job.bytes(list[i].size), list[i].has_manifest and "yes" or "MISSING"))
+  end
+  print("\nrestore one with: clubio-dr run restore-from-s3 - KEY   (target URL in RESTORE_TARGET_URL)")
+  return 0
+end
+if not key then
+  clubio.fail{message = "restore-from-s3 needs TARGET_URL and KEY", class = "usage",
+              hint = "clubio-dr run restore-from-s3 - database/clubio-db-YYYYMMDD-HHMMSS.sql.gz.enc"}
+end
+if target == "-" then target = env.get("RESTORE_TARGET_URL") end
+env.get("BACKUP_ENCRYPTION_KEY")
+if key == "latest" then
+  local list = exports.list(c, bucket, prefix)
+  if not list[1] then clubio.fail{message = "no exports in s3://" .. bucket .. "/" .. prefix, class = "verify"} end
+  key = list[1].key
+elseif not key:find("/") then
+  key = prefix .. key
+end
+local where = "s3://" .. bucket .. "/" .. key
+local dst = job.describe_url(target)
+local J = job.new("restore-from-s3")
+
+local manifest = J:step("read the manifest", {plan = where .. verify.MANIFEST_SUFFIX, dry = function() return nil end}, function()
+  if not c:head(bucket, key) then
+    clubio.fail{message = "no archive at " .. where, class = "verify", code = "verify.missing",
+                hint = "list the exports with `clubio-dr run restore-from-s3`"}
+  end
+  local mkey = key .. verify.MANIFEST_SUFFIX
+  if not c:head(bucket, mkey) then
+    clubio.fail{message = "the archive has no manifest: " .. where, class = "verify", code = "verify.incomplete",
+                hint = "the export did not finish; choose another archive"}
+  end
+  local m, reason, why = verify.check_manifest(c:get(bucket, mkey))
+  if not m then clubio.fail{message = why, class = "verify", code = "verify." .. reason} end
+  return m
+end)
+
+local r = J:step("restore " .. where .. " into " .. dst.display, {
+  plan = "download -> decrypt -> gunzip -> restore (" .. env.get("RESTORE_JOBS", "2") .. " connections); the target must be empty",
+  hint = "the target database is partial: drop and recreate it before trying again",
+}, function()
+  return pipe.run{c:download{bucket = bucket, key = key}, crypto.sha256{label = "stored"}, crypto.decrypt{},
+                  crypto.gunzip{}, verify.sql_scan_filter{label = "scan"},
+                  pgdump.restore{url = target, jobs = tonumber(env.get("RESTORE_JOBS", "2")), label = "restore"},
+                  progress = "restore"}
+end)
+if J.dry_run then return J:finish(nil, "dry run: nothing was restored") end
+
+J:step("compare with the manifest", {plan = "stored SHA-256, per-table rows and digests"}, function()
+  if manifest.stored and r.stored.hex ~= manifest.stored.sha256 then
+    clubio.fail{message = "the archive's SHA-256 differs from its manifest's", class = "verify", code = "verify.checksum-mismatch"}
+  end
+  local t, why = verify.compare_tables(manifest.tables, r.scan.tables)
+  if t then clubio.fail{message = why, class = "verify", code = "verify.table-mismatch"} end
+end)
+local rows = r.scan.rows
+return J:finish({archive = where, target = dst.display, tables = r.scan.table_count, rows = rows, seconds = r.seconds},
+                string.format("restored %s into %s: %d tables, %d rows, matching the manifest (%.1f s)",
+                              where, dst.display, r.scan.table_count, rows, r.seconds or 0))

@@ -1,0 +1,46 @@
+-- Verify an S3 export without a database: manifest HMAC, size, SHA-256s, gzip CRCs, per-table rows and digests
+-- schedule: 0 6 * * *
+--
+-- clubio-dr run verify-export [KEY] [--json]
+--
+-- Without KEY, verifies the latest export under EXPORT_PREFIX. Streams the archive through
+-- decrypt -> gunzip -> SQL scan; nothing is written. Exit status 4 when the archive is missing,
+-- incomplete (no manifest), stale (older than MAX_EXPORT_AGE_HOURS, default 32 days) or does
+-- not match its manifest.
+local env, time = require "env", require "time"
+local s3, verify, clubio = require "s3", require "verify", require "clubio"
+local job, exports = require "clubio.job", require "clubio.exports"
+
+local bucket = env.get("BACKUP_S3_BUCKET")
+env.get("BACKUP_ENCRYPTION_KEY")
+local max_age = tonumber(env.get("MAX_EXPORT_AGE_HOURS", tostring(32 * 24)))
+local c = s3.client{}
+local J = job.new("verify-export")
+
+local key = ...
+local fresh
+if not key then
+  local list = exports.list(c, bucket)
+  fresh = verify.freshness{times = {list[1] and list[1].last_modified}, max_age_hours = max_age, what = "export"}
+  if not list[1] then
+    clubio.fail{message = "no exports in s3://" .. bucket .. "/" .. env.get("EXPORT_PREFIX", "database/"),
+                class = "verify", code = "verify.missing", hint = "run `clubio-dr run export-database`"}
+  end
+  key = list[1].key
+end
+
+local r = J:step("verify s3://" .. bucket .. "/" .. key, {plan = "stream, decrypt, gunzip and scan; compare with the manifest"},
+  function() return verify.archive{bucket = bucket, key = key, client = c} end)
+if J.dry_run then return J:finish(nil, "dry run: nothing was verified") end
+r.manifest = nil
+r.freshness = fresh
+if not r.ok then
+  clubio.fail{message = string.format("%s: %s (%s)", r.archive, r.reason, r.message), class = "verify",
+              code = "verify." .. r.reason, hint = "do not rely on this archive; run a new export and check the bucket"}
+end
+if fresh and not fresh.ok then
+  clubio.fail{message = fresh.message, class = "verify", code = "verify.stale",
+              hint = "the export job has not run recently: check its schedule and last run"}
+end
+return J:finish(r, string.format("ok: %s — %d tables, %d rows, %s of SQL verified in %.1f s",
+                                 r.archive, r.tables, r.rows, job.bytes(r.plain_bytes), r.seconds or 0))
