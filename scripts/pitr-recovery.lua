@@ -1,0 +1,48 @@
+-- Point-in-time recovery: create branch recovery-YYYYMMDD-HHMMSS from the default branch as it was at TIMESTAMP
+--
+-- clubio-dr run pitr-recovery 2024-01-15T10:30:00Z [--dry-run] [--json]
+--
+-- The branch gets its own read-write endpoint; nothing else changes. Inspect it, then make it
+-- the default branch if it is the one you want (the command is printed at the end).
+-- Environment: NEON_API_KEY, NEON_PROJECT_ID.
+local env, time, neon, clubio, log = require "env", require "time", require "neon", require "clubio", require "log"
+local job, branches = require "clubio.job", require "clubio.branches"
+
+local ts = ...
+if not ts then
+  clubio.fail{message = "pitr-recovery needs a TIMESTAMP", class = "usage",
+              hint = "ISO 8601 in UTC, e.g. clubio-dr run pitr-recovery 2024-01-15T10:30:00Z"}
+end
+local ok, at = pcall(time.parse, ts)
+if not ok or not at then
+  clubio.fail{message = "'" .. ts .. "' is not an ISO 8601 timestamp", class = "usage",
+              hint = "use the form 2024-01-15T10:30:00Z (UTC) or 2024-01-15T12:30:00+02:00"}
+end
+if at > time.now() then
+  clubio.fail{message = time.iso(at) .. " is in the future", class = "usage",
+              hint = "choose a time before now (" .. time.iso(time.now()) .. ")"}
+end
+local project = env.get("NEON_PROJECT_ID")
+local n = neon.client{project_id = project}
+local J = job.new("pitr-recovery")
+local main = branches.default(n)
+if not main then clubio.fail{message = "project " .. project .. " has no default branch", class = "failure"} end
+local name = "recovery-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
+
+local b = J:step("create " .. name, {plan = string.format("branch %s from %s as of %s, with a read-write endpoint",
+                                                          name, main.name, time.iso(at))}, function()
+  return n:create_branch{name = name, parent = main.id, at = time.iso(at), endpoint = "read_write"}
+end)
+if J.dry_run then return J:finish(nil, "dry run: no branch created") end
+local uri = n:connection_uri{branch = b.id}
+local shown = log.redact(uri)
+local out = string.format([[
+recovery branch %s created from %s as of %s
+connection: %s   (with its password: neonctl connection-string %s --project-id %s)
+
+next steps:
+  1. check the data:      psql "<connection uri>"  (e.g. the verification queries)
+  2. make it the default:  neonctl branches set-default %s --project-id %s
+     or in a runbook:      require("neon").client{}:set_default("%s")
+  3. point the application at it if it uses a branch-specific host]], name, main.name, time.iso(at), shown, name, project, name, project, name)
+return J:finish({branch = name, id = b.id, parent = main.name, at = time.iso(at), connection = shown}, out)

@@ -1,0 +1,51 @@
+-- Restore the default branch from a backup branch, keeping a pre-restore safety branch first
+--
+-- clubio-dr run restore-from-backup                 list the backup branches
+-- clubio-dr run restore-from-backup BRANCH [--yes]  restore the default branch's data from BRANCH
+--
+-- Destructive: asks for confirmation (or --yes). Before anything changes it creates
+-- pre-restore-YYYYMMDD-HHMMSS from the default branch, which is how to undo the restore.
+local env, time, neon, clubio = require "env", require "time", require "neon", require "clubio"
+local job, branches = require "clubio.job", require "clubio.branches"
+
+local project = env.get("NEON_PROJECT_ID")
+local n = neon.client{project_id = project}
+local source = ...
+if not source then
+  local list = branches.backups(n)
+  if clubio.flags.json then
+    io.stdout:write(require("cjson").encode({ok = true, backups = list}), "\n")
+    return 0
+  end
+  if #list == 0 then print("no backup branches yet (run `clubio-dr run backup-database`)"); return 0 end
+  print(string.format("%-20s  %-24s  %s", "BRANCH", "CREATED", "ID"))
+  for _, b in ipairs(list) do print(string.format("%-20s  %-24s  %s", b.name, b.created_at or "?", b.id)) end
+  print("\nrestore with: clubio-dr run restore-from-backup BRANCH")
+  return 0
+end
+local src = n:branch(source)
+if not src then
+  clubio.fail{message = "no branch named '" .. source .. "' in project " .. project, class = "usage",
+              hint = "list the backups with `clubio-dr run restore-from-backup`"}
+end
+local main = branches.default(n)
+if src.id == main.id then clubio.fail{message = "cannot restore the default branch from itself", class = "usage"} end
+local J = job.new("restore-from-backup")
+local safety = "pre-restore-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
+
+J:step("create the safety branch " .. safety, {plan = "copy of " .. main.name .. " as it is now"}, function()
+  return n:create_branch{name = safety, parent = main.id, endpoint = false}
+end)
+J:step("restore " .. main.name .. " from " .. source, {
+  plan = "replace the data of " .. main.name .. " with " .. source .. "'s (its endpoint and connection string stay)",
+  destructive = true,
+  confirm = string.format("Replace the data of %s (project %s) with %s? The safety branch %s keeps the current data",
+                          main.name, project, source, safety),
+  hint = "the safety branch " .. safety .. " holds the data from before the restore",
+}, function()
+  n:restore_branch{branch = main.id, source = src.id}
+end)
+if J.dry_run then return J:finish(nil, "dry run: nothing was changed") end
+return J:finish({branch = main.name, source = source, safety_branch = safety},
+                string.format("%s restored from %s; the previous data is in the safety branch %s\n" ..
+                              "undo with: clubio-dr run restore-from-backup %s --yes", main.name, source, safety, safety))
