@@ -27,6 +27,15 @@ CREATE TABLE orders (
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now());
 CREATE INDEX orders_user_idx ON orders(user_id);
+CREATE TABLE transactions (
+  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+  order_id bigint NOT NULL REFERENCES orders(id),
+  amount numeric(12,2) NOT NULL,
+  currency char(3) NOT NULL DEFAULT 'EUR',
+  provider_ref text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  updated_at timestamptz NOT NULL DEFAULT now());
+CREATE INDEX transactions_order_idx ON transactions(order_id);
 CREATE VIEW paid_orders AS SELECT * FROM orders WHERE status = 'paid';
 COMMENT ON TABLE orders IS 'demo orders';
 ]])
@@ -41,6 +50,9 @@ INSERT INTO orders (user_id, status, total, items, note, created_at)
          CASE WHEN g %% 7 = 0 THEN NULL ELSE 'note ' || md5(g::text) || E'\nsecond line' END,
          now() - (g || ' seconds')::interval
   FROM generate_series(1, %d) g;
+INSERT INTO transactions (order_id, amount, provider_ref, created_at)
+  SELECT id, total, 'ch_' || md5(id::text), created_at + interval '1 minute'
+  FROM orders WHERE status IN ('paid', 'shipped');
 ]], rows // 10 + 1, rows // 10 + 1, rows))
-log.info(string.format("demo data loaded: %d users, %d orders", rows // 10 + 1, rows))
+log.info(string.format("demo data loaded: %d users, %d orders and their transactions", rows // 10 + 1, rows))
 return 0
