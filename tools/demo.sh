@@ -1,9 +1,9 @@
 #!/bin/sh
 # The main job on the local sandbox, from a fresh Debian 12 machine: installs what is missing,
-# builds, starts the sandbox (PostgreSQL, S3, neon-local; state in .state/sandbox), loads a
-# small demo database if it is empty, and runs the export job — dump -> gzip -> encrypt ->
-# S3 — then verifies the archive. Run it again at will; `tests/sandbox/sandbox.sh stop` stops
-# the services.
+# builds, starts the sandbox (PostgreSQL, S3, neon-local; state in .state/sandbox), and runs
+# tools/demo.lua: sample data, the daily Neon backup, the export (dump -> gzip -> encrypt ->
+# S3), both verifications and a restore of the export into a scratch database, with a report.
+# Run it again at will; `tests/sandbox/sandbox.sh stop` stops the services.
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -12,10 +12,4 @@ cmake -S . -B build >/dev/null
 cmake --build build -j "$(nproc 2>/dev/null || echo 2)" >/dev/null
 tests/sandbox/sandbox.sh start
 BIN=$ROOT/build/clubio-dr
-if [ -f scripts/export-database.lua ]; then
-    tests/sandbox/sandbox.sh exec -- "$BIN" run demo-data
-    tests/sandbox/sandbox.sh exec -- "$BIN" run export-database
-    tests/sandbox/sandbox.sh exec -- "$BIN" run verify-export
-else
-    "$BIN" list
-fi
+tests/sandbox/sandbox.sh exec -- "$BIN" run tools/demo.lua "$BIN"
