@@ -95,7 +95,7 @@ int main(int argc, char **argv)
             }
             double dt = now() - t0;
             static const char *const names[] = {
-                "zlib (one stream, gzip -6)", "zlib (1 MiB members)", "libdeflate (1 MiB members)"};
+                "zlib (one stream, as gzip)", "zlib (1 MiB members)", "libdeflate (1 MiB members)"};
             if (engine == 0 && level > 9) continue;
             printf("%-28s %5d %8.2f %8.1f %12zu %7.3f\n", names[engine], level, dt,
                    (double)size / dt / 1e6, total, (double)size / (double)total);

@@ -36,7 +36,7 @@
 
 typedef struct CryptoGzipOptions {
     int level;         /* 1..12 (libdeflate levels; 1..9 mean what they mean to gzip); 0 = 6 */
-    int threads;       /* worker threads; 0 = number of online CPUs */
+    int threads;       /* worker threads; 0 = online CPUs, at most 16 */
     size_t block_size; /* bytes of input per gzip member; 0 = 1 MiB */
 } CryptoGzipOptions;
 

@@ -251,7 +251,7 @@ RtFilter *crypto_gzip_filter(const CryptoGzipOptions *opts, RtError *err)
     }
     if (o.threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o.threads = n < 1 ? 1 : n > 64 ? 64 : (int)n;
+        o.threads = n < 1 ? 1 : n > 16 ? 16 : (int)n; /* 2 x 16 x ~2 MiB at most */
     }
     if (o.block_size == 0) o.block_size = CRYPTO_GZIP_BLOCK_DEFAULT;
     if (o.block_size > ((size_t)1 << 30)) {
