@@ -1,0 +1,305 @@
+/*
+ * The s3 download source: s3://bucket/key as a stream, fetched with parallel ranged GETs and
+ * delivered in order.
+ *
+ * A HEAD gives the size (the pipe's size hint) and the ETag; every range then carries
+ * If-Match with that ETag, so an object replaced mid-read fails cleanly instead of mixing two
+ * versions. `concurrency` slots of part_size bytes each hold one range: range i lives in slot
+ * i % concurrency and is fetched only once range i - concurrency has been handed to the pipe,
+ * which bounds memory at concurrency x part_size. Each range is retried on its own.
+ */
+#include "s3_internal.h"
+
+#include "runtime/io/cancel.h"
+#include "runtime/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { SLOT_FREE, SLOT_FETCHING, SLOT_READY };
+
+typedef struct Slot {
+    int64_t index;
+    int state;
+    uint8_t *data;
+    size_t len, want;
+    bool overflow;
+} Slot;
+
+typedef struct Download {
+    S3Client *c;
+    char *bucket, *key, *name, *etag;
+    int64_t size;
+    size_t part;
+    int conc;
+    int64_t nchunks, next_fetch, cur;
+    size_t cur_pos;
+    Slot *slots;
+    pthread_t *threads;
+    int n_threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop, failed, started;
+    RtError err;
+    uint64_t bytes;
+} Download;
+
+static bool on_body(void *ud, const uint8_t *data, size_t len)
+{
+    Slot *s = ud;
+    if (s->len + len > s->want) {
+        s->overflow = true;
+        return false;
+    }
+    memcpy(s->data + s->len, data, len);
+    s->len += len;
+    return true;
+}
+
+static void on_attempt(void *ud)
+{
+    Slot *s = ud;
+    s->len = 0;
+    s->overflow = false;
+}
+
+static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
+{
+    int64_t from = s->index * (int64_t)d->part;
+    int64_t to = from + (int64_t)s->want - 1;
+    S3Headers hd = {0};
+    s3_headers_add(&hd, "Range: bytes=%lld-%lld", (long long)from, (long long)to);
+    if (d->etag) s3_headers_add(&hd, "If-Match: \"%s\"", d->etag);
+    S3Req rq = {.op = "get", .method = "GET", .bucket = d->bucket, .key = d->key, .headers = s3_headers_list(&hd),
+                .on_body = on_body, .on_body_ud = s, .on_attempt = on_attempt, .object = d->name};
+    RtHttpResponse r;
+    rt_http_response_init(&r);
+    int rc = RT_OK;
+    for (int tries = 1;; tries++) {
+        RtError e;
+        rt_error_init(&e);
+        rc = s3_do(d->c, h, &rq, &r, &e);
+        bool short_read = rc == RT_OK && s->len != s->want;
+        if (rc == RT_OK && !short_read) break;
+        if (rc != RT_OK && !(strcmp(e.code, "http.aborted") == 0 && s->overflow)) {
+            rt_error_copy(err, &e);
+            break;
+        }
+        /* A short or overlong body (a proxy cut it, a store ignored Range): fetch it again. */
+        if (tries >= d->c->max_attempts) {
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
+                              "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu", d->name,
+                              (long long)from, (long long)to, s->len, s->want);
+            break;
+        }
+        rt_info("s3 get %s: range %lld-%lld came back with %zu of %zu bytes; retrying", d->name, (long long)from,
+                (long long)to, s->len, s->want);
+        if (!s3_backoff(d->c, tries)) {
+            rc = rt_cancel_error(err);
+            break;
+        }
+    }
+    rt_http_response_free(&r);
+    s3_headers_free(&hd);
+    return rc;
+}
+
+static void *worker(void *arg)
+{
+    Download *d = arg;
+    RtHttp *h = s3_http_new(d->c);
+    pthread_mutex_lock(&d->mu);
+    if (!h) {
+        rt_error_set(&d->err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        d->failed = true;
+        pthread_cond_broadcast(&d->cv);
+    }
+    while (h && !d->stop && !d->failed) {
+        if (d->next_fetch >= d->nchunks) break;
+        if (d->next_fetch >= d->cur + d->conc) {
+            pthread_cond_wait(&d->cv, &d->mu);
+            continue;
+        }
+        int64_t i = d->next_fetch++;
+        Slot *s = &d->slots[i % d->conc];
+        s->index = i;
+        s->state = SLOT_FETCHING;
+        int64_t left = d->size - i * (int64_t)d->part;
+        s->want = left < (int64_t)d->part ? (size_t)left : d->part;
+        s->len = 0;
+        pthread_mutex_unlock(&d->mu);
+        RtError e;
+        rt_error_init(&e);
+        int rc = fetch(d, h, s, &e);
+        pthread_mutex_lock(&d->mu);
+        if (rc != RT_OK) {
+            rt_error_copy(&d->err, &e);
+            d->failed = true;
+        } else
+            s->state = SLOT_READY;
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    rt_http_free(h);
+    return NULL;
+}
+
+static int start(Download *d, RtError *err)
+{
+    d->started = true;
+    if (d->nchunks == 0) return RT_OK;
+    int n = d->nchunks < d->conc ? (int)d->nchunks : d->conc;
+    d->slots = calloc((size_t)d->conc, sizeof *d->slots);
+    d->threads = calloc((size_t)n, sizeof *d->threads);
+    if (!d->slots || !d->threads) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    for (int i = 0; i < d->conc && i < d->nchunks; i++) {
+        d->slots[i].data = malloc(d->part);
+        if (!d->slots[i].data) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        if (pthread_create(&d->threads[i], NULL, worker, d) != 0)
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.thread", "cannot start a download thread");
+        d->n_threads++;
+    }
+    return RT_OK;
+}
+
+static int dl_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
+{
+    Download *d = self;
+    *got = 0;
+    *eof = false;
+    if (!d->started && start(d, err) != RT_OK) return RT_ERR;
+    if (d->cur >= d->nchunks) {
+        *eof = true;
+        return RT_OK;
+    }
+    pthread_mutex_lock(&d->mu);
+    Slot *s = &d->slots[d->cur % d->conc];
+    while (!d->failed && !(s->state == SLOT_READY && s->index == d->cur)) {
+        if (rt_cancelled()) {
+            pthread_mutex_unlock(&d->mu);
+            return rt_cancel_error(err);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+    }
+    if (d->failed) {
+        rt_error_copy(err, &d->err);
+        pthread_mutex_unlock(&d->mu);
+        return RT_ERR;
+    }
+    pthread_mutex_unlock(&d->mu);
+    size_t n = s->len - d->cur_pos;
+    if (n > cap) n = cap;
+    memcpy(buf, s->data + d->cur_pos, n);
+    d->cur_pos += n;
+    d->bytes += n;
+    *got = n;
+    if (d->cur_pos == s->len) {
+        pthread_mutex_lock(&d->mu);
+        s->state = SLOT_FREE;
+        d->cur++;
+        d->cur_pos = 0;
+        pthread_cond_broadcast(&d->cv);
+        pthread_mutex_unlock(&d->mu);
+        if (d->cur >= d->nchunks) *eof = true;
+    }
+    return RT_OK;
+}
+
+static int64_t dl_size_hint(void *self) { return ((Download *)self)->size; }
+
+static void dl_results(void *self, RtResults *res)
+{
+    Download *d = self;
+    rt_results_int(res, "bytes", (int64_t)d->bytes);
+    rt_results_int(res, "parts", d->nchunks);
+    rt_results_str(res, "etag", d->etag ? d->etag : "");
+    rt_results_str(res, "bucket", d->bucket);
+    rt_results_str(res, "key", d->key);
+    rt_results_str(res, "url", d->name);
+}
+
+static void dl_destroy(void *self)
+{
+    Download *d = self;
+    if (!d) return;
+    pthread_mutex_lock(&d->mu);
+    d->stop = true;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < d->n_threads; i++) pthread_join(d->threads[i], NULL);
+    if (d->slots)
+        for (int i = 0; i < d->conc; i++) free(d->slots[i].data);
+    free(d->slots);
+    free(d->threads);
+    free(d->bucket);
+    free(d->key);
+    free(d->name);
+    free(d->etag);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    s3_client_unref(d->c);
+    free(d);
+}
+
+RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *err)
+{
+    if (!o->bucket || !*o->bucket || !o->key || !*o->key) {
+        rt_error_set(err, RT_CLASS_USAGE, "s3.usage", "s3 download needs a bucket and a key");
+        return NULL;
+    }
+    S3Head hd;
+    bool found;
+    if (s3_head(c, o->bucket, o->key, &hd, &found, err) != RT_OK) return NULL;
+    if (!found) {
+        char *n = s3_object_name(o->bucket, o->key);
+        rt_error_set(err, RT_CLASS_FAILURE, "s3.no_such_key", "s3 get %s: no such key", n ? n : o->key);
+        rt_error_hint(err, "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}", o->bucket);
+        free(n);
+        return NULL;
+    }
+    Download *d = calloc(1, sizeof *d);
+    RtSource *s = rt_source_new();
+    if (!d || !s) {
+        free(d);
+        free(s);
+        s3_head_free(&hd);
+        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    rt_error_init(&d->err);
+    d->c = s3_client_ref(c);
+    d->bucket = strdup(o->bucket);
+    d->key = strdup(o->key);
+    d->name = s3_object_name(o->bucket, o->key);
+    d->etag = hd.etag;
+    hd.etag = NULL;
+    d->size = hd.size;
+    s3_head_free(&hd);
+    d->part = o->part_size ? o->part_size : 8u << 20;
+    d->conc = o->concurrency > 0 ? (o->concurrency > 64 ? 64 : o->concurrency) : 4;
+    d->nchunks = d->size == 0 ? 0 : (d->size + (int64_t)d->part - 1) / (int64_t)d->part;
+    s->name = "s3.download";
+    s->self = d;
+    s->read = dl_read;
+    s->size_hint = dl_size_hint;
+    s->results = dl_results;
+    s->destroy = dl_destroy;
+    if (!d->bucket || !d->key || !d->name) {
+        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_source_free(s);
+        return NULL;
+    }
+    return s;
+}

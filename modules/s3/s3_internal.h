@@ -1,0 +1,101 @@
+/*
+ * Internals shared by the s3 core files: the credential provider, the signed request with
+ * retries, and the error mapping. Not part of the module's API.
+ */
+#ifndef S3_INTERNAL_H
+#define S3_INTERNAL_H
+
+#include "s3.h"
+#include "sbuf.h"
+#include "sigv4.h"
+
+#include <pthread.h>
+
+/* ---- credentials (s3_creds.c) ---- */
+typedef struct S3Creds {
+    char *access_key, *secret_key, *token;
+    double expires; /* epoch seconds; 0 = static */
+    char source[40];
+} S3Creds;
+
+typedef struct S3CredsProvider S3CredsProvider;
+/* Resolves the chain now; CONFIG error when nothing provides credentials. */
+S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *err);
+void s3_creds_free(S3CredsProvider *p);
+/* Copies the current credentials, refreshing them first when they expire within 5 minutes
+ * (or when force is set). Thread-safe. */
+int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err);
+void s3_creds_clear(S3Creds *c); /* wipes */
+const char *s3_creds_source(S3CredsProvider *p);
+/* Region from the shared config file's profile (malloc'ed or NULL). */
+char *s3_config_region(const char *profile);
+/* Small JSON helper for the credential endpoints: the string (or number) value of "name". */
+char *s3_json_string(const char *json, const char *name);
+double s3_parse_iso8601(const char *s); /* 0 if unparseable */
+
+/* ---- client and requests (s3.c) ---- */
+struct S3Client {
+    pthread_mutex_t mu;
+    int refs;
+    char *region;
+    char *scheme;   /* "https" */
+    char *hostport; /* "s3.us-east-1.amazonaws.com" or "127.0.0.1:4569" */
+    char *base_path; /* "" or "/prefix" of a custom endpoint */
+    char *endpoint;
+    bool path_style;
+    bool custom_endpoint;
+    int max_attempts;
+    double retry_base;
+    double stall_timeout;
+    double clock_offset; /* server - local seconds, measured from Date headers */
+    S3CredsProvider *creds;
+    RtHttp *http; /* for calls made from the client's owner thread (guarded by mu_http) */
+    pthread_mutex_t mu_http;
+};
+
+typedef struct S3Req {
+    const char *op; /* "put", "get", "head", "list", ... for messages */
+    const char *method;
+    const char *bucket;
+    const char *key; /* NULL for bucket-level requests */
+    const SigV4Param *query;
+    size_t n_query;
+    const char *const *headers; /* extra "name: value" lines (signed) */
+    const uint8_t *body;
+    size_t body_len;
+    RtHttpBodyFn on_body; /* streamed response body (2xx) */
+    void *on_body_ud;
+    void (*on_attempt)(void *ud); /* called before each attempt (reset stream state) */
+    size_t max_body;
+    bool ok_404;        /* a 404 is an answer, not an error (head) */
+    bool error_in_200;  /* S3 may answer 200 with an <Error> body (Complete, Copy) */
+    const char *object; /* what to name in errors, default s3://bucket/key */
+    bool ignore_cancel; /* cleanup (AbortMultipartUpload) still runs after a cancel */
+} S3Req;
+
+/* Signs, sends and retries. RT_OK with resp->status 2xx (or 404 with ok_404). */
+int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError *err);
+/* Runs with the client's shared connection. */
+int s3_do_shared(S3Client *c, const S3Req *rq, RtHttpResponse *resp, RtError *err);
+RtHttp *s3_http_new(S3Client *c);
+/* Appends x-amz-server-side-encryption etc. "name: value" lines to a NULL-terminated list
+ * builder (strings malloc'ed into `own`). */
+typedef struct S3Headers {
+    char *v[64];
+    size_t n;
+} S3Headers;
+void s3_headers_add(S3Headers *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void s3_headers_write_opts(S3Headers *h, const S3WriteOptions *w, bool with_meta);
+void s3_headers_free(S3Headers *h);
+const char *const *s3_headers_list(S3Headers *h);
+/* Content-MD5 (base64) and hex MD5 of data. */
+void s3_md5(const void *data, size_t len, unsigned char md[16]);
+void s3_md5_b64(const unsigned char md[16], char out[25]);
+void s3_hex(const unsigned char *d, size_t n, char *out);
+/* ETag without its quotes (malloc'ed). */
+char *s3_etag_clean(const char *etag);
+/* Jittered exponential backoff; false if cancelled. */
+bool s3_backoff(S3Client *c, int attempt);
+char *s3_object_name(const char *bucket, const char *key); /* "s3://bucket/key" malloc'ed */
+
+#endif
