@@ -86,6 +86,7 @@ static int push(PgSplit *s, char c, RtError *err)
                                 "sql statement starting at line %lld is longer than %zu bytes",
                                 (long long)s->stmt_line, s->max_statement);
         size_t ncap = s->cap ? s->cap * 2 : 4096;
+        if (ncap > s->max_statement + 1) ncap = s->max_statement + 1;
         char *n = realloc(s->buf, ncap);
         if (!n) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
         s->buf = n;
