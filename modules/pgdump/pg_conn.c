@@ -3,6 +3,7 @@
  * of every message, server errors turned into RtErrors, and exact digests over COPY output.
  */
 #include "pgdump.h"
+#include "log.h"
 #include "redact.h"
 
 #include <openssl/evp.h>
@@ -39,6 +40,13 @@ static void first_line(const char *msg, char *out, size_t cap)
     if (n >= cap) n = cap - 1;
     memcpy(out, msg, n);
     out[n] = '\0';
+}
+
+/* Server notices (e.g. "drop cascades to ...") go to the debug log, not to stderr. */
+static void notice_to_log(void *arg, const char *message)
+{
+    (void)arg;
+    rt_debug("pgdump: server says: %.*s", (int)strcspn(message, "\n"), message);
 }
 
 int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what)
@@ -107,6 +115,7 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
         if (c) PQfinish(c);
         return NULL;
     }
+    PQsetNoticeProcessor(c, notice_to_log, NULL);
     return c;
 }
 

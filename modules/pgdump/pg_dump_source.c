@@ -86,6 +86,7 @@ typedef struct Dump {
     pthread_t *threads;
     int nthreads;
     PGconn **wconn;
+    int nwconn;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int next_item;
@@ -600,6 +601,7 @@ static int start_workers(Dump *d, RtError *err)
     if (n < 1) return RT_OK;
     d->wconn = calloc((size_t)n, sizeof *d->wconn);
     d->threads = calloc((size_t)n, sizeof *d->threads);
+    d->nwconn = d->wconn ? n : 0;
     if (!d->wconn || !d->threads)
         return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
     char set[160];
@@ -885,7 +887,7 @@ static void dump_destroy(void *self)
     if (!d) return;
     if (d->nthreads) stop_workers(d);
     if (d->child) rt_source_free(d->child);
-    for (int i = 0; d->wconn && i < d->jobs; i++)
+    for (int i = 0; i < d->nwconn; i++)
         if (d->wconn[i]) PQfinish(d->wconn[i]);
     free(d->wconn);
     free(d->threads);
