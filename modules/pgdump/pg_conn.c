@@ -1,0 +1,235 @@
+/*
+ * pgdump connections and table digests: libpq connections from URLs with the password kept out
+ * of every message, server errors turned into RtErrors, and exact digests over COPY output.
+ */
+#include "pgdump.h"
+#include "log.h"
+#include "redact.h"
+
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void pgdump_describe(const char *url, char *out, size_t cap)
+{
+    const char *db = NULL, *host = NULL, *port = NULL;
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url ? url : "", &msg);
+    if (msg) PQfreemem(msg);
+    if (opts) {
+        for (PQconninfoOption *o = opts; o->keyword; o++) {
+            if (!o->val || !*o->val) continue;
+            if (!strcmp(o->keyword, "dbname")) db = o->val;
+            if (!strcmp(o->keyword, "host")) host = o->val;
+            if (!strcmp(o->keyword, "port")) port = o->val;
+        }
+    }
+    snprintf(out, cap, "database %s on %s:%s", db ? db : "(default)", host ? host : "(local)",
+             port ? port : "5432");
+    if (opts) PQconninfoFree(opts);
+}
+
+/* The first line of libpq's message, without "ERROR:  " noise or a trailing newline. */
+static void first_line(const char *msg, char *out, size_t cap)
+{
+    if (!msg) msg = "";
+    while (*msg == ' ') msg++;
+    if (!strncmp(msg, "ERROR:  ", 8)) msg += 8;
+    size_t n = strcspn(msg, "\n");
+    if (n >= cap) n = cap - 1;
+    memcpy(out, msg, n);
+    out[n] = '\0';
+}
+
+/* Server notices (e.g. "drop cascades to ...") go to the debug log, not to stderr. */
+static void notice_to_log(void *arg, const char *message)
+{
+    (void)arg;
+    rt_debug("pgdump: server says: %.*s", (int)strcspn(message, "\n"), message);
+}
+
+int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what)
+{
+    char line[400];
+    first_line(c ? PQerrorMessage(c) : "out of memory", line, sizeof line);
+    bool gone = c && PQstatus(c) == CONNECTION_BAD;
+    rt_error_set(err, RT_CLASS_FAILURE, code, "%s: %s%s", what, line,
+                 gone && !strstr(line, "connection") ? " (connection lost)" : "");
+    err->retryable = gone;
+    return RT_ERR;
+}
+
+PGconn *pgdump_connect(const char *url, const char *application_name, RtError *err)
+{
+    if (!url || !*url) {
+        rt_error_set(err, RT_CLASS_USAGE, "pgdump.url", "no database url given");
+        rt_error_hint(err, "pass url = \"postgresql://user@host:5432/dbname\" (password in the "
+                           "url or in PGPASSWORD)");
+        return NULL;
+    }
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &msg);
+    if (!opts) {
+        char line[300];
+        first_line(msg ? msg : "out of memory", line, sizeof line);
+        if (msg) PQfreemem(msg);
+        rt_error_set(err, RT_CLASS_USAGE, "pgdump.url", "invalid database url: %s", line);
+        rt_error_hint(err, "use postgresql://user:password@host:5432/dbname");
+        return NULL;
+    }
+    const char *keys[64], *vals[64];
+    int n = 0;
+    bool has_timeout = false;
+    for (PQconninfoOption *o = opts; o->keyword && n < 60; o++) {
+        if (!o->val) continue;
+        if (!strcmp(o->keyword, "password")) rt_redact_register(o->val, strlen(o->val));
+        if (!strcmp(o->keyword, "connect_timeout")) has_timeout = true;
+        keys[n] = o->keyword;
+        vals[n++] = o->val;
+    }
+    if (!has_timeout) {
+        keys[n] = "connect_timeout";
+        vals[n++] = "15";
+    }
+    keys[n] = "application_name";
+    vals[n++] = application_name ? application_name : "clubio-dr";
+    keys[n] = NULL;
+    vals[n] = NULL;
+    PGconn *c = PQconnectdbParams(keys, vals, 0);
+    PQconninfoFree(opts);
+    if (!c || PQstatus(c) != CONNECTION_OK) {
+        char what[256];
+        pgdump_describe(url, what, sizeof what);
+        char w2[300];
+        snprintf(w2, sizeof w2, "cannot connect to %s", what);
+        pgdump_conn_error(c, err, "pgdump.connect", w2);
+        const char *m = c ? PQerrorMessage(c) : "";
+        if (strstr(m, "password authentication failed"))
+            rt_error_hint(err, "check the user and password in the url");
+        else if (strstr(m, "does not exist"))
+            rt_error_hint(err, "check the database name in the url");
+        else
+            rt_error_hint(err, "check that the server is running and reachable");
+        err->retryable = !strstr(m, "password") && !strstr(m, "does not exist");
+        if (c) PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeProcessor(c, notice_to_log, NULL);
+    return c;
+}
+
+int pgdump_exec(PGconn *c, const char *sql, RtError *err)
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    PQclear(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) return RT_OK;
+    return pgdump_conn_error(c, err, "pgdump.sql", "query failed");
+}
+
+/* ---- digests ---------------------------------------------------------------------------- */
+
+static void hex32(const uint8_t *d, char out[65])
+{
+    static const char hx[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hx[d[i] >> 4];
+        out[2 * i + 1] = hx[d[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+static void add256(uint8_t *sum, const uint8_t *v)
+{
+    unsigned carry = 0;
+    for (int i = 31; i >= 0; i--) {
+        unsigned t = (unsigned)sum[i] + v[i] + carry;
+        sum[i] = (uint8_t)t;
+        carry = t >> 8;
+    }
+}
+
+void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len)
+{
+    uint8_t h[32];
+    unsigned hl = 0;
+    EVP_Digest(row, len, h, &hl, EVP_sha256(), NULL);
+    add256(d->sum, h);
+}
+
+void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from)
+{
+    add256(into->sum, from->sum);
+}
+
+void pgdump_set_digest_hex(const PgSetDigest *d, char out[65])
+{
+    hex32(d->sum, out);
+}
+
+int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtError *err)
+{
+    memset(out, 0, sizeof *out);
+    /* the column list the dump uses: no dropped or generated columns */
+    const char *params[1] = {table};
+    PGresult *r =
+        PQexecParams(c,
+                     "SELECT coalesce(string_agg(quote_ident(attname), ', ' ORDER BY attnum), '') "
+                     "FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+                     "AND NOT attisdropped AND attgenerated = ''",
+                     1, NULL, params, NULL, NULL, 0);
+    if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
+        PQclear(r);
+        char w[300];
+        snprintf(w, sizeof w, "cannot digest table %s", table);
+        return pgdump_conn_error(c, err, "pgdump.digest", w);
+    }
+    size_t qlen = strlen(PQgetvalue(r, 0, 0)) + strlen(table) + 64;
+    char *q = malloc(qlen);
+    if (!q) {
+        PQclear(r);
+        return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    }
+    snprintf(q, qlen, "COPY (SELECT %s FROM %s) TO STDOUT", PQgetvalue(r, 0, 0), table);
+    PQclear(r);
+    r = PQexec(c, q);
+    free(q);
+    if (!r || PQresultStatus(r) != PGRES_COPY_OUT) {
+        PQclear(r);
+        char w[300];
+        snprintf(w, sizeof w, "cannot digest table %s", table);
+        return pgdump_conn_error(c, err, "pgdump.digest", w);
+    }
+    PQclear(r);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    PgSetDigest set = {{0}};
+    int rc = RT_OK;
+    for (;;) {
+        char *row = NULL;
+        int n = PQgetCopyData(c, &row, 0);
+        if (n == -1) break;
+        if (n < 0) {
+            rc = pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
+            break;
+        }
+        EVP_DigestUpdate(md, row, (size_t)n);
+        pgdump_set_digest_row(&set, (const uint8_t *)row, (size_t)n);
+        out->rows++;
+        out->bytes += n;
+        PQfreemem(row);
+    }
+    uint8_t h[32];
+    unsigned hl = 0;
+    EVP_DigestFinal_ex(md, h, &hl);
+    EVP_MD_CTX_free(md);
+    hex32(h, out->sha256);
+    pgdump_set_digest_hex(&set, out->set_sha256);
+    while ((r = PQgetResult(c))) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == RT_OK)
+            rc = pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
+        PQclear(r);
+    }
+    return rc;
+}

@@ -1,0 +1,96 @@
+/*
+ * pgdump — PostgreSQL over libpq: a consistent parallel plain-SQL dump (a pipe source), a native
+ * streaming restore of plain SQL (a pipe sink), connections for verification queries, and exact
+ * table digests over COPY output (shared with the verify module).
+ *
+ * Cores never raise and never include lua.h: functions return RT_OK/RT_ERR and fill an RtError
+ * whose message is redacted (the password parsed from a URL is registered with the redactor).
+ *
+ *     RtSource *s = pgdump_dump_source(&(PgDumpOptions){.url = url, .jobs = 2}, &err);
+ *     RtSink *k = pgdump_restore_sink(&(PgRestoreOptions){.url = url, .jobs = 2}, &err);
+ */
+#ifndef CLUBIO_PGDUMP_H
+#define CLUBIO_PGDUMP_H
+
+#include "io/stage.h"
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* ---- connections ------------------------------------------------------------------------ */
+
+/* Opens a connection from a postgres:// URL (or a key=value conninfo). The password inside is
+ * registered for redaction; errors name "database <db> on <host>:<port>" and never the URL. */
+PGconn *pgdump_connect(const char *url, const char *application_name, RtError *err);
+/* "database clubio on 127.0.0.1:5432" for messages (no secrets). */
+void pgdump_describe(const char *url, char *out, size_t cap);
+/* Records the connection's last error (first line, redacted) as "<what>: <message>". */
+int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what);
+/* Runs sql (no result rows expected); RT_ERR with the server's message. */
+int pgdump_exec(PGconn *c, const char *sql, RtError *err);
+
+/* ---- table digests ---------------------------------------------------------------------- */
+
+typedef struct PgTableDigest {
+    int64_t rows;
+    int64_t bytes;
+    char sha256[65]; /* SHA-256 of the COPY text data in the order the server sent it */
+    /* Order-independent digest: the sum modulo 2^256 of the SHA-256 of every row's COPY line.
+     * Equal for two tables holding the same rows whatever their physical order (a parallel
+     * restore loads a table's rows in several COPY streams). */
+    char set_sha256[65];
+} PgTableDigest;
+
+/* Accumulates an order-independent row-set digest (see above). */
+typedef struct PgSetDigest {
+    uint8_t sum[32];
+} PgSetDigest;
+void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len);
+void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from);
+void pgdump_set_digest_hex(const PgSetDigest *d, char out[65]);
+
+/* Digests `table` (a qualified, already quoted name such as public."Users", or any relation
+ * name the server resolves) over `COPY (SELECT <non-generated columns>) TO STDOUT`, the same
+ * bytes the dump writes for it. */
+int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtError *err);
+
+/* ---- dump ------------------------------------------------------------------------------- */
+
+typedef enum PgLargeObjects {
+    PG_LO_REFUSE = 0, /* error if the database has large objects */
+    PG_LO_SKIP = 1    /* dump without them (pg_dump --no-blobs) */
+} PgLargeObjects;
+
+typedef struct PgDumpOptions {
+    const char *url;
+    int jobs;            /* worker connections for table data (default 2) */
+    const char *pg_dump; /* pg_dump program (default "pg_dump" from PATH) */
+    PgLargeObjects large_objects;
+    int64_t split_bytes; /* tables larger than this are split in ctid ranges (default 8 MiB) */
+} PgDumpOptions;
+
+/* A source producing a plain-SQL dump that `psql -v ON_ERROR_STOP=1` restores into an empty
+ * database. Connects, checks versions and exports the snapshot before returning. Results:
+ * { tables = { ["schema.table"] = {rows, bytes, sha256} }, server_version, snapshot,
+ *   pg_dump_version, sequences }. */
+RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err);
+
+/* Parses "pg_dump (PostgreSQL) 15.20 (Debian ...)" into major version 15 (0 if unknown). */
+int pgdump_parse_tool_major(const char *version_line);
+
+/* ---- restore ---------------------------------------------------------------------------- */
+
+typedef struct PgRestoreOptions {
+    const char *url;
+    int jobs;            /* parallel connections for COPY data and CREATE INDEX (default 2) */
+    bool clean;          /* drop the target's existing objects first (destructive) */
+    int64_t chunk_bytes; /* a table's COPY data is cut in COPY commands of this size (8 MiB) */
+} PgRestoreOptions;
+
+/* A sink loading a plain-SQL stream (ours or stock pg_dump's). Checks the target is empty (or
+ * cleans it) before returning. Results: { statements, tables = { ["schema.table"] = {rows,
+ * bytes, sha256} } }. */
+RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err);
+
+#endif

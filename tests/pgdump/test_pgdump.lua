@@ -1,0 +1,254 @@
+-- pgdump against the sandbox's real PostgreSQL 15: dumps of a schema with many features
+-- restored by psql and by our restore, stock pg_dump output restored by us, compared table by
+-- table (row counts and digests) with the source; and the failure cases (bad url, wrong
+-- password, server gone mid-dump, target not empty, an error in the stream).
+package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
+local T = require "testing"
+local pipe = require "pipe"
+local pgdump = require "pgdump"
+local env = require "env"
+local proc = require "proc"
+
+local ADMIN = env.get("SANDBOX_PG_ADMIN_URL")
+local BASE = ADMIN:gsub("/postgres$", "")
+local DIR = os.getenv("CLUBIO_DR_TEST_DIR") .. "/pgdump"
+local admin = pgdump.connect(ADMIN)
+local tmp = T.tmpdir()
+
+local function url(db) return BASE .. "/" .. db end
+local function pg_env(db)
+  return {PGHOST = "127.0.0.1", PGPORT = env.get("SANDBOX_PG_PORT"), PGUSER = "postgres",
+          PGDATABASE = db, PGPASSWORD = env.get("SANDBOX_PG_ADMIN_PW")}
+end
+local function fresh(db)
+  admin:query('DROP DATABASE IF EXISTS "' .. db .. '" WITH (FORCE)')
+  admin:query('CREATE DATABASE "' .. db .. '"')
+  return url(db)
+end
+local function psql(db, args, stdin)
+  local argv = {"psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"}
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return proc.run{argv = argv, env = pg_env(db), stdin = stdin, check = true}
+end
+
+-- The tables of a database and their digests, keyed like the dump's results.
+local function digests(u)
+  local db <close> = pgdump.connect(u)
+  local out = {}
+  local rows = db:query([[SELECT format('%I.%I', n.nspname, c.relname) AS q FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'
+    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_' ORDER BY 1]])
+  for _, r in ipairs(rows) do out[r.q] = db:table_digest(r.q) end
+  return out
+end
+
+local function same_tables(src, dst)
+  local n = 0
+  for name, d in pairs(src) do
+    n = n + 1
+    T.ok(dst[name], "table " .. name .. " restored")
+    T.eq(dst[name].rows, d.rows, name .. " rows")
+    T.eq(dst[name].set_sha256, d.set_sha256, name .. " digest")
+  end
+  for name in pairs(dst) do T.ok(src[name], "no extra table " .. name) end
+  return n
+end
+
+-- Objects beyond table data that a restore must bring back.
+local function check_objects(u)
+  local db <close> = pgdump.connect(u)
+  local r = db:query("SELECT last_value, is_called FROM counter_seq", nil, {typed = true})[1]
+  T.eq(r.last_value, 142, "sequence value")
+  T.eq(r.is_called, true)
+  -- identity sequence continues after the restored rows; the trigger fires
+  local ins = db:query("INSERT INTO people (name) VALUES ('after') RETURNING id, name_len", nil,
+                       {typed = true})[1]
+  T.eq(ins.id, 6, "identity continues")
+  T.eq(ins.name_len, 5, "generated column computed")
+  T.eq(db:query("SELECT count(*) AS n FROM audit WHERE what LIKE 'people INSERT; id=6'", nil,
+                {typed = true})[1].n, 1, "trigger fired")
+  T.eq(#db:query("SELECT * FROM people_view"), 2, "view")
+  T.eq(db:query("SELECT sum(n)::int AS s FROM mood_counts", nil, {typed = true})[1].s, 5, "matview refreshed")
+  T.eq(db:query("SELECT obj_description('people'::regclass) AS c")[1].c,
+       "people; with a 'quote' and a $$dollar$$", "comment")
+  T.eq(db:query("SELECT 'A@EXAMPLE.COM'::citext = email AS eq FROM people WHERE id = 1", nil,
+                {typed = true})[1].eq, true, "citext extension")
+  T.eq(#db:query([[SELECT 1 FROM pg_indexes WHERE indexname IN ('order items by person',
+    'events_payload', 'people_email_key')]]), 3, "indexes")
+  T.raises(db.query, db, [[INSERT INTO "Sales Dept"."Order Items" ("personId") VALUES (999)]])
+  T.raises(db.query, db, "INSERT INTO people (name, n) VALUES ('x', -1)") -- the domain's check
+end
+
+local SRC = fresh("pgdump_src")
+psql("pgdump_src", {"-f", DIR .. "/features.sql"})
+local SRC_DIGESTS = digests(SRC)
+
+T.case("our dump restores with psql and matches the source table by table", function()
+  local file = tmp .. "/ours.sql"
+  local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, split_bytes = 1 << 20, label = "dump"},
+                     pipe.file_sink(file)}
+  -- results per table: rows and the exact digest of the COPY data, as the source has it
+  local n = 0
+  for name, d in pairs(SRC_DIGESTS) do
+    n = n + 1
+    T.ok(r.dump.tables[name], "dump result for " .. name)
+    T.eq(r.dump.tables[name].rows, d.rows, name .. " rows")
+    T.eq(r.dump.tables[name].sha256, d.sha256, name .. " sha256")
+    T.eq(r.dump.tables[name].bytes, d.bytes, name .. " bytes")
+  end
+  T.eq(n, 6)
+  T.eq(r.dump.tables["public.big"].rows, 60000)
+  T.eq(r.dump.sequences, 4)
+  local text = io.open(file):read("a")
+  -- exactly one "dump complete" trailer, at the end; sequence values in the data section
+  local _, trailers = text:gsub("PostgreSQL database dump complete", "")
+  T.eq(trailers, 1)
+  T.match(text, "SELECT pg_catalog.setval%('public.counter_seq', 142, true%);")
+  T.match(text, "COPY public.people %(id, name, email, tags, scores, doc, docb, photo, m, n, amount, big, seen, ratio, secret%) FROM stdin;")
+  local dst = fresh("pgdump_psql")
+  psql("pgdump_psql", {"-f", file})
+  same_tables(SRC_DIGESTS, digests(dst))
+  check_objects(dst)
+end)
+
+T.case("the dump is deterministic: two dumps of the same database are identical but for keys", function()
+  local a = pipe.run{pgdump.dump{url = SRC, jobs = 3, split_bytes = 300000}, pipe.buffer{limit = 64 << 20}}
+  local b = pipe.run{pgdump.dump{url = SRC, jobs = 1}, pipe.buffer{limit = 64 << 20}}
+  local function norm(s) return (s:gsub("\\(u?n?restrict) %w+", "\\%1 KEY")) end
+  T.ok(norm(a.buffer.data) == norm(b.buffer.data), "same bytes with 3 jobs and split tables as with 1 job")
+end)
+
+T.case("our restore loads our dump in parallel and matches the source", function()
+  local dst = fresh("pgdump_ours")
+  local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, label = "dump"},
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, label = "restore"}}
+  for name, d in pairs(r.dump.tables) do
+    T.eq(r.restore.tables[name].rows, d.rows, name .. " rows loaded")
+    T.eq(r.restore.tables[name].sha256, d.sha256, name .. " sha256 of the loaded stream")
+  end
+  T.ok(r.restore.indexes >= 2, "indexes built by the workers")
+  same_tables(SRC_DIGESTS, digests(dst))
+  check_objects(dst)
+end)
+
+T.case("our restore loads stock pg_dump output (with \\restrict lines) and matches the source", function()
+  local dst = fresh("pgdump_stock")
+  local e = pg_env("pgdump_src")
+  local r = pipe.run{pipe.command{argv = {"pg_dump", "--no-password"}, env = e},
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 65536, label = "restore"}}
+  T.eq(r.restore.tables["public.big"].rows, 60000)
+  same_tables(SRC_DIGESTS, digests(dst))
+  check_objects(dst)
+end)
+
+T.case("a stock pg_dump --create dump (CREATE DATABASE, \\connect) restores into the url's database", function()
+  local dst = fresh("pgdump_create")
+  local e = pg_env("pgdump_src")
+  pipe.run{pipe.command{argv = {"pg_dump", "--no-password", "--create"}, env = e},
+           pgdump.restore{url = dst}}
+  same_tables(SRC_DIGESTS, digests(dst))
+end)
+
+T.case("a restore refuses a non-empty target, and clean = true empties it first", function()
+  local dst = url("pgdump_ours") -- restored above
+  local err = T.raises(pgdump.restore, {url = dst})
+  T.eq(err.code, "pgdump.target_not_empty")
+  T.match(err.message, "is not empty")
+  T.match(err.hint, "clean = true")
+  pipe.run{pgdump.dump{url = SRC}, pgdump.restore{url = dst, clean = true}}
+  same_tables(SRC_DIGESTS, digests(dst))
+end)
+
+T.case("an error in the stream stops the restore with the statement number, table and message", function()
+  local dst = fresh("pgdump_err")
+  local sql = "CREATE TABLE t (id int PRIMARY KEY, v text);\n" ..
+              "COPY public.t (id, v) FROM stdin;\n1\ta\n2\tb\n\\.\n" ..
+              "ALTER TABLE t ADD CONSTRAINT v_check CHECK (v = 'a');\nCREATE TABLE after_error (x int);\n"
+  local err = T.raises(pipe.run, {pipe.string(sql), pgdump.restore{url = dst}})
+  T.match(err.message, "statement 3")
+  T.match(err.message, "is violated")
+  T.match(err.message, "partial")
+  local db <close> = pgdump.connect(dst)
+  T.eq(#db:query("SELECT 1 FROM pg_class WHERE relname = 'after_error'"), 0, "stopped at the first error")
+  -- bad COPY data names the table
+  dst = fresh("pgdump_err2")
+  err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (id int);\nCOPY public.t (id) FROM stdin;\nx\n\\.\n"),
+                            pgdump.restore{url = dst}})
+  T.match(err.message, "statement 2 %(table public.t%)")
+  T.match(err.message, "invalid input syntax")
+  -- a truncated stream is an error, not a quiet success
+  dst = fresh("pgdump_err3")
+  err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (id int);\nCOPY public.t (id) FROM stdin;\n1\n"),
+                            pgdump.restore{url = dst}})
+  T.match(err.message, "truncated")
+end)
+
+T.case("bad url, wrong password, pooled endpoint: clear errors without the password", function()
+  local err = T.raises(pgdump.dump, {url = "postgresql://u@host/db?nosuchparam=1"})
+  T.match(err.message, "invalid database url")
+  T.eq(err.code, "pgdump.url")
+  err = T.raises(pgdump.connect, "postgresql://u@host:notaport/db")
+  T.match(err.message, "invalid integer value \"notaport\" for connection option \"port\"")
+  local wrong = BASE:gsub("(//postgres:)[^@]+@", "%1WrongPassw0rd-xyz@") .. "/pgdump_src"
+  err = T.raises(pgdump.dump, {url = wrong})
+  T.match(err.message, "password authentication failed")
+  T.no_match(err.message, "WrongPassw0rd")
+  err = T.raises(pgdump.connect, wrong)
+  T.no_match(tostring(err), "WrongPassw0rd")
+  err = T.raises(pgdump.dump, {url = "postgresql://u:Secret123@ep-cool-1234-pooler.us-east-2.aws.neon.tech/db"})
+  T.eq(err.code, "pgdump.pooler")
+  T.match(err.hint, "remove \"%-pooler\"")
+  T.no_match(err.message, "Secret123")
+  err = T.raises(pgdump.dump, {url = SRC, jbos = 2})
+  T.match(tostring(err), "unknown option 'jbos'")
+  err = T.raises(pgdump.dump, {url = SRC, pg_dump = "/nonexistent/pg_dump"})
+  T.match(err.hint, "postgresql%-client%-15")
+end)
+
+T.case("large objects are refused unless skipped", function()
+  local u = fresh("pgdump_lo")
+  local db <close> = pgdump.connect(u)
+  db:query("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT lo_from_bytea(0, 'blob')")
+  local err = T.raises(pgdump.dump, {url = u})
+  T.eq(err.code, "pgdump.large_objects")
+  T.match(err.hint, "large_objects = \"skip\"")
+  local r = pipe.run{pgdump.dump{url = u, large_objects = "skip"}, pipe.buffer{}}
+  T.eq(r.pgdump.tables["public.t"].rows, 1)
+  T.no_match(r.buffer.data, "lo_create")
+end)
+
+T.case("the server going away mid-dump fails the dump, and nothing looks complete", function()
+  local file = tmp .. "/partial.sql"
+  -- the sink reads 200 kB of the dump, then terminates the dump's connections, then reads on
+  local script = [[head -c 200000 > "$1"; psql -X -q -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE application_name LIKE 'clubio-dr pgdump%' AND pid <> pg_backend_pid()" >/dev/null; cat >> "$1"]]
+  local err = T.raises(pipe.run, {pgdump.dump{url = SRC, jobs = 2},
+                                  pipe.command_sink{argv = {"sh", "-c", script, "sh", file}, env = pg_env("postgres")}})
+  T.match(err.message, "cannot dump")
+  local text = io.open(file):read("a")
+  T.ok(#text >= 200000, "the dump had started")
+  T.no_match(text, "PostgreSQL database dump complete")
+end)
+
+T.case("connections: parameters, NULLs, typed values, close", function()
+  local db = pgdump.connect(SRC)
+  local rows, n = db:query("SELECT id, name, n, email FROM people WHERE id = ANY($1::int[]) ORDER BY id", {"{1,3}"})
+  T.eq(n, 2)
+  T.eq(rows[1].id, "1")
+  T.eq(rows[2].email, nil)
+  T.eq(rows[2].name, "new\nline\r\nand \\ backslash")
+  local t = db:query("SELECT $1::int + 1 AS x, $2::bool AS b, NULL::int AS z", {41, true}, {typed = true})[1]
+  T.eq(t.x, 42)
+  T.eq(t.b, true)
+  T.eq(t.z, nil)
+  local err = T.raises(db.query, db, "SELECT nonsense")
+  T.match(err.message, "column \"nonsense\" does not exist")
+  db:close()
+  db:close()
+  err = T.raises(db.query, db, "SELECT 1")
+  T.match(err.message, "closed")
+end)
+
+admin:close()
+proc.run{argv = {"rm", "-rf", tmp}}
+return T.finish()
