@@ -1,0 +1,115 @@
+-- The export scripts end to end on the sandbox (PostgreSQL, the S3 peer): demo-data,
+-- export-database, verify-export, restore-from-s3 into a scratch database, and the failure
+-- paths a user meets — a missing variable, a wrong passphrase, a non-empty target, an archive
+-- without a manifest, S3 unreachable.
+package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
+local T = require "testing"
+local proc, env, cjson, pgdump, s3 = require "proc", require "env", require "cjson", require "pgdump", require "s3"
+local BIN = env.get("CLUBIO_DR_BIN")
+
+-- the scripts' database: a fresh one on the sandbox's server, so the test owns its data
+local admin <close> = pgdump.connect(env.get("SANDBOX_PG_ADMIN_URL"))
+local function url(db)
+  return string.format("postgresql://postgres:%s@127.0.0.1:%s/%s", env.get("SANDBOX_PG_ADMIN_PW"), env.get("SANDBOX_PG_PORT"), db)
+end
+for _, db in ipairs{"scripts_src", "scripts_dst", "scripts_dst2"} do
+  admin:query("DROP DATABASE IF EXISTS " .. db)
+  admin:query("CREATE DATABASE " .. db)
+end
+local PREFIX = "test-scripts-" .. os.time() .. "/"
+local base_env = {DATABASE_URL = url("scripts_src"), EXPORT_PREFIX = PREFIX, CLUBIO_DR_JOURNAL = "off"}
+
+local function run(args, extra)
+  local e = {}
+  for k, v in pairs(base_env) do e[k] = v end
+  for k, v in pairs(extra or {}) do e[k] = v end
+  local argv = {BIN, "run"}
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = proc.run{argv = argv, env = e}
+  local ok, doc = pcall(cjson.decode, r.stdout)
+  r.doc = ok and doc or nil
+  return r
+end
+
+local key, exported_rows
+T.case("export-database: a consistent export with its signed manifest", function()
+  T.eq(run{"demo-data", "3000"}.status, 0)
+  local r = run{"export-database", "--json"}
+  T.eq(r.status, 0, r.stderr)
+  key = r.doc.result.key
+  exported_rows = r.doc.result.rows
+  T.ok(exported_rows > 3000 + 301, "users, orders and transactions exported")
+  T.match(key, "^" .. PREFIX:gsub("%-", "%%-") .. "clubio%-db%-%d%d%d%d%d%d%d%d%-%d%d%d%d%d%d%.sql%.gz%.enc$")
+  T.eq(r.doc.result.tables, 3)
+  local c = s3.client{}
+  local h = c:head(env.get("BACKUP_S3_BUCKET"), key)
+  T.eq(h.size, r.doc.result.stored_bytes)
+  T.ok(c:head(env.get("BACKUP_S3_BUCKET"), key .. ".manifest.json"), "manifest written")
+  T.no_match(r.stderr, env.get("SANDBOX_PG_ADMIN_PW"), "no password in the log")
+end)
+
+T.case("verify-export: the latest export verifies without a database", function()
+  local r = run{"verify-export", "--json"}
+  T.eq(r.status, 0, r.stderr)
+  T.eq(r.doc.result.ok, true)
+  T.eq(r.doc.result.rows, exported_rows)
+  T.eq(r.doc.result.tables, 3)
+end)
+
+T.case("restore-from-s3: into an empty database, checked against the manifest", function()
+  local r = run({"restore-from-s3", "-", key, "--json"}, {RESTORE_TARGET_URL = url("scripts_dst")})
+  T.eq(r.status, 0, r.stderr)
+  local db <close> = pgdump.connect(url("scripts_dst"))
+  T.eq(db:query("SELECT count(*) AS n FROM orders")[1].n, "3000")
+  -- the same digest as the source, table by table
+  local src <close> = pgdump.connect(url("scripts_src"))
+  for _, t in ipairs{"users", "orders", "transactions"} do
+    T.eq(db:table_digest(t).sha256, src:table_digest(t).sha256, t)
+  end
+end)
+
+T.case("restore-from-s3 lists the exports, and refuses a non-empty target", function()
+  local r = run{"restore-from-s3"}
+  T.eq(r.status, 0)
+  T.match(r.stdout, key:gsub("[%-%.]", "%%%0"))
+  r = run({"restore-from-s3", "-", key}, {RESTORE_TARGET_URL = url("scripts_dst")})
+  T.eq(r.status, 2)
+  T.match(r.stderr, "not empty")
+end)
+
+T.case("a missing variable is named; a wrong passphrase is one clear line with exit 4", function()
+  local r = run({"export-database"}, {BACKUP_S3_BUCKET = ""})
+  T.eq(r.status, 3)
+  T.match(r.stderr, "BACKUP_S3_BUCKET")
+  r = run({"verify-export", key}, {BACKUP_ENCRYPTION_KEY = "not-the-passphrase"})
+  T.eq(r.status, 4)
+  T.match(r.stderr, "wrong%-passphrase")
+  r = run({"restore-from-s3", "-", key}, {RESTORE_TARGET_URL = url("scripts_dst2"), BACKUP_ENCRYPTION_KEY = "not-the-passphrase"})
+  T.eq(r.status, 4)
+end)
+
+T.case("an archive without a manifest is incomplete; S3 unreachable is a failure", function()
+  local c = s3.client{}
+  local bare = PREFIX .. "clubio-db-20000101-000000.sql.gz.enc"
+  c:put(env.get("BACKUP_S3_BUCKET"), bare, "not really an archive")
+  local r = run{"verify-export", bare}
+  T.eq(r.status, 4)
+  T.match(r.stderr, "incomplete")
+  r = run({"verify-export"}, {AWS_ENDPOINT_URL = "http://127.0.0.1:9", AWS_MAX_ATTEMPTS = "1"})
+  T.ok(r.status ~= 0, "fails")
+  T.match(r.stderr, "\nclubio%-dr: [^\n]*127%.0%.0%.1:9")
+end)
+
+T.case("--dry-run changes nothing", function()
+  local c = s3.client{}
+  local before = 0
+  for _ in c:list{bucket = env.get("BACKUP_S3_BUCKET"), prefix = PREFIX} do before = before + 1 end
+  local r = run{"export-database", "--dry-run"}
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stderr, "would dump")
+  local after = 0
+  for _ in c:list{bucket = env.get("BACKUP_S3_BUCKET"), prefix = PREFIX} do after = after + 1 end
+  T.eq(after, before)
+end)
+
+return T.finish()
