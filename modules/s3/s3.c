@@ -472,8 +472,8 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             if (code && strcmp(code, "ExpiredToken") == 0) force_creds = true;
             rc = RT_ERR;
             if (ei.retry && attempt < c->max_attempts) {
-                rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "http %ld%s%s", resp->status, code ? " " : "",
-                             code ? code : "");
+                rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "s3 %s %s: http %ld%s%s", rq->op, obj, resp->status,
+                             code ? " " : "", code ? code : "");
                 retry = true;
             } else {
                 set_s3_error(c, rq, obj, resp->status, code, msg, offset, err);
@@ -489,7 +489,7 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
                 rc = RT_ERR;
                 break;
             }
-            rt_info("s3 %s %s: %s; retry %d of %d", rq->op, obj, e.message, attempt,
+            rt_info("%s; retry %d of %d", e.message, attempt,
                     c->max_attempts - 1);
             if (!s3_backoff(c, attempt) && !rq->ignore_cancel) {
                 rc = rt_cancel_error(err);

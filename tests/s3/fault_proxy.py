@@ -104,7 +104,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(int(resp.getheader("Content-Length") or len(data)) if action == "truncate" else len(data)))
+        keep_length = action == "truncate" or self.command == "HEAD"
+        self.send_header("Content-Length", str(int(resp.getheader("Content-Length") or len(data)) if keep_length else len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
