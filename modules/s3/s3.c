@@ -957,7 +957,7 @@ static int list_all(S3Client *c, const char *bucket, const char *prefix, Listing
             l->v = nv;
             l->cap = nc;
         }
-        memcpy(l->v + l->n, pg.items, pg.n * sizeof *pg.items);
+        if (pg.n) memcpy(l->v + l->n, pg.items, pg.n * sizeof *pg.items);
         l->n += pg.n;
         pg.n = 0;
         bool more = pg.truncated;
@@ -993,7 +993,7 @@ static void sort_listing(Listing *l, size_t strip)
 {
     pthread_mutex_lock(&g_sync_mu);
     g_sync_strip = strip;
-    qsort(l->v, l->n, sizeof *l->v, obj_cmp);
+    if (l->n) qsort(l->v, l->n, sizeof *l->v, obj_cmp);
     pthread_mutex_unlock(&g_sync_mu);
 }
 
