@@ -22,7 +22,10 @@ struct RtHttp {
 };
 
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
 
 RtHttp *rt_http_new(const RtHttpOptions *opts)
 {
@@ -47,7 +50,10 @@ void rt_http_free(RtHttp *h)
     free(h);
 }
 
-void rt_http_response_init(RtHttpResponse *r) { memset(r, 0, sizeof *r); }
+void rt_http_response_init(RtHttpResponse *r)
+{
+    memset(r, 0, sizeof *r);
+}
 
 void rt_http_response_free(RtHttpResponse *r)
 {
@@ -248,11 +254,14 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         }
     /* No "Expect: 100-continue" round trip: S3 answers errors after the body anyway. */
     struct curl_slist *n2 = oom ? NULL : curl_slist_append(hl, "Expect:");
-    if (!n2) oom = true;
-    else hl = n2;
+    if (!n2)
+        oom = true;
+    else
+        hl = n2;
     if (oom) {
         curl_slist_free_all(hl);
-        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem", "out of memory preparing a request to %s", what);
+        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem",
+                            "out of memory preparing a request to %s", what);
     }
 
     curl_easy_setopt(c, CURLOPT_URL, req->url);
@@ -305,9 +314,11 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         return rt_cancel_error(err);
     }
     if (bc.x.oom)
-        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem", "out of memory reading the answer of %s", what);
+        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem",
+                            "out of memory reading the answer of %s", what);
     if (bc.x.callback_stopped)
-        return rt_error_set(err, RT_CLASS_FAILURE, "http.aborted", "transfer of %s stopped by its receiver", what);
+        return rt_error_set(err, RT_CLASS_FAILURE, "http.aborted",
+                            "transfer of %s stopped by its receiver", what);
     if (rc_ != CURLE_OK) {
         rt_debug("http %s %s failed: %s", m, where, curl_easy_strerror(rc_));
         rt_error_set(err, RT_CLASS_FAILURE, "http.transport", "%s: %s (%s)", what,
@@ -317,7 +328,8 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         if (rc_ == CURLE_COULDNT_RESOLVE_HOST || rc_ == CURLE_COULDNT_CONNECT)
             rt_error_hint(err, "check the endpoint %s and the network", host);
         else if (rc_ == CURLE_OPERATION_TIMEDOUT)
-            rt_error_hint(err, "the server stopped answering; it may be overloaded or the network is down");
+            rt_error_hint(
+                err, "the server stopped answering; it may be overloaded or the network is down");
         return RT_ERR;
     }
     rt_debug("http %s %s -> %ld (%.2f s)", m, where, resp->status, resp->seconds);
@@ -332,7 +344,8 @@ char *rt_http_uri_encode(const char *s, size_t len, bool keep_slash)
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '~' || (keep_slash && ch == '/')) {
+        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '~' ||
+            (keep_slash && ch == '/')) {
             out[o++] = (char)ch;
         } else {
             out[o++] = '%';
@@ -357,7 +370,7 @@ double rt_http_parse_date(const char *s)
     for (int i = 0; i < 12; i++)
         if (strcmp(mon, months[i]) == 0) m = i;
     if (m < 0) return 0;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = m, .tm_mday = d, .tm_hour = hh, .tm_min = mm,
-                    .tm_sec = ss};
+    struct tm tm = {
+        .tm_year = y - 1900, .tm_mon = m, .tm_mday = d, .tm_hour = hh, .tm_min = mm, .tm_sec = ss};
     return (double)timegm(&tm);
 }

@@ -51,13 +51,13 @@ typedef struct RtHttpRequest {
     const char *const *headers; /* "Name: value" lines, NULL-terminated; may be NULL */
     const uint8_t *body;        /* request body (copied by nobody: must outlive the call) */
     size_t body_len;
-    size_t max_body;        /* cap on the captured response body; default 1 MiB */
-    RtHttpBodyFn on_body;   /* if set, the response body goes here instead of being captured */
+    size_t max_body;      /* cap on the captured response body; default 1 MiB */
+    RtHttpBodyFn on_body; /* if set, the response body goes here instead of being captured */
     void *on_body_ud;
     bool on_body_any_status; /* stream the body even when status >= 300 (default: capture it) */
-    double total_timeout;   /* overrides the handle's option when > 0 */
-    double connect_timeout; /* overrides the handle's option when > 0 */
-    bool ignore_cancel;     /* cleanup requests (abort an upload) that must run after a cancel */
+    double total_timeout;    /* overrides the handle's option when > 0 */
+    double connect_timeout;  /* overrides the handle's option when > 0 */
+    bool ignore_cancel;      /* cleanup requests (abort an upload) that must run after a cancel */
 } RtHttpRequest;
 
 typedef struct RtHttpHeader {

@@ -10,10 +10,10 @@
 #include "runtime/log.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <openssl/evp.h>
 #include <openssl/md5.h>
 #include <openssl/rand.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -39,7 +39,10 @@ void s3_md5(const void *data, size_t len, unsigned char md[16])
     EVP_Digest(data, len, md, &n, EVP_md5(), NULL);
 }
 
-void s3_md5_b64(const unsigned char md[16], char out[25]) { EVP_EncodeBlock((unsigned char *)out, md, 16); }
+void s3_md5_b64(const unsigned char md[16], char out[25])
+{
+    EVP_EncodeBlock((unsigned char *)out, md, 16);
+}
 
 char *s3_etag_clean(const char *etag)
 {
@@ -72,11 +75,13 @@ void s3_headers_write_opts(S3Headers *h, const S3WriteOptions *w, bool with_meta
 {
     if (!w) return;
     if (w->sse) s3_headers_add(h, "x-amz-server-side-encryption: %s", w->sse);
-    if (w->kms_key_id) s3_headers_add(h, "x-amz-server-side-encryption-aws-kms-key-id: %s", w->kms_key_id);
+    if (w->kms_key_id)
+        s3_headers_add(h, "x-amz-server-side-encryption-aws-kms-key-id: %s", w->kms_key_id);
     if (w->storage_class) s3_headers_add(h, "x-amz-storage-class: %s", w->storage_class);
     if (with_meta && w->content_type) s3_headers_add(h, "Content-Type: %s", w->content_type);
     if (with_meta && w->metadata)
-        for (const char *const *m = w->metadata; m[0] && m[1]; m += 2) s3_headers_add(h, "x-amz-meta-%s: %s", m[0], m[1]);
+        for (const char *const *m = w->metadata; m[0] && m[1]; m += 2)
+            s3_headers_add(h, "x-amz-meta-%s: %s", m[0], m[1]);
 }
 
 void s3_headers_free(S3Headers *h)
@@ -102,7 +107,10 @@ size_t s3_part_size_for(size_t base, int part_number)
 
 /* ---- client ---- */
 
-static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 static const char *env_nonempty(const char *name)
 {
@@ -133,8 +141,10 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     const char *ep = o->endpoint ? o->endpoint : env_nonempty("AWS_ENDPOINT_URL_S3");
     if (!ep) ep = env_nonempty("AWS_ENDPOINT_URL");
     SBuf e = {0};
-    if (ep) sb_add(&e, ep);
-    else sb_addf(&e, "https://s3.%s.amazonaws.com", c->region);
+    if (ep)
+        sb_add(&e, ep);
+    else
+        sb_addf(&e, "https://s3.%s.amazonaws.com", c->region);
     c->custom_endpoint = ep != NULL;
     c->endpoint = sb_take(&e);
     c->max_attempts = o->max_attempts > 0 ? o->max_attempts : 6;
@@ -145,7 +155,8 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     const char *p = strstr(c->endpoint, "://");
     if (!p || p == c->endpoint) {
         rt_error_set(err, RT_CLASS_USAGE, "s3.endpoint", "invalid s3 endpoint '%s'", c->endpoint);
-        rt_error_hint(err, "give a URL like https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000");
+        rt_error_hint(
+            err, "give a URL like https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000");
         s3_client_unref(c);
         return NULL;
     }
@@ -160,8 +171,8 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!c->scheme || !c->hostport || !c->base_path) goto oom;
     for (char *s = c->scheme; *s; s++) *s = (char)tolower((unsigned char)*s);
     if (strcmp(c->scheme, "http") && strcmp(c->scheme, "https")) {
-        rt_error_set(err, RT_CLASS_USAGE, "s3.endpoint", "invalid s3 endpoint '%s': scheme must be http or https",
-                     c->endpoint);
+        rt_error_set(err, RT_CLASS_USAGE, "s3.endpoint",
+                     "invalid s3 endpoint '%s': scheme must be http or https", c->endpoint);
         s3_client_unref(c);
         return NULL;
     }
@@ -180,7 +191,10 @@ oom:
     return NULL;
 }
 
-RtHttp *s3_http_new(S3Client *c) { return rt_http_new(&(RtHttpOptions){.stall_timeout = c->stall_timeout}); }
+RtHttp *s3_http_new(S3Client *c)
+{
+    return rt_http_new(&(RtHttpOptions){.stall_timeout = c->stall_timeout});
+}
 
 S3Client *s3_client_ref(S3Client *c)
 {
@@ -209,9 +223,18 @@ void s3_client_unref(S3Client *c)
     free(c);
 }
 
-const char *s3_client_region(const S3Client *c) { return c->region; }
-const char *s3_client_endpoint(const S3Client *c) { return c->endpoint; }
-const char *s3_client_credentials_source(S3Client *c) { return s3_creds_source(c->creds); }
+const char *s3_client_region(const S3Client *c)
+{
+    return c->region;
+}
+const char *s3_client_endpoint(const S3Client *c)
+{
+    return c->endpoint;
+}
+const char *s3_client_credentials_source(S3Client *c)
+{
+    return s3_creds_source(c->creds);
+}
 
 /* ---- requests ---- */
 
@@ -243,12 +266,16 @@ static ErrInfo classify(const char *code, long status)
         {"NoSuchBucket", {"s3.no_such_bucket", "no such bucket", RT_CLASS_CONFIG, false}},
         {"AccessDenied", {"s3.access_denied", "access denied", RT_CLASS_CONFIG, false}},
         {"AllAccessDisabled", {"s3.access_denied", "access disabled", RT_CLASS_CONFIG, false}},
-        {"InvalidAccessKeyId", {"s3.invalid_access_key", "unknown access key id", RT_CLASS_CONFIG, false}},
-        {"SignatureDoesNotMatch", {"s3.signature_mismatch", "signature does not match", RT_CLASS_CONFIG, false}},
-        {"RequestTimeTooSkewed", {"s3.clock_skew", "request time too skewed", RT_CLASS_CONFIG, false}},
+        {"InvalidAccessKeyId",
+         {"s3.invalid_access_key", "unknown access key id", RT_CLASS_CONFIG, false}},
+        {"SignatureDoesNotMatch",
+         {"s3.signature_mismatch", "signature does not match", RT_CLASS_CONFIG, false}},
+        {"RequestTimeTooSkewed",
+         {"s3.clock_skew", "request time too skewed", RT_CLASS_CONFIG, false}},
         {"ExpiredToken", {"s3.expired_token", "credentials expired", RT_CLASS_CONFIG, true}},
         {"InvalidToken", {"s3.invalid_token", "invalid session token", RT_CLASS_CONFIG, false}},
-        {"NoSuchUpload", {"s3.no_such_upload", "no such multipart upload", RT_CLASS_FAILURE, false}},
+        {"NoSuchUpload",
+         {"s3.no_such_upload", "no such multipart upload", RT_CLASS_FAILURE, false}},
         {"InvalidPart", {"s3.invalid_part", "invalid part", RT_CLASS_FAILURE, false}},
         {"InvalidPartOrder", {"s3.invalid_part", "invalid part order", RT_CLASS_FAILURE, false}},
         {"EntityTooSmall", {"s3.entity_too_small", "part too small", RT_CLASS_FAILURE, false}},
@@ -256,11 +283,13 @@ static ErrInfo classify(const char *code, long status)
         {"BadDigest", {"s3.bad_digest", "content md5 mismatch", RT_CLASS_FAILURE, true}},
         {"InvalidDigest", {"s3.bad_digest", "invalid content md5", RT_CLASS_FAILURE, true}},
         {"IncompleteBody", {"s3.incomplete_body", "incomplete body", RT_CLASS_FAILURE, true}},
-        {"PreconditionFailed", {"s3.changed", "the object changed while it was read", RT_CLASS_FAILURE, false}},
+        {"PreconditionFailed",
+         {"s3.changed", "the object changed while it was read", RT_CLASS_FAILURE, false}},
         {"InvalidRange", {"s3.invalid_range", "invalid range", RT_CLASS_FAILURE, false}},
         {"InvalidBucketName", {"s3.invalid_bucket", "invalid bucket name", RT_CLASS_USAGE, false}},
         {"KeyTooLongError", {"s3.key_too_long", "key too long", RT_CLASS_USAGE, false}},
-        {"InvalidStorageClass", {"s3.invalid_argument", "invalid storage class", RT_CLASS_USAGE, false}},
+        {"InvalidStorageClass",
+         {"s3.invalid_argument", "invalid storage class", RT_CLASS_USAGE, false}},
         {"InvalidArgument", {"s3.invalid_argument", "invalid argument", RT_CLASS_USAGE, false}},
         {"InvalidRequest", {"s3.invalid_request", "invalid request", RT_CLASS_USAGE, false}},
         {"KMS.NotFoundException", {"s3.kms", "kms key not found", RT_CLASS_CONFIG, false}},
@@ -273,41 +302,57 @@ static ErrInfo classify(const char *code, long status)
     if (code)
         for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
             if (strcmp(code, map[i].s3) == 0) return map[i].i;
-    if (status == 404 && !code) return (ErrInfo){"s3.not_found", "not found", RT_CLASS_FAILURE, false};
-    if (status == 403 && !code) return (ErrInfo){"s3.access_denied", "access denied", RT_CLASS_CONFIG, false};
+    if (status == 404 && !code)
+        return (ErrInfo){"s3.not_found", "not found", RT_CLASS_FAILURE, false};
+    if (status == 403 && !code)
+        return (ErrInfo){"s3.access_denied", "access denied", RT_CLASS_CONFIG, false};
     if (status == 500 || status == 502 || status == 503 || status == 504 || status == 429)
         return (ErrInfo){"s3.unavailable", "server error", RT_CLASS_FAILURE, true};
     return (ErrInfo){"s3.error", "request failed", RT_CLASS_FAILURE, status >= 500};
 }
 
-static void set_s3_error(S3Client *c, const S3Req *rq, const char *obj, long status, const char *code,
-                         const char *msg, double offset, RtError *err)
+static void set_s3_error(S3Client *c, const S3Req *rq, const char *obj, long status,
+                         const char *code, const char *msg, double offset, RtError *err)
 {
     ErrInfo i = classify(code, status);
-    rt_error_set(err, i.klass, i.code_rt, "s3 %s %s: %s (http %ld%s%s%s%s)", rq->op, obj, i.what, status,
-                 code ? " " : "", code ? code : "", msg && *msg ? ": " : "", msg && *msg ? msg : "");
+    rt_error_set(err, i.klass, i.code_rt, "s3 %s %s: %s (http %ld%s%s%s%s)", rq->op, obj, i.what,
+                 status, code ? " " : "", code ? code : "", msg && *msg ? ": " : "",
+                 msg && *msg ? msg : "");
     err->retryable = i.retry;
     const char *src = s3_creds_source(c->creds);
     if (strcmp(i.code_rt, "s3.no_such_key") == 0 || strcmp(i.code_rt, "s3.not_found") == 0)
-        rt_error_hint(err, "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}", rq->bucket);
+        rt_error_hint(err,
+                      "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}",
+                      rq->bucket);
     else if (strcmp(i.code_rt, "s3.no_such_bucket") == 0)
-        rt_error_hint(err, "check the bucket name '%s', the endpoint %s and the region %s", rq->bucket, c->endpoint,
-                      c->region);
+        rt_error_hint(err, "check the bucket name '%s', the endpoint %s and the region %s",
+                      rq->bucket, c->endpoint, c->region);
     else if (strcmp(i.code_rt, "s3.access_denied") == 0)
-        rt_error_hint(err, "the credentials from %s are not allowed to %s %s; check the IAM policy, the bucket "
-                           "policy and any KMS key policy", src, rq->op, obj);
+        rt_error_hint(
+            err,
+            "the credentials from %s are not allowed to %s %s; check the IAM policy, the bucket "
+            "policy and any KMS key policy",
+            src, rq->op, obj);
     else if (strcmp(i.code_rt, "s3.invalid_access_key") == 0)
-        rt_error_hint(err, "the access key id from %s is unknown to %s; check the account and the endpoint", src,
-                      c->endpoint);
+        rt_error_hint(
+            err, "the access key id from %s is unknown to %s; check the account and the endpoint",
+            src, c->endpoint);
     else if (strcmp(i.code_rt, "s3.signature_mismatch") == 0)
-        rt_error_hint(err, "the secret key from %s does not match its access key id (stray whitespace? wrong "
-                           "pair?), or a proxy rewrote the request", src);
+        rt_error_hint(
+            err,
+            "the secret key from %s does not match its access key id (stray whitespace? wrong "
+            "pair?), or a proxy rewrote the request",
+            src);
     else if (strcmp(i.code_rt, "s3.clock_skew") == 0)
-        rt_error_hint(err, "this machine's clock is %+.0f s off the server's; fix time sync (chrony/ntpd)", -offset);
+        rt_error_hint(
+            err, "this machine's clock is %+.0f s off the server's; fix time sync (chrony/ntpd)",
+            -offset);
     else if (strcmp(i.code_rt, "s3.expired_token") == 0)
-        rt_error_hint(err, "the temporary credentials from %s expired and could not be refreshed", src);
+        rt_error_hint(err, "the temporary credentials from %s expired and could not be refreshed",
+                      src);
     else if (i.retry)
-        rt_error_hint(err, "the store kept failing after %d attempts; retry later", c->max_attempts);
+        rt_error_hint(err, "the store kept failing after %d attempts; retry later",
+                      c->max_attempts);
 }
 
 /* Builds the URL path and host for bucket/key under the addressing style. */
@@ -338,8 +383,10 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const S3Creds *cr, R
                    RtError *err)
 {
     char payload[65], amz_date[17];
-    if (rq->body_len) sigv4_sha256_hex(rq->body, rq->body_len, payload);
-    else strcpy(payload, SIGV4_EMPTY_SHA256);
+    if (rq->body_len)
+        sigv4_sha256_hex(rq->body, rq->body_len, payload);
+    else
+        strcpy(payload, SIGV4_EMPTY_SHA256);
     sigv4_amz_date(time(NULL), amz_date);
     SBuf host = {0}, path = {0}, url = {0};
     address(c, rq->bucket, rq->key, &host, &path);
@@ -381,8 +428,8 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const S3Creds *cr, R
         rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory signing a request");
         goto out;
     }
-    sb_addf(&url, "%s://%s%s%s%s", c->scheme, host.p, sig.encoded_path, sig.canonical_query[0] ? "?" : "",
-            sig.canonical_query);
+    sb_addf(&url, "%s://%s%s%s%s", c->scheme, host.p, sig.encoded_path,
+            sig.canonical_query[0] ? "?" : "", sig.canonical_query);
     S3Headers lines = {0};
     s3_headers_add(&lines, "Host: %s", host.p);
     s3_headers_add(&lines, "x-amz-date: %s", amz_date);
@@ -406,7 +453,8 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const S3Creds *cr, R
     free(obj);
     /* Wipe the Authorization and token lines. */
     for (size_t i = 0; i < lines.n; i++) {
-        if (strncmp(lines.v[i], "Authorization", 13) == 0 || strncmp(lines.v[i], "x-amz-security-token", 20) == 0)
+        if (strncmp(lines.v[i], "Authorization", 13) == 0 ||
+            strncmp(lines.v[i], "x-amz-security-token", 20) == 0)
             memset(lines.v[i], 0, strlen(lines.v[i]));
     }
     s3_headers_free(&lines);
@@ -421,7 +469,9 @@ out:
 
 int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError *err)
 {
-    char *obj = rq->object ? strdup(rq->object) : (rq->key || rq->bucket) ? s3_object_name(rq->bucket, rq->key) : strdup("s3");
+    char *obj = rq->object                ? strdup(rq->object)
+                : (rq->key || rq->bucket) ? s3_object_name(rq->bucket, rq->key)
+                                          : strdup("s3");
     if (!obj) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     bool force_creds = false;
     int rc = RT_ERR;
@@ -453,7 +503,8 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
         } else {
             bool is_err = resp->status >= 300 && !(rq->ok_404 && resp->status == 404);
             char *code = NULL, *msg = NULL;
-            if (!is_err && rq->error_in_200 && resp->body && strstr((const char *)resp->body, "<Error>")) {
+            if (!is_err && rq->error_in_200 && resp->body &&
+                strstr((const char *)resp->body, "<Error>")) {
                 is_err = true;
                 resp->status = 500; /* an error inside a 200: treat like a server error */
             }
@@ -472,8 +523,8 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             if (code && strcmp(code, "ExpiredToken") == 0) force_creds = true;
             rc = RT_ERR;
             if (ei.retry && attempt < c->max_attempts) {
-                rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "s3 %s %s: http %ld%s%s", rq->op, obj, resp->status,
-                             code ? " " : "", code ? code : "");
+                rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "s3 %s %s: http %ld%s%s", rq->op,
+                             obj, resp->status, code ? " " : "", code ? code : "");
                 retry = true;
             } else {
                 set_s3_error(c, rq, obj, resp->status, code, msg, offset, err);
@@ -485,12 +536,12 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
         if (retry) {
             if (attempt >= c->max_attempts) {
                 rt_error_copy(err, &e);
-                rt_error_hint(err, "gave up after %d attempts; check the network and the store", attempt);
+                rt_error_hint(err, "gave up after %d attempts; check the network and the store",
+                              attempt);
                 rc = RT_ERR;
                 break;
             }
-            rt_info("%s; retry %d of %d", e.message, attempt,
-                    c->max_attempts - 1);
+            rt_info("%s; retry %d of %d", e.message, attempt, c->max_attempts - 1);
             if (!s3_backoff(c, attempt) && !rq->ignore_cancel) {
                 rc = rt_cancel_error(err);
                 break;
@@ -511,10 +562,13 @@ int s3_do_shared(S3Client *c, const S3Req *rq, RtHttpResponse *resp, RtError *er
 
 /* ---- operations ---- */
 
-static int nomem(RtError *err) { return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory"); }
+static int nomem(RtError *err)
+{
+    return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+}
 
-int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, size_t len, const S3WriteOptions *w,
-           char **etag_out, RtError *err)
+int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, size_t len,
+           const S3WriteOptions *w, char **etag_out, RtError *err)
 {
     unsigned char md[16];
     char b64[25];
@@ -523,8 +577,13 @@ int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, s
     S3Headers h = {0};
     s3_headers_write_opts(&h, w, true);
     s3_headers_add(&h, "Content-MD5: %s", b64);
-    S3Req rq = {.op = "put", .method = "PUT", .bucket = bucket, .key = key, .headers = s3_headers_list(&h),
-                .body = data, .body_len = len};
+    S3Req rq = {.op = "put",
+                .method = "PUT",
+                .bucket = bucket,
+                .key = key,
+                .headers = s3_headers_list(&h),
+                .body = data,
+                .body_len = len};
     RtHttpResponse r;
     rt_http_response_init(&r);
     int rc = s3_do_shared(c, &rq, &r, err);
@@ -547,8 +606,8 @@ void s3_head_free(S3Head *h)
     memset(h, 0, sizeof *h);
 }
 
-static int head_with(S3Client *c, RtHttp *http, const char *bucket, const char *key, S3Head *out, bool *found,
-                     RtError *err)
+static int head_with(S3Client *c, RtHttp *http, const char *bucket, const char *key, S3Head *out,
+                     bool *found, RtError *err)
 {
     memset(out, 0, sizeof *out);
     *found = false;
@@ -566,12 +625,14 @@ static int head_with(S3Client *c, RtHttp *http, const char *bucket, const char *
         out->content_type = xstrdup(rt_http_header(&r, "Content-Type"));
         out->storage_class = xstrdup(rt_http_header(&r, "x-amz-storage-class"));
         out->sse = xstrdup(rt_http_header(&r, "x-amz-server-side-encryption"));
-        out->kms_key_id = xstrdup(rt_http_header(&r, "x-amz-server-side-encryption-aws-kms-key-id"));
+        out->kms_key_id =
+            xstrdup(rt_http_header(&r, "x-amz-server-side-encryption-aws-kms-key-id"));
         size_t nm = 0;
         for (size_t i = 0; i < r.n_headers; i++)
             if (strncasecmp(r.headers[i].name, "x-amz-meta-", 11) == 0) nm++;
         out->metadata = calloc(2 * nm + 1, sizeof(char *));
-        if (!out->metadata) rc = nomem(err);
+        if (!out->metadata)
+            rc = nomem(err);
         else {
             size_t j = 0;
             for (size_t i = 0; i < r.n_headers; i++)
@@ -588,12 +649,14 @@ static int head_with(S3Client *c, RtHttp *http, const char *bucket, const char *
     return rc;
 }
 
-int s3_head(S3Client *c, const char *bucket, const char *key, S3Head *out, bool *found, RtError *err)
+int s3_head(S3Client *c, const char *bucket, const char *key, S3Head *out, bool *found,
+            RtError *err)
 {
     return head_with(c, NULL, bucket, key, out, found, err);
 }
 
-int s3_get(S3Client *c, const char *bucket, const char *key, size_t max, uint8_t **data, size_t *len, RtError *err)
+int s3_get(S3Client *c, const char *bucket, const char *key, size_t max, uint8_t **data,
+           size_t *len, RtError *err)
 {
     *data = NULL;
     *len = 0;
@@ -604,7 +667,8 @@ int s3_get(S3Client *c, const char *bucket, const char *key, size_t max, uint8_t
     if (rc == RT_OK) {
         if (r.body_truncated || r.body_len > max) {
             char *o = s3_object_name(bucket, key);
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.too_large", "s3 get %s: object larger than %zu bytes", o, max);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.too_large",
+                              "s3 get %s: object larger than %zu bytes", o, max);
             rt_error_hint(err, "stream it with c:download{...} into pipe.run");
             free(o);
         } else {
@@ -633,8 +697,8 @@ void s3_list_page_free(S3ListPage *p)
     memset(p, 0, sizeof *p);
 }
 
-int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char *delimiter, const char *token,
-                 int max_keys, S3ListPage *out, RtError *err)
+int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char *delimiter,
+                 const char *token, int max_keys, S3ListPage *out, RtError *err)
 {
     memset(out, 0, sizeof *out);
     SigV4Param q[6];
@@ -650,7 +714,12 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
     }
     SBuf o = {0};
     sb_addf(&o, "s3://%s/%s", bucket, prefix ? prefix : "");
-    S3Req rq = {.op = "list", .method = "GET", .bucket = bucket, .query = q, .n_query = nq, .max_body = 64 << 20,
+    S3Req rq = {.op = "list",
+                .method = "GET",
+                .bucket = bucket,
+                .query = q,
+                .n_query = nq,
+                .max_body = 64 << 20,
                 .object = o.p};
     RtHttpResponse r;
     rt_http_response_init(&r);
@@ -658,7 +727,8 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
     if (rc == RT_OK) {
         const char *p = (const char *)(r.body ? r.body : (uint8_t *)""), *end = p + r.body_len;
         if (r.body_truncated) {
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 list %s: answer too large", o.p);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 list %s: answer too large", o.p);
             goto done;
         }
         size_t cap = 0;
@@ -678,7 +748,8 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
             memset(ob, 0, sizeof *ob);
             ob->key = s3_xml_get(it, "Key");
             if (!ob->key) {
-                rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 list %s: an entry without a key", o.p);
+                rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                                  "s3 list %s: an entry without a key", o.p);
                 goto done;
             }
             out->n++;
@@ -730,7 +801,8 @@ int s3_delete(S3Client *c, const char *bucket, const char *key, RtError *err)
     return rc;
 }
 
-int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, size_t n, size_t *deleted, RtError *err)
+int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, size_t n,
+                   size_t *deleted, RtError *err)
 {
     *deleted = 0;
     for (size_t off = 0; off < n; off += 1000) {
@@ -754,9 +826,16 @@ int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, siz
         SigV4Param q[] = {{"delete", ""}};
         SBuf o = {0};
         sb_addf(&o, "s3://%s (%zu keys)", bucket, m);
-        S3Req rq = {.op = "delete-many", .method = "POST", .bucket = bucket, .query = q, .n_query = 1,
-                    .headers = s3_headers_list(&h), .body = (const uint8_t *)b.p, .body_len = b.len,
-                    .object = o.p, .max_body = 16 << 20};
+        S3Req rq = {.op = "delete-many",
+                    .method = "POST",
+                    .bucket = bucket,
+                    .query = q,
+                    .n_query = 1,
+                    .headers = s3_headers_list(&h),
+                    .body = (const uint8_t *)b.p,
+                    .body_len = b.len,
+                    .object = o.p,
+                    .max_body = 16 << 20};
         RtHttpResponse r;
         rt_http_response_init(&r);
         int rc = s3_do_shared(c, &rq, &r, err);
@@ -764,11 +843,14 @@ int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, siz
             S3XmlSpan e;
             const char *cur = (const char *)r.body;
             if (s3_xml_next(&cur, cur + r.body_len, "Error", &e)) {
-                char *k = s3_xml_get(e, "Key"), *code = s3_xml_get(e, "Code"), *msg = s3_xml_get(e, "Message");
+                char *k = s3_xml_get(e, "Key"), *code = s3_xml_get(e, "Code"),
+                     *msg = s3_xml_get(e, "Message");
                 ErrInfo ei = classify(code, 0);
-                rc = rt_error_set(err, ei.klass, ei.code_rt, "s3 delete s3://%s/%s: %s (%s%s%s)", bucket,
-                                  k ? k : "?", ei.what, code ? code : "", msg ? ": " : "", msg ? msg : "");
-                rt_error_hint(err, "the other keys of the batch were deleted; check permissions on that key");
+                rc = rt_error_set(err, ei.klass, ei.code_rt, "s3 delete s3://%s/%s: %s (%s%s%s)",
+                                  bucket, k ? k : "?", ei.what, code ? code : "", msg ? ": " : "",
+                                  msg ? msg : "");
+                rt_error_hint(
+                    err, "the other keys of the batch were deleted; check permissions on that key");
                 free(k);
                 free(code);
                 free(msg);
@@ -807,8 +889,8 @@ static int xml_answer(const RtHttpResponse *r, const char *root, const char *fie
     return *out ? RT_OK : RT_ERR;
 }
 
-int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const char *dk, const S3CopyOptions *o,
-            S3CopyResult *res, RtError *err)
+int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const char *dk,
+            const S3CopyOptions *o, S3CopyResult *res, RtError *err)
 {
     memset(res, 0, sizeof *res);
     S3CopyOptions d = {0};
@@ -827,7 +909,8 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
     if (s3_head(c, sb, sk, &hd, &found, err) != RT_OK) goto out;
     if (!found) {
         rt_error_set(err, RT_CLASS_FAILURE, "s3.no_such_key", "s3 copy %s: no such key", src_name);
-        rt_error_hint(err, "check the source key; list what exists with c:list{bucket = \"%s\"}", sb);
+        rt_error_hint(err, "check the source key; list what exists with c:list{bucket = \"%s\"}",
+                      sb);
         goto out;
     }
     res->size = hd.size;
@@ -835,10 +918,16 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
     if (hd.size <= threshold) {
         s3_headers_add(&h, "x-amz-copy-source: %s", cs);
         s3_headers_add(&h, "x-amz-copy-source-if-match: \"%s\"", hd.etag ? hd.etag : "");
-        s3_headers_add(&h, "x-amz-metadata-directive: %s", o->replace_metadata ? "REPLACE" : "COPY");
+        s3_headers_add(&h, "x-amz-metadata-directive: %s",
+                       o->replace_metadata ? "REPLACE" : "COPY");
         s3_headers_write_opts(&h, &o->write, o->replace_metadata);
-        S3Req rq = {.op = "copy", .method = "PUT", .bucket = db, .key = dk, .headers = s3_headers_list(&h),
-                    .error_in_200 = true, .object = dst_name};
+        S3Req rq = {.op = "copy",
+                    .method = "PUT",
+                    .bucket = db,
+                    .key = dk,
+                    .headers = s3_headers_list(&h),
+                    .error_in_200 = true,
+                    .object = dst_name};
         RtHttpResponse r;
         rt_http_response_init(&r);
         rc = s3_do_shared(c, &rq, &r, err);
@@ -861,15 +950,23 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
     }
     s3_headers_write_opts(&h, &w, true);
     SigV4Param qi[] = {{"uploads", ""}};
-    S3Req rq = {.op = "copy", .method = "POST", .bucket = db, .key = dk, .query = qi, .n_query = 1,
-                .headers = s3_headers_list(&h), .object = dst_name};
+    S3Req rq = {.op = "copy",
+                .method = "POST",
+                .bucket = db,
+                .key = dk,
+                .query = qi,
+                .n_query = 1,
+                .headers = s3_headers_list(&h),
+                .object = dst_name};
     RtHttpResponse r;
     rt_http_response_init(&r);
     char *upload_id = NULL;
     rc = s3_do_shared(c, &rq, &r, err);
     s3_headers_free(&h);
-    if (rc == RT_OK && xml_answer(&r, "InitiateMultipartUploadResult", "UploadId", &upload_id) != RT_OK)
-        rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 copy %s: no upload id in the answer", dst_name);
+    if (rc == RT_OK &&
+        xml_answer(&r, "InitiateMultipartUploadResult", "UploadId", &upload_id) != RT_OK)
+        rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                          "s3 copy %s: no upload id in the answer", dst_name);
     SBuf done = {0};
     sb_add(&done, "<CompleteMultipartUpload>");
     int n = 0;
@@ -881,17 +978,27 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
         SigV4Param q[] = {{"partNumber", pn}, {"uploadId", upload_id}};
         S3Headers ph = {0};
         s3_headers_add(&ph, "x-amz-copy-source: %s", cs);
-        s3_headers_add(&ph, "x-amz-copy-source-range: bytes=%lld-%lld", (long long)off, (long long)last);
+        s3_headers_add(&ph, "x-amz-copy-source-range: bytes=%lld-%lld", (long long)off,
+                       (long long)last);
         s3_headers_add(&ph, "x-amz-copy-source-if-match: \"%s\"", hd.etag ? hd.etag : "");
-        S3Req pr = {.op = "copy part", .method = "PUT", .bucket = db, .key = dk, .query = q, .n_query = 2,
-                    .headers = s3_headers_list(&ph), .error_in_200 = true, .object = dst_name};
+        S3Req pr = {.op = "copy part",
+                    .method = "PUT",
+                    .bucket = db,
+                    .key = dk,
+                    .query = q,
+                    .n_query = 2,
+                    .headers = s3_headers_list(&ph),
+                    .error_in_200 = true,
+                    .object = dst_name};
         rc = s3_do_shared(c, &pr, &r, err);
         char *et = NULL;
         if (rc == RT_OK && xml_answer(&r, "CopyPartResult", "ETag", &et) != RT_OK)
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 copy %s: part %d has no etag", dst_name, n);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 copy %s: part %d has no etag", dst_name, n);
         if (rc == RT_OK) {
             char *clean = s3_etag_clean(et);
-            sb_addf(&done, "<Part><PartNumber>%d</PartNumber><ETag>\"%s\"</ETag></Part>", n, clean ? clean : "");
+            sb_addf(&done, "<Part><PartNumber>%d</PartNumber><ETag>\"%s\"</ETag></Part>", n,
+                    clean ? clean : "");
             free(clean);
         }
         free(et);
@@ -900,8 +1007,16 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
     sb_add(&done, "</CompleteMultipartUpload>");
     if (rc == RT_OK) {
         SigV4Param q[] = {{"uploadId", upload_id}};
-        S3Req cr = {.op = "copy", .method = "POST", .bucket = db, .key = dk, .query = q, .n_query = 1,
-                    .body = (const uint8_t *)done.p, .body_len = done.len, .error_in_200 = true, .object = dst_name};
+        S3Req cr = {.op = "copy",
+                    .method = "POST",
+                    .bucket = db,
+                    .key = dk,
+                    .query = q,
+                    .n_query = 1,
+                    .body = (const uint8_t *)done.p,
+                    .body_len = done.len,
+                    .error_in_200 = true,
+                    .object = dst_name};
         rc = s3_do_shared(c, &cr, &r, err);
         char *et = NULL;
         if (rc == RT_OK) xml_answer(&r, "CompleteMultipartUploadResult", "ETag", &et);
@@ -911,11 +1026,17 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
     }
     if (rc != RT_OK && upload_id) {
         SigV4Param q[] = {{"uploadId", upload_id}};
-        S3Req ar = {.op = "abort upload", .method = "DELETE", .bucket = db, .key = dk, .query = q, .n_query = 1,
+        S3Req ar = {.op = "abort upload",
+                    .method = "DELETE",
+                    .bucket = db,
+                    .key = dk,
+                    .query = q,
+                    .n_query = 1,
                     .object = dst_name};
         RtError ae;
         rt_error_init(&ae);
-        if (s3_do_shared(c, &ar, &r, &ae) != RT_OK) rt_warn("could not abort the multipart copy to %s: %s", dst_name, ae.message);
+        if (s3_do_shared(c, &ar, &r, &ae) != RT_OK)
+            rt_warn("could not abort the multipart copy to %s: %s", dst_name, ae.message);
     }
     sb_free(&done);
     free(upload_id);
@@ -957,7 +1078,7 @@ static int list_all(S3Client *c, const char *bucket, const char *prefix, Listing
             l->v = nv;
             l->cap = nc;
         }
-        memcpy(l->v + l->n, pg.items, pg.n * sizeof *pg.items);
+        if (pg.n) memcpy(l->v + l->n, pg.items, pg.n * sizeof *pg.items);
         l->n += pg.n;
         pg.n = 0;
         bool more = pg.truncated;
@@ -993,7 +1114,7 @@ static void sort_listing(Listing *l, size_t strip)
 {
     pthread_mutex_lock(&g_sync_mu);
     g_sync_strip = strip;
-    qsort(l->v, l->n, sizeof *l->v, obj_cmp);
+    if (l->n) qsort(l->v, l->n, sizeof *l->v, obj_cmp);
     pthread_mutex_unlock(&g_sync_mu);
 }
 
@@ -1024,7 +1145,8 @@ int s3_sync(S3Client *c, const S3SyncOptions *o, S3SyncSummary *sum, RtError *er
     for (size_t i = 0; i < src.n && rc == RT_OK; i++) {
         const S3Object *s = &src.v[i];
         const char *rel = s->key + spl;
-        /* "Folder" marker objects are synced like any other key, as aws s3 sync does not; skip them. */
+        /* "Folder" marker objects are synced like any other key, as aws s3 sync does not; skip
+         * them. */
         if (!*rel || (s->size == 0 && rel[strlen(rel) - 1] == '/')) continue;
         sum->scanned++;
         while (j < dst.n && strcmp(dst.v[j].key + dpl, rel) < 0) j++;
@@ -1032,7 +1154,8 @@ int s3_sync(S3Client *c, const S3SyncOptions *o, S3SyncSummary *sum, RtError *er
         /* Like aws s3 sync: copy what is missing, has another size, or is newer at the source;
          * an equal ETag (same bytes, same part layout) is never copied again. */
         bool need = !d || d->size != s->size ||
-                    (!(s->etag && d->etag && strcmp(s->etag, d->etag) == 0) && s->last_modified > d->last_modified);
+                    (!(s->etag && d->etag && strcmp(s->etag, d->etag) == 0) &&
+                     s->last_modified > d->last_modified);
         if (!need) {
             sum->skipped++;
             continue;
@@ -1053,7 +1176,8 @@ int s3_sync(S3Client *c, const S3SyncOptions *o, S3SyncSummary *sum, RtError *er
                 sb_free(&dk);
                 break;
             }
-            rt_info("sync: copied s3://%s/%s to s3://%s/%s", o->src_bucket, s->key, o->dst_bucket, dk.p);
+            rt_info("sync: copied s3://%s/%s to s3://%s/%s", o->src_bucket, s->key, o->dst_bucket,
+                    dk.p);
         }
         sum->copied++;
         sum->bytes += s->size;

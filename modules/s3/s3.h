@@ -88,17 +88,18 @@ void s3_list_page_free(S3ListPage *p);
 int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, size_t len,
            const S3WriteOptions *w, char **etag_out, RtError *err);
 /* *found is false (and RT_OK) when the object does not exist. */
-int s3_head(S3Client *c, const char *bucket, const char *key, S3Head *out, bool *found, RtError *err);
+int s3_head(S3Client *c, const char *bucket, const char *key, S3Head *out, bool *found,
+            RtError *err);
 /* Whole small object into memory (fails beyond max bytes). */
-int s3_get(S3Client *c, const char *bucket, const char *key, size_t max, uint8_t **data, size_t *len,
-           RtError *err);
+int s3_get(S3Client *c, const char *bucket, const char *key, size_t max, uint8_t **data,
+           size_t *len, RtError *err);
 /* One ListObjectsV2 page. token/delimiter/start_after may be NULL; max_keys 0 = server default. */
 int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char *delimiter,
                  const char *token, int max_keys, S3ListPage *out, RtError *err);
 int s3_delete(S3Client *c, const char *bucket, const char *key, RtError *err);
 /* DeleteObjects in batches of 1000; any per-key failure is an error naming that key. */
-int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, size_t n, size_t *deleted,
-                   RtError *err);
+int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, size_t n,
+                   size_t *deleted, RtError *err);
 
 typedef struct S3CopyOptions {
     S3WriteOptions write;

@@ -37,7 +37,10 @@ struct S3CredsProvider {
     S3Creds cur;
 };
 
-static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 static void wipe_free(char *s)
 {
@@ -71,13 +74,15 @@ double s3_parse_iso8601(const char *s)
     int y, mo, d, h, mi;
     double sec;
     if (!s || sscanf(s, "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &sec) != 6) return 0;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi};
+    struct tm tm = {
+        .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi};
     double t = (double)timegm(&tm) + sec;
     /* A numeric offset ("+00:00") after the seconds. */
     const char *tz = strpbrk(s + 10, "Z+-");
     if (tz && (*tz == '+' || *tz == '-')) {
         int oh = 0, om = 0;
-        if (sscanf(tz + 1, "%d:%d", &oh, &om) >= 1) t -= (*tz == '+' ? 1 : -1) * (oh * 3600 + om * 60);
+        if (sscanf(tz + 1, "%d:%d", &oh, &om) >= 1)
+            t -= (*tz == '+' ? 1 : -1) * (oh * 3600 + om * 60);
     }
     return t;
 }
@@ -173,8 +178,10 @@ static char *ini_get(const char *path, const char *section, const char *key)
 static char *config_section(const char *profile)
 {
     SBuf b = {0};
-    if (strcmp(profile, "default") == 0) sb_add(&b, "default");
-    else sb_addf(&b, "profile %s", profile);
+    if (strcmp(profile, "default") == 0)
+        sb_add(&b, "default");
+    else
+        sb_addf(&b, "profile %s", profile);
     return sb_take(&b);
 }
 
@@ -209,8 +216,9 @@ static bool from_file(const char *path, const char *section, S3Creds *out)
 
 /* ---- HTTP sources ---- */
 
-static int http_get_text(const char *method, const char *url, const char *const *hdrs, const char *body,
-                         double timeout, const char *what, char **text, long *status, RtError *err)
+static int http_get_text(const char *method, const char *url, const char *const *hdrs,
+                         const char *body, double timeout, const char *what, char **text,
+                         long *status, RtError *err)
 {
     RtHttp *h = rt_http_new(&(RtHttpOptions){.connect_timeout = timeout, .stall_timeout = 10});
     if (!h) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
@@ -245,7 +253,8 @@ static int creds_from_json(const char *json, const char *what, S3Creds *out, RtE
     free(exp);
     if (!out->access_key || !out->secret_key) {
         s3_creds_clear(out);
-        return rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "the answer of %s holds no credentials", what);
+        return rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                            "the answer of %s holds no credentials", what);
     }
     register_secrets(out);
     return RT_OK;
@@ -265,26 +274,32 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
     }
     SBuf url = {0}, body = {0};
     const char *ep = env_nonempty("AWS_ENDPOINT_URL_STS");
-    if (ep) sb_add(&url, ep);
-    else sb_addf(&url, "https://sts.%s.amazonaws.com", region);
+    if (ep)
+        sb_add(&url, ep);
+    else
+        sb_addf(&url, "https://sts.%s.amazonaws.com", region);
     if (url.len && url.p[url.len - 1] == '/') url.p[--url.len] = 0;
     sb_add(&url, "/");
     char *r = sigv4_uri_encode(role, strlen(role), false);
     char *s = sigv4_uri_encode(session, strlen(session), false);
     char *t = sigv4_uri_encode(tok->data, tok->len, false);
     if (r && s && t)
-        sb_addf(&body, "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=%s&RoleSessionName=%s&WebIdentityToken=%s",
+        sb_addf(&body,
+                "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=%s&RoleSessionName=%s&"
+                "WebIdentityToken=%s",
                 r, s, t);
     free(r);
     free(s);
     wipe_free(t);
     rt_secret_free(tok);
-    const char *hdrs[] = {"Content-Type: application/x-www-form-urlencoded", "Accept: application/xml", NULL};
+    const char *hdrs[] = {"Content-Type: application/x-www-form-urlencoded",
+                          "Accept: application/xml", NULL};
     char *text = NULL;
     long status = 0;
-    int rc = (url.oom || body.oom) ? rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory")
-                                   : http_get_text("POST", url.p, hdrs, body.p, 5, "sts AssumeRoleWithWebIdentity",
-                                                   &text, &status, err);
+    int rc = (url.oom || body.oom)
+                 ? rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory")
+                 : http_get_text("POST", url.p, hdrs, body.p, 5, "sts AssumeRoleWithWebIdentity",
+                                 &text, &status, err);
     if (body.p) OPENSSL_cleanse(body.p, body.len);
     sb_free(&body);
     if (rc == RT_OK) {
@@ -292,9 +307,10 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
         if (status != 200) {
             char *code = s3_xml_get(all, "Code");
             rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
-                         "sts AssumeRoleWithWebIdentity for role %s failed: http %ld %s", role, status,
-                         code ? code : "");
-            rt_error_hint(err, "check AWS_ROLE_ARN, the role's trust policy and the token in AWS_WEB_IDENTITY_TOKEN_FILE");
+                         "sts AssumeRoleWithWebIdentity for role %s failed: http %ld %s", role,
+                         status, code ? code : "");
+            rt_error_hint(err, "check AWS_ROLE_ARN, the role's trust policy and the token in "
+                               "AWS_WEB_IDENTITY_TOKEN_FILE");
             free(code);
             rc = RT_ERR;
         } else {
@@ -306,7 +322,8 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
             free(exp);
             if (!out->access_key || !out->secret_key) {
                 s3_creds_clear(out);
-                rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "sts answered without credentials for role %s", role);
+                rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                                  "sts answered without credentials for role %s", role);
             } else
                 register_secrets(out);
         }
@@ -321,8 +338,10 @@ static int fetch_container(S3Creds *out, RtError *err)
 {
     SBuf url = {0}, auth = {0};
     const char *rel = env_nonempty("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
-    if (rel) sb_addf(&url, "http://169.254.170.2%s", rel);
-    else sb_add(&url, env_nonempty("AWS_CONTAINER_CREDENTIALS_FULL_URI"));
+    if (rel)
+        sb_addf(&url, "http://169.254.170.2%s", rel);
+    else
+        sb_add(&url, env_nonempty("AWS_CONTAINER_CREDENTIALS_FULL_URI"));
     const char *tok = env_nonempty("AWS_CONTAINER_AUTHORIZATION_TOKEN");
     const char *tokfile = env_nonempty("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
     RtSecret *ts = NULL;
@@ -339,14 +358,14 @@ static int fetch_container(S3Creds *out, RtError *err)
     const char *hdrs[] = {auth.p ? auth.p : "Accept: application/json", NULL};
     char *text = NULL;
     long status = 0;
-    int rc = http_get_text("GET", url.p ? url.p : "", hdrs, NULL, 2, "container credentials endpoint", &text,
-                           &status, err);
+    int rc = http_get_text("GET", url.p ? url.p : "", hdrs, NULL, 2,
+                           "container credentials endpoint", &text, &status, err);
     if (auth.p) OPENSSL_cleanse(auth.p, auth.len);
     sb_free(&auth);
     rt_secret_free(ts);
     if (rc == RT_OK && status != 200)
-        rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "the container credentials endpoint answered http %ld",
-                          status);
+        rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                          "the container credentials endpoint answered http %ld", status);
     if (rc == RT_OK) rc = creds_from_json(text, "the container credentials endpoint", out, err);
     if (text) OPENSSL_cleanse(text, strlen(text));
     free(text);
@@ -368,7 +387,8 @@ static int fetch_imds(S3Creds *out, RtError *err)
     const char *h1[] = {"X-aws-ec2-metadata-token-ttl-seconds: 21600", NULL};
     rc = http_get_text("PUT", u.p, h1, "", 1, "instance metadata", &tok, &st, err);
     if (rc == RT_OK && st != 200)
-        rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "instance metadata token request answered http %ld", st);
+        rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                          "instance metadata token request answered http %ld", st);
     if (rc == RT_OK) {
         rt_redact_register(tok, strlen(tok));
         SBuf th = {0};
@@ -378,7 +398,8 @@ static int fetch_imds(S3Creds *out, RtError *err)
         sb_addf(&u, "%.*s/latest/meta-data/iam/security-credentials/", (int)el, ep);
         rc = http_get_text("GET", u.p, h2, NULL, 1, "instance metadata", &role, &st, err);
         if (rc == RT_OK && (st != 200 || !*role))
-            rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "this instance has no IAM role (http %ld)", st);
+            rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                              "this instance has no IAM role (http %ld)", st);
         if (rc == RT_OK) {
             char *nl = strchr(role, '\n');
             if (nl) *nl = 0;
@@ -386,7 +407,8 @@ static int fetch_imds(S3Creds *out, RtError *err)
             sb_addf(&u, "%.*s/latest/meta-data/iam/security-credentials/%s", (int)el, ep, role);
             rc = http_get_text("GET", u.p, h2, NULL, 1, "instance metadata", &json, &st, err);
             if (rc == RT_OK && st != 200)
-                rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials", "instance metadata credentials answered http %ld", st);
+                rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
+                                  "instance metadata credentials answered http %ld", st);
             if (rc == RT_OK) rc = creds_from_json(json, "instance metadata", out, err);
         }
         OPENSSL_cleanse(th.p, th.len);
@@ -402,12 +424,18 @@ static int fetch_imds(S3Creds *out, RtError *err)
 static const char *kind_name(SrcKind k)
 {
     switch (k) {
-    case SRC_ENV: return "environment";
-    case SRC_WEB: return "web-identity";
-    case SRC_CREDFILE: return "shared-credentials-file";
-    case SRC_CONFIG: return "config-file";
-    case SRC_CONTAINER: return "container";
-    case SRC_IMDS: return "imds";
+    case SRC_ENV:
+        return "environment";
+    case SRC_WEB:
+        return "web-identity";
+    case SRC_CREDFILE:
+        return "shared-credentials-file";
+    case SRC_CONFIG:
+        return "config-file";
+    case SRC_CONTAINER:
+        return "container";
+    case SRC_IMDS:
+        return "imds";
     }
     return "?";
 }
@@ -418,7 +446,8 @@ static int fetch(S3CredsProvider *p, SrcKind k, S3Creds *out, RtError *err)
     int rc = RT_ERR;
     switch (k) {
     case SRC_ENV: {
-        const char *ak = env_nonempty("AWS_ACCESS_KEY_ID"), *sk = env_nonempty("AWS_SECRET_ACCESS_KEY");
+        const char *ak = env_nonempty("AWS_ACCESS_KEY_ID"),
+                   *sk = env_nonempty("AWS_SECRET_ACCESS_KEY");
         if (!ak || !sk) return RT_ERR;
         out->access_key = xstrdup(ak);
         out->secret_key = xstrdup(sk);
@@ -426,7 +455,9 @@ static int fetch(S3CredsProvider *p, SrcKind k, S3Creds *out, RtError *err)
         rc = RT_OK;
         break;
     }
-    case SRC_WEB: rc = fetch_web_identity(p->region, out, err); break;
+    case SRC_WEB:
+        rc = fetch_web_identity(p->region, out, err);
+        break;
     case SRC_CREDFILE: {
         char *path = home_path("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
         rc = from_file(path, p->profile, out) ? RT_OK : RT_ERR;
@@ -441,14 +472,19 @@ static int fetch(S3CredsProvider *p, SrcKind k, S3Creds *out, RtError *err)
         free(path);
         break;
     }
-    case SRC_CONTAINER: rc = fetch_container(out, err); break;
-    case SRC_IMDS: rc = fetch_imds(out, err); break;
+    case SRC_CONTAINER:
+        rc = fetch_container(out, err);
+        break;
+    case SRC_IMDS:
+        rc = fetch_imds(out, err);
+        break;
     }
     if (rc == RT_OK) {
         snprintf(out->source, sizeof out->source, "%s", kind_name(k));
         register_secrets(out);
         if (out->expires > 0)
-            rt_debug("s3 credentials from %s expire in %.0f s", out->source, out->expires - rt_now());
+            rt_debug("s3 credentials from %s expire in %.0f s", out->source,
+                     out->expires - rt_now());
     }
     return rc;
 }
@@ -469,11 +505,13 @@ S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *
     p->region = strdup(region ? region : "us-east-1");
     SrcKind order[6];
     int n = 0;
-        if (!profile_explicit) order[n++] = SRC_ENV;
-    if (env_nonempty("AWS_WEB_IDENTITY_TOKEN_FILE") && env_nonempty("AWS_ROLE_ARN")) order[n++] = SRC_WEB;
+    if (!profile_explicit) order[n++] = SRC_ENV;
+    if (env_nonempty("AWS_WEB_IDENTITY_TOKEN_FILE") && env_nonempty("AWS_ROLE_ARN"))
+        order[n++] = SRC_WEB;
     order[n++] = SRC_CREDFILE;
     order[n++] = SRC_CONFIG;
-    if (env_nonempty("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") || env_nonempty("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+    if (env_nonempty("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") ||
+        env_nonempty("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
         order[n++] = SRC_CONTAINER;
     const char *dis = getenv("AWS_EC2_METADATA_DISABLED");
     if (!(dis && strcasecmp(dis, "true") == 0)) order[n++] = SRC_IMDS;
@@ -494,10 +532,13 @@ S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *
         }
         if (e.set) rt_error_copy(&last, &e);
     }
-    rt_error_set(err, RT_CLASS_CONFIG, "s3.no_credentials", "no AWS credentials found (profile %s)", p->profile);
-    rt_error_hint(err, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, "
-                       "or run with an IAM role%s%s", last.set ? "; instance metadata: " : "",
-                  last.set ? last.message : "");
+    rt_error_set(err, RT_CLASS_CONFIG, "s3.no_credentials", "no AWS credentials found (profile %s)",
+                 p->profile);
+    rt_error_hint(
+        err,
+        "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, "
+        "or run with an IAM role%s%s",
+        last.set ? "; instance metadata: " : "", last.set ? last.message : "");
     s3_creds_free(p);
     return NULL;
 }
@@ -512,7 +553,10 @@ void s3_creds_free(S3CredsProvider *p)
     free(p);
 }
 
-const char *s3_creds_source(S3CredsProvider *p) { return kind_name(p->kind); }
+const char *s3_creds_source(S3CredsProvider *p)
+{
+    return kind_name(p->kind);
+}
 
 int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err)
 {
@@ -528,12 +572,15 @@ int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err)
             p->cur = fresh;
         } else if (p->cur.expires > 0 && p->cur.expires <= now) {
             pthread_mutex_unlock(&p->mu);
-            if (!e.set) rt_error_set(&e, RT_CLASS_CONFIG, "s3.credentials", "the %s credentials expired and could not be refreshed", kind_name(p->kind));
+            if (!e.set)
+                rt_error_set(&e, RT_CLASS_CONFIG, "s3.credentials",
+                             "the %s credentials expired and could not be refreshed",
+                             kind_name(p->kind));
             rt_error_copy(err, &e);
             return RT_ERR;
         } else {
-            rt_warn("could not refresh the %s credentials (%s); using the current ones", kind_name(p->kind),
-                    e.set ? e.message : "no answer");
+            rt_warn("could not refresh the %s credentials (%s); using the current ones",
+                    kind_name(p->kind), e.set ? e.message : "no answer");
         }
     }
     out->access_key = xstrdup(p->cur.access_key);

@@ -71,8 +71,15 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
     S3Headers hd = {0};
     s3_headers_add(&hd, "Range: bytes=%lld-%lld", (long long)from, (long long)to);
     if (d->etag) s3_headers_add(&hd, "If-Match: \"%s\"", d->etag);
-    S3Req rq = {.op = "get", .method = "GET", .bucket = d->bucket, .key = d->key, .headers = s3_headers_list(&hd),
-                .on_body = on_body, .on_body_ud = s, .on_attempt = on_attempt, .object = d->name};
+    S3Req rq = {.op = "get",
+                .method = "GET",
+                .bucket = d->bucket,
+                .key = d->key,
+                .headers = s3_headers_list(&hd),
+                .on_body = on_body,
+                .on_body_ud = s,
+                .on_attempt = on_attempt,
+                .object = d->name};
     RtHttpResponse r;
     rt_http_response_init(&r);
     int rc = RT_OK;
@@ -89,12 +96,12 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
         /* A short or overlong body (a proxy cut it, a store ignored Range): fetch it again. */
         if (tries >= d->c->max_attempts) {
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
-                              "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu", d->name,
-                              (long long)from, (long long)to, s->len, s->want);
+                              "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu",
+                              d->name, (long long)from, (long long)to, s->len, s->want);
             break;
         }
-        rt_info("s3 get %s: range %lld-%lld came back with %zu of %zu bytes; retrying", d->name, (long long)from,
-                (long long)to, s->len, s->want);
+        rt_info("s3 get %s: range %lld-%lld came back with %zu of %zu bytes; retrying", d->name,
+                (long long)from, (long long)to, s->len, s->want);
         if (!s3_backoff(d->c, tries)) {
             rc = rt_cancel_error(err);
             break;
@@ -152,14 +159,17 @@ static int start(Download *d, RtError *err)
     int n = d->nchunks < d->conc ? (int)d->nchunks : d->conc;
     d->slots = calloc((size_t)d->conc, sizeof *d->slots);
     d->threads = calloc((size_t)n, sizeof *d->threads);
-    if (!d->slots || !d->threads) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!d->slots || !d->threads)
+        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     for (int i = 0; i < d->conc && i < d->nchunks; i++) {
         d->slots[i].data = malloc(d->part);
-        if (!d->slots[i].data) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        if (!d->slots[i].data)
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     }
     for (int i = 0; i < n; i++) {
         if (pthread_create(&d->threads[i], NULL, worker, d) != 0)
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.thread", "cannot start a download thread");
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.thread",
+                                "cannot start a download thread");
         d->n_threads++;
     }
     return RT_OK;
@@ -215,7 +225,10 @@ static int dl_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
     return RT_OK;
 }
 
-static int64_t dl_size_hint(void *self) { return ((Download *)self)->size; }
+static int64_t dl_size_hint(void *self)
+{
+    return ((Download *)self)->size;
+}
 
 static void dl_results(void *self, RtResults *res)
 {
@@ -262,8 +275,11 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
     if (s3_head(c, o->bucket, o->key, &hd, &found, err) != RT_OK) return NULL;
     if (!found) {
         char *n = s3_object_name(o->bucket, o->key);
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.no_such_key", "s3 get %s: no such key", n ? n : o->key);
-        rt_error_hint(err, "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}", o->bucket);
+        rt_error_set(err, RT_CLASS_FAILURE, "s3.no_such_key", "s3 get %s: no such key",
+                     n ? n : o->key);
+        rt_error_hint(err,
+                      "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}",
+                      o->bucket);
         free(n);
         return NULL;
     }

@@ -38,8 +38,8 @@ struct S3Client {
     pthread_mutex_t mu;
     int refs;
     char *region;
-    char *scheme;   /* "https" */
-    char *hostport; /* "s3.us-east-1.amazonaws.com" or "127.0.0.1:4569" */
+    char *scheme;    /* "https" */
+    char *hostport;  /* "s3.us-east-1.amazonaws.com" or "127.0.0.1:4569" */
     char *base_path; /* "" or "/prefix" of a custom endpoint */
     char *endpoint;
     bool path_style;

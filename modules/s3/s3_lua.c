@@ -26,7 +26,9 @@ typedef struct LClient {
 static S3Client *check_client(lua_State *L)
 {
     LClient *lc = luaL_checkudata(L, 1, CLIENT_MT);
-    if (!lc->c) rt_lua_fail(L, RT_CLASS_USAGE, "s3.closed", "create a new client with s3.client{}", "s3 client is closed");
+    if (!lc->c)
+        rt_lua_fail(L, RT_CLASS_USAGE, "s3.closed", "create a new client with s3.client{}",
+                    "s3 client is closed");
     return lc->c;
 }
 
@@ -48,7 +50,8 @@ static const char *check_str_arg(lua_State *L, int idx, const char *what)
 static const char *req_opt(lua_State *L, int idx, const char *key, const char *what)
 {
     const char *v = rt_lua_opt_string(L, idx, key, NULL);
-    if (!v || !*v) rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "%s needs option '%s'", what, key);
+    if (!v || !*v)
+        rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "%s needs option '%s'", what, key);
     return v;
 }
 
@@ -61,7 +64,8 @@ static void write_opts(lua_State *L, int idx, S3WriteOptions *w)
     w->storage_class = rt_lua_opt_string(L, idx, "storage_class", NULL);
     w->content_type = rt_lua_opt_string(L, idx, "content_type", NULL);
     if (w->sse && strcmp(w->sse, "AES256") != 0 && strcmp(w->sse, "aws:kms") != 0)
-        rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", "use sse = \"AES256\" or sse = \"aws:kms\"", "unknown sse '%s'", w->sse);
+        rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", "use sse = \"AES256\" or sse = \"aws:kms\"",
+                    "unknown sse '%s'", w->sse);
     if (w->kms_key_id && !w->sse) w->sse = "aws:kms";
     lua_getfield(L, idx, "metadata");
     if (lua_isnil(L, -1)) {
@@ -69,7 +73,8 @@ static void write_opts(lua_State *L, int idx, S3WriteOptions *w)
         lua_pushnil(L);
         return;
     }
-    if (!lua_istable(L, -1)) rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "metadata must be a table of strings");
+    if (!lua_istable(L, -1))
+        rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "metadata must be a table of strings");
     int t = lua_gettop(L);
     size_t n = 0;
     lua_pushnil(L);
@@ -82,7 +87,8 @@ static void write_opts(lua_State *L, int idx, S3WriteOptions *w)
     lua_pushnil(L);
     while (lua_next(L, t)) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "metadata must map strings to strings");
+            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL,
+                        "metadata must map strings to strings");
         m[j++] = lua_tostring(L, -2); /* the strings stay alive in the metadata table */
         m[j++] = lua_tostring(L, -1);
         lua_pop(L, 1);
@@ -94,8 +100,8 @@ static void write_opts(lua_State *L, int idx, S3WriteOptions *w)
 
 static int l_client(lua_State *L)
 {
-    static const char *const allowed[] = {"region", "endpoint", "path_style", "profile", "max_attempts",
-                                          "retry_base", "stall_timeout", NULL};
+    static const char *const allowed[] = {"region",       "endpoint",   "path_style",    "profile",
+                                          "max_attempts", "retry_base", "stall_timeout", NULL};
     rt_lua_check_options(L, 1, "s3.client", allowed);
     S3ClientOptions o = {.path_style = -1};
     if (lua_istable(L, 1)) {
@@ -144,14 +150,17 @@ static int l_put(lua_State *L)
         body = lua_tolstring(L, 4, &len);
         lua_pushnil(L);
     } else {
-        static const char *const allowed[] = {"body", "sse", "kms_key_id", "storage_class", "content_type",
-                                              "metadata", NULL};
+        static const char *const allowed[] = {
+            "body", "sse", "kms_key_id", "storage_class", "content_type", "metadata", NULL};
         if (!lua_istable(L, 4))
-            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "c:put(bucket, key, body) needs a string or an option table");
+            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL,
+                        "c:put(bucket, key, body) needs a string or an option table");
         rt_lua_check_options(L, 4, "s3 put", allowed);
         lua_getfield(L, 4, "body");
         body = lua_tolstring(L, -1, &len);
-        if (!body) rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "c:put needs option 'body' (a string)");
+        if (!body)
+            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL,
+                        "c:put needs option 'body' (a string)");
         lua_pop(L, 1);
         write_opts(L, 4, &w);
     }
@@ -183,7 +192,8 @@ static int l_get(lua_State *L)
     RtError err;
     rt_error_init(&err);
     if (s3_get(c, bucket, key, max, &data, &len, &err) != RT_OK) return rt_lua_raise(L, &err);
-    lua_pushlstring(L, (const char *)data, len); /* may raise: free first is not possible; copy is small */
+    lua_pushlstring(L, (const char *)data,
+                    len); /* may raise: free first is not possible; copy is small */
     free(data);
     return 1;
 }
@@ -261,7 +271,8 @@ static int l_delete_many(lua_State *L)
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 3, (lua_Integer)i + 1);
         if (lua_type(L, -1) != LUA_TSTRING)
-            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "delete_many: key %zu is not a string", i + 1);
+            rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL, "delete_many: key %zu is not a string",
+                        i + 1);
         keys[i] = lua_tostring(L, -1);
         lua_pop(L, 1);
     }
@@ -276,8 +287,10 @@ static int l_delete_many(lua_State *L)
 static int l_upload(lua_State *L)
 {
     S3Client *c = check_client(L);
-    static const char *const allowed[] = {"bucket", "key", "sse", "kms_key_id", "storage_class", "metadata",
-                                          "content_type", "part_size", "concurrency", "label", NULL};
+    static const char *const allowed[] = {
+        "bucket",   "key",          "sse",       "kms_key_id",  "storage_class",
+        "metadata", "content_type", "part_size", "concurrency", "label",
+        NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
     rt_lua_check_options(L, 2, "s3 upload", allowed);
     S3UploadOptions o = {0};
@@ -299,7 +312,8 @@ static int l_upload(lua_State *L)
 static int l_download(lua_State *L)
 {
     S3Client *c = check_client(L);
-    static const char *const allowed[] = {"bucket", "key", "part_size", "concurrency", "label", NULL};
+    static const char *const allowed[] = {"bucket",      "key",   "part_size",
+                                          "concurrency", "label", NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
     rt_lua_check_options(L, 2, "s3 download", allowed);
     S3DownloadOptions o = {0};
@@ -317,7 +331,8 @@ static int l_download(lua_State *L)
     return 1;
 }
 
-/* list iterator: upvalues 1 client userdata, 2 state table {bucket, prefix, delimiter, page, i, token, done} */
+/* list iterator: upvalues 1 client userdata, 2 state table {bucket, prefix, delimiter, page, i,
+ * token, done} */
 static int list_next(lua_State *L)
 {
     LClient *lc = luaL_checkudata(L, lua_upvalueindex(1), CLIENT_MT);
@@ -378,8 +393,10 @@ static int list_next(lua_State *L)
         lua_setfield(L, st, "page");
         lua_pushinteger(L, 0);
         lua_setfield(L, st, "i");
-        if (pg.truncated && pg.next_token) lua_pushstring(L, pg.next_token);
-        else lua_pushnil(L);
+        if (pg.truncated && pg.next_token)
+            lua_pushstring(L, pg.next_token);
+        else
+            lua_pushnil(L);
         lua_setfield(L, st, "token");
         lua_pushboolean(L, !pg.truncated);
         lua_setfield(L, st, "done");
@@ -416,13 +433,18 @@ static int l_list(lua_State *L)
 static int l_copy(lua_State *L)
 {
     S3Client *c = check_client(L);
-    static const char *const allowed[] = {"src_bucket", "src_key", "dst_bucket", "dst_key", "sse", "kms_key_id",
-                                          "storage_class", "metadata", "content_type", "multipart_threshold",
-                                          "part_size", NULL};
+    static const char *const allowed[] = {"src_bucket",    "src_key",
+                                          "dst_bucket",    "dst_key",
+                                          "sse",           "kms_key_id",
+                                          "storage_class", "metadata",
+                                          "content_type",  "multipart_threshold",
+                                          "part_size",     NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
     rt_lua_check_options(L, 2, "s3 copy", allowed);
-    const char *sb = req_opt(L, 2, "src_bucket", "s3 copy"), *sk = req_opt(L, 2, "src_key", "s3 copy");
-    const char *db = rt_lua_opt_string(L, 2, "dst_bucket", sb), *dk = req_opt(L, 2, "dst_key", "s3 copy");
+    const char *sb = req_opt(L, 2, "src_bucket", "s3 copy"),
+               *sk = req_opt(L, 2, "src_key", "s3 copy");
+    const char *db = rt_lua_opt_string(L, 2, "dst_bucket", sb),
+               *dk = req_opt(L, 2, "dst_key", "s3 copy");
     S3CopyOptions o = {0};
     write_opts(L, 2, &o.write);
     o.replace_metadata = o.write.metadata || o.write.content_type;
@@ -448,8 +470,9 @@ static int l_copy(lua_State *L)
 static int l_sync(lua_State *L)
 {
     S3Client *c = check_client(L);
-    static const char *const allowed[] = {"src_bucket", "src_prefix", "dst_bucket", "dst_prefix", "sse",
-                                          "kms_key_id", "storage_class", "dry_run", NULL};
+    static const char *const allowed[] = {"src_bucket",    "src_prefix", "dst_bucket",
+                                          "dst_prefix",    "sse",        "kms_key_id",
+                                          "storage_class", "dry_run",    NULL};
     luaL_checktype(L, 2, LUA_TTABLE);
     rt_lua_check_options(L, 2, "s3 sync", allowed);
     S3SyncOptions o = {0};
@@ -459,8 +482,10 @@ static int l_sync(lua_State *L)
     o.dst_prefix = rt_lua_opt_string(L, 2, "dst_prefix", "");
     if (strcmp(o.src_bucket, o.dst_bucket) == 0 && strcmp(o.src_prefix, o.dst_prefix) == 0)
         rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", "give a different dst_bucket or dst_prefix",
-                    "s3 sync: source and destination are the same (s3://%s/%s)", o.src_bucket, o.src_prefix);
-    o.dry_run = rt_lua_opt_boolean(L, 2, "dry_run", rt_host_flags() ? rt_host_flags()->dry_run : false);
+                    "s3 sync: source and destination are the same (s3://%s/%s)", o.src_bucket,
+                    o.src_prefix);
+    o.dry_run =
+        rt_lua_opt_boolean(L, 2, "dry_run", rt_host_flags() ? rt_host_flags()->dry_run : false);
     write_opts(L, 2, &o.write);
     o.write.metadata = NULL;
     S3SyncSummary s;
@@ -496,13 +521,19 @@ int luaopen_s3(lua_State *L);
 
 int luaopen_s3(lua_State *L)
 {
-    static const luaL_Reg methods[] = {{"put", l_put},         {"get", l_get},
-                                       {"head", l_head},       {"delete", l_delete},
+    static const luaL_Reg methods[] = {{"put", l_put},
+                                       {"get", l_get},
+                                       {"head", l_head},
+                                       {"delete", l_delete},
                                        {"delete_many", l_delete_many},
-                                       {"upload", l_upload},   {"download", l_download},
-                                       {"list", l_list},       {"copy", l_copy},
-                                       {"sync", l_sync},       {"info", l_info},
-                                       {"close", client_gc},   {NULL, NULL}};
+                                       {"upload", l_upload},
+                                       {"download", l_download},
+                                       {"list", l_list},
+                                       {"copy", l_copy},
+                                       {"sync", l_sync},
+                                       {"info", l_info},
+                                       {"close", client_gc},
+                                       {NULL, NULL}};
     if (luaL_newmetatable(L, CLIENT_MT)) {
         luaL_newlib(L, methods);
         lua_setfield(L, -2, "__index");

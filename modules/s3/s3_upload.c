@@ -64,7 +64,10 @@ typedef struct Upload {
     char *final_etag;
 } Upload;
 
-static bool kms(const Upload *u) { return u->sse && strcmp(u->sse, "aws:kms") == 0; }
+static bool kms(const Upload *u)
+{
+    return u->sse && strcmp(u->sse, "aws:kms") == 0;
+}
 
 /* Waits on the condition with a short timeout so cancellation is noticed. Called locked. */
 static void wait_a_bit(Upload *u)
@@ -79,7 +82,8 @@ static void wait_a_bit(Upload *u)
     pthread_cond_timedwait(&u->cv, &u->mu, &ts);
 }
 
-static int record_etag(Upload *u, int number, const char *etag, const unsigned char md5[16], RtError *err)
+static int record_etag(Upload *u, int number, const char *etag, const unsigned char md5[16],
+                       RtError *err)
 {
     pthread_mutex_lock(&u->mu);
     if (number > u->done_cap) {
@@ -113,8 +117,16 @@ static int send_part(Upload *u, RtHttp *h, Part *p, RtError *err)
     SigV4Param q[] = {{"partNumber", pn}, {"uploadId", u->upload_id}};
     S3Headers hd = {0};
     s3_headers_add(&hd, "Content-MD5: %s", b64);
-    S3Req rq = {.op = "upload part", .method = "PUT", .bucket = u->bucket, .key = u->key, .query = q, .n_query = 2,
-                .headers = s3_headers_list(&hd), .body = p->data, .body_len = p->len, .object = u->name};
+    S3Req rq = {.op = "upload part",
+                .method = "PUT",
+                .bucket = u->bucket,
+                .key = u->key,
+                .query = q,
+                .n_query = 2,
+                .headers = s3_headers_list(&hd),
+                .body = p->data,
+                .body_len = p->len,
+                .object = u->name};
     RtHttpResponse r;
     rt_http_response_init(&r);
     int rc = RT_OK;
@@ -123,20 +135,25 @@ static int send_part(Upload *u, RtHttp *h, Part *p, RtError *err)
         if (rc != RT_OK) break;
         char *et = s3_etag_clean(rt_http_header(&r, "ETag"));
         if (!et) {
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 upload %s: part %d came back without an etag",
-                              u->name, p->number);
+            rc =
+                rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                             "s3 upload %s: part %d came back without an etag", u->name, p->number);
             break;
         }
         if (!kms(u) && strcmp(et, hex) != 0) {
-            /* The store holds other bytes than we sent: send the part again (it replaces the old). */
+            /* The store holds other bytes than we sent: send the part again (it replaces the old).
+             */
             free(et);
             if (tries < 2) {
-                rt_warn("s3 upload %s: part %d etag mismatch; sending it again", u->name, p->number);
+                rt_warn("s3 upload %s: part %d etag mismatch; sending it again", u->name,
+                        p->number);
                 continue;
             }
             rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
-                              "s3 upload %s: part %d etag does not match the md5 of the bytes sent", u->name, p->number);
-            rt_error_hint(err, "something between us and the store alters data; the upload was aborted");
+                              "s3 upload %s: part %d etag does not match the md5 of the bytes sent",
+                              u->name, p->number);
+            rt_error_hint(err,
+                          "something between us and the store alters data; the upload was aborted");
             break;
         }
         rc = record_etag(u, p->number, et, md, err);
@@ -196,8 +213,14 @@ static int initiate(Upload *u, RtError *err)
     S3Headers h = {0};
     s3_headers_write_opts(&h, &u->w, true);
     SigV4Param q[] = {{"uploads", ""}};
-    S3Req rq = {.op = "start upload", .method = "POST", .bucket = u->bucket, .key = u->key, .query = q, .n_query = 1,
-                .headers = s3_headers_list(&h), .object = u->name};
+    S3Req rq = {.op = "start upload",
+                .method = "POST",
+                .bucket = u->bucket,
+                .key = u->key,
+                .query = q,
+                .n_query = 1,
+                .headers = s3_headers_list(&h),
+                .object = u->name};
     RtHttpResponse r;
     rt_http_response_init(&r);
     int rc = s3_do_shared(u->c, &rq, &r, err);
@@ -207,7 +230,8 @@ static int initiate(Upload *u, RtError *err)
         if (s3_xml_next(&cur, cur + r.body_len, "InitiateMultipartUploadResult", &sp))
             u->upload_id = s3_xml_get(sp, "UploadId");
         if (!u->upload_id)
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 upload %s: no upload id in the answer", u->name);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 upload %s: no upload id in the answer", u->name);
     }
     rt_http_response_free(&r);
     s3_headers_free(&h);
@@ -215,7 +239,8 @@ static int initiate(Upload *u, RtError *err)
     rt_debug("s3 upload %s: multipart upload started", u->name);
     u->threads = calloc((size_t)u->conc, sizeof *u->threads);
     u->https = calloc((size_t)u->conc, sizeof *u->https);
-    if (!u->threads || !u->https) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!u->threads || !u->https)
+        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     for (int i = 0; i < u->conc; i++) {
         u->https[i] = s3_http_new(u->c);
         WorkerArg *wa = malloc(sizeof *wa);
@@ -227,7 +252,8 @@ static int initiate(Upload *u, RtError *err)
         wa->idx = i;
         if (pthread_create(&u->threads[i], NULL, worker, wa) != 0) {
             free(wa);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.thread", "cannot start an upload thread");
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.thread",
+                                "cannot start an upload thread");
         }
         u->n_threads++;
     }
@@ -243,8 +269,10 @@ static int submit(Upload *u, RtError *err)
     Part *p = u->cur;
     u->cur = NULL;
     p->next = NULL;
-    if (u->queue_tail) u->queue_tail->next = p;
-    else u->queue_head = p;
+    if (u->queue_tail)
+        u->queue_tail->next = p;
+    else
+        u->queue_head = p;
     u->queue_tail = p;
     pthread_cond_broadcast(&u->cv);
     pthread_mutex_unlock(&u->mu);
@@ -299,7 +327,8 @@ static int next_buffer(Upload *u, RtError *err)
             pthread_mutex_lock(&u->mu);
             u->buffers--;
             pthread_mutex_unlock(&u->mu);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory for a %zu-byte part buffer", want);
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem",
+                                "out of memory for a %zu-byte part buffer", want);
         }
         p->cap = want;
     }
@@ -355,7 +384,9 @@ static int single_put(Upload *u, RtError *err)
     if (etag && !kms(u) && strcmp(etag, hex) != 0) {
         free(etag);
         /* Content-MD5 made the store check the bytes, so this is a store that answers oddly. */
-        return rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch", "s3 upload %s: the etag does not match the md5 of the bytes sent", u->name);
+        return rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
+                            "s3 upload %s: the etag does not match the md5 of the bytes sent",
+                            u->name);
     }
     u->final_etag = etag;
     return RT_OK;
@@ -406,10 +437,12 @@ static int up_finish(void *self, RtError *err)
         if (i >= u->done_cap || !u->done[i].etag) {
             free(all);
             sb_free(&b);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.internal", "s3 upload %s: part %d has no etag", u->name, i + 1);
+            return rt_error_set(err, RT_CLASS_FAILURE, "s3.internal",
+                                "s3 upload %s: part %d has no etag", u->name, i + 1);
         }
         memcpy(all + 16 * i, u->done[i].md5, 16);
-        sb_addf(&b, "<Part><PartNumber>%d</PartNumber><ETag>\"%s\"</ETag></Part>", i + 1, u->done[i].etag);
+        sb_addf(&b, "<Part><PartNumber>%d</PartNumber><ETag>\"%s\"</ETag></Part>", i + 1,
+                u->done[i].etag);
     }
     sb_add(&b, "</CompleteMultipartUpload>");
     unsigned char md[16];
@@ -420,9 +453,17 @@ static int up_finish(void *self, RtError *err)
     snprintf(expect + 32, sizeof expect - 32, "-%d", u->parts);
     if (b.oom) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     SigV4Param q[] = {{"uploadId", u->upload_id}};
-    S3Req rq = {.op = "complete upload", .method = "POST", .bucket = u->bucket, .key = u->key, .query = q,
-                .n_query = 1, .headers = (const char *const[]){"Content-Type: application/xml", NULL},
-                .body = (const uint8_t *)b.p, .body_len = b.len, .error_in_200 = true, .object = u->name};
+    S3Req rq = {.op = "complete upload",
+                .method = "POST",
+                .bucket = u->bucket,
+                .key = u->key,
+                .query = q,
+                .n_query = 1,
+                .headers = (const char *const[]){"Content-Type: application/xml", NULL},
+                .body = (const uint8_t *)b.p,
+                .body_len = b.len,
+                .error_in_200 = true,
+                .object = u->name};
     RtHttpResponse r;
     rt_http_response_init(&r);
     int rc = s3_do_shared(u->c, &rq, &r, err);
@@ -431,18 +472,22 @@ static int up_finish(void *self, RtError *err)
         const char *cur = (const char *)(r.body ? r.body : (uint8_t *)"");
         S3XmlSpan sp;
         char *et = NULL;
-        if (s3_xml_next(&cur, cur + r.body_len, "CompleteMultipartUploadResult", &sp)) et = s3_xml_get(sp, "ETag");
+        if (s3_xml_next(&cur, cur + r.body_len, "CompleteMultipartUploadResult", &sp))
+            et = s3_xml_get(sp, "ETag");
         u->final_etag = s3_etag_clean(et);
         free(et);
         if (!u->final_etag)
-            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer", "s3 upload %s: completion answered without an etag", u->name);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 upload %s: completion answered without an etag", u->name);
         else if (!kms(u) && strchr(u->final_etag, '-') && strcmp(u->final_etag, expect) != 0)
             rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
-                              "s3 upload %s: final etag %s differs from the expected %s", u->name, u->final_etag, expect);
+                              "s3 upload %s: final etag %s differs from the expected %s", u->name,
+                              u->final_etag, expect);
         else if (!strchr(u->final_etag, '-'))
             /* Some S3-compatible stores (s3rver) do not use AWS's "md5-of-md5s-N" form; the
              * per-part ETags were checked and the size is checked below. */
-            rt_debug("s3 upload %s: store etag %s is not in multipart form", u->name, u->final_etag);
+            rt_debug("s3 upload %s: store etag %s is not in multipart form", u->name,
+                     u->final_etag);
     }
     rt_http_response_free(&r);
     if (rc != RT_OK) return rc;
@@ -451,11 +496,13 @@ static int up_finish(void *self, RtError *err)
     bool found;
     if (s3_head(u->c, u->bucket, u->key, &hd, &found, err) != RT_OK) return RT_ERR;
     if (!found || hd.size != (int64_t)u->bytes) {
-        rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.size_mismatch", "s3 upload %s: the object holds %lld bytes, %llu were sent",
-                          u->name, (long long)(found ? hd.size : -1), (unsigned long long)u->bytes);
+        rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.size_mismatch",
+                          "s3 upload %s: the object holds %lld bytes, %llu were sent", u->name,
+                          (long long)(found ? hd.size : -1), (unsigned long long)u->bytes);
     }
     s3_head_free(&hd);
-    if (rc == RT_OK) rt_info("uploaded %s bytes=%llu parts=%d", u->name, (unsigned long long)u->bytes, u->parts);
+    if (rc == RT_OK)
+        rt_info("uploaded %s bytes=%llu parts=%d", u->name, (unsigned long long)u->bytes, u->parts);
     return rc;
 }
 
@@ -467,15 +514,22 @@ static void up_abort(void *self)
     stop_workers(u);
     if (!u->upload_id || u->finished) return;
     SigV4Param q[] = {{"uploadId", u->upload_id}};
-    S3Req rq = {.op = "abort upload", .method = "DELETE", .bucket = u->bucket, .key = u->key, .query = q, .n_query = 1,
-                .object = u->name, .ignore_cancel = true};
+    S3Req rq = {.op = "abort upload",
+                .method = "DELETE",
+                .bucket = u->bucket,
+                .key = u->key,
+                .query = q,
+                .n_query = 1,
+                .object = u->name,
+                .ignore_cancel = true};
     RtHttpResponse r;
     rt_http_response_init(&r);
     RtError e;
     rt_error_init(&e);
     if (s3_do_shared(u->c, &rq, &r, &e) != RT_OK && strcmp(e.code, "s3.no_such_upload") != 0)
         rt_warn("s3 upload %s: could not abort multipart upload (%s); a lifecycle rule "
-                "AbortIncompleteMultipartUpload cleans it up", u->name, e.message);
+                "AbortIncompleteMultipartUpload cleans it up",
+                u->name, e.message);
     else
         rt_info("s3 upload %s: aborted; no object was created", u->name);
     rt_http_response_free(&r);
@@ -537,7 +591,10 @@ static void up_destroy(void *self)
     free(u);
 }
 
-static char *dupn(const char *s) { return s ? strdup(s) : NULL; }
+static char *dupn(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
 {
@@ -547,7 +604,8 @@ RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
     }
     size_t base = o->part_size ? o->part_size : 8u << 20;
     if (base < (5u << 20) || base > (5ULL << 30)) {
-        rt_error_set(err, RT_CLASS_USAGE, "s3.usage", "s3 upload part_size %zu is out of range", base);
+        rt_error_set(err, RT_CLASS_USAGE, "s3.usage", "s3 upload part_size %zu is out of range",
+                     base);
         rt_error_hint(err, "S3 parts are 5 MiB to 5 GiB (except the last one)");
         return NULL;
     }

@@ -30,16 +30,20 @@ bool s3_xml_next(const char **cursor, const char *end, const char *tag, S3XmlSpa
         if (p < end && (*p == '!' || *p == '?')) {
             /* Skip comments, CDATA and processing instructions as a whole. */
             const char *close = NULL;
-            if ((size_t)(end - p) >= 8 && memcmp(p, "![CDATA[", 8) == 0) close = find_mem(p, end, "]]>", 3);
-            else if ((size_t)(end - p) >= 3 && memcmp(p, "!--", 3) == 0) close = find_mem(p, end, "-->", 3);
-            else close = memchr(p, '>', (size_t)(end - p));
+            if ((size_t)(end - p) >= 8 && memcmp(p, "![CDATA[", 8) == 0)
+                close = find_mem(p, end, "]]>", 3);
+            else if ((size_t)(end - p) >= 3 && memcmp(p, "!--", 3) == 0)
+                close = find_mem(p, end, "-->", 3);
+            else
+                close = memchr(p, '>', (size_t)(end - p));
             if (!close) return false;
             p = close + 1;
             continue;
         }
         if ((size_t)(end - p) < tl + 1 || memcmp(p, tag, tl) != 0) continue;
         char after = p[tl];
-        if (after != '>' && after != '/' && after != ' ' && after != '\t' && after != '\r' && after != '\n')
+        if (after != '>' && after != '/' && after != ' ' && after != '\t' && after != '\r' &&
+            after != '\n')
             continue;
         const char *gt = memchr(p, '>', (size_t)(end - p));
         if (!gt) return false;
@@ -129,17 +133,23 @@ char *s3_xml_decode(const char *p, size_t len)
         if (!semi || semi - p > 12) goto bad;
         size_t n = (size_t)(semi - p - 1);
         const char *e = p + 1;
-        if (n == 3 && memcmp(e, "amp", 3) == 0) sb_addc(&b, '&');
-        else if (n == 2 && memcmp(e, "lt", 2) == 0) sb_addc(&b, '<');
-        else if (n == 2 && memcmp(e, "gt", 2) == 0) sb_addc(&b, '>');
-        else if (n == 4 && memcmp(e, "quot", 4) == 0) sb_addc(&b, '"');
-        else if (n == 4 && memcmp(e, "apos", 4) == 0) sb_addc(&b, '\'');
+        if (n == 3 && memcmp(e, "amp", 3) == 0)
+            sb_addc(&b, '&');
+        else if (n == 2 && memcmp(e, "lt", 2) == 0)
+            sb_addc(&b, '<');
+        else if (n == 2 && memcmp(e, "gt", 2) == 0)
+            sb_addc(&b, '>');
+        else if (n == 4 && memcmp(e, "quot", 4) == 0)
+            sb_addc(&b, '"');
+        else if (n == 4 && memcmp(e, "apos", 4) == 0)
+            sb_addc(&b, '\'');
         else if (n >= 2 && e[0] == '#') {
             char num[16];
             memcpy(num, e + 1, n - 1);
             num[n - 1] = 0;
             char *stop;
-            unsigned long cp = (num[0] == 'x' || num[0] == 'X') ? strtoul(num + 1, &stop, 16) : strtoul(num, &stop, 10);
+            unsigned long cp = (num[0] == 'x' || num[0] == 'X') ? strtoul(num + 1, &stop, 16)
+                                                                : strtoul(num, &stop, 10);
             if (*stop || cp == 0 || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) goto bad;
             put_utf8(&b, (uint32_t)cp);
         } else
@@ -164,14 +174,29 @@ void s3_xml_escape(SBuf *b, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {
-        case '&': sb_add(b, "&amp;"); break;
-        case '<': sb_add(b, "&lt;"); break;
-        case '>': sb_add(b, "&gt;"); break;
-        case '"': sb_add(b, "&quot;"); break;
-        case '\'': sb_add(b, "&apos;"); break;
-        case '\r': sb_add(b, "&#13;"); break;
-        case '\n': sb_add(b, "&#10;"); break;
-        default: sb_addc(b, *s);
+        case '&':
+            sb_add(b, "&amp;");
+            break;
+        case '<':
+            sb_add(b, "&lt;");
+            break;
+        case '>':
+            sb_add(b, "&gt;");
+            break;
+        case '"':
+            sb_add(b, "&quot;");
+            break;
+        case '\'':
+            sb_add(b, "&apos;");
+            break;
+        case '\r':
+            sb_add(b, "&#13;");
+            break;
+        case '\n':
+            sb_add(b, "&#10;");
+            break;
+        default:
+            sb_addc(b, *s);
         }
     }
 }

@@ -43,8 +43,14 @@ static inline void sb_addn(SBuf *b, const char *s, size_t n)
     b->p[b->len] = 0;
 }
 
-static inline void sb_add(SBuf *b, const char *s) { sb_addn(b, s, strlen(s)); }
-static inline void sb_addc(SBuf *b, char c) { sb_addn(b, &c, 1); }
+static inline void sb_add(SBuf *b, const char *s)
+{
+    sb_addn(b, s, strlen(s));
+}
+static inline void sb_addc(SBuf *b, char c)
+{
+    sb_addn(b, &c, 1);
+}
 
 static inline __attribute__((format(printf, 2, 3))) void sb_addf(SBuf *b, const char *fmt, ...)
 {

@@ -47,8 +47,8 @@ char *sigv4_uri_encode(const char *s, size_t len, bool keep_slash)
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
-            c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '_' || c == '.' || c == '~' || (keep_slash && c == '/')) {
             out[o++] = (char)c;
         } else {
             out[o++] = '%';
@@ -236,7 +236,8 @@ int sigv4_sign(const SigV4Request *rq, const SigV4Credentials *cr, SigV4Result *
     OPENSSL_cleanse(k3, 32);
     OPENSSL_cleanse(k4, 32);
 
-    sb_addf(&auth, "AWS4-HMAC-SHA256 Credential=%s/%s/%s/%s/aws4_request, SignedHeaders=%s, Signature=%s",
+    sb_addf(&auth,
+            "AWS4-HMAC-SHA256 Credential=%s/%s/%s/%s/aws4_request, SignedHeaders=%s, Signature=%s",
             cr->access_key, date, rq->region, rq->service, sh.p ? sh.p : "", out->signature);
     if (auth.oom || cq.oom || sh.oom) goto done;
     out->canonical_query = sb_take(&cq);
@@ -244,8 +245,8 @@ int sigv4_sign(const SigV4Request *rq, const SigV4Credentials *cr, SigV4Result *
     out->canonical_request = sb_take(&creq);
     out->string_to_sign = sb_take(&sts);
     out->authorization = sb_take(&auth);
-    if (out->canonical_query && out->signed_headers && out->canonical_request && out->string_to_sign &&
-        out->authorization)
+    if (out->canonical_query && out->signed_headers && out->canonical_request &&
+        out->string_to_sign && out->authorization)
         rc = 0;
 done:
     kv_free(q, nq);

@@ -32,7 +32,7 @@
 #include <time.h>
 
 #define SIGV4_EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-#define SIGV4_UNSIGNED "UNSIGNED-PAYLOAD"
+#define SIGV4_UNSIGNED     "UNSIGNED-PAYLOAD"
 
 typedef struct SigV4Credentials {
     const char *access_key;

@@ -14,8 +14,10 @@
 
 #include <stdlib.h>
 
-static const SigV4Credentials S3EX = {"AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", NULL};
-static const SigV4Credentials SUITE = {"AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", NULL};
+static const SigV4Credentials S3EX = {"AKIAIOSFODNN7EXAMPLE",
+                                      "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", NULL};
+static const SigV4Credentials SUITE = {"AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                                       NULL};
 
 static void sign(const SigV4Request *rq, const SigV4Credentials *c, const char *want)
 {
@@ -31,8 +33,13 @@ static void test_s3_get_object(void)
                       {"Range", "bytes=0-9"},
                       {"x-amz-content-sha256", SIGV4_EMPTY_SHA256},
                       {"x-amz-date", "20130524T000000Z"}};
-    SigV4Request rq = {.method = "GET", .path = "/test.txt", .headers = h, .n_headers = 4,
-                       .payload_hash = SIGV4_EMPTY_SHA256, .region = "us-east-1", .service = "s3",
+    SigV4Request rq = {.method = "GET",
+                       .path = "/test.txt",
+                       .headers = h,
+                       .n_headers = 4,
+                       .payload_hash = SIGV4_EMPTY_SHA256,
+                       .region = "us-east-1",
+                       .service = "s3",
                        .amz_date = "20130524T000000Z"};
     SigV4Result r;
     CHECK(sigv4_sign(&rq, &S3EX, &r) == 0);
@@ -40,13 +47,15 @@ static void test_s3_get_object(void)
                  "GET\n/test.txt\n\nhost:examplebucket.s3.amazonaws.com\nrange:bytes=0-9\n"
                  "x-amz-content-sha256:" SIGV4_EMPTY_SHA256 "\nx-amz-date:20130524T000000Z\n\n"
                  "host;range;x-amz-content-sha256;x-amz-date\n" SIGV4_EMPTY_SHA256);
-    CHECK_EQ_STR(r.string_to_sign, "AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n"
-                                   "7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972");
+    CHECK_EQ_STR(r.string_to_sign,
+                 "AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n"
+                 "7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972");
     CHECK_EQ_STR(r.signature, "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
-    CHECK_EQ_STR(r.authorization,
-                 "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
-                 "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
-                 "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
+    CHECK_EQ_STR(
+        r.authorization,
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41");
     sigv4_result_free(&r);
 }
 
@@ -60,8 +69,13 @@ static void test_s3_put_object(void)
                       {"x-amz-content-sha256", body_hash},
                       {"x-amz-date", "20130524T000000Z"},
                       {"x-amz-storage-class", "REDUCED_REDUNDANCY"}};
-    SigV4Request rq = {.method = "PUT", .path = "/test$file.text", .headers = h, .n_headers = 5,
-                       .payload_hash = body_hash, .region = "us-east-1", .service = "s3",
+    SigV4Request rq = {.method = "PUT",
+                       .path = "/test$file.text",
+                       .headers = h,
+                       .n_headers = 5,
+                       .payload_hash = body_hash,
+                       .region = "us-east-1",
+                       .service = "s3",
                        .amz_date = "20130524T000000Z"};
     SigV4Result r;
     CHECK(sigv4_sign(&rq, &S3EX, &r) == 0);
@@ -76,8 +90,15 @@ static void test_s3_lifecycle_and_list(void)
                       {"x-amz-content-sha256", SIGV4_EMPTY_SHA256},
                       {"x-amz-date", "20130524T000000Z"}};
     SigV4Param q1[] = {{"lifecycle", NULL}};
-    SigV4Request rq = {.method = "GET", .path = "/", .query = q1, .n_query = 1, .headers = h, .n_headers = 3,
-                       .payload_hash = SIGV4_EMPTY_SHA256, .region = "us-east-1", .service = "s3",
+    SigV4Request rq = {.method = "GET",
+                       .path = "/",
+                       .query = q1,
+                       .n_query = 1,
+                       .headers = h,
+                       .n_headers = 3,
+                       .payload_hash = SIGV4_EMPTY_SHA256,
+                       .region = "us-east-1",
+                       .service = "s3",
                        .amz_date = "20130524T000000Z"};
     sign(&rq, &S3EX, "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543");
     SigV4Param q2[] = {{"prefix", "J"}, {"max-keys", "2"}}; /* out of order on purpose */
@@ -93,8 +114,13 @@ static void test_s3_lifecycle_and_list(void)
 static void test_suite_get_vanilla(void)
 {
     SigV4Param h[] = {{"Host", "example.amazonaws.com"}, {"X-Amz-Date", "20150830T123600Z"}};
-    SigV4Request rq = {.method = "GET", .path = "/", .headers = h, .n_headers = 2,
-                       .payload_hash = SIGV4_EMPTY_SHA256, .region = "us-east-1", .service = "service",
+    SigV4Request rq = {.method = "GET",
+                       .path = "/",
+                       .headers = h,
+                       .n_headers = 2,
+                       .payload_hash = SIGV4_EMPTY_SHA256,
+                       .region = "us-east-1",
+                       .service = "service",
                        .amz_date = "20150830T123600Z"};
     sign(&rq, &SUITE, "5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31");
     SigV4Param q[] = {{"Param2", "value2"}, {"Param1", "value1"}};
@@ -111,8 +137,13 @@ static void test_suite_get_vanilla(void)
 static void test_suite_get_utf8(void)
 {
     SigV4Param h[] = {{"Host", "example.amazonaws.com"}, {"X-Amz-Date", "20150830T123600Z"}};
-    SigV4Request rq = {.method = "GET", .path = "/\xe1\x88\xb4", .headers = h, .n_headers = 2,
-                       .payload_hash = SIGV4_EMPTY_SHA256, .region = "us-east-1", .service = "service",
+    SigV4Request rq = {.method = "GET",
+                       .path = "/\xe1\x88\xb4",
+                       .headers = h,
+                       .n_headers = 2,
+                       .payload_hash = SIGV4_EMPTY_SHA256,
+                       .region = "us-east-1",
+                       .service = "service",
                        .amz_date = "20150830T123600Z"};
     SigV4Result r;
     CHECK(sigv4_sign(&rq, &SUITE, &r) == 0);
@@ -130,11 +161,18 @@ static void test_key_encoding_and_token(void)
     e = sigv4_uri_encode("a/b", 3, false);
     CHECK_EQ_STR(e, "a%2Fb");
     free(e);
-    SigV4Param h[] = {{"host", "h"}, {"x-amz-date", "20150830T123600Z"}, {"x-amz-security-token", "TOKEN"},
+    SigV4Param h[] = {{"host", "h"},
+                      {"x-amz-date", "20150830T123600Z"},
+                      {"x-amz-security-token", "TOKEN"},
                       {"X-Custom", "  a   b  c "}};
     SigV4Credentials c = {"AK", "SK", "TOKEN"};
-    SigV4Request rq = {.method = "GET", .path = "/b/k", .headers = h, .n_headers = 4,
-                       .payload_hash = SIGV4_UNSIGNED, .region = "eu-west-1", .service = "s3",
+    SigV4Request rq = {.method = "GET",
+                       .path = "/b/k",
+                       .headers = h,
+                       .n_headers = 4,
+                       .payload_hash = SIGV4_UNSIGNED,
+                       .region = "eu-west-1",
+                       .service = "s3",
                        .amz_date = "20150830T123600Z"};
     SigV4Result r;
     CHECK(sigv4_sign(&rq, &c, &r) == 0);
@@ -154,13 +192,15 @@ static void test_key_encoding_and_token(void)
 
 static void test_xml(void)
 {
-    const char *doc =
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-        "<Name>b</Name><Prefix/><KeyCount>2</KeyCount><IsTruncated>true</IsTruncated>"
-        "<Contents><Key>a &amp; b &lt;c&gt; &quot;q&quot; &apos;s&apos; &#233;&#x1F600;</Key><Size>12</Size>"
-        "<ETag>&quot;abc&quot;</ETag><LastModified>2026-11-24T02:13:18.000Z</LastModified></Contents>"
-        "<Contents><Key><![CDATA[x</Key>y]]></Key><Size>0</Size></Contents>"
-        "<NextContinuationToken>tok+/=</NextContinuationToken></ListBucketResult>";
+    const char *doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult "
+                      "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+                      "<Name>b</Name><Prefix/><KeyCount>2</KeyCount><IsTruncated>true</IsTruncated>"
+                      "<Contents><Key>a &amp; b &lt;c&gt; &quot;q&quot; &apos;s&apos; "
+                      "&#233;&#x1F600;</Key><Size>12</Size>"
+                      "<ETag>&quot;abc&quot;</ETag><LastModified>2026-11-24T02:13:18.000Z</"
+                      "LastModified></Contents>"
+                      "<Contents><Key><![CDATA[x</Key>y]]></Key><Size>0</Size></Contents>"
+                      "<NextContinuationToken>tok+/=</NextContinuationToken></ListBucketResult>";
     const char *cur = doc, *end = doc + strlen(doc);
     S3XmlSpan sp;
     CHECK(s3_xml_next(&cur, end, "Contents", &sp));
@@ -183,7 +223,9 @@ static void test_xml(void)
     CHECK_EQ_STR(p, "");
     free(p);
     CHECK(s3_xml_get(all, "Missing") == NULL);
-    CHECK(s3_xml_get(all, "Key") != NULL); /* first Key anywhere */
+    char *first = s3_xml_get(all, "Key"); /* the first Key anywhere */
+    CHECK(first != NULL);
+    free(first);
     /* KeyCount must not match a search for Key's prefix. */
     const char *d2 = "<KeyCount>3</KeyCount><Key>k</Key>";
     S3XmlSpan s2 = {d2, strlen(d2)};
@@ -193,7 +235,8 @@ static void test_xml(void)
     CHECK(s3_xml_decode("bad &bogus; entity", 18) == NULL);
     CHECK(s3_xml_decode("&#0;", 4) == NULL);
     /* Errors and truncated documents. */
-    const char *e = "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
+    const char *e =
+        "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
     S3XmlSpan es = {e, strlen(e)};
     char *code = s3_xml_get(es, "Code");
     CHECK_EQ_STR(code, "NoSuchKey");
@@ -222,5 +265,6 @@ static void test_part_sizes(void)
     CHECK(total >= 5e12);
 }
 
-TEST_MAIN(test_s3_get_object, test_s3_put_object, test_s3_lifecycle_and_list, test_suite_get_vanilla,
-          test_suite_get_utf8, test_key_encoding_and_token, test_xml, test_part_sizes)
+TEST_MAIN(test_s3_get_object, test_s3_put_object, test_s3_lifecycle_and_list,
+          test_suite_get_vanilla, test_suite_get_utf8, test_key_encoding_and_token, test_xml,
+          test_part_sizes)
