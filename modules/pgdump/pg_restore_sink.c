@@ -361,6 +361,9 @@ static int start_workers(Restore *r, RtError *err)
         w->c = pgdump_connect(r->url, "clubio-dr pgdump restore", err);
         if (!w->c) return RT_ERR;
         r->nw++;
+        /* Workers commit without waiting for the WAL flush; the restore's last commit, on the
+         * main connection and synchronous, flushes everything before it (see restore_finish). */
+        if (pgdump_exec(w->c, "SET synchronous_commit = off", err) != RT_OK) return RT_ERR;
         for (int k = 0; k < r->nsession; k++) {
             PGresult *res = PQexec(w->c, r->session[k]);
             bool ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
@@ -730,6 +733,10 @@ static int restore_finish(void *self, RtError *err)
         r->in_txn = false;
     }
     stop_workers(r, false);
+    /* a synchronous commit flushes the WAL of every asynchronous commit of the workers */
+    if (r->data_phase &&
+        exec_main(r, "SELECT pg_catalog.txid_current()", r->statements, err) != RT_OK)
+        return RT_ERR;
     for (int i = 0; i < r->ntabs; i++) {
         TableStat *t = &r->tabs[i];
         uint8_t h[32];
