@@ -2,9 +2,9 @@
  * The restore sink: loads a plain-SQL stream (ours or stock pg_dump's) into an empty database,
  * streaming — no temp files — and in parallel where the dump's structure allows it.
  *
- *   pre-data   every statement up to the first COPY runs on the main connection in ONE
- *              transaction, committed when the first COPY arrives (a failure there leaves no
- *              half-made schema behind);
+ *   pre-data   every statement up to the first COPY runs on the main connection in
+ *              transactions of PRE_DATA_BATCH statements (a failure in a small schema leaves
+ *              nothing behind), committed when the first COPY arrives;
  *   data       each COPY block is cut at row boundaries into COPY commands of chunk_bytes and
  *              dispatched to `jobs` worker connections (bounded queues: memory stays flat), so
  *              even one big table loads on every connection;
@@ -33,6 +33,9 @@
 
 #define RBLOCK     (256 * 1024)
 #define WQUEUE_MAX ((size_t)8 << 20)
+/* Schema statements per transaction: one transaction for a whole big schema could run out of
+ * lock slots (max_locks_per_transaction), as pg_restore --single-transaction can. */
+#define PRE_DATA_BATCH 1000
 
 enum { J_COPY_BEGIN, J_DATA, J_COPY_END, J_EXEC };
 
@@ -96,6 +99,7 @@ struct Restore {
     TableStat *tabs;
     int ntabs, cur_tab;
     int64_t statements, indexes;
+    int txn_statements;
     bool post_logged;
 };
 
@@ -578,9 +582,14 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
     bool setting = is_session_setting(body);
     if (!r->data_phase) {
         if (setting && remember_setting(r, body, err) != RT_OK) return RT_ERR;
+        if (r->in_txn && ++r->txn_statements >= PRE_DATA_BATCH) {
+            if (exec_main(r, "COMMIT", stmt, err) != RT_OK) return RT_ERR;
+            r->in_txn = false;
+        }
         if (!r->in_txn) {
             if (exec_main(r, "BEGIN", stmt, err) != RT_OK) return RT_ERR;
             r->in_txn = true;
+            r->txn_statements = 0;
         }
         return exec_main(r, sql, stmt, err);
     }
