@@ -48,7 +48,7 @@ timed() {
 # ---- data ------------------------------------------------------------------------------------
 echo "generating a database of about $MB MB..."
 newdb bench
-ROWS=$((MB * 1000000 / 330)) # about 330 bytes per order with its event and index entries
+ROWS=$((MB * 1000000 / 270)) # about 270 bytes per order with its event and index entries
 psql -X -q -v ON_ERROR_STOP=1 -d bench <<SQL
 CREATE TABLE customers (id int PRIMARY KEY, name text, email text, city text, created_at timestamptz);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int REFERENCES customers, created_at timestamptz,
