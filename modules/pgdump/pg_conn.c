@@ -2,8 +2,8 @@
  * pgdump connections and table digests: libpq connections from URLs with the password kept out
  * of every message, server errors turned into RtErrors, and exact digests over COPY output.
  */
-#include "pgdump.h"
 #include "log.h"
+#include "pgdump.h"
 #include "redact.h"
 
 #include <openssl/evp.h>

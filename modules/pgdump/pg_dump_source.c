@@ -160,7 +160,9 @@ static int exec(Dump *d, PGconn *c, const char *sql, RtError *err)
 static const char SESSION_SQL[] =
     "SET statement_timeout = 0; SET lock_timeout = 0; "
     "SET idle_in_transaction_session_timeout = 0; SET DateStyle = ISO; "
-    "SET IntervalStyle = postgres; SET extra_float_digits = 3";
+    "SET IntervalStyle = postgres; SET extra_float_digits = 3; "
+    /* an error, rather than silently fewer rows, if row-level security would filter a table */
+    "SET row_security = off";
 
 static void free_blocks(Block *b)
 {
@@ -457,6 +459,18 @@ static int check_large_objects(Dump *d, RtError *err)
     rt_error_hint(err, "pass large_objects = \"skip\" to dump everything else, or dump them "
                        "with pg_dump --format=custom");
     return RT_ERR;
+}
+
+/* Extension configuration tables (pg_extension_config_dump) hold user rows pg_dump would dump
+ * with a filter; this dump does not (yet): say so rather than drop them silently. */
+static void warn_extension_config(Dump *d)
+{
+    PGresult *r = PQexec(d->leader, "SELECT string_agg(c::regclass::text, ', ') FROM "
+                                    "pg_catalog.pg_extension, unnest(extconfig) c");
+    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && !PQgetisnull(r, 0, 0))
+        rt_warn("pgdump: %s: data of extension configuration tables is not dumped: %s", d->what,
+                PQgetvalue(r, 0, 0));
+    PQclear(r);
 }
 
 /* ---- workers ---------------------------------------------------------------------------- */
@@ -962,6 +976,7 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     if (read_sequences(d, err) != RT_OK) goto fail;
     if (check_large_objects(d, err) != RT_OK) goto fail;
     if (list_tables(d, split, err) != RT_OK) goto fail;
+    warn_extension_config(d);
     rt_debug("pgdump: %s snapshot %s, %d tables in %d parts, %d sequences", d->what, d->snapshot,
              d->ntables, d->nitems, d->nseq);
     d->child = start_pg_dump(d, "pre-data", err);

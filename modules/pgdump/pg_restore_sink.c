@@ -2,9 +2,9 @@
  * The restore sink: loads a plain-SQL stream (ours or stock pg_dump's) into an empty database,
  * streaming — no temp files — and in parallel where the dump's structure allows it.
  *
- *   pre-data   every statement up to the first COPY runs on the main connection in ONE
- *              transaction, committed when the first COPY arrives (a failure there leaves no
- *              half-made schema behind);
+ *   pre-data   every statement up to the first COPY runs on the main connection in
+ *              transactions of PRE_DATA_BATCH statements (a failure in a small schema leaves
+ *              nothing behind), committed when the first COPY arrives;
  *   data       each COPY block is cut at row boundaries into COPY commands of chunk_bytes and
  *              dispatched to `jobs` worker connections (bounded queues: memory stays flat), so
  *              even one big table loads on every connection;
@@ -33,6 +33,9 @@
 
 #define RBLOCK     (256 * 1024)
 #define WQUEUE_MAX ((size_t)8 << 20)
+/* Schema statements per transaction: one transaction for a whole big schema could run out of
+ * lock slots (max_locks_per_transaction), as pg_restore --single-transaction can. */
+#define PRE_DATA_BATCH 1000
 
 enum { J_COPY_BEGIN, J_DATA, J_COPY_END, J_EXEC };
 
@@ -55,7 +58,8 @@ typedef struct Worker {
     bool started;
     Job *head, *tail;
     size_t queued;
-    int busy; /* jobs queued or running */
+    int busy;     /* jobs queued or running */
+    bool in_copy; /* between COPY_BEGIN and COPY_END: cannot take shared jobs */
 } Worker;
 
 typedef struct TableStat {
@@ -78,6 +82,8 @@ struct Restore {
     int nsession;
     Worker *w;
     int nw;
+    Job *any_head, *any_tail; /* index builds: taken by whichever worker is free first */
+    int any_busy;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool failed, stop;
@@ -93,6 +99,8 @@ struct Restore {
     TableStat *tabs;
     int ntabs, cur_tab;
     int64_t statements, indexes;
+    int txn_statements;
+    bool post_logged;
 };
 
 static char *xstrdup(const char *s)
@@ -168,14 +176,25 @@ static void *worker_main(void *arg)
     bool broken = false; /* this worker's current COPY failed: skip its data */
     for (;;) {
         pthread_mutex_lock(&r->mu);
-        while (!w->head && !r->stop) pthread_cond_wait(&r->cv, &r->mu);
+        while (!w->head && !(r->any_head && !w->in_copy) && !r->stop)
+            pthread_cond_wait(&r->cv, &r->mu);
         if (r->stop) {
             pthread_mutex_unlock(&r->mu);
             break;
         }
-        Job *j = w->head;
-        w->head = j->next;
-        if (!w->head) w->tail = NULL;
+        Job *j;
+        bool shared = !w->head;
+        if (shared) {
+            j = r->any_head;
+            r->any_head = j->next;
+            if (!r->any_head) r->any_tail = NULL;
+        } else {
+            j = w->head;
+            w->head = j->next;
+            if (!w->head) w->tail = NULL;
+        }
+        if (j->kind == J_COPY_BEGIN) w->in_copy = true;
+        if (j->kind == J_COPY_END) w->in_copy = false;
         bool failed = r->failed;
         pthread_mutex_unlock(&r->mu);
 
@@ -221,8 +240,12 @@ static void *worker_main(void *arg)
         }
         if (j->kind == J_COPY_END) broken = false;
         pthread_mutex_lock(&r->mu);
-        w->queued -= j->len;
-        w->busy--;
+        if (shared) {
+            r->any_busy--;
+        } else {
+            w->queued -= j->len;
+            w->busy--;
+        }
         pthread_cond_broadcast(&r->cv);
         pthread_mutex_unlock(&r->mu);
         job_free(j);
@@ -268,6 +291,21 @@ static int enqueue(Restore *r, Worker *w, Job *j, RtError *err)
     return RT_OK;
 }
 
+/* Queues a job for whichever worker is free first. */
+static void enqueue_any(Restore *r, Job *j)
+{
+    pthread_mutex_lock(&r->mu);
+    j->next = NULL;
+    if (r->any_tail)
+        r->any_tail->next = j;
+    else
+        r->any_head = j;
+    r->any_tail = j;
+    r->any_busy++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
 static Job *job_new(int kind, const char *sql, const char *table, int64_t stmt)
 {
     Job *j = calloc(1, sizeof *j);
@@ -289,7 +327,7 @@ static int barrier(Restore *r, RtError *err)
     pthread_mutex_lock(&r->mu);
     for (;;) {
         if (r->failed) break;
-        bool idle = true;
+        bool idle = r->any_busy == 0;
         for (int i = 0; i < r->nw; i++)
             if (r->w[i].busy) idle = false;
         if (idle) break;
@@ -327,6 +365,9 @@ static int start_workers(Restore *r, RtError *err)
         w->c = pgdump_connect(r->url, "clubio-dr pgdump restore", err);
         if (!w->c) return RT_ERR;
         r->nw++;
+        /* Workers commit without waiting for the WAL flush; the restore's last commit, on the
+         * main connection and synchronous, flushes everything before it (see restore_finish). */
+        if (pgdump_exec(w->c, "SET synchronous_commit = off", err) != RT_OK) return RT_ERR;
         for (int k = 0; k < r->nsession; k++) {
             PGresult *res = PQexec(w->c, r->session[k]);
             bool ok = res && (PQresultStatus(res) == PGRES_COMMAND_OK ||
@@ -370,6 +411,12 @@ static void stop_workers(Restore *r, bool cancel)
         }
         w->tail = NULL;
         if (w->c) PQfinish(w->c);
+        while (r->any_head) {
+            Job *j = r->any_head;
+            r->any_head = j->next;
+            job_free(j);
+        }
+        r->any_tail = NULL;
         w->c = NULL;
     }
 }
@@ -398,14 +445,32 @@ static bool is_session_setting(const char *s)
     return strncasecmp(s, "SELECT pg_catalog.set_config(", 29) == 0;
 }
 
-/* CREATE [UNIQUE] INDEX, but not ON ONLY (a partitioned parent's index, attached later). */
+/* Statements that build an index and can run beside each other on the workers: CREATE [UNIQUE]
+ * INDEX (but not ON ONLY: a partitioned parent's index, attached later) and ALTER TABLE [ONLY] t
+ * ADD CONSTRAINT c PRIMARY KEY / UNIQUE (one table each; two on the same table simply wait for
+ * each other's lock). Everything else waits for them (ALTER INDEX ... ATTACH, foreign keys). */
 static bool is_parallel_index(const char *s)
 {
-    if (!starts_with_word(s, "CREATE")) return false;
-    const char *p = skip_ws(s + 6);
-    if (starts_with_word(p, "UNIQUE")) p = skip_ws(p + 6);
-    if (!starts_with_word(p, "INDEX")) return false;
-    return strstr(s, " ON ONLY ") == NULL;
+    if (starts_with_word(s, "CREATE")) {
+        const char *p = skip_ws(s + 6);
+        if (starts_with_word(p, "UNIQUE")) p = skip_ws(p + 6);
+        if (!starts_with_word(p, "INDEX")) return false;
+        return strstr(s, " ON ONLY ") == NULL;
+    }
+    if (!starts_with_word(s, "ALTER") || !starts_with_word(skip_ws(s + 5), "TABLE")) return false;
+    const char *add = strstr(s, "ADD CONSTRAINT ");
+    if (!add || strchr(s, ';') != strrchr(s, ';')) return false;
+    /* the constraint name may be quoted; the kind follows it */
+    const char *p = skip_ws(add + 15);
+    if (*p == '"') {
+        for (p++; *p && !(*p == '"' && p[1] != '"'); p += *p == '"' ? 2 : 1) {
+        }
+        if (*p) p++;
+    } else {
+        while (*p && !isspace((unsigned char)*p)) p++;
+    }
+    p = skip_ws(p);
+    return starts_with_word(p, "PRIMARY") || starts_with_word(p, "UNIQUE");
 }
 
 /* The table of `COPY <table> (cols) FROM stdin`, as written. */
@@ -482,6 +547,8 @@ static int enter_data_phase(Restore *r, RtError *err)
         r->in_txn = false;
     }
     r->data_phase = true;
+    rt_debug("pgdump: restore: schema committed after %lld statements, loading data",
+             (long long)r->statements);
     return start_workers(r, err);
 }
 
@@ -515,9 +582,14 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
     bool setting = is_session_setting(body);
     if (!r->data_phase) {
         if (setting && remember_setting(r, body, err) != RT_OK) return RT_ERR;
+        if (r->in_txn && ++r->txn_statements >= PRE_DATA_BATCH) {
+            if (exec_main(r, "COMMIT", stmt, err) != RT_OK) return RT_ERR;
+            r->in_txn = false;
+        }
         if (!r->in_txn) {
             if (exec_main(r, "BEGIN", stmt, err) != RT_OK) return RT_ERR;
             r->in_txn = true;
+            r->txn_statements = 0;
         }
         return exec_main(r, sql, stmt, err);
     }
@@ -525,9 +597,15 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
         r->indexes++;
         Job *j = job_new(J_EXEC, sql, NULL, stmt);
         if (!j) return nomem(err);
-        return enqueue(r, least_loaded(r), j, err);
+        enqueue_any(r, j);
+        return RT_OK;
     }
     if (barrier(r, err) != RT_OK) return RT_ERR;
+    if (!r->post_logged) {
+        r->post_logged = true;
+        rt_debug("pgdump: restore: data loaded, post-data from statement %lld", (long long)stmt);
+    }
+    rt_debug("pgdump: restore: statement %lld: %.60s", (long long)stmt, body);
     if (exec_main(r, sql, stmt, err) != RT_OK) return RT_ERR;
     if (setting) {
         if (remember_setting(r, body, err) != RT_OK) return RT_ERR;
@@ -664,6 +742,10 @@ static int restore_finish(void *self, RtError *err)
         r->in_txn = false;
     }
     stop_workers(r, false);
+    /* a synchronous commit flushes the WAL of every asynchronous commit of the workers */
+    if (r->data_phase &&
+        exec_main(r, "SELECT pg_catalog.txid_current()", r->statements, err) != RT_OK)
+        return RT_ERR;
     for (int i = 0; i < r->ntabs; i++) {
         TableStat *t = &r->tabs[i];
         uint8_t h[32];

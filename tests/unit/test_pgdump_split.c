@@ -175,7 +175,8 @@ static void test_copy(void)
     expect("COPY public.t (a, b) FROM stdin;\n1\tx\n2\t\\N\n\\.\nSELECT 1;",
            "C[COPY public.t (a, b) FROM stdin;]D[1\tx\n2\t\\N\n]ES[SELECT 1;]");
     /* lines starting with a backslash that are not the terminator stay data */
-    expect("COPY t FROM stdin;\n\\\\.\n\\.x\n\\\n\\.\n", "C[COPY t FROM stdin;]D[\\\\.\n\\.x\n\\\n]E");
+    expect("COPY t FROM stdin;\n\\\\.\n\\.x\n\\\n\\.\n",
+           "C[COPY t FROM stdin;]D[\\\\.\n\\.x\n\\\n]E");
     /* CRLF terminator, empty data, terminator at the very end without a newline */
     expect("COPY t FROM stdin;\r\n1\r\n\\.\r\nCOPY u FROM stdin;\n\\.\nCOPY v FROM stdin;\n\\.",
            "C[COPY t FROM stdin;]D[1\r\n]EC[COPY u FROM stdin;]EC[COPY v FROM stdin;]E");

@@ -1,0 +1,149 @@
+#!/bin/sh
+# Benchmark of the pgdump module against the stock tools, measured in the same run.
+#
+#   bench/pgdump.sh BIN [MB]     BIN = path of clubio-dr; MB = database size (default 800)
+#
+# Starts a private sandbox PostgreSQL (tests/sandbox/sandbox.sh, state in a temp folder),
+# generates a database of realistic, moderately compressible data (customers, orders with
+# notes, events with jsonb; primary keys, a foreign key and secondary indexes), then times:
+#   export   pg_dump > file                          vs  pgdump.dump -> file
+#            pg_dump | gzip -6 | openssl enc ...      vs  pgdump.dump -> crypto.gzip -> crypto.encrypt
+#                                                        (when this binary has crypto.gzip/encrypt)
+#   restore  psql -v ON_ERROR_STOP=1 < plain.sql     vs  pgdump.restore{jobs = 2}
+#            pg_restore -j 2 (custom format)         vs  pgdump.restore{jobs = 2}
+# and prints the ratios (baseline time / our time: > 1 means we are faster) and our peak RSS.
+# The machine is shared: run it once.
+set -eu
+BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+MB=${2:-800}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+WORK=$(mktemp -d /tmp/clubio-bench-pgdump-XXXXXX)
+chmod 755 "$WORK" # the sandbox server runs as user postgres when we are root
+STATE=$WORK/sandbox
+cleanup() {
+    "$ROOT/tests/sandbox/sandbox.sh" stop "$STATE" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+"$ROOT/tests/sandbox/sandbox.sh" start "$STATE" >/dev/null
+. "$STATE/env.sh"
+export PGHOST=127.0.0.1 PGPORT=$SANDBOX_PG_PORT PGUSER=postgres PGPASSWORD=$SANDBOX_PG_ADMIN_PW
+BASE=${SANDBOX_PG_ADMIN_URL%/postgres}
+export BACKUP_ENCRYPTION_KEY=${BACKUP_ENCRYPTION_KEY:-bench-passphrase-not-secret}
+
+now() { date +%s.%N; }
+elapsed() { echo "$2 - $1" | bc; }
+ratio() { echo "scale=2; $1 / $2" | bc; }
+newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+# Runs a command under /usr/bin/time, prints its seconds; peak RSS (KiB) goes to $WORK/rss.
+timed() {
+    t0=$(now)
+    /usr/bin/time -f %M -o "$WORK/rss" "$@"
+    t1=$(now)
+    elapsed "$t0" "$t1"
+}
+
+# ---- data ------------------------------------------------------------------------------------
+echo "generating a database of about $MB MB..."
+newdb bench
+ROWS=$((MB * 1000000 / 270)) # about 270 bytes per order with its event and index entries
+psql -X -q -v ON_ERROR_STOP=1 -d bench <<SQL
+CREATE TABLE customers (id int PRIMARY KEY, name text, email text, city text, created_at timestamptz);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int REFERENCES customers, created_at timestamptz,
+  status text, amount numeric(12,2), note text);
+CREATE TABLE events (id bigint PRIMARY KEY, order_id bigint, kind text, at timestamptz, data jsonb);
+INSERT INTO customers SELECT g, 'Customer ' || g, 'user' || g || '@example.com',
+  (ARRAY['Paris','Lyon','Berlin','Madrid','Rome','Oslo','Lisbon','Vienna'])[1 + g % 8],
+  '2020-01-01'::timestamptz + g * interval '7 minutes' FROM generate_series(1, 100000) g;
+INSERT INTO orders SELECT g, 1 + (g::bigint * 7919) % 100000, '2021-01-01'::timestamptz + g * interval '13 seconds',
+  (ARRAY['new','paid','shipped','delivered','cancelled'])[1 + g % 5], ((g::bigint * 37) % 100000) / 100.0,
+  'order ' || g || ' ' || (ARRAY['fragile','gift wrap','leave at door','call first','no note'])[1 + g % 5]
+  || ' ref ' || substr(md5(g::text), 1, 12) FROM generate_series(1, $ROWS) g;
+INSERT INTO events SELECT g, g, (ARRAY['created','paid','shipped'])[1 + g % 3],
+  '2021-01-01'::timestamptz + g * interval '13 seconds',
+  jsonb_build_object('ip', '10.' || (g % 250) || '.' || (g % 199) || '.' || (g % 7), 'agent', 'Mozilla/5.0',
+                     'n', g % 1000) FROM generate_series(1, $ROWS / 2) g;
+CREATE INDEX orders_customer ON orders (customer_id);
+CREATE INDEX orders_created ON orders (created_at);
+CREATE INDEX events_order ON events (order_id);
+CREATE SEQUENCE order_seq;
+SELECT setval('order_seq', $ROWS);
+VACUUM ANALYZE;
+SQL
+SIZE=$(psql -X -At -d bench -c "SELECT pg_size_pretty(pg_database_size('bench'))")
+echo "database: $SIZE ($ROWS orders); 2 cores shared with other work"
+
+HAS_CRYPTO=$("$BIN" -e 'local ok, c = pcall(require, "crypto"); return ok and c.gzip ~= nil and c.encrypt ~= nil' 2>/dev/null || echo false)
+
+cat > "$WORK/dump.lua" <<'LUA'
+local pipe, pgdump = require "pipe", require "pgdump"
+local r = pipe.run{pgdump.dump{url = arg[1], jobs = 2}, pipe.file_sink(arg[2])}
+io.stderr:write(string.format("dumped %d tables\n", r.pgdump.table_count))
+LUA
+cat > "$WORK/export.lua" <<'LUA'
+local pipe, pgdump, crypto, secret = require "pipe", require "pgdump", require "crypto", require "secret"
+pipe.run{pgdump.dump{url = arg[1], jobs = 2}, crypto.gzip{}, crypto.encrypt{passphrase = secret.env("BACKUP_ENCRYPTION_KEY")},
+         pipe.file_sink(arg[2])}
+LUA
+cat > "$WORK/restore.lua" <<'LUA'
+local pipe, pgdump = require "pipe", require "pgdump"
+pipe.run{pipe.file(arg[1]), pgdump.restore{url = arg[2], jobs = 2}}
+LUA
+cat > "$WORK/import.lua" <<'LUA'
+local pipe, pgdump, crypto, secret = require "pipe", require "pgdump", require "crypto", require "secret"
+pipe.run{pipe.file(arg[1]), crypto.decrypt{passphrase = secret.env("BACKUP_ENCRYPTION_KEY")}, crypto.gunzip{},
+         pgdump.restore{url = arg[2], jobs = 2}}
+LUA
+
+# ---- export ----------------------------------------------------------------------------------
+echo "export:"
+T_PGDUMP=$(timed sh -c "pg_dump -d bench > '$WORK/stock.sql'")
+T_OURS=$(timed "$BIN" run "$WORK/dump.lua" "$BASE/bench" "$WORK/ours.sql")
+RSS_DUMP=$(cat "$WORK/rss")
+echo "  pg_dump > file                 ${T_PGDUMP}s  $(stat -c %s "$WORK/stock.sql") bytes"
+echo "  pgdump.dump > file             ${T_OURS}s  $(stat -c %s "$WORK/ours.sql") bytes  peak RSS $((RSS_DUMP / 1024)) MiB"
+echo "  ratio (plain dump)             $(ratio "$T_PGDUMP" "$T_OURS")x"
+T_CHAIN_BASE=$(timed sh -c "pg_dump -d bench | gzip -6 | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > '$WORK/stock.sql.gz.enc'")
+echo "  pg_dump | gzip | openssl enc   ${T_CHAIN_BASE}s  $(stat -c %s "$WORK/stock.sql.gz.enc") bytes"
+if [ "$HAS_CRYPTO" = true ]; then
+    T_CHAIN=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours.sql.gz.enc")
+    RSS_CHAIN=$(cat "$WORK/rss")
+    echo "  dump -> gzip -> encrypt        ${T_CHAIN}s  $(stat -c %s "$WORK/ours.sql.gz.enc") bytes  peak RSS $((RSS_CHAIN / 1024)) MiB"
+    echo "  ratio (export chain)           $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 3)"
+else
+    echo "  (this binary has no crypto.gzip/crypto.encrypt: the full export chain is not measured)"
+fi
+
+# ---- restore ---------------------------------------------------------------------------------
+echo "restore:"
+pg_dump -Fc -d bench -f "$WORK/stock.dump"
+newdb r_psql
+T_PSQL=$(timed psql -X -q -v ON_ERROR_STOP=1 -d r_psql -f "$WORK/ours.sql" -o /dev/null)
+newdb r_pgr
+T_PGR=$(timed pg_restore -j 2 -d r_pgr "$WORK/stock.dump")
+newdb r_ours
+T_REST=$(timed "$BIN" run "$WORK/restore.lua" "$WORK/ours.sql" "$BASE/r_ours")
+RSS_REST=$(cat "$WORK/rss")
+echo "  psql < plain.sql               ${T_PSQL}s"
+echo "  pg_restore -j 2                ${T_PGR}s"
+echo "  pgdump.restore{jobs = 2}       ${T_REST}s  peak RSS $((RSS_REST / 1024)) MiB"
+echo "  ratio vs psql                  $(ratio "$T_PSQL" "$T_REST")x (target >= 1.3)"
+echo "  ratio vs pg_restore -j 2       $(ratio "$T_PGR" "$T_REST")x (target >= 1.0)"
+if [ "$HAS_CRYPTO" = true ]; then
+    newdb r_psql2
+    T_CHAIN_BASE=$(timed sh -c "openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in '$WORK/stock.sql.gz.enc' | gunzip | psql -X -q -v ON_ERROR_STOP=1 -d r_psql2 -o /dev/null")
+    newdb r_ours2
+    T_CHAIN=$(timed "$BIN" run "$WORK/import.lua" "$WORK/ours.sql.gz.enc" "$BASE/r_ours2")
+    echo "  openssl enc -d | gunzip | psql ${T_CHAIN_BASE}s"
+    echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $(($(cat "$WORK/rss") / 1024)) MiB"
+    echo "  ratio (restore chain)          $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 1.3)"
+fi
+# the restored copy holds the same rows
+for t in customers orders events; do
+    a=$(psql -X -At -d bench -c "SELECT count(*) FROM $t")
+    b=$(psql -X -At -d r_ours -c "SELECT count(*) FROM $t")
+    [ "$a" = "$b" ] || { echo "MISMATCH in $t: $a vs $b rows" >&2; exit 1; }
+done
+echo "restored row counts match the source"
