@@ -488,11 +488,6 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
         rt_error_init(&e);
         rc = do_once(c, h, rq, &cr, resp, &e);
         s3_creds_clear(&cr);
-        if (rc == RT_OK && resp->server_date > 0) {
-            pthread_mutex_lock(&c->mu);
-            c->clock_offset = resp->server_date - rt_now();
-            pthread_mutex_unlock(&c->mu);
-        }
         bool retry = false;
         if (rc != RT_OK) {
             if (e.klass == RT_CLASS_CANCELLED || e.klass == RT_CLASS_TIMEOUT || !e.retryable) {

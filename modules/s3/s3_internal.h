@@ -47,7 +47,6 @@ struct S3Client {
     int max_attempts;
     double retry_base;
     double stall_timeout;
-    double clock_offset; /* server - local seconds, measured from Date headers */
     S3CredsProvider *creds;
     RtHttp *http; /* for calls made from the client's owner thread (guarded by mu_http) */
     pthread_mutex_t mu_http;

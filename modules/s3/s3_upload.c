@@ -341,13 +341,13 @@ static int next_buffer(Upload *u, RtError *err)
 static int up_write(void *self, const uint8_t *data, size_t len, RtError *err)
 {
     Upload *u = self;
+    /* A worker's failure stops the stream at the next write (read under the lock). */
+    pthread_mutex_lock(&u->mu);
+    bool failed = u->failed;
+    if (failed) rt_error_copy(err, &u->err);
+    pthread_mutex_unlock(&u->mu);
+    if (failed) return RT_ERR;
     while (len) {
-        if (u->failed) {
-            pthread_mutex_lock(&u->mu);
-            rt_error_copy(err, &u->err);
-            pthread_mutex_unlock(&u->mu);
-            return RT_ERR;
-        }
         if (u->cur && u->cur->len == u->cur->cap && submit(u, err) != RT_OK) return RT_ERR;
         if (!u->cur && next_buffer(u, err) != RT_OK) return RT_ERR;
         size_t n = u->cur->cap - u->cur->len;
@@ -395,10 +395,11 @@ static int single_put(Upload *u, RtError *err)
 static int up_finish(void *self, RtError *err)
 {
     Upload *u = self;
-    if (u->failed) {
-        rt_error_copy(err, &u->err);
-        return RT_ERR;
-    }
+    pthread_mutex_lock(&u->mu);
+    bool failed0 = u->failed;
+    if (failed0) rt_error_copy(err, &u->err);
+    pthread_mutex_unlock(&u->mu);
+    if (failed0) return RT_ERR;
     if (!u->started) {
         if (single_put(u, err) != RT_OK) return RT_ERR;
         u->finished = true;
