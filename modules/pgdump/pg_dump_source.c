@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 #define BLOCK_SIZE     (256 * 1024)
-#define ITEM_QUEUE_MAX ((size_t)16 << 20)
+#define ITEM_QUEUE_MAX ((size_t)8 << 20)
 #define TAIL_HOLD      4096
 #define HOLD_SIZE      (TAIL_HOLD + 65536)
 
@@ -90,6 +90,8 @@ typedef struct Dump {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int next_item;
+    Block *spare; /* blocks the reader has emitted, for the workers to fill again */
+    int nspare;
     atomic_bool stop;
     bool failed;
     RtError werr;
@@ -545,6 +547,17 @@ static bool run_item(Dump *d, PGconn *c, Item *it)
             }
             b = NULL;
         }
+        if (!b && (size_t)n <= BLOCK_SIZE) {
+            /* reuse an emitted block: the same few blocks cycle between the threads, so the
+             * heap does not fragment across thread arenas as the dump goes on */
+            pthread_mutex_lock(&d->mu);
+            if ((b = d->spare)) {
+                d->spare = b->next;
+                d->nspare--;
+            }
+            pthread_mutex_unlock(&d->mu);
+            if (b) b->len = 0;
+        }
         if (!b) {
             size_t cap = (size_t)n > BLOCK_SIZE ? (size_t)n : BLOCK_SIZE;
             b = malloc(sizeof *b + cap);
@@ -781,7 +794,15 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 consume_block(d, t, buf, n);
                 d->blk_pos += n;
                 if (d->blk_pos == d->blk->len) {
-                    free(d->blk);
+                    pthread_mutex_lock(&d->mu);
+                    if (d->blk->cap == BLOCK_SIZE && d->nspare < 64) {
+                        d->blk->next = d->spare;
+                        d->spare = d->blk;
+                        d->nspare++;
+                    } else {
+                        free(d->blk);
+                    }
+                    pthread_mutex_unlock(&d->mu);
                     d->blk = NULL;
                 }
                 *got = n;
@@ -918,6 +939,7 @@ static void dump_destroy(void *self)
     }
     free(d->items);
     free(d->blk);
+    free_blocks(d->spare);
     free(d->seq_sql);
     for (int i = 0; i < d->nenv; i++) {
         if (!strncmp(d->env[i], "PGPASSWORD=", 11)) memset(d->env[i], 0, strlen(d->env[i]));

@@ -101,6 +101,7 @@ struct Restore {
     int64_t statements, indexes;
     int txn_statements;
     bool post_logged;
+    bool copies_pending; /* COPY commands queued since the last barrier */
 };
 
 static char *xstrdup(const char *s)
@@ -128,8 +129,10 @@ static void server_message(PGconn *c, const PGresult *res, char *out, size_t cap
     out[n] = '\0';
 }
 
+/* The first error of the restore. `table` names the COPY's table; `sql` (worker jobs) the
+ * statement; otherwise the line comes from the splitter (main thread only). */
 static void fail_statement(Restore *r, RtError *err, PGconn *c, const PGresult *res, int64_t stmt,
-                           const char *table)
+                           const char *table, const char *sql)
 {
     char msg[400];
     server_message(c, res, msg, sizeof msg);
@@ -138,6 +141,10 @@ static void fail_statement(Restore *r, RtError *err, PGconn *c, const PGresult *
                      "restore into %s failed at statement %lld (table %s): %s; the target is "
                      "partial",
                      r->what, (long long)stmt, table, msg);
+    else if (sql)
+        rt_error_set(err, RT_CLASS_FAILURE, "pgdump.restore",
+                     "restore into %s failed at statement %lld (%.*s): %s; the target is partial",
+                     r->what, (long long)stmt, (int)strcspn(sql, "\n("), sql, msg);
     else
         rt_error_set(err, RT_CLASS_FAILURE, "pgdump.restore",
                      "restore into %s failed at statement %lld (line %lld): %s; the target is "
@@ -206,25 +213,25 @@ static void *worker_main(void *arg)
             case J_COPY_BEGIN:
                 res = PQexec(w->c, j->sql);
                 if (!res || PQresultStatus(res) != PGRES_COPY_IN) {
-                    fail_statement(r, &e, w->c, res, j->stmt, j->table);
+                    fail_statement(r, &e, w->c, res, j->stmt, j->table, j->sql);
                     broken = true;
                 }
                 break;
             case J_DATA:
                 if (PQputCopyData(w->c, (const char *)j->data, (int)j->len) != 1) {
-                    fail_statement(r, &e, w->c, NULL, j->stmt, j->table);
+                    fail_statement(r, &e, w->c, NULL, j->stmt, j->table, j->sql);
                     broken = true;
                 }
                 break;
             case J_COPY_END:
                 if (PQputCopyEnd(w->c, NULL) != 1) {
-                    fail_statement(r, &e, w->c, NULL, j->stmt, j->table);
+                    fail_statement(r, &e, w->c, NULL, j->stmt, j->table, j->sql);
                     broken = true;
                     break;
                 }
                 while ((res = PQgetResult(w->c))) {
                     if (PQresultStatus(res) != PGRES_COMMAND_OK && !e.set)
-                        fail_statement(r, &e, w->c, res, j->stmt, j->table);
+                        fail_statement(r, &e, w->c, res, j->stmt, j->table, j->sql);
                     PQclear(res);
                 }
                 break;
@@ -232,7 +239,7 @@ static void *worker_main(void *arg)
                 res = PQexec(w->c, j->sql);
                 if (!res || (PQresultStatus(res) != PGRES_COMMAND_OK &&
                              PQresultStatus(res) != PGRES_TUPLES_OK))
-                    fail_statement(r, &e, w->c, res, j->stmt, j->table);
+                    fail_statement(r, &e, w->c, res, j->stmt, j->table, j->sql);
                 break;
             }
             PQclear(res);
@@ -525,7 +532,7 @@ static int exec_main(Restore *r, const char *sql, int64_t stmt, RtError *err)
                             "... FROM stdin is supported; the target is partial",
                             r->what, (long long)stmt, (long long)pg_split_line(r->split));
     }
-    fail_statement(r, err, r->main, res, stmt, NULL);
+    fail_statement(r, err, r->main, res, stmt, NULL, NULL);
     PQclear(res);
     return RT_ERR;
 }
@@ -594,13 +601,19 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
         return exec_main(r, sql, stmt, err);
     }
     if (is_parallel_index(body)) {
+        /* indexes are built on loaded tables: wait for the COPY commands still queued */
+        if (r->copies_pending) {
+            if (barrier(r, err) != RT_OK) return RT_ERR;
+            r->copies_pending = false;
+        }
         r->indexes++;
-        Job *j = job_new(J_EXEC, sql, NULL, stmt);
+        Job *j = job_new(J_EXEC, body, NULL, stmt);
         if (!j) return nomem(err);
         enqueue_any(r, j);
         return RT_OK;
     }
     if (barrier(r, err) != RT_OK) return RT_ERR;
+    r->copies_pending = false;
     if (!r->post_logged) {
         r->post_logged = true;
         rt_debug("pgdump: restore: data loaded, post-data from statement %lld", (long long)stmt);
@@ -709,6 +722,7 @@ static int on_copy_end(void *ud, RtError *err)
 {
     Restore *r = ud;
     r->in_copy = false;
+    r->copies_pending = true;
     if (flush_rows(r, true, err) != RT_OK) return RT_ERR;
     if (r->cw) {
         Job *e = job_new(J_COPY_END, NULL, r->copy_table, r->copy_stmt);

@@ -176,6 +176,12 @@ T.case("an error in the stream stops the restore with the statement number, tabl
                             pgdump.restore{url = dst}})
   T.match(err.message, "statement 2 %(table public.t%)")
   T.match(err.message, "invalid input syntax")
+  -- an index built by a worker names its statement
+  dst = fresh("pgdump_err4")
+  err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (v int);\nCOPY public.t (v) FROM stdin;\n1\n1\n\\.\n" ..
+                                        "-- Name: t_v\nCREATE UNIQUE INDEX t_v ON public.t USING btree (v);\n"),
+                            pgdump.restore{url = dst}})
+  T.match(err.message, "statement 3 %(CREATE UNIQUE INDEX t_v ON public.t USING btree %): could not create unique index")
   -- a truncated stream is an error, not a quiet success
   dst = fresh("pgdump_err3")
   err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (id int);\nCOPY public.t (id) FROM stdin;\n1\n"),
