@@ -209,6 +209,16 @@ T.case("bad url, wrong password, pooled endpoint: clear errors without the passw
   T.match(tostring(err), "unknown option 'jbos'")
   err = T.raises(pgdump.dump, {url = SRC, pg_dump = "/nonexistent/pg_dump"})
   T.match(err.hint, "postgresql%-client%-15")
+  -- a pg_dump older than the server is refused, naming the package to install
+  local old = tmp .. "/pg_dump14"
+  local f = io.open(old, "w")
+  f:write("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11 (Debian 14.11-1)'\n")
+  f:close()
+  proc.run{argv = {"chmod", "+x", old}, check = true}
+  err = T.raises(pgdump.dump, {url = SRC, pg_dump = old})
+  T.eq(err.code, "pgdump.pg_dump_version")
+  T.match(err.message, "version 14 but the server of database pgdump_src .* is version 15")
+  T.match(err.hint, "apt%-get install postgresql%-client%-15")
 end)
 
 T.case("large objects are refused unless skipped", function()
