@@ -50,6 +50,7 @@ typedef struct Table {
     int64_t rows, bytes;
     EVP_MD_CTX *md;
     char sha256[65];
+    PgSetDigest set; /* row_digests: order-independent digest of the rows */
 } Table;
 
 typedef struct Item {
@@ -59,6 +60,7 @@ typedef struct Item {
     Block *head, *tail;
     size_t queued;
     bool done;
+    PgSetDigest set;
 } Item;
 
 typedef struct Dump {
@@ -66,6 +68,7 @@ typedef struct Dump {
     char what[256];
     char *pg_dump;
     PgLargeObjects lo;
+    bool row_digests;
     int jobs;
     PGconn *leader;
     char snapshot[80];
@@ -575,6 +578,7 @@ static bool run_item(Dump *d, PGconn *c, Item *it)
             b->len = 0;
             b->cap = cap;
         }
+        if (d->row_digests) pgdump_set_digest_row(&it->set, (const uint8_t *)row, (size_t)n);
         memcpy(b->data + b->len, row, (size_t)n);
         b->len += (size_t)n;
         PQfreemem(row);
@@ -851,6 +855,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             if (!done) continue; /* cancelled: reported at the top */
             d->cur++;
             d->header_sent = false;
+            pgdump_set_digest_merge(&t->set, &it->set);
             if (it->last) {
                 uint8_t h[32];
                 unsigned hl = 0;
@@ -908,6 +913,11 @@ static void dump_results(void *self, RtResults *res)
         rt_results_int(e, "rows", t->rows);
         rt_results_int(e, "bytes", t->bytes);
         rt_results_str(e, "sha256", t->sha256);
+        if (d->row_digests) {
+            char hex[65];
+            pgdump_set_digest_hex(&t->set, hex);
+            rt_results_str(e, "set_sha256", hex);
+        }
     }
     rt_results_int(res, "table_count", d->ntables);
     rt_results_int(res, "sequences", d->nseq);
@@ -970,6 +980,7 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     d->pg_dump = xstrdup(opt->pg_dump ? opt->pg_dump : "pg_dump");
     d->jobs = opt->jobs > 0 ? opt->jobs : 2;
     d->lo = opt->large_objects;
+    d->row_digests = opt->row_digests;
     int64_t split = opt->split_bytes > 0 ? opt->split_bytes : ((int64_t)8 << 20);
     pgdump_describe(d->url, d->what, sizeof d->what);
     RtSource *src = NULL;

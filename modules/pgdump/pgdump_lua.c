@@ -45,11 +45,12 @@ static int jobs_opt(lua_State *L, int idx, const char *what)
     return (int)jobs;
 }
 
-/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"skip", split_bytes=} */
+/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"skip", split_bytes=,
+ *              row_digests=false} */
 static int l_dump(lua_State *L)
 {
-    static const char *const allowed[] = {"url",           "jobs",        "label", "pg_dump",
-                                          "large_objects", "split_bytes", NULL};
+    static const char *const allowed[] = {"url",           "jobs",        "label",       "pg_dump",
+                                          "large_objects", "split_bytes", "row_digests", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.dump", allowed);
     PgDumpOptions o = {0};
@@ -57,6 +58,7 @@ static int l_dump(lua_State *L)
     o.jobs = jobs_opt(L, 1, "pgdump.dump");
     o.pg_dump = rt_lua_opt_string(L, 1, "pg_dump", NULL);
     o.split_bytes = rt_lua_opt_integer(L, 1, "split_bytes", 0);
+    o.row_digests = rt_lua_opt_boolean(L, 1, "row_digests", false);
     const char *lo = rt_lua_opt_string(L, 1, "large_objects", "refuse");
     if (!strcmp(lo, "skip"))
         o.large_objects = PG_LO_SKIP;
