@@ -739,7 +739,10 @@ static int restore_write(void *self, const uint8_t *data, size_t len, RtError *e
 {
     Restore *r = self;
     if (rt_cancelled()) return rt_cancel_error(err);
-    if (r->failed) return barrier(r, err);
+    pthread_mutex_lock(&r->mu);
+    bool failed = r->failed;
+    pthread_mutex_unlock(&r->mu);
+    if (failed) return barrier(r, err); /* reports the workers' error */
     return pg_split_feed(r->split, data, len, err);
 }
 
