@@ -185,6 +185,14 @@ T.case("an error in the stream stops the restore with the statement number, tabl
                                         "-- Name: t_v\nCREATE UNIQUE INDEX t_v ON public.t USING btree (v);\n"),
                             pgdump.restore{url = dst}})
   T.match(err.message, "statement 3 %(CREATE UNIQUE INDEX t_v ON public.t USING btree %): could not create unique index")
+  -- a compressed or custom-format stream is recognised
+  dst = fresh("pgdump_err5")
+  err = T.raises(pipe.run, {pipe.string("\x1f\x8b\x08\x00junk"), pgdump.restore{url = dst}})
+  T.eq(err.code, "pgdump.format")
+  T.match(err.message, "gzip%-compressed, not plain SQL; nothing was restored")
+  T.match(err.hint, "crypto.gunzip")
+  err = T.raises(pipe.run, {pipe.string("PGDMP\1\14"), pgdump.restore{url = dst}})
+  T.match(err.hint, "pg_restore")
   -- a truncated stream is an error, not a quiet success
   dst = fresh("pgdump_err3")
   err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (id int);\nCOPY public.t (id) FROM stdin;\n1\n"),
