@@ -68,6 +68,7 @@ typedef struct Dump {
     char what[256];
     char *pg_dump;
     PgLargeObjects lo;
+    bool has_lo; /* large objects to include */
     bool row_digests;
     int jobs;
     PGconn *leader;
@@ -112,7 +113,7 @@ typedef struct Dump {
     size_t blk_pos;
 } Dump;
 
-enum { PH_PRE, PH_PRE_TAIL, PH_DATA, PH_SEQ, PH_POST, PH_DONE };
+enum { PH_PRE, PH_DATA, PH_SEQ, PH_LO, PH_LO_DONE, PH_POST, PH_DONE };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -458,11 +459,12 @@ static int check_large_objects(Dump *d, RtError *err)
     if (!r) return RT_ERR;
     long long n = atoll(PQgetvalue(r, 0, 0));
     PQclear(r);
-    if (n == 0 || d->lo == PG_LO_SKIP) return RT_OK;
+    d->has_lo = n > 0 && d->lo == PG_LO_INCLUDE;
+    if (n == 0 || d->lo != PG_LO_REFUSE) return RT_OK;
     rt_error_set(err, RT_CLASS_USAGE, "pgdump.large_objects",
                  "%s has %lld large objects, which this dump does not include", d->what, n);
-    rt_error_hint(err, "pass large_objects = \"skip\" to dump everything else, or dump them "
-                       "with pg_dump --format=custom");
+    rt_error_hint(err, "pass large_objects = \"include\" to dump them too (as pg_dump does, one "
+                       "statement per 16 KiB: slow for big ones), or \"skip\" to leave them out");
     return RT_ERR;
 }
 
@@ -686,13 +688,11 @@ static RtSource *start_pg_dump(Dump *d, const char *section, RtError *err)
     char sec[64], snap[128];
     snprintf(sec, sizeof sec, "--section=%s", section);
     snprintf(snap, sizeof snap, "--snapshot=%s", d->snapshot);
-    const char *argv[] = {d->pg_dump,
-                          "--format=plain",
-                          "--no-password",
-                          sec,
-                          snap,
-                          d->lo == PG_LO_SKIP ? "--no-blobs" : NULL,
-                          NULL};
+    /* the data section is only run for large objects: no table (nor sequence) data */
+    const char *extra = !strcmp(section, "data") ? "--exclude-table-data=*.*"
+                        : d->lo == PG_LO_SKIP    ? "--no-blobs"
+                                                 : NULL;
+    const char *argv[] = {d->pg_dump, "--format=plain", "--no-password", sec, snap, extra, NULL};
     static const char *const unset[] = {"PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", NULL};
     RtProcSpec spec = {.argv = argv, .env_set = (const char *const *)d->env, .env_unset = unset};
     return rt_child_source(&spec, err);
@@ -764,7 +764,8 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             return RT_OK;
         }
         switch (d->phase) {
-        case PH_PRE: {
+        case PH_PRE:
+        case PH_LO: {
             if (d->hold_len > TAIL_HOLD) {
                 size_t n = d->hold_len - TAIL_HOLD;
                 if (n > cap) n = cap;
@@ -785,7 +786,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 d->child = NULL;
                 strip_trailer(d);
                 set_pending(d, (const char *)d->hold, d->hold_len);
-                d->phase = PH_DATA;
+                d->phase = d->phase == PH_PRE ? PH_DATA : PH_LO_DONE;
             }
             continue;
         }
@@ -872,6 +873,16 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
         }
         case PH_SEQ:
             stop_workers(d);
+            if (d->has_lo) {
+                /* large objects' contents, as pg_dump writes them (lo_open/lowrite) */
+                d->child = start_pg_dump(d, "data", err);
+                if (!d->child) return RT_ERR;
+                d->hold_len = 0;
+                d->phase = PH_LO;
+                continue;
+            }
+            /* fall through */
+        case PH_LO_DONE:
             d->child = start_pg_dump(d, "post-data", err);
             if (!d->child) return RT_ERR;
             d->phase = PH_POST;

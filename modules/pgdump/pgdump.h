@@ -59,7 +59,8 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
 
 typedef enum PgLargeObjects {
     PG_LO_REFUSE = 0, /* error if the database has large objects */
-    PG_LO_SKIP = 1    /* dump without them (pg_dump --no-blobs) */
+    PG_LO_SKIP = 1,   /* dump without them (pg_dump --no-blobs) */
+    PG_LO_INCLUDE = 2 /* dump them as pg_dump does (lo_create in pre-data, lowrite in data) */
 } PgLargeObjects;
 
 typedef struct PgDumpOptions {

@@ -45,8 +45,8 @@ static int jobs_opt(lua_State *L, int idx, const char *what)
     return (int)jobs;
 }
 
-/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"skip", split_bytes=,
- *              row_digests=false} */
+/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"include"|"skip",
+ * split_bytes=, row_digests=false} */
 static int l_dump(lua_State *L)
 {
     static const char *const allowed[] = {"url",           "jobs",        "label",       "pg_dump",
@@ -62,8 +62,11 @@ static int l_dump(lua_State *L)
     const char *lo = rt_lua_opt_string(L, 1, "large_objects", "refuse");
     if (!strcmp(lo, "skip"))
         o.large_objects = PG_LO_SKIP;
+    else if (!strcmp(lo, "include"))
+        o.large_objects = PG_LO_INCLUDE;
     else if (strcmp(lo, "refuse") != 0)
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.large_objects", "use \"refuse\" or \"skip\"",
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.large_objects",
+                    "use \"refuse\", \"include\" or \"skip\"",
                     "pgdump.dump: unknown large_objects = \"%s\"", lo);
     RtError err;
     rt_error_init(&err);

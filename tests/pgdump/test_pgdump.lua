@@ -232,16 +232,31 @@ T.case("bad url, wrong password, pooled endpoint: clear errors without the passw
   T.match(err.hint, "apt%-get install postgresql%-client%-15")
 end)
 
-T.case("large objects are refused unless skipped", function()
+T.case("large objects are refused unless included or skipped", function()
   local u = fresh("pgdump_lo")
   local db <close> = pgdump.connect(u)
   db:query("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT lo_from_bytea(0, 'blob')")
   local err = T.raises(pgdump.dump, {url = u})
   T.eq(err.code, "pgdump.large_objects")
-  T.match(err.hint, "large_objects = \"skip\"")
+  T.match(err.hint, "large_objects = \"include\"")
+  T.match(err.hint, "\"skip\"")
   local r = pipe.run{pgdump.dump{url = u, large_objects = "skip"}, pipe.buffer{}}
   T.eq(r.pgdump.tables["public.t"].rows, 1)
   T.no_match(r.buffer.data, "lo_create")
+  -- included: psql and our restore bring them back
+  local file = tmp .. "/lo.sql"
+  r = pipe.run{pgdump.dump{url = u, large_objects = "include"}, pipe.file_sink(file)}
+  local text = io.open(file):read("a")
+  local _, trailers = text:gsub("PostgreSQL database dump complete", "")
+  T.eq(trailers, 1)
+  for _, how in ipairs{"psql", "ours"} do
+    local dst = fresh("pgdump_lo_" .. how)
+    if how == "psql" then psql("pgdump_lo_" .. how, {"-f", file})
+    else pipe.run{pipe.file(file), pgdump.restore{url = dst}} end
+    local t <close> = pgdump.connect(dst)
+    T.eq(t:query("SELECT convert_from(lo_get(oid), 'UTF8') AS v FROM pg_largeobject_metadata")[1].v, "blob", how)
+    T.eq(#t:query("SELECT * FROM t"), 1, how)
+  end
 end)
 
 T.case("the server going away mid-dump fails the dump, and nothing looks complete", function()
