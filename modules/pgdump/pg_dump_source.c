@@ -50,6 +50,7 @@ typedef struct Table {
     int64_t rows, bytes;
     EVP_MD_CTX *md;
     char sha256[65];
+    PgSetDigest set; /* row_digests: order-independent digest of the rows */
 } Table;
 
 typedef struct Item {
@@ -59,6 +60,7 @@ typedef struct Item {
     Block *head, *tail;
     size_t queued;
     bool done;
+    PgSetDigest set;
 } Item;
 
 typedef struct Dump {
@@ -66,6 +68,8 @@ typedef struct Dump {
     char what[256];
     char *pg_dump;
     PgLargeObjects lo;
+    bool has_lo; /* large objects to include */
+    bool row_digests;
     int jobs;
     PGconn *leader;
     char snapshot[80];
@@ -109,7 +113,7 @@ typedef struct Dump {
     size_t blk_pos;
 } Dump;
 
-enum { PH_PRE, PH_PRE_TAIL, PH_DATA, PH_SEQ, PH_POST, PH_DONE };
+enum { PH_PRE, PH_DATA, PH_SEQ, PH_LO, PH_LO_DONE, PH_POST, PH_DONE };
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
@@ -455,11 +459,12 @@ static int check_large_objects(Dump *d, RtError *err)
     if (!r) return RT_ERR;
     long long n = atoll(PQgetvalue(r, 0, 0));
     PQclear(r);
-    if (n == 0 || d->lo == PG_LO_SKIP) return RT_OK;
+    d->has_lo = n > 0 && d->lo == PG_LO_INCLUDE;
+    if (n == 0 || d->lo != PG_LO_REFUSE) return RT_OK;
     rt_error_set(err, RT_CLASS_USAGE, "pgdump.large_objects",
                  "%s has %lld large objects, which this dump does not include", d->what, n);
-    rt_error_hint(err, "pass large_objects = \"skip\" to dump everything else, or dump them "
-                       "with pg_dump --format=custom");
+    rt_error_hint(err, "pass large_objects = \"include\" to dump them too (as pg_dump does, one "
+                       "statement per 16 KiB: slow for big ones), or \"skip\" to leave them out");
     return RT_ERR;
 }
 
@@ -575,6 +580,7 @@ static bool run_item(Dump *d, PGconn *c, Item *it)
             b->len = 0;
             b->cap = cap;
         }
+        if (d->row_digests) pgdump_set_digest_row(&it->set, (const uint8_t *)row, (size_t)n);
         memcpy(b->data + b->len, row, (size_t)n);
         b->len += (size_t)n;
         PQfreemem(row);
@@ -682,13 +688,11 @@ static RtSource *start_pg_dump(Dump *d, const char *section, RtError *err)
     char sec[64], snap[128];
     snprintf(sec, sizeof sec, "--section=%s", section);
     snprintf(snap, sizeof snap, "--snapshot=%s", d->snapshot);
-    const char *argv[] = {d->pg_dump,
-                          "--format=plain",
-                          "--no-password",
-                          sec,
-                          snap,
-                          d->lo == PG_LO_SKIP ? "--no-blobs" : NULL,
-                          NULL};
+    /* the data section is only run for large objects: no table (nor sequence) data */
+    const char *extra = !strcmp(section, "data") ? "--exclude-table-data=*.*"
+                        : d->lo == PG_LO_SKIP    ? "--no-blobs"
+                                                 : NULL;
+    const char *argv[] = {d->pg_dump, "--format=plain", "--no-password", sec, snap, extra, NULL};
     static const char *const unset[] = {"PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", NULL};
     RtProcSpec spec = {.argv = argv, .env_set = (const char *const *)d->env, .env_unset = unset};
     return rt_child_source(&spec, err);
@@ -760,7 +764,8 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             return RT_OK;
         }
         switch (d->phase) {
-        case PH_PRE: {
+        case PH_PRE:
+        case PH_LO: {
             if (d->hold_len > TAIL_HOLD) {
                 size_t n = d->hold_len - TAIL_HOLD;
                 if (n > cap) n = cap;
@@ -781,7 +786,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 d->child = NULL;
                 strip_trailer(d);
                 set_pending(d, (const char *)d->hold, d->hold_len);
-                d->phase = PH_DATA;
+                d->phase = d->phase == PH_PRE ? PH_DATA : PH_LO_DONE;
             }
             continue;
         }
@@ -851,6 +856,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             if (!done) continue; /* cancelled: reported at the top */
             d->cur++;
             d->header_sent = false;
+            pgdump_set_digest_merge(&t->set, &it->set);
             if (it->last) {
                 uint8_t h[32];
                 unsigned hl = 0;
@@ -867,6 +873,16 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
         }
         case PH_SEQ:
             stop_workers(d);
+            if (d->has_lo) {
+                /* large objects' contents, as pg_dump writes them (lo_open/lowrite) */
+                d->child = start_pg_dump(d, "data", err);
+                if (!d->child) return RT_ERR;
+                d->hold_len = 0;
+                d->phase = PH_LO;
+                continue;
+            }
+            /* fall through */
+        case PH_LO_DONE:
             d->child = start_pg_dump(d, "post-data", err);
             if (!d->child) return RT_ERR;
             d->phase = PH_POST;
@@ -908,6 +924,11 @@ static void dump_results(void *self, RtResults *res)
         rt_results_int(e, "rows", t->rows);
         rt_results_int(e, "bytes", t->bytes);
         rt_results_str(e, "sha256", t->sha256);
+        if (d->row_digests) {
+            char hex[65];
+            pgdump_set_digest_hex(&t->set, hex);
+            rt_results_str(e, "set_sha256", hex);
+        }
     }
     rt_results_int(res, "table_count", d->ntables);
     rt_results_int(res, "sequences", d->nseq);
@@ -970,6 +991,7 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     d->pg_dump = xstrdup(opt->pg_dump ? opt->pg_dump : "pg_dump");
     d->jobs = opt->jobs > 0 ? opt->jobs : 2;
     d->lo = opt->large_objects;
+    d->row_digests = opt->row_digests;
     int64_t split = opt->split_bytes > 0 ? opt->split_bytes : ((int64_t)8 << 20);
     pgdump_describe(d->url, d->what, sizeof d->what);
     RtSource *src = NULL;

@@ -101,6 +101,7 @@ struct Restore {
     int64_t statements, indexes;
     int txn_statements;
     bool post_logged;
+    bool format_checked;
     bool copies_pending; /* COPY commands queued since the last barrier */
 };
 
@@ -735,11 +736,43 @@ static int on_copy_end(void *ud, RtError *err)
 
 /* ---- the sink --------------------------------------------------------------------------- */
 
+/* The first bytes of a stream that is not plain SQL, with what to do instead. */
+static int check_format(Restore *r, const uint8_t *d, size_t len, RtError *err)
+{
+    const char *kind = NULL, *hint = NULL;
+    if (len >= 2 && d[0] == 0x1f && d[1] == 0x8b) {
+        kind = "gzip-compressed";
+        hint = "add crypto.gunzip{} before pgdump.restore in the pipe";
+    } else if (len >= 8 && !memcmp(d, "Salted__", 8)) {
+        kind = "encrypted (openssl enc)";
+        hint = "add crypto.decrypt{} and crypto.gunzip{} before pgdump.restore in the pipe";
+    } else if (len >= 5 && !memcmp(d, "PGDMP", 5)) {
+        kind = "a pg_dump custom-format archive";
+        hint = "restore it with pg_restore, or dump with --format=plain";
+    } else if (memchr(d, 0, len)) {
+        kind = "binary";
+        hint = "pgdump.restore reads plain SQL as written by pg_dump --format=plain";
+    }
+    if (!kind) return RT_OK;
+    rt_error_set(err, RT_CLASS_USAGE, "pgdump.format",
+                 "the stream restored into %s is %s, not plain SQL; nothing was restored", r->what,
+                 kind);
+    rt_error_hint(err, "%s", hint);
+    return RT_ERR;
+}
+
 static int restore_write(void *self, const uint8_t *data, size_t len, RtError *err)
 {
     Restore *r = self;
     if (rt_cancelled()) return rt_cancel_error(err);
-    if (r->failed) return barrier(r, err);
+    if (!r->format_checked && len) {
+        r->format_checked = true;
+        if (check_format(r, data, len < 4096 ? len : 4096, err) != RT_OK) return RT_ERR;
+    }
+    pthread_mutex_lock(&r->mu);
+    bool failed = r->failed;
+    pthread_mutex_unlock(&r->mu);
+    if (failed) return barrier(r, err); /* reports the workers' error */
     return pg_split_feed(r->split, data, len, err);
 }
 
@@ -911,7 +944,7 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     r->chunk = opt->chunk_bytes > 0 ? (size_t)opt->chunk_bytes : (size_t)8 << 20;
     pgdump_describe(r->url, r->what, sizeof r->what);
     static const PgSplitEvents ev = {on_statement, on_meta, on_copy_data, on_copy_end};
-    r->split = pg_split_new(&ev, r, 0);
+    r->split = pg_split_new(&ev, r, (size_t)64 << 20); /* memory stays bounded on garbage */
     r->blk = malloc(RBLOCK);
     r->blk_cap = RBLOCK;
     RtSink *k = NULL;

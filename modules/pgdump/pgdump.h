@@ -59,7 +59,8 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
 
 typedef enum PgLargeObjects {
     PG_LO_REFUSE = 0, /* error if the database has large objects */
-    PG_LO_SKIP = 1    /* dump without them (pg_dump --no-blobs) */
+    PG_LO_SKIP = 1,   /* dump without them (pg_dump --no-blobs) */
+    PG_LO_INCLUDE = 2 /* dump them as pg_dump does (lo_create in pre-data, lowrite in data) */
 } PgLargeObjects;
 
 typedef struct PgDumpOptions {
@@ -68,11 +69,12 @@ typedef struct PgDumpOptions {
     const char *pg_dump; /* pg_dump program (default "pg_dump" from PATH) */
     PgLargeObjects large_objects;
     int64_t split_bytes; /* tables larger than this are split in ctid ranges (default 8 MiB) */
+    bool row_digests;    /* also an order-independent set_sha256 per table (a hash per row) */
 } PgDumpOptions;
 
 /* A source producing a plain-SQL dump that `psql -v ON_ERROR_STOP=1` restores into an empty
  * database. Connects, checks versions and exports the snapshot before returning. Results:
- * { tables = { ["schema.table"] = {rows, bytes, sha256} }, server_version, snapshot,
+ * { tables = { ["schema.table"] = {rows, bytes, sha256 [, set_sha256]} }, server_version, snapshot,
  *   pg_dump_version, sequences }. */
 RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err);
 

@@ -45,11 +45,12 @@ static int jobs_opt(lua_State *L, int idx, const char *what)
     return (int)jobs;
 }
 
-/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"skip", split_bytes=} */
+/* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"include"|"skip",
+ * split_bytes=, row_digests=false} */
 static int l_dump(lua_State *L)
 {
-    static const char *const allowed[] = {"url",           "jobs",        "label", "pg_dump",
-                                          "large_objects", "split_bytes", NULL};
+    static const char *const allowed[] = {"url",           "jobs",        "label",       "pg_dump",
+                                          "large_objects", "split_bytes", "row_digests", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.dump", allowed);
     PgDumpOptions o = {0};
@@ -57,11 +58,15 @@ static int l_dump(lua_State *L)
     o.jobs = jobs_opt(L, 1, "pgdump.dump");
     o.pg_dump = rt_lua_opt_string(L, 1, "pg_dump", NULL);
     o.split_bytes = rt_lua_opt_integer(L, 1, "split_bytes", 0);
+    o.row_digests = rt_lua_opt_boolean(L, 1, "row_digests", false);
     const char *lo = rt_lua_opt_string(L, 1, "large_objects", "refuse");
     if (!strcmp(lo, "skip"))
         o.large_objects = PG_LO_SKIP;
+    else if (!strcmp(lo, "include"))
+        o.large_objects = PG_LO_INCLUDE;
     else if (strcmp(lo, "refuse") != 0)
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.large_objects", "use \"refuse\" or \"skip\"",
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.large_objects",
+                    "use \"refuse\", \"include\" or \"skip\"",
                     "pgdump.dump: unknown large_objects = \"%s\"", lo);
     RtError err;
     rt_error_init(&err);

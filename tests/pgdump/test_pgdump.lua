@@ -120,11 +120,14 @@ end)
 
 T.case("our restore loads our dump in parallel and matches the source", function()
   local dst = fresh("pgdump_ours")
-  local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, label = "dump"},
+  local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, split_bytes = 1 << 20, row_digests = true, label = "dump"},
                      pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, label = "restore"}}
+  local restored = digests(dst)
   for name, d in pairs(r.dump.tables) do
     T.eq(r.restore.tables[name].rows, d.rows, name .. " rows loaded")
     T.eq(r.restore.tables[name].sha256, d.sha256, name .. " sha256 of the loaded stream")
+    -- the restored table holds the dumped rows, whatever their physical order
+    T.eq(restored[name].set_sha256, d.set_sha256, name .. " set digest")
   end
   T.ok(r.restore.indexes >= 2, "indexes built by the workers")
   same_tables(SRC_DIGESTS, digests(dst))
@@ -182,6 +185,14 @@ T.case("an error in the stream stops the restore with the statement number, tabl
                                         "-- Name: t_v\nCREATE UNIQUE INDEX t_v ON public.t USING btree (v);\n"),
                             pgdump.restore{url = dst}})
   T.match(err.message, "statement 3 %(CREATE UNIQUE INDEX t_v ON public.t USING btree %): could not create unique index")
+  -- a compressed or custom-format stream is recognised
+  dst = fresh("pgdump_err5")
+  err = T.raises(pipe.run, {pipe.string("\x1f\x8b\x08\x00junk"), pgdump.restore{url = dst}})
+  T.eq(err.code, "pgdump.format")
+  T.match(err.message, "gzip%-compressed, not plain SQL; nothing was restored")
+  T.match(err.hint, "crypto.gunzip")
+  err = T.raises(pipe.run, {pipe.string("PGDMP\1\14"), pgdump.restore{url = dst}})
+  T.match(err.hint, "pg_restore")
   -- a truncated stream is an error, not a quiet success
   dst = fresh("pgdump_err3")
   err = T.raises(pipe.run, {pipe.string("CREATE TABLE t (id int);\nCOPY public.t (id) FROM stdin;\n1\n"),
@@ -209,18 +220,43 @@ T.case("bad url, wrong password, pooled endpoint: clear errors without the passw
   T.match(tostring(err), "unknown option 'jbos'")
   err = T.raises(pgdump.dump, {url = SRC, pg_dump = "/nonexistent/pg_dump"})
   T.match(err.hint, "postgresql%-client%-15")
+  -- a pg_dump older than the server is refused, naming the package to install
+  local old = tmp .. "/pg_dump14"
+  local f = io.open(old, "w")
+  f:write("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11 (Debian 14.11-1)'\n")
+  f:close()
+  proc.run{argv = {"chmod", "+x", old}, check = true}
+  err = T.raises(pgdump.dump, {url = SRC, pg_dump = old})
+  T.eq(err.code, "pgdump.pg_dump_version")
+  T.match(err.message, "version 14 but the server of database pgdump_src .* is version 15")
+  T.match(err.hint, "apt%-get install postgresql%-client%-15")
 end)
 
-T.case("large objects are refused unless skipped", function()
+T.case("large objects are refused unless included or skipped", function()
   local u = fresh("pgdump_lo")
   local db <close> = pgdump.connect(u)
   db:query("CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT lo_from_bytea(0, 'blob')")
   local err = T.raises(pgdump.dump, {url = u})
   T.eq(err.code, "pgdump.large_objects")
-  T.match(err.hint, "large_objects = \"skip\"")
+  T.match(err.hint, "large_objects = \"include\"")
+  T.match(err.hint, "\"skip\"")
   local r = pipe.run{pgdump.dump{url = u, large_objects = "skip"}, pipe.buffer{}}
   T.eq(r.pgdump.tables["public.t"].rows, 1)
   T.no_match(r.buffer.data, "lo_create")
+  -- included: psql and our restore bring them back
+  local file = tmp .. "/lo.sql"
+  r = pipe.run{pgdump.dump{url = u, large_objects = "include"}, pipe.file_sink(file)}
+  local text = io.open(file):read("a")
+  local _, trailers = text:gsub("PostgreSQL database dump complete", "")
+  T.eq(trailers, 1)
+  for _, how in ipairs{"psql", "ours"} do
+    local dst = fresh("pgdump_lo_" .. how)
+    if how == "psql" then psql("pgdump_lo_" .. how, {"-f", file})
+    else pipe.run{pipe.file(file), pgdump.restore{url = dst}} end
+    local t <close> = pgdump.connect(dst)
+    T.eq(t:query("SELECT convert_from(lo_get(oid), 'UTF8') AS v FROM pg_largeobject_metadata")[1].v, "blob", how)
+    T.eq(#t:query("SELECT * FROM t"), 1, how)
+  end
 end)
 
 T.case("the server going away mid-dump fails the dump, and nothing looks complete", function()
