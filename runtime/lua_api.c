@@ -19,8 +19,10 @@ static int stage_gc(lua_State *L)
 {
     RtLuaStage *s = luaL_checkudata(L, 1, RT_STAGE_MT);
     if (s->obj) {
-        if (s->kind == RT_STAGE_SOURCE) rt_source_free(s->obj);
-        else if (s->kind == RT_STAGE_FILTER) rt_filter_free(s->obj);
+        if (s->kind == RT_STAGE_SOURCE)
+            rt_source_free(s->obj);
+        else if (s->kind == RT_STAGE_FILTER)
+            rt_filter_free(s->obj);
         else {
             RtSink *k = s->obj;
             k->abort(k->self); /* never ran: leave nothing behind */
@@ -84,6 +86,12 @@ void rt_lua_set_stage_label(lua_State *L, int idx, const char *label)
     if (label) snprintf(s->label, sizeof s->label, "%s", label);
 }
 
+void rt_lua_label_from_options(lua_State *L, int opt_idx)
+{
+    const char *label = rt_lua_opt_string(L, opt_idx, "label", NULL);
+    if (label) rt_lua_set_stage_label(L, -1, label);
+}
+
 RtLuaStage *rt_lua_check_stage(lua_State *L, int idx)
 {
     return luaL_checkudata(L, idx, RT_STAGE_MT);
@@ -100,19 +108,29 @@ void rt_lua_push_results(lua_State *L, const RtResults *r)
         RtValueType t;
         const RtResults *v = rt_results_at(r, i, &key, &t);
         switch (t) {
-        case RT_VALUE_INT: lua_pushinteger(L, (lua_Integer)rt_results_as_int(v)); break;
-        case RT_VALUE_NUM: lua_pushnumber(L, rt_results_as_num(v)); break;
-        case RT_VALUE_BOOL: lua_pushboolean(L, rt_results_as_bool(v)); break;
+        case RT_VALUE_INT:
+            lua_pushinteger(L, (lua_Integer)rt_results_as_int(v));
+            break;
+        case RT_VALUE_NUM:
+            lua_pushnumber(L, rt_results_as_num(v));
+            break;
+        case RT_VALUE_BOOL:
+            lua_pushboolean(L, rt_results_as_bool(v));
+            break;
         case RT_VALUE_STR: {
             size_t len;
             const char *s = rt_results_as_str(v, &len);
             lua_pushlstring(L, s, len);
             break;
         }
-        default: rt_lua_push_results(L, v); break;
+        default:
+            rt_lua_push_results(L, v);
+            break;
         }
-        if (type == RT_VALUE_ARRAY || !key) lua_rawseti(L, -2, (lua_Integer)i + 1);
-        else lua_setfield(L, -2, key);
+        if (type == RT_VALUE_ARRAY || !key)
+            lua_rawseti(L, -2, (lua_Integer)i + 1);
+        else
+            lua_setfield(L, -2, key);
     }
 }
 
@@ -194,16 +212,18 @@ static int opt_field(lua_State *L, int idx, const char *key)
 
 static void opt_type_error(lua_State *L, const char *key, const char *want)
 {
-    rt_lua_fail(L, RT_CLASS_USAGE, "usage.option_type", NULL, "option '%s' must be %s, got %s",
-                key, want, luaL_typename(L, -1));
+    rt_lua_fail(L, RT_CLASS_USAGE, "usage.option_type", NULL, "option '%s' must be %s, got %s", key,
+                want, luaL_typename(L, -1));
 }
 
 const char *rt_lua_opt_string(lua_State *L, int idx, const char *key, const char *def)
 {
     int t = opt_field(L, idx, key);
     const char *v = def;
-    if (t == LUA_TSTRING || t == LUA_TNUMBER) v = lua_tostring(L, -1);
-    else if (t != LUA_TNIL) opt_type_error(L, key, "a string");
+    if (t == LUA_TSTRING || t == LUA_TNUMBER)
+        v = lua_tostring(L, -1);
+    else if (t != LUA_TNIL)
+        opt_type_error(L, key, "a string");
     lua_pop(L, 1); /* the string stays alive: it is referenced by the option table */
     return v;
 }
@@ -212,11 +232,13 @@ lua_Integer rt_lua_opt_integer(lua_State *L, int idx, const char *key, lua_Integ
 {
     int t = opt_field(L, idx, key);
     lua_Integer v = def;
-    if (t == LUA_TNUMBER && lua_isinteger(L, -1)) v = lua_tointeger(L, -1);
+    if (t == LUA_TNUMBER && lua_isinteger(L, -1))
+        v = lua_tointeger(L, -1);
     else if (t == LUA_TNUMBER) {
         lua_Number n = lua_tonumber(L, -1);
         if (!lua_numbertointeger(n, &v)) opt_type_error(L, key, "an integer");
-    } else if (t != LUA_TNIL) opt_type_error(L, key, "an integer");
+    } else if (t != LUA_TNIL)
+        opt_type_error(L, key, "an integer");
     lua_pop(L, 1);
     return v;
 }
@@ -225,8 +247,10 @@ lua_Number rt_lua_opt_number(lua_State *L, int idx, const char *key, lua_Number 
 {
     int t = opt_field(L, idx, key);
     lua_Number v = def;
-    if (t == LUA_TNUMBER) v = lua_tonumber(L, -1);
-    else if (t != LUA_TNIL) opt_type_error(L, key, "a number");
+    if (t == LUA_TNUMBER)
+        v = lua_tonumber(L, -1);
+    else if (t != LUA_TNIL)
+        opt_type_error(L, key, "a number");
     lua_pop(L, 1);
     return v;
 }
@@ -235,8 +259,10 @@ bool rt_lua_opt_boolean(lua_State *L, int idx, const char *key, bool def)
 {
     int t = opt_field(L, idx, key);
     bool v = def;
-    if (t == LUA_TBOOLEAN) v = lua_toboolean(L, -1);
-    else if (t != LUA_TNIL) opt_type_error(L, key, "a boolean");
+    if (t == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1);
+    else if (t != LUA_TNIL)
+        opt_type_error(L, key, "a boolean");
     lua_pop(L, 1);
     return v;
 }
@@ -250,16 +276,18 @@ RtSecret *rt_lua_to_secret(lua_State *L, int idx, const char *what)
     RtSecret *s = NULL;
     RtSecret **ud = luaL_testudata(L, idx, RT_SECRET_MT);
     if (ud) {
-        if (!*ud) rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: secret was wiped", what);
+        if (!*ud)
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: secret was wiped", what);
         s = rt_secret_dup(*ud, &err);
     } else if (lua_type(L, idx) == LUA_TSTRING) {
         size_t len;
         const char *v = lua_tolstring(L, idx, &len);
-        if (len == 0) rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: secret is empty", what);
+        if (len == 0)
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: secret is empty", what);
         s = rt_secret_from_value(v, len, "a value given by the script", &err);
     } else {
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: expected a secret or a string, got %s",
-                    what, luaL_typename(L, idx));
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL,
+                    "%s: expected a secret or a string, got %s", what, luaL_typename(L, idx));
     }
     if (!s) rt_lua_raise(L, &err);
     return s;
@@ -289,12 +317,18 @@ RtSecret *rt_lua_opt_secret(lua_State *L, int idx, const char *key, const char *
         return s;
     }
     lua_pop(L, 1);
-    if (file) s = rt_secret_from_file(file, &err);
-    else if (env || default_env) s = rt_secret_from_env(env ? env : default_env, &err);
+    if (file)
+        s = rt_secret_from_file(file, &err);
+    else if (env || default_env)
+        s = rt_secret_from_env(env ? env : default_env, &err);
     else
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: option '%s' is required", what, key);
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.secret", NULL, "%s: option '%s' is required", what,
+                    key);
     if (!s) rt_lua_raise(L, &err);
     return s;
 }
 
-const RtHostFlags *rt_host_flags(void) { return &rt_host_global_flags; }
+const RtHostFlags *rt_host_flags(void)
+{
+    return &rt_host_global_flags;
+}

@@ -30,6 +30,9 @@ void rt_lua_push_sink(lua_State *L, RtSink *s);
 /* Sets the label under which pipe.run reports the stage's results (the stage at idx). Modules
  * call it with their `label` option. */
 void rt_lua_set_stage_label(lua_State *L, int idx, const char *label);
+/* Labels the stage on top of the stack with the `label` key of option table opt_idx, if any
+ * (opt_idx may be absent or nil). */
+void rt_lua_label_from_options(lua_State *L, int opt_idx);
 /* Pushes a results tree as a Lua table. */
 void rt_lua_push_results(lua_State *L, const RtResults *r);
 

@@ -12,8 +12,8 @@
 #include "host.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
-#include "progress.h"
 #include "proc.h"
+#include "progress.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,15 +34,14 @@ void rt_lua_proc_spec(lua_State *L, int idx, RtProcSpec *spec, const char *what)
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.argv", "pass argv = {\"program\", \"arg\", ...}",
                     "%s needs an argv array", what);
     lua_Integer n = luaL_len(L, -1);
-    if (n < 1)
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.argv", NULL, "%s: argv is empty", what);
+    if (n < 1) rt_lua_fail(L, RT_CLASS_USAGE, "usage.argv", NULL, "%s: argv is empty", what);
     const char **argv = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *argv, 0);
     lua_rawseti(L, anchor, 1);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, -1, i);
         if (!lua_isstring(L, -1))
-            rt_lua_fail(L, RT_CLASS_USAGE, "usage.argv", NULL, "%s: argv[%d] is not a string",
-                        what, (int)i);
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.argv", NULL, "%s: argv[%d] is not a string", what,
+                        (int)i);
         argv[i - 1] = lua_tostring(L, -1);
         lua_rawseti(L, anchor, 10 + (int)i); /* keep the string (a number became a string) */
     }
@@ -100,12 +99,6 @@ void rt_lua_proc_spec(lua_State *L, int idx, RtProcSpec *spec, const char *what)
 
 /* ---- constructors ----------------------------------------------------------------------- */
 
-static void label_opt(lua_State *L, int opt_idx)
-{
-    const char *label = rt_lua_opt_string(L, opt_idx, "label", NULL);
-    if (label) rt_lua_set_stage_label(L, -1, label);
-}
-
 static const char *const LABEL_ONLY[] = {"label", NULL};
 
 static int l_file(lua_State *L)
@@ -117,7 +110,7 @@ static int l_file(lua_State *L)
     RtSource *s = rt_file_source(path, &err);
     if (!s) return rt_lua_raise(L, &err);
     rt_lua_push_source(L, s);
-    label_opt(L, 2);
+    rt_lua_label_from_options(L, 2);
     return 1;
 }
 
@@ -129,7 +122,7 @@ static int l_stdin(lua_State *L)
     RtSource *s = rt_fd_source(0, "stdin", &err);
     if (!s) return rt_lua_raise(L, &err);
     rt_lua_push_source(L, s);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -143,7 +136,7 @@ static int l_string(lua_State *L)
     RtSource *s = rt_mem_source(data, len, &err);
     if (!s) return rt_lua_raise(L, &err);
     rt_lua_push_source(L, s);
-    label_opt(L, 2);
+    rt_lua_label_from_options(L, 2);
     return 1;
 }
 
@@ -158,7 +151,7 @@ static int l_file_sink(lua_State *L)
     RtSink *k = rt_file_sink(path, overwrite, &err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
-    label_opt(L, 2);
+    rt_lua_label_from_options(L, 2);
     return 1;
 }
 
@@ -170,7 +163,7 @@ static int l_stdout(lua_State *L)
     RtSink *k = rt_fd_sink(1, "stdout", &err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -179,13 +172,14 @@ static int l_buffer(lua_State *L)
     static const char *const allowed[] = {"label", "limit", NULL};
     rt_lua_check_options(L, 1, "pipe.buffer", allowed);
     lua_Integer limit = rt_lua_opt_integer(L, 1, "limit", 64 * 1024 * 1024);
-    if (limit < 0) rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL, "pipe.buffer: limit must be >= 0");
+    if (limit < 0)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL, "pipe.buffer: limit must be >= 0");
     RtError err;
     rt_error_init(&err);
     RtSink *k = rt_mem_sink((size_t)limit, &err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -197,7 +191,7 @@ static int l_count(lua_State *L)
     RtFilter *f = rt_count_filter(&err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -215,7 +209,7 @@ static int l_command(lua_State *L)
     if (!s) return rt_lua_raise(L, &err);
     lua_pop(L, 1); /* anchor */
     rt_lua_push_source(L, s);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -232,7 +226,7 @@ static int l_command_sink(lua_State *L)
     if (!k) return rt_lua_raise(L, &err);
     lua_pop(L, 1);
     rt_lua_push_sink(L, k);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -252,8 +246,8 @@ static int l_run(lua_State *L)
         lua_rawgeti(L, 1, i);
         RtLuaStage *s = luaL_testudata(L, -1, RT_STAGE_MT);
         if (!s)
-            rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL, "pipe.run: item %d is a %s, not a stage",
-                        (int)i, luaL_typename(L, -1));
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL,
+                        "pipe.run: item %d is a %s, not a stage", (int)i, luaL_typename(L, -1));
         if (!s->obj)
             rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", "create a new stage for each pipe",
                         "pipe.run: stage %d (%s) was already used", (int)i, s->name);
@@ -270,7 +264,8 @@ static int l_run(lua_State *L)
     lua_Integer bs = rt_lua_opt_integer(L, 1, "buffer_size", 0);
     lua_Integer qd = rt_lua_opt_integer(L, 1, "queue_depth", 0);
     if (bs < 0 || bs > (lua_Integer)1 << 30 || qd < 0 || qd > 1024)
-        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL, "pipe.run: buffer_size or queue_depth out of range");
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
+                    "pipe.run: buffer_size or queue_depth out of range");
     opts.buffer_size = (size_t)bs;
     opts.queue_depth = (int)qd;
     RtProgressDisplay disp;
@@ -290,9 +285,12 @@ static int l_run(lua_State *L)
         void *obj = s->obj;
         s->obj = NULL; /* the pipe owns it now */
         const char *label = s->label[0] ? s->label : NULL;
-        if (s->kind == RT_STAGE_SOURCE) rt_pipe_set_source(p, obj, label);
-        else if (s->kind == RT_STAGE_FILTER) rt_pipe_add_filter(p, obj, label);
-        else rt_pipe_set_sink(p, obj, label);
+        if (s->kind == RT_STAGE_SOURCE)
+            rt_pipe_set_source(p, obj, label);
+        else if (s->kind == RT_STAGE_FILTER)
+            rt_pipe_add_filter(p, obj, label);
+        else
+            rt_pipe_set_sink(p, obj, label);
         lua_pop(L, 1);
     }
     RtError err;

@@ -18,12 +18,6 @@
 
 int luaopen_crypto(lua_State *L);
 
-static void label_opt(lua_State *L, int opt_idx)
-{
-    const char *label = rt_lua_opt_string(L, opt_idx, "label", NULL);
-    if (label) rt_lua_set_stage_label(L, -1, label);
-}
-
 static int opt_int_range(lua_State *L, int idx, const char *key, int def, int lo, int hi,
                          const char *what)
 {
@@ -49,7 +43,7 @@ static int l_gzip(lua_State *L)
     RtFilter *f = crypto_gzip_filter(&o, &err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -62,7 +56,7 @@ static int l_gunzip(lua_State *L)
     RtFilter *f = crypto_gunzip_filter(&err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -80,7 +74,7 @@ static int cipher(lua_State *L, bool encrypt)
                           : crypto_decrypt_filter(pass, iter, &err); /* owns pass */
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -102,7 +96,7 @@ static int l_sha256(lua_State *L)
     RtFilter *f = crypto_sha256_filter(&err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -116,7 +110,7 @@ static int l_hmac_sha256(lua_State *L)
     RtFilter *f = crypto_hmac_sha256_filter(key, &err); /* owns key */
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 

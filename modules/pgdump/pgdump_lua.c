@@ -18,12 +18,6 @@ int luaopen_pgdump(lua_State *L);
 
 #define CONN_MT "clubio.pgdump.conn"
 
-static void label_opt(lua_State *L, int opt_idx)
-{
-    const char *label = rt_lua_opt_string(L, opt_idx, "label", NULL);
-    if (label) rt_lua_set_stage_label(L, -1, label);
-}
-
 static const char *need_url(lua_State *L, int idx, const char *what)
 {
     const char *url = rt_lua_opt_string(L, idx, "url", NULL);
@@ -73,7 +67,7 @@ static int l_dump(lua_State *L)
     RtSource *s = pgdump_dump_source(&o, &err);
     if (!s) return rt_lua_raise(L, &err);
     rt_lua_push_source(L, s);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -93,7 +87,7 @@ static int l_restore(lua_State *L)
     RtSink *k = pgdump_restore_sink(&o, &err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 

@@ -18,14 +18,6 @@ int luaopen_verify(lua_State *L);
 
 static const char *const LABEL_ONLY[] = {"label", NULL};
 
-static void label_opt(lua_State *L, int opts)
-{
-    if (lua_istable(L, opts)) {
-        const char *label = rt_lua_opt_string(L, opts, "label", NULL);
-        if (label) rt_lua_set_stage_label(L, -1, label);
-    }
-}
-
 /* verify.sql_scan{label=} -> sink */
 static int l_sql_scan(lua_State *L)
 {
@@ -35,7 +27,7 @@ static int l_sql_scan(lua_State *L)
     RtSink *k = sqlscan_sink(&err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
@@ -48,7 +40,7 @@ static int l_sql_scan_filter(lua_State *L)
     RtFilter *f = sqlscan_filter(&err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
-    label_opt(L, 1);
+    rt_lua_label_from_options(L, 1);
     return 1;
 }
 
