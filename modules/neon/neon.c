@@ -259,7 +259,7 @@ static CURLcode exchange(NeonClient *c, const char *method, const char *url, con
 }
 
 int neon_request(NeonClient *c, const char *method, const char *path, const char *body,
-                 const char *what, NeonResponse *out, RtError *err)
+                 const char *what, long accept, NeonResponse *out, RtError *err)
 {
     memset(out, 0, sizeof *out);
     size_t ulen = strlen(c->host) + strlen(path) + 1;
@@ -308,7 +308,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
                 rc = rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
                 break;
             }
-            if ((status >= 200 && status < 300) || status == 404) {
+            if ((status >= 200 && status < 300) || status == 404 || (accept && status == accept)) {
                 rc = RT_OK;
                 break;
             }

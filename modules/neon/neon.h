@@ -40,9 +40,11 @@ void neon_client_free(NeonClient *c); /* NULL-safe; wipes the key */
 const char *neon_client_host(const NeonClient *c);
 
 /* method: GET/POST/DELETE/PATCH; path starts with '/' and is appended to the host; body is
- * JSON or NULL. `what` names the object for messages ("neon project x"). */
+ * JSON or NULL. `what` names the object for messages ("neon project x"). `accept` is one more
+ * 4xx status returned as an answer rather than an error (e.g. 400, so that the caller can say
+ * what a bad branching point means), 0 for none. */
 int neon_request(NeonClient *c, const char *method, const char *path, const char *body,
-                 const char *what, NeonResponse *out, RtError *err);
+                 const char *what, long accept, NeonResponse *out, RtError *err);
 void neon_response_free(NeonResponse *r);
 
 /* The "message" string of a Neon error body, unescaped into out (empty if none). */

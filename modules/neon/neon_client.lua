@@ -55,8 +55,8 @@ function M.client(opts)
 end
 
 -- One call: returns status and the decoded body (nil when empty).
-function Client:_call(method, path, body, what)
-  local status, text = C.request(self._h, method, path, body and cjson.encode(body) or nil, what)
+function Client:_call(method, path, body, what, accept)
+  local status, text = C.request(self._h, method, path, body and cjson.encode(body) or nil, what, accept)
   local data
   if text and text:match("%S") then
     local ok, v = pcall(cjson.decode, text)
@@ -155,6 +155,10 @@ end
 function Client:_point_error(status, d, ts, at_lsn, what)
   if status ~= 400 then return end
   local msg = type(d) == "table" and d.message or ""
+  if not tostring(msg):lower():find("histor") and not tostring(msg):lower():find("retention")
+     and not tostring(msg):lower():find("range") then
+    fail("failure", "neon.request", nil, "neon api refused %s (400): %s", what, tostring(msg))
+  end
   local window = ""
   local ok, p = pcall(self.project, self)
   if ok and p and p.history_retention_seconds then
@@ -184,7 +188,7 @@ function Client:create_branch(opts)
                           parent_lsn = at_lsn, expires_at = timestamp(opts.expires_at, "expires_at")}}
   if endpoint then body.endpoints = {{type = endpoint}} end
   local what = "branch " .. tostring(opts.name or "(unnamed)")
-  local status, d = self:_call("POST", self:_p("/branches"), body, "neon " .. what)
+  local status, d = self:_call("POST", self:_p("/branches"), body, "neon " .. what, (ts or at_lsn) and 400 or nil)
   if status == 404 then self:_project_missing() end
   if status == 400 then self:_point_error(status, d, ts, at_lsn, "neon " .. what .. " from " .. (parent and parent.name or "the default branch")) end
   self:_wait(d.operations)
@@ -218,7 +222,8 @@ function Client:restore_branch(opts)
   local ts, at_lsn = timestamp(opts.at, "at"), lsn(opts.lsn, "lsn")
   local body = {source_branch_id = src.id, source_timestamp = ts, source_lsn = at_lsn,
                 preserve_under_name = opts.preserve_under_name}
-  local status, d = self:_call("POST", self:_p("/branches/" .. b.id .. "/restore"), body, "neon branch " .. b.name)
+  local status, d = self:_call("POST", self:_p("/branches/" .. b.id .. "/restore"), body, "neon branch " .. b.name,
+                               (ts or at_lsn) and 400 or nil)
   if status == 404 then
     fail("failure", "neon.branch_not_found", nil, "branch %s or %s not found in neon project %s", b.name, src.name,
          self.project_id)

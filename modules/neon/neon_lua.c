@@ -78,7 +78,7 @@ static int l_new(lua_State *L)
     return 3;
 }
 
-/* C.request(handle, method, path, body|nil, what) -> status, body */
+/* C.request(handle, method, path, body|nil, what, accept) -> status, body */
 static int l_request(lua_State *L)
 {
     LNeon *n = check_client(L, 1);
@@ -86,10 +86,11 @@ static int l_request(lua_State *L)
     const char *path = luaL_checkstring(L, 3);
     const char *body = luaL_optstring(L, 4, NULL);
     const char *what = luaL_optstring(L, 5, NULL);
+    long accept = (long)luaL_optinteger(L, 6, 0);
     NeonResponse r;
     RtError err;
     rt_error_init(&err);
-    if (neon_request(n->c, method, path, body, what, &r, &err) != RT_OK) {
+    if (neon_request(n->c, method, path, body, what, accept, &r, &err) != RT_OK) {
         neon_response_free(&r);
         return rt_lua_raise(L, &err);
     }

@@ -669,6 +669,7 @@ class Server:
             old["parent_id"] = b["id"]
             self.new_endpoint(old)
             ops.append(self.new_op(pid, "create_branch", old["id"]))
+        b["current_state"] = "init"  # until the operations finish, as a client sees on Neon
         b["pending_state"] = "ready"
         src_gen = src["_gen"]
         self.save()
