@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Responses larger than this are not Neon API answers; refuse instead of growing forever. */
 #define NEON_MAX_BODY     (64u << 20)
@@ -30,9 +31,12 @@ struct NeonClient {
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static unsigned int jitter_seed;
 static void curl_init_once(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    /* Per-process jitter: clients started together must not retry in lockstep. */
+    jitter_seed = (unsigned int)time(NULL) ^ ((unsigned int)getpid() << 16);
 }
 
 static double mono_now(void)
@@ -162,7 +166,7 @@ double neon_backoff(double base, double max, int attempt)
     double d = base * pow(2, attempt > 1 ? attempt - 1 : 0);
     if (d > max) d = max;
     /* Full jitter over the upper half: callers that retry together spread out. */
-    return d / 2 + (d / 2) * ((double)rand() / RAND_MAX);
+    return d / 2 + (d / 2) * ((double)rand_r(&jitter_seed) / RAND_MAX);
 }
 
 void neon_error_message(const char *body, char *out, size_t cap)
