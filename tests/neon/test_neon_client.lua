@@ -1,0 +1,148 @@
+-- The neon client against neon-local: real branches, real point-in-time recovery (a branch at
+-- time T holds exactly the rows committed before T), reset and restore, set-default, delete,
+-- structured 401/404/history-window errors, and 423/429 retries through neon-local's test-only
+-- fault injection (POST /_test/faults).
+package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
+local T = require "testing"
+local neon = require "neon"
+local env = require "env"
+local proc = require "proc"
+local time = require "time"
+local cjson = require "cjson"
+local log = require "log"
+
+local n = neon.client{}
+local uniq = tostring(os.time() % 100000) .. tostring(math.random(100, 999))
+
+-- psql against a connection URI, the password through PGPASSWORD (never argv).
+local function psql(uri, sql)
+  local user, pw, rest = uri:match("^postgresql://([^:]+):([^@]+)@(.*)$")
+  local r = proc.run{argv = {"psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "postgresql://" .. user .. "@" .. rest,
+                             "-c", sql}, env = {PGPASSWORD = pw}}
+  if r.status ~= 0 then error("psql failed: " .. r.stderr) end
+  return (r.stdout:gsub("%s+$", ""))
+end
+
+local function faults(spec)
+  local r = proc.run{argv = {"curl", "-sf", "-H", "@-", "-H", "Content-Type: application/json", "-d", cjson.encode(spec),
+                             env.get("NEON_API_HOST"):gsub("/api/v2$", "") .. "/_test/faults"},
+                     stdin = "Authorization: Bearer " .. env.get("NEON_API_KEY") .. "\n"}
+  assert(r.status == 0, "fault injection failed: " .. r.stderr)
+end
+
+local main_uri
+T.case("project, branches, the default branch and its connection URI", function()
+  local p = n:project()
+  T.eq(p.id, env.get("NEON_PROJECT_ID"))
+  local main = n:branch("main")
+  T.ok(main and main.default, "main is the default branch")
+  T.eq(n:branch(main.id).name, "main")
+  T.eq(n:branch("no-such-branch-" .. uniq), nil)
+  main_uri = n:connection_uri{branch = "main", database = "clubio", role = "app"}
+  T.eq(main_uri, env.get("DATABASE_URL"))
+  T.eq(n:connection_uri{}, main_uri) -- sole database and role, default branch
+  T.no_match(log.redact("uri " .. main_uri), main_uri:match(":([^:@]+)@"))
+  T.ok(#n:endpoints() >= 1, "endpoints listed")
+end)
+
+T.case("a branch at a past timestamp holds exactly the rows as of that time (real PITR)", function()
+  local tbl = "pitr_" .. uniq
+  psql(main_uri, "CREATE TABLE " .. tbl .. "(i int); INSERT INTO " .. tbl .. " VALUES (1), (2)")
+  time.sleep(1.1)
+  local at = time.now()
+  time.sleep(1.1)
+  psql(main_uri, "INSERT INTO " .. tbl .. " VALUES (3); DELETE FROM " .. tbl .. " WHERE i = 1")
+  local b = n:create_branch{name = "pitr-" .. uniq, parent = "main", at = at}
+  T.eq(b.current_state, "ready")
+  T.ok(b.parent_timestamp ~= nil, "parent_timestamp recorded")
+  local uri = n:connection_uri{branch = b.name, database = "clubio", role = "app"}
+  T.ok(uri ~= main_uri, "own endpoint")
+  T.eq(psql(uri, "SELECT string_agg(i::text, ',' ORDER BY i) FROM " .. tbl), "1,2")
+  T.eq(psql(main_uri, "SELECT string_agg(i::text, ',' ORDER BY i) FROM " .. tbl), "2,3")
+  -- a head branch sees everything, and writes to it stay on it
+  local h = n:create_branch{name = "head-" .. uniq}
+  local huri = n:connection_uri{branch = h.id}
+  T.eq(psql(huri, "SELECT string_agg(i::text, ',' ORDER BY i) FROM " .. tbl), "2,3")
+  psql(huri, "INSERT INTO " .. tbl .. " VALUES (99)")
+  T.eq(psql(main_uri, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "0")
+
+  -- reset to parent: the branch's data becomes main's again, on the same endpoint
+  local port = huri:match(":(%d+)/")
+  local r = n:restore_branch{branch = h.name, preserve_under_name = "head-old-" .. uniq}
+  T.ok(r.last_reset_at ~= nil, "last_reset_at set")
+  T.eq(n:connection_uri{branch = h.id}:match(":(%d+)/"), port)
+  T.eq(psql(huri, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "0")
+  local old = n:branch("head-old-" .. uniq)
+  T.ok(old, "the old data was preserved under its new name")
+  T.eq(psql(n:connection_uri{branch = old.id}, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "1")
+
+  -- restore from a source at a time: main as of `at`
+  n:restore_branch{branch = h.name, source = "main", at = at}
+  T.eq(psql(huri, "SELECT string_agg(i::text, ',' ORDER BY i) FROM " .. tbl), "1,2")
+
+  for _, x in ipairs{old.id, h.id, b.id} do T.eq(n:delete_branch(x), true) end
+  T.eq(n:branch(b.name), nil)
+  psql(main_uri, "DROP TABLE " .. tbl)
+end)
+
+T.case("set_default moves the default and back", function()
+  local b = n:create_branch{name = "dflt-" .. uniq, endpoint = false}
+  T.eq(#n:endpoints(b), 0)
+  T.eq(n:set_default(b).default, true)
+  T.eq(n:branch("main").default, false)
+  T.eq(n:set_default("main").default, true)
+  n:delete_branch(b)
+end)
+
+T.case("errors: 404 names the project or branch, 401 the key, out-of-window says the window", function()
+  local e = T.raises(n.delete_branch, n, "missing-" .. uniq)
+  T.eq(e.code, "neon.branch_not_found")
+  T.match(e.message, "missing%-" .. uniq)
+  T.ok(e.message:find(env.get("NEON_PROJECT_ID"), 1, true), "names the project")
+  e = T.raises(function() neon.client{project_id = "nope-" .. uniq}:project() end)
+  T.eq(e.code, "neon.project_not_found")
+  T.match(e.message, "nope%-" .. uniq)
+  local bad = "wrong-key-" .. uniq
+  e = T.raises(function() neon.client{api_key = bad}:branches() end)
+  T.eq(e.code, "neon.unauthorized")
+  T.eq(e.class, "config")
+  T.no_match(tostring(e), bad)
+  e = T.raises(n.create_branch, n, {name = "old-" .. uniq, at = "2001-01-01T00:00:00Z"})
+  T.eq(e.code, "neon.outside_history")
+  T.match(e.message, "history retention %d+ s")
+  e = T.raises(n.create_branch, n, {name = "x", colour = "red"})
+  T.match(e.message, "colour")
+  e = T.raises(n.create_branch, n, {name = "x", at = "yesterday"})
+  T.eq(e.code, "usage.neon_time")
+end)
+
+T.case("423 Locked and 429 Too Many Requests are retried (Retry-After honoured)", function()
+  faults{status = 423, count = 2, path = "/branches$", method = "GET"}
+  T.ok(#n:branches() >= 1, "listed after two 423s")
+  faults{status = 429, count = 1, path = "/projects/[^/]+$", retry_after = 1}
+  local t0 = time.monotonic()
+  T.eq(n:project().id, env.get("NEON_PROJECT_ID"))
+  T.ok(time.monotonic() - t0 >= 0.9, "waited for Retry-After")
+  faults{status = 503, count = 1, path = "/branches$", method = "POST"}
+  local b = n:create_branch{name = "retry-" .. uniq, endpoint = false}
+  T.eq(b.current_state, "ready")
+  n:delete_branch(b)
+  -- a short deadline gives up with a retryable error naming the cause
+  faults{status = 423, count = 100, path = "/operations$"}
+  local quick = neon.client{timeout = 1}
+  local e = T.raises(quick.operations, quick)
+  T.eq(e.code, "neon.unavailable")
+  T.eq(e.retryable, true)
+  T.match(e.message, "423")
+  faults{clear = true}
+  T.ok(#n:operations() > 0, "operations listed")
+end)
+
+T.case("the embedded client is the checked-in neon_client.lua", function()
+  local f = assert(io.open(os.getenv("CLUBIO_DR_TEST_DIR") .. "/../modules/neon/neon_client.lua"))
+  local src = f:read("a")
+  f:close()
+  T.ok(src == neon._source, "run modules/neon/embed.py after editing neon_client.lua")
+end)
+
+return T.finish()
