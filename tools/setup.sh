@@ -32,7 +32,11 @@ fi
 # Debian's postgresql package creates and starts a default cluster; the tests run their own
 # servers on private ports and never touch it.
 
-if [ ! -d "$ROOT/tests/sandbox/node_modules/@20minutes/s3rver" ]; then
+npm_missing=
+for pkg in @20minutes/s3rver @neondatabase/api-client neonctl; do
+    [ -d "$ROOT/tests/sandbox/node_modules/$pkg" ] || npm_missing=1
+done
+if [ -n "$npm_missing" ]; then
     echo "setup: installing the sandbox's npm packages"
     (cd "$ROOT/tests/sandbox" && npm ci --no-audit --no-fund --loglevel=error)
 fi
