@@ -57,10 +57,12 @@ static int l_new(lua_State *L)
         rt_lua_fail(L, RT_CLASS_CONFIG, "neon.project_id",
                     "set NEON_PROJECT_ID or pass neon.client{project_id = ...}",
                     "no neon project id given");
-    double timeout = rt_lua_opt_number(L, 1, "timeout", 600);
+    /* NEON_API_TIMEOUT lets a cron job or a runbook bound every call without editing scripts. */
+    const char *te = getenv("NEON_API_TIMEOUT");
+    double timeout = rt_lua_opt_number(L, 1, "timeout", te && *te ? strtod(te, NULL) : 600);
     if (timeout <= 0)
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.neon_timeout", NULL,
-                    "neon.client: timeout must be positive seconds");
+                    "neon.client: timeout (or NEON_API_TIMEOUT) must be positive seconds");
     /* Userdata first (closed), then the resources: a raise in between leaks nothing. */
     LNeon *n = lua_newuserdatauv(L, sizeof *n, 0);
     n->c = NULL;
