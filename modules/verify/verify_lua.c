@@ -7,6 +7,7 @@
  *   local r = pipe.run{c:download{...}, crypto.decrypt{}, crypto.gunzip{}, verify.sql_scan()}
  *   r.sqlscan.tables["public.users"].rows
  */
+#include "history.h"
 #include "io/cancel.h"
 #include "log.h"
 #include "lua_api.h"
@@ -148,6 +149,18 @@ static int l_protect(lua_State *L)
     return 1;
 }
 
+/* verify.append_line(path, text): one write(2) on an O_APPEND file (the history); raises. */
+static int l_append_line(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    RtError err;
+    rt_error_init(&err);
+    if (verify_append_line(path, text, len, &err) != RT_OK) return rt_lua_raise(L, &err);
+    return 0;
+}
+
 int luaopen_verify(lua_State *L)
 {
     static const luaL_Reg f[] = {{"sql_scan", l_sql_scan},
@@ -155,6 +168,7 @@ int luaopen_verify(lua_State *L)
                                  {"manifest_hmac", l_manifest_hmac},
                                  {"equal", l_equal},
                                  {"protect", l_protect},
+                                 {"append_line", l_append_line},
                                  {NULL, NULL}};
     luaL_newlib(L, f);
     /* The Lua half extends the same table: require("clubio.verify_ext")(M). */

@@ -6,7 +6,10 @@ local M = {}
 M.BIN = env.get("CLUBIO_DR_BIN")
 M.BUCKET = env.get("BACKUP_S3_BUCKET")
 
-function M.url(db)
+function M.url(db, role)
+  if role == "app" then
+    return string.format("postgresql://app:%s@127.0.0.1:%s/%s", env.get("SANDBOX_PG_APP_PW"), env.get("SANDBOX_PG_PORT"), db)
+  end
   return string.format("postgresql://postgres:%s@127.0.0.1:%s/%s", env.get("SANDBOX_PG_ADMIN_PW"),
                        env.get("SANDBOX_PG_PORT"), db)
 end
@@ -15,11 +18,13 @@ function M.admin()
   return pgdump.connect(env.get("SANDBOX_PG_ADMIN_URL"))
 end
 
-function M.fresh_database(db)
+-- owner: "app" for a database the sandbox's app role owns (its dump then says OWNER TO app,
+-- which a neon-local branch, whose role is app too, can restore), else the superuser's.
+function M.fresh_database(db, owner)
   local a <close> = M.admin()
   a:query("DROP DATABASE IF EXISTS " .. db .. " WITH (FORCE)")
-  a:query("CREATE DATABASE " .. db)
-  return M.url(db)
+  a:query("CREATE DATABASE " .. db .. (owner and (" OWNER " .. owner) or ""))
+  return M.url(db, owner)
 end
 
 function M.drop_database(db)
@@ -51,8 +56,8 @@ end
 
 -- Loads demo-data (ROWS orders) into a fresh database SRC and exports it under PREFIX.
 -- Returns the export's key and result.
-function M.export(src, prefix, rows)
-  local url = M.fresh_database(src)
+function M.export(src, prefix, rows, owner)
+  local url = M.fresh_database(src, owner)
   local e = {DATABASE_URL = url, EXPORT_PREFIX = prefix}
   local r = M.run({"demo-data", tostring(rows or 3000)}, e)
   assert(r.status == 0, "demo-data failed: " .. r.stderr)
