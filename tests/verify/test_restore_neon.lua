@@ -9,7 +9,7 @@ local T = require "testing"
 local F = require "fixture"
 local env, s3, secret, neon, pgdump = require "env", require "s3", require "secret", require "neon", require "pgdump"
 local verify, time = require "verify", require "time"
-local proc = require "proc"
+local proc, cjson = require "proc", require "cjson"
 
 local PROJECT = env.get("NEON_PROJECT_ID_DR")
 local n = neon.client{project_id = PROJECT}
@@ -40,7 +40,14 @@ local before = #scratch_branches()
 T.case("a good archive restores into a temporary neon branch, which is deleted afterwards", function()
   local r = verify.restore_test{bucket = F.BUCKET, key = key, neon = n, parent = PARENT, history_file = HIST,
                                 sanity = {{name = "orders", sql = "SELECT count(*) FROM orders", expect = 2000},
-                                          {name = "parent's table dropped", sql = "SELECT to_regclass('parent_only') IS NULL"}}}
+                                          {name = "parent's table dropped", sql = "SELECT to_regclass('parent_only') IS NULL"},
+                                          -- while the test runs, its branch exists with expires_at set in neon-local
+                                          {name = "branch expires", sql = "SELECT 1", expect = function()
+                                            for _, b in ipairs(n:branches()) do
+                                              if b.name:match("^restore%-test%-") and b.expires_at and b.expires_at ~= cjson.null then return true end
+                                            end
+                                            return false
+                                          end}}}
   T.eq(r.ok, true, r.message)
   T.eq(r.table_count, 3)
   T.eq(r.rows, exported.rows)
