@@ -160,16 +160,27 @@ T.case("bad options are usage errors, before anything is created", function()
   no_scratch_left()
 end)
 
+T.case("a role that may not create databases: a clear error, recorded, nothing left", function()
+  local e = T.raises(rt, {server_url = secret.value(F.url("postgres", "app"))})
+  T.eq(e.class, "failure")
+  T.match(e.message, "permission denied to create database")
+  T.no_match(e.message, env.get("SANDBOX_PG_APP_PW"))
+  local h = verify.history{file = HIST, limit = 1}
+  T.eq(h[1].reason, "error")
+  T.match(h[1].message, "permission denied")
+  no_scratch_left()
+end)
+
 T.case("every restore test is in the history, newest first, without secrets", function()
   local h = verify.history{file = HIST, limit = 100}
-  T.ok(#h >= 9, "records: " .. #h)
+  T.ok(#h >= 10, "records: " .. #h)
   T.eq(h[1].what, "restore_test")
   local text = F.read(HIST)
   T.no_match(text, env.get("SANDBOX_PG_ADMIN_PW"), "no password in the history")
   local oks, reasons = 0, {}
   for _, rec in ipairs(h) do
     if rec.ok then oks = oks + 1 else reasons[rec.reason] = true end
-    T.ok(rec.at and rec.tool and rec.tool.version and rec.host, "when, tool version, host")
+    T.ok(rec.at and rec.started_at and rec.tool and rec.tool.version and rec.host, "when, tool version, host")
   end
   T.ok(oks >= 1, "a passing test recorded")
   for _, want in ipairs{"sanity-failed", "checksum-mismatch", "table-mismatch", "wrong-passphrase", "missing", "restore-failed"} do

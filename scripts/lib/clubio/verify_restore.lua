@@ -262,7 +262,7 @@ return function(M)
     end
     if o.sanity ~= nil and type(o.sanity) ~= "table" then usage("verify.restore_test: sanity must be a list of {name, sql, expect}") end
     if o.jobs ~= nil and (math.type(o.jobs) ~= "integer" or o.jobs < 1) then usage("verify.restore_test: jobs must be a positive integer") end
-    local state = {t0 = time.monotonic(), seconds = {}}
+    local state = {t0 = time.monotonic(), started = time.now(), seconds = {}}
     M.protect(function() return run(o, state) end, function(body_ok, val)
       local t = time.monotonic()
       local tg = state.target
@@ -289,7 +289,7 @@ return function(M)
         res.message = string.format("the scratch %s %s could not be removed: %s", tg.kind, tg.name, tg.remove_error)
       end
       state.result = res
-      M.record({what = "restore_test", target = {archive = res.archive, scratch = tg}, ok = res.ok,
+      M.record({what = "restore_test", started_at = time.iso(state.started), target = {archive = res.archive, scratch = tg}, ok = res.ok,
                 reason = res.reason, message = res.message, table = res.table, check = res.check,
                 seconds = res.seconds,
                 details = {table_count = res.table_count, rows = res.rows, snapshot_time = res.manifest and res.manifest.snapshot_time}}, o)
