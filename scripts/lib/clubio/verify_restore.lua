@@ -261,6 +261,19 @@ return function(M)
             "server_url = secret.env(\"RESTORE_TEST_SERVER_URL\"), or neon = neon.client{}")
     end
     if o.sanity ~= nil and type(o.sanity) ~= "table" then usage("verify.restore_test: sanity must be a list of {name, sql, expect}") end
+    for i, chk in ipairs(o.sanity or {}) do
+      if type(chk) ~= "table" or type(chk.sql) ~= "string" or (chk.name ~= nil and type(chk.name) ~= "string") then
+        usage(string.format("verify.restore_test: sanity check %d needs sql (a string) and an optional name", i),
+              "sanity = {{name = \"orders\", sql = \"SELECT count(*) FROM orders\", expect = 3000}}")
+      end
+    end
+    if o.server_url then
+      local u = reveal(o.server_url)
+      if type(u) ~= "string" then usage("verify.restore_test: server_url must be a string or a secret") end
+      with_database(u, "x") -- a usage error now rather than after the archive was read
+    elseif type(o.neon) ~= "table" or not o.neon.create_branch then
+      usage("verify.restore_test: neon must be a neon client (neon.client{...})")
+    end
     if o.jobs ~= nil and (math.type(o.jobs) ~= "integer" or o.jobs < 1) then usage("verify.restore_test: jobs must be a positive integer") end
     local state = {t0 = time.monotonic(), started = time.now(), seconds = {}}
     M.protect(function() return run(o, state) end, function(body_ok, val)
