@@ -98,6 +98,34 @@ return function(M)
     return k
   end
 
+  -- Reads every manifest table back from a restored database (a pgdump connection) and compares
+  -- it with the archive: row counts with the manifest's, and the order-independent digest with
+  -- the one the restore stream's scan computed (verify.sql_scan{row_digests = true}) — a
+  -- parallel restore may store rows in another order, so the ordered digest cannot be used.
+  -- Returns tables ({[name] = {rows, manifest_rows, bytes, set_sha256, same_order}}), count,
+  -- rows, and on the first difference the table's name and a one-line message.
+  function M.compare_restored(db, manifest_tables, scan_tables)
+    local tables, count, rows = {}, 0, 0
+    for _, name in ipairs(sorted_keys(manifest_tables)) do
+      local w, s = manifest_tables[name], scan_tables[name] or {}
+      if not db:query("SELECT to_regclass($1)::text AS t", {name})[1].t then
+        return tables, count, rows, name, "table " .. name .. " is in the manifest but not in the restored database"
+      end
+      local d = db:table_digest(name)
+      tables[name] = {rows = d.rows, manifest_rows = w.rows, bytes = d.bytes, set_sha256 = d.set_sha256,
+                      same_order = w.sha256 ~= nil and d.sha256 == w.sha256}
+      count, rows = count + 1, rows + d.rows
+      if d.rows ~= w.rows then
+        return tables, count, rows, name, string.format("table %s: %d rows in the manifest, %d in the restored database",
+                                                        name, w.rows, d.rows)
+      end
+      if d.set_sha256 ~= s.set_sha256 or (w.set_sha256 and d.set_sha256 ~= w.set_sha256) then
+        return tables, count, rows, name, "table " .. name .. ": the restored rows differ from the archive's"
+      end
+    end
+    return tables, count, rows
+  end
+
   -- The value a sanity query returned: its only column of its first row.
   local function sanity_value(rows, check)
     local row = rows[1]
@@ -212,26 +240,9 @@ return function(M)
     -- read every table back from the server: rows and the order-independent digest must be the
     -- archive's (the parallel restore may have stored the rows in another order)
     local db <close> = pgdump.connect(url)
-    for _, name in ipairs(sorted_keys(m.tables)) do
-      local w, s = m.tables[name], r.scan.tables[name]
-      if not db:query("SELECT to_regclass($1)::text AS t", {name})[1].t then
-        return done(bad("table-mismatch", "table " .. name .. " is in the manifest but not in the restored database",
-                        {table = name}))
-      end
-      local d = db:table_digest(name)
-      res.tables[name] = {rows = d.rows, manifest_rows = w.rows, bytes = d.bytes, set_sha256 = d.set_sha256,
-                          same_order = w.sha256 ~= nil and d.sha256 == w.sha256}
-      res.table_count = res.table_count + 1
-      res.rows = res.rows + d.rows
-      if d.rows ~= w.rows then
-        return done(bad("table-mismatch", string.format("table %s: %d rows in the manifest, %d in the restored database",
-                                                        name, w.rows, d.rows), {table = name}))
-      end
-      if d.set_sha256 ~= s.set_sha256 or (w.set_sha256 and d.set_sha256 ~= w.set_sha256) then
-        return done(bad("table-mismatch", "table " .. name .. ": the restored rows differ from the archive's",
-                        {table = name}))
-      end
-    end
+    local tables, count, rows, bad_table, bad_msg = M.compare_restored(db, m.tables, r.scan.tables)
+    res.tables, res.table_count, res.rows = tables, count, rows
+    if bad_table then return done(bad("table-mismatch", bad_msg, {table = bad_table})) end
     state.seconds.compare = time.monotonic() - t
 
     t = time.monotonic()
