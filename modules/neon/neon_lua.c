@@ -13,7 +13,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "neon_client_lua.h"
 
@@ -108,25 +107,6 @@ static int l_timeout(lua_State *L)
     return 1;
 }
 
-static int l_now(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (double)ts.tv_sec + ts.tv_nsec / 1e9);
-    return 1;
-}
-
-static int l_sleep(lua_State *L)
-{
-    if (!rt_sleep_cancellable(luaL_checknumber(L, 1))) {
-        RtError err;
-        rt_error_init(&err);
-        rt_cancel_error(&err);
-        return rt_lua_raise(L, &err);
-    }
-    return 0;
-}
-
 static RtErrorClass class_of(const char *s)
 {
     if (strcmp(s, "usage") == 0) return RT_CLASS_USAGE;
@@ -201,9 +181,9 @@ int luaopen_neon(lua_State *L)
         LUA_OK)
         return lua_error(L);
     static const luaL_Reg c[] = {
-        {"new", l_new},     {"request", l_request},       {"timeout", l_timeout},
-        {"now", l_now},     {"sleep", l_sleep},           {"fail", l_fail},
-        {"check", l_check}, {"secret_uri", l_secret_uri}, {NULL, NULL}};
+        {"new", l_new},   {"request", l_request}, {"timeout", l_timeout},
+        {"fail", l_fail}, {"check", l_check},     {"secret_uri", l_secret_uri},
+        {NULL, NULL}};
     luaL_newlib(L, c);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");
