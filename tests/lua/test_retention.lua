@@ -74,7 +74,7 @@ T.case("400 days of daily backups: exactly 30 daily + 8 weekly + 11 monthly surv
   T.eq(by["2024-02-01"].tier, "monthly", "a 1st inside the daily window is kept as monthly (longest)")
   T.eq(by["2023-12-31"].tier, "weekly")
   T.ok(not by["2023-12-11"].keep)
-  T.match(by["2023-12-11"].reason, "^expired: 54d old; daily backup older than 30 days; not the week's first backup %(2023%-12%-10 is%); not the month's first backup %(2023%-12%-01 is%)$")
+  T.match(by["2023-12-11"].reason, "^expired: 55d old; daily backup older than 30 days; not the week's first backup %(2023%-12%-10 is%); not the month's first backup %(2023%-12%-01 is%)$")
   T.ok(not by["2023-11-05"].keep, "a Sunday older than 90 days")
   T.ok(not by["2023-02-01"].keep, "a 1st older than 365 days")
   T.ok(not by["2023-01-01"].keep)
