@@ -80,6 +80,7 @@ end
 local say = S.output
 
 local function due_jobs(jobs, now)
+  S.sweep()
   local runs = S.read_runs()
   local out = {}
   for _, j in ipairs(jobs) do
@@ -154,6 +155,7 @@ end
 
 if mode == "run" then
   local j = find(S.load_jobs(), target)
+  if not clubio.flags.dry_run then S.sweep() end
   return run_list({{job = j, at = time.now()}}, "manual") > 0 and 1 or 0
 end
 

@@ -43,8 +43,14 @@ end
 -- The alert for a finished run, or nil.
 function M.event(job, rec, history)
   if rec.status == "skipped" or rec.status == "cancelled" then return nil end
+  -- history ends with rec (as read back from the records), or not yet
+  local last = history[#history]
   local prev = history[#history - 1]
-  if history[#history] ~= rec then prev = history[#history] end
+  if not last or last.run_id ~= rec.run_id then
+    prev = last
+    history = {table.unpack(history)}
+    history[#history + 1] = rec
+  end
   local base = {source = "clubio-dr", version = clubio.version, job = job.name, script = job.script,
                 args = job.args, host = rec.host, run_id = rec.run_id, status = rec.status, exit = rec.exit,
                 scheduled = rec.scheduled, started = rec.started, finished = rec.finished, seconds = rec.seconds,

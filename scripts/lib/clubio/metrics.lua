@@ -16,7 +16,8 @@ local function num(v)
   if v == math.huge then return "+Inf" end
   if math.type(v) == "integer" then return tostring(v) end
   if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return string.format("%d", v) end
-  return string.format("%.17g", v)
+  local t = string.format("%.3f", v):gsub("0+$", ""):gsub("%.$", "")
+  return t
 end
 
 local DEFS = {
@@ -35,7 +36,7 @@ local DEFS = {
 function M.render(runs, now)
   local jobs, order = {}, {}
   for _, r in ipairs(runs) do
-    if r.job and r.status ~= "skipped" then
+    if r.job and r.status ~= "skipped" and r.status ~= "running" then
       local j = jobs[r.job]
       if not j then
         j = {name = r.job, counts = {}, failures = 0}

@@ -102,6 +102,7 @@ local function proc_starttime(pid)
   local stat = read_file("/proc/" .. tostring(pid) .. "/stat")
   if not stat then return nil end
   local after = stat:match("^%d+ %b() (.*)$") or ""
+  if after:sub(1, 1) == "Z" or after:sub(1, 1) == "X" then return nil end -- a zombie has ended
   local i = 0
   for w in after:gmatch("%S+") do
     i = i + 1
@@ -163,7 +164,13 @@ local function load_jobs_file(path)
   if not ok then fail("jobs file " .. path .. ": " .. tostring(spec)) end
   if type(spec) ~= "table" then fail("jobs file " .. path .. " must return a table", "return {defaults = {...}, jobs = {...}}") end
   for k in pairs(spec) do
-    if k ~= "defaults" and k ~= "jobs" then fail(string.format("jobs file %s: unknown key '%s' (use defaults, jobs)", path, tostring(k))) end
+    if k ~= "defaults" and k ~= "jobs" and k ~= "scripts" then
+      fail(string.format("jobs file %s: unknown key '%s' (use defaults, jobs, scripts)", path, tostring(k)))
+    end
+  end
+  if spec.scripts ~= nil and spec.scripts ~= "all" and spec.scripts ~= "site" and spec.scripts ~= false then
+    fail(string.format("jobs file %s: scripts must be \"all\", \"site\" or false", path),
+         "\"site\": only scripts in CLUBIO_DR_PATH folders; false: only the jobs file's jobs")
   end
   return spec
 end
@@ -195,8 +202,15 @@ function M.load_jobs(opts)
   local known = {}
   for _, s in ipairs(scripts) do known[s.name] = s end
   local jobs = {}
+  local function from_site(path)
+    for dir in (os.getenv("CLUBIO_DR_PATH") or ""):gmatch("[^:]+") do
+      if path:sub(1, #dir + 1) == dir .. "/" then return true end
+    end
+    return false
+  end
   for _, s in ipairs(scripts) do
-    if s.schedule and s.schedule ~= cjson.null and s.schedule ~= "" then
+    local wanted = spec.scripts ~= false and (spec.scripts ~= "site" or from_site(s.path or ""))
+    if wanted and s.schedule and s.schedule ~= cjson.null and s.schedule ~= "" then
       jobs[s.name] = {name = s.name, script = s.name, schedule = s.schedule, source = s.path,
                       description = s.description}
     end
@@ -241,14 +255,21 @@ end
 
 function M.runs_path() return M.state_dir() .. "/runs.jsonl" end
 
--- All run records, oldest first (unparsable lines are skipped).
+-- All run records, oldest first (unparsable lines are skipped). A run writes a "running" line
+-- when it starts and its outcome when it ends; the later line of a run id replaces the earlier.
 function M.read_runs(path)
   local f = io.open(path or M.runs_path(), "r")
   if not f then return {} end
-  local out = {}
+  local out, at = {}, {}
   for line in f:lines() do
     local ok, r = pcall(cjson.decode, line)
-    if ok and type(r) == "table" and r.job then out[#out + 1] = r end
+    if ok and type(r) == "table" and r.job then
+      local i = r.run_id and at[r.run_id]
+      if i then out[i] = r else
+        out[#out + 1] = r
+        if r.run_id then at[r.run_id] = #out end
+      end
+    end
   end
   f:close()
   return out
@@ -263,14 +284,21 @@ function M.append_run(rec)
   f:close()
 end
 
--- The runs of one job, oldest first; "skipped" attempts (lock held elsewhere) are left out.
-function M.history(job_name, runs)
+-- The finished runs of one job, oldest first: not the "skipped" ones (lock held elsewhere),
+-- nor those still "running". opts.all: every record of the job.
+function M.history(job_name, runs, opts)
   local out = {}
   for _, r in ipairs(runs) do
-    if r.job == job_name and r.status ~= "skipped" then out[#out + 1] = r end
+    if r.job == job_name and (opts and opts.all or (r.status ~= "skipped" and r.status ~= "running")) then
+      out[#out + 1] = r
+    end
   end
   return out
 end
+
+-- Runs that count as having run for their fire time: an interrupted run does not (the job is
+-- run again for that fire time when the scheduler is back).
+local function covers(r) return r.status ~= "interrupted" and r.status ~= "cancelled" end
 
 -- ---- due ---------------------------------------------------------------------------------
 
@@ -279,7 +307,10 @@ function M.due(job, now, runs)
   local T = job.cron:prev(now)
   if not T then return nil end
   local h = M.history(job.name, runs)
-  local last = h[#h]
+  local last
+  for i = #h, 1, -1 do
+    if covers(h[i]) then last = h[i]; break end
+  end
   if last then
     if (last.scheduled_at or 0) >= T then return nil end
     return T
@@ -296,7 +327,10 @@ local function read_lock(path)
   local text = read_file(path)
   if not text then return nil end
   local ok, h = pcall(cjson.decode, text)
-  if ok and type(h) == "table" then return h end
+  if ok and type(h) == "table" then
+    h.pid = math.tointeger(h.pid) or h.pid -- cjson decodes every number as a float
+    return h
+  end
   return {corrupt = true}
 end
 
@@ -377,6 +411,28 @@ function M.acquire(job, run_id, opts)
     end
   end
   return false, "could not take the lock " .. path
+end
+
+-- Marks as interrupted the runs of this host left "running" by a scheduler that stopped (a
+-- SIGTERM or a crash) when their lock is no longer theirs and no process of theirs is left.
+function M.sweep(runs)
+  local me = M.self()
+  runs = runs or M.read_runs()
+  for _, r in ipairs(runs) do
+    if r.status == "running" and r.host == me.host and r.run_id then
+      local h = read_lock(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock")
+      local held = h and h.run_id == r.run_id and not stale(h, "")
+      if not held and not M.run_alive(r.run_id) then
+        if h and h.run_id == r.run_id then os.remove(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock") end
+        local rec = {}
+        for k, v in pairs(r) do rec[k] = v end
+        rec.status, rec.finished_at = "interrupted", time.now()
+        rec.error = "the scheduler stopped during the run (pid " .. tostring(math.tointeger(r.pid) or r.pid) .. ")"
+        M.append_run(rec)
+        log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
+      end
+    end
+  end
 end
 
 function M.release(job, run_id)
@@ -479,6 +535,9 @@ function M.run_job(job, opts)
   end
   local rec
   local pok, perr = pcall(function()
+    M.append_run({job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
+                  lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled,
+                  scheduled = time.iso(scheduled), started_at = started, started = time.iso(started), status = "running"})
     say("info", string.format("starting %s (%s%s)", job.name, job.script,
                               #job.args > 0 and (" " .. table.concat(job.args, " ")) or ""),
         {job = job.name, run = run_id, scheduled = time.iso(scheduled)})
@@ -492,7 +551,7 @@ function M.run_job(job, opts)
     end
     local finished = time.now()
     rec = {job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
-           trigger = opts.trigger or "schedule", scheduled_at = scheduled, scheduled = time.iso(scheduled),
+           lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled, scheduled = time.iso(scheduled),
            started_at = started, started = time.iso(started), finished_at = finished, finished = time.iso(finished),
            seconds = finished - started, status = STATUS[a.exit] or (a.exit == 4 and "verify_failed" or "failed"),
            exit = a.exit, attempts = attempts, error = a.error, hint = a.hint, bytes = result_bytes(a.result),
