@@ -227,8 +227,14 @@ function M.load_jobs(opts)
       for k, v in pairs(j) do base[k] = v end
       if base.enabled == false then jobs[name] = nil else jobs[name] = base end
       if jobs[name] and not jobs[name].schedule then
-        fail(string.format("jobs file %s: job '%s' has no schedule", file, name),
-             "add schedule = \"CRON\", or give the script a `-- schedule:` line")
+        if not j.script and not known[name] then
+          -- settings for a script that is not installed (yet): say so, keep the rest working
+          log.warn(string.format("jobs file %s: job '%s' tunes a script that does not exist; ignored", file, name))
+          jobs[name] = nil
+        else
+          fail(string.format("jobs file %s: job '%s' has no schedule", file, name),
+               "add schedule = \"CRON\", or give the script a `-- schedule:` line")
+        end
       end
     end
   end
@@ -519,7 +525,9 @@ function M.run_job(job, opts)
   local me = M.self()
   local started = time.now()
   local scheduled = opts.scheduled or started
-  local run_id = string.format("%s-%s-%d", job.name, time.stamp(started), math.random(1, 1 << 30))
+  -- the pid makes it unique across processes started in the same second (whose math.random
+  -- may share a seed: Lua seeds it from the time and an address)
+  local run_id = string.format("%s-%s-%d-%d", job.name, time.stamp(started), me.pid, math.random(1, 1 << 20))
   local ok, holder = M.acquire(job, run_id, {scheduled_at = scheduled})
   if not ok then
     say("warn", "skipped: " .. holder, {job = job.name})
