@@ -33,7 +33,7 @@ static const char USAGE[] =
     "commands:\n"
     "  run NAME|PATH [args...]  run a script or runbook (see `clubio-dr list`)\n"
     "  list [--json]            list scripts and runbooks with their description and schedule\n"
-    "  schedule [--list|--once] run scheduled jobs (foreground service), list them, or run what is due\n"
+    "  schedule [--list|--once] run scheduled jobs as a service, list them, or run due ones\n"
     "  metrics [--write [DIR]]  Prometheus metrics of the scheduled jobs (node-exporter textfile)\n"
     "  -e CODE                  run a Lua chunk and print what it returns\n"
     "  encrypt [options]        encrypt (and gzip) a stream in the openssl enc format\n"
@@ -199,8 +199,10 @@ int main(int argc, char **argv)
      * `clubio-dr run schedule --list` (a site may override them through CLUBIO_DR_PATH). */
     bool script_cmd = strcmp(cmd, "schedule") == 0 || strcmp(cmd, "metrics") == 0;
     if (strcmp(cmd, "run") == 0 || script_cmd) {
-        if (!script_cmd && i >= argc) usage_error("run needs a script name or path%s", " (see clubio-dr list)");
-        if (!script_cmd && (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)) return cmd_help("run");
+        if (!script_cmd) {
+            if (i >= argc) usage_error("run needs a script name or path%s", " (see clubio-dr list)");
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return cmd_help("run");
+        }
         const char *name = script_cmd ? cmd : argv[i++];
         /* host flags after NAME are ours, other arguments the script's; `--` ends flags */
         char **sargv = calloc((size_t)argc + 1, sizeof *sargv);
