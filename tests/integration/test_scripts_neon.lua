@@ -1,6 +1,6 @@
 -- The Neon scripts end to end on neon-local (real PostgreSQL clusters per branch, real PITR):
 -- backup-database (daily branch, idempotent, retention), verify-backup (fresh, stale, none),
--- pitr-recovery (exactly the rows as of T; bad, future and out-of-window timestamps) and
+-- pitr-recovery (exactly the rows as of T; bad, future and out-of-window timestamps), pitr-test and
 -- restore-from-backup (listing, declined confirmation, safety branch, data restored), plus a
 -- missing API key and an unreachable API. The test owns a neon-local project of its own, so
 -- resetting its main branch cannot disturb other tests that use clubio-primary.
@@ -104,6 +104,31 @@ T.case("pitr-recovery: a branch holding exactly the rows as of T", function()
   T.eq(count(url, "SELECT count(*) AS n FROM pitr_marks"), 100)
   T.eq(count(url, "SELECT count(*) AS n FROM pitr_marks WHERE id <= 10"), 10)
   T.eq(count(MAIN_URL, "SELECT count(*) AS n FROM pitr_marks"), 140)
+end)
+
+T.case("pitr-test: a temporary branch as of T passes its checks, is removed, and is recorded", function()
+  local hist = T.tmpdir() .. "/history.jsonl"
+  local c <close> = pgdump.connect(MAIN_URL)
+  time.sleep(1.2)
+  local at = time.now()
+  time.sleep(1.2)
+  c:query("UPDATE orders SET updated_at = now() WHERE id IN (SELECT id FROM orders ORDER BY id LIMIT 3)")
+  local r = run({"pitr-test", time.iso(at), "--json"}, {CLUBIO_DR_VERIFY_HISTORY = hist})
+  T.eq(r.status, 0, r.stdout)
+  T.eq(r.doc.result.removed, true)
+  T.ok(r.doc.result.tables >= 3, "tables checked")
+  T.ok(time.parse(r.doc.result.latest_activity) <= at + 1, "nothing on the branch is newer than the point")
+  for _, b in ipairs(n:branches()) do T.no_match(b.name, "^pitr%-test%-") end
+  local f = assert(io.open(hist))
+  local rec = cjson.decode(f:read("l"))
+  f:close()
+  T.eq(rec.what, "pitr_test")
+  T.eq(rec.ok, true)
+  r = run{"pitr-test", "not-a-time"}
+  T.eq(r.status, 2)
+  r = run{"pitr-test", "2020-01-01T00:00:00Z"}
+  T.eq(r.status, 1)
+  T.match(r.stderr, "history")
 end)
 
 T.case("pitr-recovery: bad, future and out-of-window timestamps are refused", function()
