@@ -14,8 +14,8 @@
 -- BACKUP_S3_BUCKET, EXPORT_PREFIX (database/), RETENTION_STORAGE_CLASS_WEEKLY (none: leave as
 -- is), RETENTION_STORAGE_CLASS_MONTHLY (GLACIER_IR; s3rver and some S3-compatible servers know
 -- only GLACIER). "all" (the default) covers each target whose variables are set.
--- Run it after the backups (e.g. 03:30); with it, run backup-database with RETENTION_DAYS set
--- high enough (>= 365) or its own 30-day cleanup removes weekly and monthly branches first.
+-- Run it after the backups (e.g. 03:30). backup-database prunes branches with the same policy
+-- (its RETENTION_DAYS is the daily tier), so the two agree.
 local env, time, clubio, log, cjson = require "env", require "time", require "clubio", require "log", require "cjson"
 local job, retention = require "clubio.job", require "clubio.retention"
 
@@ -101,15 +101,7 @@ if want.branches then
   local n = neon.client{project_id = env.get("NEON_PROJECT_ID")}
   local list = J:step("list backup branches", {dry = function() return branches.backups(n) end},
                       function() return branches.backups(n) end)
-  local items = {}
-  for _, b in ipairs(list) do
-    -- the name's date is the backup's day; created_at gives its time when it is that day
-    local t = b.day
-    if b.created and time.ymd(b.created) == time.ymd(b.day) then t = b.created end
-    items[#items + 1] = {name = b.name, id = b.id, time = t, verified = b.current_state == nil or b.current_state == "ready",
-                         default = b.default}
-  end
-  local ds = retention.decide(items, now, policy)
+  local ds = retention.decide(branches.retention_items(list), now, policy)
   for _, d in ipairs(ds) do
     if d.backup.default and not d.keep then d.keep, d.tier, d.reason = true, "default", "the project's default branch" end
   end
