@@ -42,4 +42,48 @@ function M.read(path)
   return s
 end
 
+-- A neon-local project of the test's own (TEST-ONLY endpoint of neon-local), so branches,
+-- defaults and backups of one test never meet another's. Returns the project id.
+function M.project(name)
+  local http = require "http"
+  local host = env.get("NEON_API_HOST"):gsub("/api/v2/?$", "")
+  local id = (name .. "-" .. M.TAG):lower()
+  local r = http.request{method = "POST", url = host .. "/_test/projects",
+                         headers = {["Authorization"] = "Bearer " .. env.get("NEON_API_KEY"),
+                                    ["Content-Type"] = "application/json"},
+                         body = cjson.encode{id = id}, timeout = 120}
+  assert(r.status == 201 or r.status == 200, "neon-local would not create project " .. id .. ": " .. r.status .. " " .. r.body)
+  return id
+end
+
+-- A private AWS stand-in (tests/sandbox/aws_stub.py) with its own state and request log; the
+-- sandbox's shared one is left to other tests. Returns {url, log, stop = function}.
+function M.aws_stub(dir)
+  local here = env.get("CLUBIO_DR_TEST_DIR") .. "/sandbox/aws_stub.py"
+  local port_file, pid_file, log_file = dir .. "/aws.port", dir .. "/aws.pid", dir .. "/aws.jsonl"
+  local r = proc.run{argv = {"python3", here, "--daemon", "--pid-file", pid_file, "--port-file", port_file,
+                             "--access-key", env.get("AWS_ACCESS_KEY_ID"), "--log", log_file},
+                     env = {AWS_STUB_SECRET_KEY = env.get("AWS_SECRET_ACCESS_KEY")}}
+  assert(r.status == 0, "aws_stub did not start: " .. r.stderr)
+  local port
+  for _ = 1, 100 do
+    port = (M.read(port_file) or ""):match("%d+")
+    if port then break end
+    require("time").sleep(0.1)
+  end
+  assert(port, "aws_stub wrote no port")
+  local stub = {url = "http://127.0.0.1:" .. port, log = log_file}
+  function stub.stop()
+    local pid = (M.read(pid_file) or ""):match("%d+")
+    if pid then proc.run{argv = {"kill", pid}} end
+  end
+  -- the accepted requests, as logged by the stub: {service, action, body}
+  function stub.requests()
+    local out = {}
+    for line in ((M.read(log_file) or "")):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+    return out
+  end
+  return stub
+end
+
 return M

@@ -76,8 +76,15 @@ function Job:step(title, opts, fn)
     return nil
   end
   if opts.destructive then
-    if not clubio.confirm(opts.confirm or (title .. "?")) then
-      self:record({step = title, status = "declined"})
+    -- confirm() raises when nobody can answer (no terminal, no --yes): that is a refusal too,
+    -- and goes to the journal like a "no"
+    local ok, yes = pcall(clubio.confirm, opts.confirm or (title .. "?"))
+    if not ok then
+      self:record({step = title, status = "declined", start = time.iso(time.now()), error = tostring(yes)})
+      error(yes, 0)
+    end
+    if not yes then
+      self:record({step = title, status = "declined", start = time.iso(time.now())})
       clubio.fail{message = title .. ": declined", class = "declined", code = "declined.step",
                   hint = "nothing was changed by this step; re-run with --yes to confirm"}
     end
