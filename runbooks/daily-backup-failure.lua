@@ -9,8 +9,8 @@
 -- one day; printed before anything is changed, so a declined run still says it.
 -- Resolve: re-run backup-database (asks, or --yes; refused without --yes when nobody can
 -- answer), then check the new branch; when Neon is down, record that in the journal with the
--- time to retry. Exit status 0 when backups are fine (already or after the re-run), 1 when not
--- resolved.
+-- time to retry. Exit status 0 when backups are fine (already or after the re-run) and for a dry
+-- run, 1 when not resolved, 5 when the re-run was declined.
 --
 -- Environment: NEON_API_KEY, NEON_PROJECT_ID (required); NEON_CHECK_TIMEOUT (30 s for the
 -- diagnosis calls), RETRY_MINUTES (30), CLUBIO_DR_JOURNAL (see scripts/lib/clubio/job.lua).
@@ -204,4 +204,4 @@ end
 
 D.resolution = R
 J:finish(D, string.format("resolution: %s\nescalation: %s — %s", R.message, level, message))
-return R.resolved and 0 or 1
+return (R.resolved or J.dry_run) and 0 or 1

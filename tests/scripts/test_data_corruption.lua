@@ -4,14 +4,13 @@
 -- pre-corruption values. Failure paths: bad arguments, a failing predicate, a predicate that
 -- tries to write, a declined promotion, Neon down.
 --
--- Runs in the sandbox's DR project (NEON_PROJECT_ID_DR) on its own branches and tables; the one
--- promotion case moves the default branch and puts it back.
+-- Runs in a neon-local project of its own (the promotion case moves its default branch).
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. os.getenv("CLUBIO_DR_TEST_DIR") .. "/scripts/?.lua;" .. package.path
 local T = require "testing"
 local U = require "scriptutil"
 local env, time, neon, pgdump = require "env", require "time", require "neon", require "pgdump"
 
-local PROJECT = env.get("NEON_PROJECT_ID_DR")
+local PROJECT = U.project("dc")
 local n = neon.client{project_id = PROJECT}
 local TABLE = "dc_items_" .. U.TAG
 local E = {NEON_PROJECT_ID = PROJECT, CLUBIO_DR_JOURNAL = "off"}
