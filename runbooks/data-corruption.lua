@@ -214,7 +214,7 @@ local V = J:step("verify the recovered data", {plan = "row counts and the predic
   return v
 end)
 
-local rec_uri = log.redact(uri_of(rec))
+local rec_uri = job.describe_url(uri_of(rec)).display .. "   (with its password: neonctl connection-string " .. recovery .. " --project-id " .. project .. ")"
 local report = string.format([[
 data-corruption: %s on %s (project %s)
   bad rows          %d of %d match, updated %s .. %s
@@ -265,5 +265,5 @@ end
 J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
           recovery_point = time.iso(at), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
           recovered_rows = V.total, recovered_bad = V.bad, changed_since = V.changed_since, promoted = promoted,
-          connection = rec_uri}, next_steps)
+          connection = job.describe_url(uri_of(rec)).display}, next_steps)
 return 0

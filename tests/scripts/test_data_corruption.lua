@@ -118,6 +118,7 @@ T.case("default point on a work branch: recovered before the corruption, verifie
   -- the safety branch keeps the corrupted data
   T.eq((prices(res.safety_branch)), 20)
   T.no_match(r.stdout .. r.stderr, env.get("NEON_API_KEY"), "no API key in the output")
+  T.match(res.connection, "^[%w_]+@127%.0%.0%.1:%d+/[%w_]+$", "connection details without the password")
   T.eq(total ~= nil, true)
 end)
 
@@ -128,6 +129,8 @@ T.case("--at on the default branch: a declined promotion, then promotion with --
   T.eq(r.status, 5, r.stderr)
   T.match(r.stderr, "refusing without confirmation")
   T.match(r.stdout, "recovered branch%s+recovery%-")
+  T.match(r.stdout, "@127%.0%.0%.1:%d+/")
+  T.no_match(r.stdout, "%*%*%*")
   local declined_branch = r.stdout:match("recovered branch%s+(recovery%-[%d%-]+)")
   made[#made + 1] = declined_branch
   made[#made + 1] = r.stdout:match("safety branch%s+(pre%-recovery%-[%d%-]+)")
