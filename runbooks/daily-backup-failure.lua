@@ -90,7 +90,7 @@ end
 
 -- 2. the journal: backup-database runs of the last week, by day
 check("read the backup-database journal", {plan = tostring(job.journal_path() or "journal disabled")}, function()
-  local runs = job.runs{job = "backup-database", since = time.add_days(today, -7)}
+  local runs = job.runs{job = "backup-database", since = time.add_days(today, -7), project = project}
   local days = {}
   for _, r in ipairs(runs) do
     local d = time.start_of_day(r.start)

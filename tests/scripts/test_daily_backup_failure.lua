@@ -13,7 +13,7 @@ local P1 = U.project("dbf-a")   -- no backups at all
 local P2 = U.project("dbf-b")   -- only yesterday's backup
 
 -- a journal where backup-database failed on the given days (offsets from today)
-local function journal(name, failed_days)
+local function journal(name, failed_days, project)
   local path = dir .. "/" .. name .. ".jsonl"
   local lines = {}
   for _, off in ipairs(failed_days) do
@@ -21,7 +21,7 @@ local function journal(name, failed_days)
     if t > time.now() then t = time.now() - 60 end
     lines[#lines + 1] = cjson.encode{run = "backup-database-" .. off, job = "backup-database", step = "create backup-x",
                                      status = "failed", start = time.iso(t), ["end"] = time.iso(t + 3),
-                                     error = "neon api call gave up after 6 attempts"}
+                                     error = "neon api call gave up after 6 attempts", neon_project = project}
   end
   U.write(path, table.concat(lines, "\n") .. (#lines > 0 and "\n" or ""))
   return path
@@ -75,7 +75,8 @@ end)
 T.case("from branch dates: yesterday's backup only is P2; three days old is P1", function()
   local n = neon.client{project_id = P2}
   n:create_branch{name = "backup-" .. time.ymd(time.add_days(today, -1)), endpoint = false}
-  local j = journal("b", {})
+  -- another project's failures in the same journal do not count
+  local j = journal("b", {1, 0}, "someone-elses-project")
   local r = U.run({"daily-backup-failure", "--json"}, {NEON_PROJECT_ID = P2, CLUBIO_DR_JOURNAL = j})
   T.eq(r.status, 5, r.stderr)
   -- --json: the refusal goes to stderr, nothing on stdout but the diagnosis is in the log

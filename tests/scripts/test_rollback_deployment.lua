@@ -56,6 +56,7 @@ T.case("non-interactive without --yes refuses (exit 5), nothing sent", function(
   T.eq(count("UpdateService"), 0)
   local j = U.read(dir .. "/journal.jsonl")
   T.match(j, '"status":"declined"')
+  T.match(j, '"args":%["7"%]', "the run's arguments are in the journal")
 end)
 
 T.case("with --yes: UpdateService signed and sent with the right body, then stable", function()

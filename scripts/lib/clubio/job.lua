@@ -43,12 +43,27 @@ function M.new(name, opts)
                              started = time.now(), t0 = time.monotonic(), steps = {},
                              dry_run = clubio.flags.dry_run, json = clubio.flags.json}, Job)
   self.journal = opts.journal or journal_path()
+  -- what the run was asked to do, for the record: the script's arguments (the whole journal line
+  -- is redacted when written) and the Neon project it works on, so a runbook reading the journal
+  -- back can tell one project's runs from another's
+  local a = rawget(_G, "arg")
+  if type(a) == "table" then
+    self.args = {}
+    for i = 1, #a do self.args[i] = tostring(a[i]) end
+  end
+  self.project = opts.project or os.getenv("NEON_PROJECT_ID")
+  if self.project == "" then self.project = nil end
   return self
 end
 
 function Job:record(entry)
   entry.run = self.run_id
   entry.job = self.name
+  entry.neon_project = entry.neon_project or self.project
+  if self.args and #self.args > 0 and not self.args_recorded then
+    entry.args = self.args -- on the run's first entry
+    self.args_recorded = true
+  end
   self.steps[#self.steps + 1] = entry
   if not self.journal or self.dry_run then return end
   local ok, line = pcall(cjson.encode, entry)
@@ -139,7 +154,8 @@ M.journal_path = journal_path
 -- The runs of one job found in a journal, newest first: {run, job, start (epoch), ["end"],
 -- status ("ok" | "failed" | "declined"), steps = {entries...}, error}. Lines that are not JSON
 -- (a torn write, a foreign line) are skipped; a missing journal gives {}. opts: job (name),
--- path (default: this process's journal), since (epoch: runs that started before are left out).
+-- path (default: this process's journal), since (epoch: runs that started before are left out),
+-- project (only runs for that Neon project; entries that name none match any).
 function M.runs(opts)
   opts = opts or {}
   local path = opts.path or journal_path()
@@ -148,7 +164,8 @@ function M.runs(opts)
   local by_run, order = {}, {}
   for line in f:lines() do
     local ok, e = pcall(cjson.decode, line)
-    if ok and type(e) == "table" and type(e.run) == "string" and (not opts.job or e.job == opts.job) then
+    if ok and type(e) == "table" and type(e.run) == "string" and (not opts.job or e.job == opts.job)
+       and (not opts.project or e.neon_project == nil or e.neon_project == opts.project) then
       local r = by_run[e.run]
       if not r then
         r = {run = e.run, job = e.job, steps = {}, status = "ok"}
