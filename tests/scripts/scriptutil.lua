@@ -4,7 +4,14 @@
 local proc, env, cjson = require "proc", require "env", require "cjson"
 local M = {}
 M.BIN = env.get("CLUBIO_DR_BIN")
-M.TAG = string.format("%d%04d", os.time(), math.random(0, 9999))
+-- time and pid: unique among tests running at once (math.random alone is not: equal seeds)
+local function pid()
+  local f = io.open("/proc/self/stat", "r")
+  local p = f and f:read("l"):match("^(%d+)")
+  if f then f:close() end
+  return tonumber(p) or math.random(0, 99999)
+end
+M.TAG = string.format("%d%d", os.time(), pid())
 
 -- run({"name", args...}, {VAR = "value" or false (unset)}, {stdin = ..., cwd = ...})
 function M.run(args, extra, opts)
