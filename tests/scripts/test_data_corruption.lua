@@ -158,6 +158,29 @@ T.case("--at on the default branch: a declined promotion, then promotion with --
   if not ok then error(err, 0) end
 end)
 
+T.case("rows still bad at the recovery point: verification fails (exit 4), branches kept", function()
+  -- a writer with a clock one hour ahead corrupts rows 1..5 first; the window (from updated_at)
+  -- only sees the later wave, so a point between the two waves still holds bad rows
+  local work = "dc-skew-" .. U.TAG
+  n:create_branch{name = work, parent = main.id}
+  made[#made + 1] = work
+  time.sleep(1.2)
+  local db <close> = pgdump.connect(branch_url(work))
+  db:query(string.format("UPDATE %s SET price = -2, updated_at = now() + interval '1 hour' WHERE id <= 5", TABLE))
+  time.sleep(1.2)
+  local between = time.now()
+  time.sleep(1.2)
+  db:query(string.format("UPDATE %s SET price = -2, updated_at = now() WHERE id BETWEEN 6 AND 10", TABLE))
+  local r = U.run({"data-corruption", TABLE, "price = -2", "--branch", work, "--at", time.iso(between)}, E)
+  T.eq(r.status, 4, r.stderr)
+  T.match(r.stderr, "5 row%(s%) of .* still match the predicate on recovery%-")
+  T.match(r.stderr, "HINT: the corruption started earlier")
+  local rec = r.stderr:match("on (recovery%-[%d%-]+)")
+  made[#made + 1] = rec
+  made[#made + 1] = r.stderr:match("(pre%-recovery%-[%d%-]+)")
+  T.ok(n:branch(rec), "the recovery branch is kept for inspection")
+end)
+
 T.case("Neon API down: a clear failure, nothing hangs", function()
   local r = U.run({"data-corruption", TABLE, "price < 0"},
                   {NEON_PROJECT_ID = PROJECT, CLUBIO_DR_JOURNAL = "off", NEON_TIMEOUT = "3",
