@@ -3,10 +3,10 @@
 --
 -- clubio-dr run backup-configs [--dry-run] [--json]
 --
--- One JSON document: timestamp, environment, the app version (`git describe --always --tags`
--- when run in a git checkout, or APP_VERSION), and CONFIG_DIR/features.json and
--- CONFIG_DIR/rate-limits.json when present — with secrets stripped (see
--- scripts/lib/clubio/sanitize.lua: secret-named keys, URL passwords, key- and token-shaped
+-- One JSON document: timestamp, environment, the app version (APP_VERSION, else `git describe
+-- --always --tags` in the checkout of CONFIG_DIR or the current directory), and
+-- CONFIG_DIR/features.json and CONFIG_DIR/rate-limits.json when present — with secrets stripped
+-- (see scripts/lib/clubio/sanitize.lua: secret-named keys, URL passwords, key- and token-shaped
 -- values), the paths that were stripped listed in `redacted`. Uploaded to
 -- s3://BACKUP_S3_BUCKET/configs/config-backup-YYYYMMDD-HHMMSS.json with SSE aws:kms and
 -- STANDARD_IA, then checked with a head. --dry-run prints the document instead of uploading.
@@ -35,14 +35,17 @@ local now = time.now()
 local key = string.format("%sconfig-backup-%s.json", prefix, time.format(now, "%Y%m%d-%H%M%S"))
 local where = "s3://" .. bucket .. "/" .. key
 
--- The version: APP_VERSION, else git describe in the current directory (nil outside a checkout).
+-- The version: APP_VERSION, else git describe in the checkout holding CONFIG_DIR, else in the
+-- current directory (nil outside a checkout).
 local function app_version()
   local v = env.get("APP_VERSION", "")
   if v ~= "" then return v, "APP_VERSION" end
-  local ok, r = pcall(proc.run, {argv = {"git", "describe", "--always", "--tags"}})
-  if ok and r.status == 0 then
-    v = r.stdout:gsub("%s+$", "")
-    if v ~= "" then return v, "git describe" end
+  for _, where in ipairs{dir, "."} do
+    local ok, r = pcall(proc.run, {argv = {"git", "-C", where, "describe", "--always", "--tags"}})
+    if ok and r.status == 0 then
+      v = r.stdout:gsub("%s+$", "")
+      if v ~= "" then return v, "git describe" end
+    end
   end
   return nil, "unknown (not a git checkout; set APP_VERSION)"
 end
