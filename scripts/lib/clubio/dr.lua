@@ -540,8 +540,11 @@ end
 function M.heartbeat_lag(pconn, dconn, wait)
   local note = tostring(math.random(1, 1 << 30))
   local t0 = time.monotonic()
+  -- READ WRITE: a fenced primary's database defaults to read-only transactions
+  pconn:query("BEGIN READ WRITE")
   pconn:query(string.format([[INSERT INTO %s (id, at, note) VALUES (1, now(), $1)
                               ON CONFLICT (id) DO UPDATE SET at = excluded.at, note = excluded.note]], M.HEARTBEAT), {note})
+  pconn:query("COMMIT")
   local deadline = time.monotonic() + (wait or 30)
   while time.monotonic() < deadline do
     if scalar(dconn, "SELECT note FROM " .. M.HEARTBEAT .. " WHERE id = 1") == note then return time.monotonic() - t0 end
@@ -742,6 +745,12 @@ function M.steps()
      end},
     {name = "measure-lag",
      plan = "replication lag now: bytes behind on the primary's slot, seconds since the DR side last heard from it (the RPO at failover)",
+     dry = function(ctx)
+       local s = M.status(ctx, {heartbeat = false})
+       log.info("replication lag now", {bytes = s.lag_bytes, seconds_since_contact = s.seconds_since_contact,
+                                        primary_reachable = s.primary_reachable, subscribed = s.subscribed})
+       return s
+     end,
      run = function(ctx)
        local s = M.status(ctx, {heartbeat = false})
        ctx.primary_reachable = s.primary_reachable
@@ -813,11 +822,20 @@ function M.steps()
        return {writes = true, seconds = time.monotonic() - t0}
      end},
     {name = "update-app-target",
-     plan = "point the application at the DR database (DR_APP_TARGET: env-file:PATH or ssm:NAME)",
+     plan = function(ctx)
+       return "point the application at the DR database " .. M.display(ctx.dr_url) .. " through " ..
+              (ctx.cfg.app_target or "nothing (DR_APP_TARGET is not set: env-file:PATH or ssm:NAME)")
+     end,
      hint = "update the application's DATABASE_URL by hand (the DR connection string is in the Neon console), then re-run with --from update-routing",
      run = function(ctx) return M.update_app_target(ctx, ctx.dr_url) end},
     {name = "update-routing",
-     plan = "point traffic at the DR region (Route53 UPSERT of DR_ROUTE53_RECORD to DR_ROUTE53_VALUE)",
+     plan = function(ctx)
+       local c = ctx.cfg
+       if not (c.route53_zone and c.route53_record and c.route53_value) then
+         return "point traffic at the DR region: not configured (DR_ROUTE53_ZONE_ID, DR_ROUTE53_RECORD, DR_ROUTE53_VALUE)"
+       end
+       return string.format("Route53 UPSERT %s %s -> %s in zone %s", c.route53_record, c.route53_type, c.route53_value, c.route53_zone)
+     end,
      hint = "update DNS or the load balancer by hand, then re-run with --from notify",
      run = function(ctx) return M.update_routing(ctx) end},
     {name = "notify",
@@ -958,7 +976,9 @@ function M.run_steps(J, ctx, steps, opts)
     if i < start then
       J:record({step = s.name, status = "skipped", reason = "--from " .. opts.from})
     else
-      local ok, res = pcall(J.step, J, s.name, {plan = s.plan, hint = s.hint, dry = s.dry and function() return s.dry(ctx) end},
+      local plan = s.plan
+      if type(plan) == "function" then plan = plan(ctx) end
+      local ok, res = pcall(J.step, J, s.name, {plan = plan, hint = s.hint, dry = s.dry and function() return s.dry(ctx) end},
                             function() return s.run(ctx) end)
       if not ok then
         local e = res
@@ -967,9 +987,11 @@ function M.run_steps(J, ctx, steps, opts)
         local nextstep = steps[i + 1] and steps[i + 1].name
         clubio.fail{message = string.format("failover stopped at step %d/%d '%s': %s", i, #steps, s.name, msg),
                     code = "dr.step_failed", class = clubio.is_error(e) and e.class or "failure",
-                    hint = string.format("%s%sdone: %s. After fixing it, re-run with --from %s%s", hint, hint ~= "" and ". " or "",
+                    hint = string.format("%s%sdone so far: %s.%s", hint, hint ~= "" and "; " or "",
                                          #ctx.completed > 0 and table.concat(ctx.completed, ", ") or "nothing",
-                                         s.name, nextstep and (" (or --from " .. nextstep .. " if you did it by hand)") or "")}
+                                         hint:find("--from", 1, true) and "" or
+                                         string.format(" After fixing it, re-run with --from %s%s", s.name,
+                                           nextstep and (" (or --from " .. nextstep .. " if you did it by hand)") or ""))}
       end
       ctx.results[s.name] = res
       ctx.completed[#ctx.completed + 1] = s.name
