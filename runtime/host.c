@@ -62,8 +62,10 @@ static const char *data_root(void)
             }
         }
     }
-    if (is_dir(CLUBIO_DR_SOURCE_DIR "/scripts")) snprintf(root, sizeof root, "%s", CLUBIO_DR_SOURCE_DIR);
-    else snprintf(root, sizeof root, "%s", CLUBIO_DR_DATADIR);
+    if (is_dir(CLUBIO_DR_SOURCE_DIR "/scripts"))
+        snprintf(root, sizeof root, "%s", CLUBIO_DR_SOURCE_DIR);
+    else
+        snprintf(root, sizeof root, "%s", CLUBIO_DR_DATADIR);
     return root;
 }
 
@@ -193,10 +195,14 @@ static void json_str(FILE *f, const char *s)
     fputc('"', f);
     for (; s && *s; s++) {
         unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", f);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
     }
     fputc('"', f);
 }
@@ -229,8 +235,8 @@ int rt_report_error(const RtError *err)
 
 static RtErrorClass class_from_name(const char *name)
 {
-    static const RtErrorClass all[] = {RT_CLASS_FAILURE, RT_CLASS_USAGE, RT_CLASS_CONFIG,
-                                       RT_CLASS_VERIFY, RT_CLASS_DECLINED, RT_CLASS_TIMEOUT,
+    static const RtErrorClass all[] = {RT_CLASS_FAILURE,  RT_CLASS_USAGE,    RT_CLASS_CONFIG,
+                                       RT_CLASS_VERIFY,   RT_CLASS_DECLINED, RT_CLASS_TIMEOUT,
                                        RT_CLASS_CANCELLED};
     for (size_t i = 0; name && i < sizeof all / sizeof all[0]; i++)
         if (strcmp(rt_error_class_name(all[i]), name) == 0) return all[i];
@@ -299,12 +305,23 @@ lua_State *rt_host_new(void)
     lua_State *L = luaL_newstate();
     if (!L) return NULL;
     luaL_openlibs(L);
-    static const luaL_Reg preload[] = {
-        {"pipe", luaopen_pipe},     {"log", luaopen_log},       {"env", luaopen_env},
-        {"time", luaopen_time},     {"proc", luaopen_proc},     {"secret", luaopen_secret},
-        {"clubio", luaopen_clubio}, {"crypto", luaopen_crypto}, {"s3", luaopen_s3},
-        {"pgdump", luaopen_pgdump}, {"neon", luaopen_neon},     {"verify", luaopen_verify},
-        {"cjson", luaopen_cjson},   {"cjson.safe", luaopen_cjson_safe}, {NULL, NULL}};
+    static const luaL_Reg preload[] = {{"pipe", luaopen_pipe},
+                                       {"log", luaopen_log},
+                                       {"env", luaopen_env},
+                                       {"time", luaopen_time},
+                                       {"proc", luaopen_proc},
+                                       {"secret", luaopen_secret},
+                                       {"clubio", luaopen_clubio},
+                                       {"crypto", luaopen_crypto},
+                                       {"s3", luaopen_s3},
+                                       {"pgdump", luaopen_pgdump},
+                                       {"neon", luaopen_neon},
+                                       {"verify", luaopen_verify},
+                                       {"http", luaopen_http},
+                                       {"aws", luaopen_aws},
+                                       {"cjson", luaopen_cjson},
+                                       {"cjson.safe", luaopen_cjson_safe},
+                                       {NULL, NULL}};
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     luaL_setfuncs(L, preload, 0);
     lua_pop(L, 1);
@@ -344,8 +361,10 @@ int rt_host_run_script(lua_State *L, const char *path, int argc, char **argv)
     if (run_protected(L, argc, 1) != LUA_OK) return report_lua_error(L);
     /* A script may return a number (exit status) or false (failure); anything else is success. */
     int status = 0;
-    if (lua_isinteger(L, -1)) status = (int)lua_tointeger(L, -1);
-    else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1)) status = 1;
+    if (lua_isinteger(L, -1))
+        status = (int)lua_tointeger(L, -1);
+    else if (lua_isboolean(L, -1) && !lua_toboolean(L, -1))
+        status = 1;
     lua_pop(L, 1);
     return status;
 }
@@ -461,7 +480,8 @@ int rt_host_list(bool json)
                 char name[128];
                 snprintf(name, sizeof name, "%.*s", (int)(len - 4), e->d_name);
                 bool shadowed = false; /* an earlier root (CLUBIO_DR_PATH) overrides */
-                for (size_t i = 0; i < n && !shadowed; i++) shadowed = strcmp(items[i].name, name) == 0;
+                for (size_t i = 0; i < n && !shadowed; i++)
+                    shadowed = strcmp(items[i].name, name) == 0;
                 if (shadowed) continue;
                 if (n == cap) {
                     cap = cap ? cap * 2 : 32;
@@ -489,8 +509,10 @@ int rt_host_list(bool json)
             fputs(",\"description\":", stdout);
             json_str(stdout, items[i].description);
             fputs(",\"schedule\":", stdout);
-            if (items[i].schedule[0]) json_str(stdout, items[i].schedule);
-            else fputs("null", stdout);
+            if (items[i].schedule[0])
+                json_str(stdout, items[i].schedule);
+            else
+                fputs("null", stdout);
             fputs(",\"path\":", stdout);
             json_str(stdout, items[i].path);
             fputs("}", stdout);

@@ -51,6 +51,8 @@ int luaopen_s3(lua_State *L);
 int luaopen_pgdump(lua_State *L);
 int luaopen_neon(lua_State *L);
 int luaopen_verify(lua_State *L);
+int luaopen_http(lua_State *L);
+int luaopen_aws(lua_State *L);
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 

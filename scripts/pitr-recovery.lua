@@ -35,10 +35,11 @@ local b = J:step("create " .. name, {plan = string.format("branch %s from %s as 
 end)
 if J.dry_run then return J:finish(nil, "dry run: no branch created") end
 local uri = n:connection_uri{branch = b.id}
-local shown = log.redact(uri)
+local shown = job.describe_url(uri).display
 local out = string.format([[
 recovery branch %s created from %s as of %s
-connection: %s   (with its password: neonctl connection-string %s --project-id %s)
+connection: %s
+  (the full URI: neonctl connection-string %s --project-id %s)
 
 next steps:
   1. check the data:      psql "<connection uri>"  (e.g. the verification queries)

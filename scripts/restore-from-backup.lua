@@ -33,15 +33,21 @@ if src.id == main.id then clubio.fail{message = "cannot restore the default bran
 local J = job.new("restore-from-backup")
 local safety = "pre-restore-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
 
+local question = string.format("Replace the data of %s (project %s) with %s? The safety branch %s will keep the current data",
+                               main.name, project, source, safety)
+-- Ask before anything is created: a declined restore leaves no stray safety branch behind.
+if not J.dry_run and not clubio.confirm(question) then
+  J:record({step = "restore " .. main.name .. " from " .. source, status = "declined"})
+  clubio.fail{message = "restore of " .. main.name .. " from " .. source .. " declined", class = "declined",
+              code = "declined.step", hint = "nothing was changed; re-run with --yes to confirm"}
+end
 J:step("create the safety branch " .. safety, {plan = "copy of " .. main.name .. " as it is now"}, function()
   return n:create_branch{name = safety, parent = main.id, endpoint = false}
 end)
 J:step("restore " .. main.name .. " from " .. source, {
   plan = "replace the data of " .. main.name .. " with " .. source .. "'s (its endpoint and connection string stay)",
-  destructive = true,
-  confirm = string.format("Replace the data of %s (project %s) with %s? The safety branch %s keeps the current data",
-                          main.name, project, source, safety),
-  hint = "the safety branch " .. safety .. " holds the data from before the restore",
+  hint = "the safety branch " .. safety .. " holds the data from before the restore; undo with " ..
+         "`clubio-dr run restore-from-backup " .. safety .. " --yes`",
 }, function()
   n:restore_branch{branch = main.id, source = src.id}
 end)

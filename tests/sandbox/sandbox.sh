@@ -11,6 +11,8 @@
 #   - PostgreSQL 15 (Debian's packages): the application database. Run as the `postgres` user
 #     when we are root (the server refuses root), on a free port on 127.0.0.1 and a private
 #     socket folder, wal_level=logical; DATABASE_URL points at database `clubio` as role `app`.
+#   - tests/sandbox/aws_stub.py, a stand-in for ECS, SSM and Route53 that checks SigV4 (a mock:
+#     no real peer for those runs here); AWS_ENDPOINT_URL_ECS/_SSM/_ROUTE_53 point at it;
 #   - @20minutes/s3rver (npm), an S3-compatible server that checks SigV4 signatures, with the
 #     buckets BACKUP_S3_BUCKET and ASSETS_S3_BUCKET.
 #   - neon-local (tests/sandbox/neon-local.sh), a Neon-API-compatible server, when present.
@@ -109,6 +111,34 @@ start_s3() {
     wait_for 30 grep -q '^ready' "$STATE/s3/server.log" || die "s3rver did not start; see $STATE/s3/server.log"
 }
 
+# The AWS control-plane stand-in (ECS, SSM, Route53; see aws_stub.py for why it is a mock). It
+# checks SigV4 with the sandbox's AWS key, which it gets through the environment, never argv.
+start_aws_stub() {
+    pidf=$STATE/aws/pid
+    mkdir -p "$STATE/aws"
+    if ! alive "$pidf"; then
+        rm -f "$STATE/aws/port"
+        AWS_STUB_SECRET_KEY=$AWS_SECRET_ACCESS_KEY python3 "$HERE/aws_stub.py" --daemon \
+            --pid-file "$pidf" --port-file "$STATE/aws/port" --access-key "$AWS_ACCESS_KEY_ID" \
+            --log "$STATE/aws/requests.jsonl" </dev/null || die "the AWS stub did not start"
+        wait_for 10 test -s "$STATE/aws/port" || die "the AWS stub did not start"
+    fi
+    aws_port=$(cat "$STATE/aws/port")
+    tmp=$ENVF.aws.tmp
+    sed '/^# aws-stub begin/,/^# aws-stub end/d' "$ENVF" >"$tmp"
+    cat >>"$tmp" <<EOF
+# aws-stub begin (tests/sandbox/aws_stub.py: ECS, SSM, Route53)
+export AWS_ENDPOINT_URL_ECS='http://127.0.0.1:$aws_port'
+export AWS_ENDPOINT_URL_SSM='http://127.0.0.1:$aws_port'
+export AWS_ENDPOINT_URL_ROUTE_53='http://127.0.0.1:$aws_port'
+export SANDBOX_AWS_STUB_URL='http://127.0.0.1:$aws_port'
+export SANDBOX_AWS_STUB_LOG='$STATE/aws/requests.jsonl'
+# aws-stub end
+EOF
+    chmod 600 "$tmp"
+    mv "$tmp" "$ENVF"
+}
+
 write_env() {
     umask 077
     cat >"$ENVF" <<EOF
@@ -152,6 +182,7 @@ cmd_start() {
     fi
     start_pg
     start_s3
+    start_aws_stub
     if [ -f "$HERE/neon-local.sh" ]; then
         # shellcheck disable=SC1091
         . "$HERE/neon-local.sh"
@@ -172,6 +203,10 @@ cmd_stop() {
         wait_for 10 sh -c "! kill -0 $pid" || kill -9 "$pid" 2>/dev/null || true
     fi
     rm -f "$STATE/s3/pid"
+    if alive "$STATE/aws/pid"; then
+        kill "$(cat "$STATE/aws/pid")" 2>/dev/null || true
+    fi
+    rm -f "$STATE/aws/pid"
     if alive "$STATE/pg/data/postmaster.pid"; then
         as_pg "$PGBIN/pg_ctl" -D "$STATE/pg/data" -m fast -w stop >/dev/null 2>&1 ||
             kill -9 "$(head -n1 "$STATE/pg/data/postmaster.pid")" 2>/dev/null || true
@@ -189,6 +224,7 @@ clean)
 status)
     alive "$STATE/pg/data/postmaster.pid" && echo "postgresql: running" || echo "postgresql: stopped"
     alive "$STATE/s3/pid" && echo "s3: running" || echo "s3: stopped"
+    alive "$STATE/aws/pid" && echo "aws stub: running" || echo "aws stub: stopped"
     ;;
 exec)
     [ "${1:-}" = "--" ] && shift

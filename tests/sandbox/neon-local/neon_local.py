@@ -18,7 +18,8 @@ State lives in DIR (state.json, written atomically); the server survives its own
 binds 127.0.0.1 only. The API key comes from the NEON_LOCAL_API_KEY environment variable (never
 argv) or DIR/api_key.
 
-TEST-ONLY: POST /_test/faults {"status": 423|429|5xx, "count": N, "path": "regex",
+TEST-ONLY: POST /_test/projects {"id": "name"} creates a project (branch main, database and role
+as for --project) so a test can own one; POST /_test/faults {"status": 423|429|5xx, "count": N, "path": "regex",
 "method": "GET", "retry_after": seconds} makes the next N matching API requests fail with that
 status. It exists for fault-injection tests and is not part of the Neon API.
 """
@@ -889,6 +890,12 @@ class Handler(BaseHTTPRequestHandler):
                                            "path": body.get("path", ""), "method": body.get("method"),
                                            "retry_after": body.get("retry_after")})
                 return self.send(200, {"faults": srv.faults})
+            if url.path == "/_test/projects" and method == "POST":  # TEST-ONLY: a project of one's own
+                pid = body.get("id")
+                if not isinstance(pid, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", pid):
+                    raise ApiError(400, "id must be a lower-case project id", "BAD_REQUEST")
+                srv.ensure_project(pid)  # creates main and its cluster (initdb) outside the lock
+                return self.send(201, {"project": srv.public(srv.project(pid))})
             with srv.lock:
                 for f in srv.faults:
                     if f["count"] > 0 and re.search(f["path"], url.path) and f["method"] in (None, method):
