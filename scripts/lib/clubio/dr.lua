@@ -26,6 +26,8 @@ local pgdump, neon, cjson = require "pgdump", require "neon", require "cjson"
 local M = {}
 
 M.HEARTBEAT = "public.clubio_dr_heartbeat"
+-- pg_subscription is shared by the databases of a cluster: ours are those of this database
+M.THIS_DB = "(SELECT oid FROM pg_database WHERE datname = current_database())"
 
 -- ---- small helpers -----------------------------------------------------------------------
 
@@ -321,7 +323,7 @@ function M.wait_sync(ctx, dconn, timeout)
   while true do
     local r = dconn:query([[SELECT count(*) FILTER (WHERE sr.srsubstate <> 'r') AS pending, count(*) AS total
                             FROM pg_subscription s JOIN pg_subscription_rel sr ON sr.srsubid = s.oid
-                            WHERE s.subname = $1]], {ctx.cfg.subscription}, {typed = true})[1]
+                            WHERE s.subname = $1 AND s.subdbid = ]] .. M.THIS_DB, {ctx.cfg.subscription}, {typed = true})[1]
     if r.pending == 0 then return time.monotonic() - t0, r.total end
     local waited = time.monotonic() - t0
     if waited > (timeout or ctx.cfg.sync_timeout) then
@@ -399,7 +401,7 @@ function M.setup(ctx, opts)
     pconn:query(string.format("ALTER PUBLICATION %s SET TABLE %s", M.ident(cfg.publication), table.concat(list, ", ")))
   end
   -- subscription
-  local sub = dconn:query("SELECT subenabled FROM pg_subscription WHERE subname = $1", {cfg.subscription})[1]
+  local sub = dconn:query("SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = " .. M.THIS_DB, {cfg.subscription})[1]
   if sub and opts.resync then
     M.drop_subscription(ctx, dconn, pconn)
     sub = nil
@@ -452,7 +454,7 @@ end
 function M.drop_subscription(ctx, dconn, pconn)
   local cfg = ctx.cfg
   local out = {}
-  local sub = dconn:query("SELECT oid, subslotname FROM pg_subscription WHERE subname = $1", {cfg.subscription})[1]
+  local sub = dconn:query("SELECT oid, subslotname FROM pg_subscription WHERE subname = $1 AND subdbid = " .. M.THIS_DB, {cfg.subscription})[1]
   if sub then
     local applied = dconn:query("SELECT remote_lsn::text AS lsn FROM pg_replication_origin_status WHERE external_id = $1",
                                 {"pg_" .. sub.oid})[1]
@@ -506,7 +508,7 @@ function M.status(ctx, opts)
         extract(epoch FROM now() - st.last_msg_send_time)::float8 AS seconds_since_contact,
         st.latest_end_lsn::text AS latest_end_lsn
       FROM pg_subscription s LEFT JOIN pg_stat_subscription st ON st.subid = s.oid AND st.relid IS NULL
-      WHERE s.subname = $1]], {cfg.subscription}, {typed = true})[1]
+      WHERE s.subname = $1 AND s.subdbid = ]] .. M.THIS_DB, {cfg.subscription}, {typed = true})[1]
   out.subscribed = sub ~= nil
   if sub then
     out.enabled, out.running, out.tables, out.syncing = sub.enabled, sub.running, sub.tables, sub.syncing
@@ -559,7 +561,8 @@ end
 
 local SEQUENCES = [[
 SELECT format('%I.%I', sn.nspname, s.relname) AS seq, sn.nspname || '.' || s.relname AS name,
-       format('%I.%I', tn.nspname, t.relname) AS tbl, quote_ident(a.attname) AS col,
+       CASE WHEN t.oid IS NOT NULL THEN format('%I.%I', tn.nspname, t.relname) END AS tbl,
+       CASE WHEN a.attname IS NOT NULL THEN quote_ident(a.attname) END AS col,
        ps.increment_by AS inc, ps.last_value AS last, ps.max_value AS max
 FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace
 JOIN pg_sequences ps ON ps.schemaname = sn.nspname AND ps.sequencename = s.relname
@@ -587,7 +590,7 @@ function M.sync_sequences(dconn, pconn, gap)
     if s.inc < 0 then
       entry.skipped = "descending sequence"
     else
-      if s.tbl then entry.table_max = dconn:query(string.format("SELECT max(%s)::bigint AS m FROM %s", s.col, s.tbl),
+      if s.tbl and s.col then entry.table_max = dconn:query(string.format("SELECT max(%s)::bigint AS m FROM %s", s.col, s.tbl),
                                                   nil, {typed = true})[1].m end
       local top = math.max(entry.primary or 0, entry.table_max or 0, s.last or 0)
       if top > 0 or entry.primary then
@@ -682,7 +685,7 @@ function M.update_routing(ctx, value)
 <ChangeResourceRecordSetsRequest xmlns="https://route53.amazonaws.com/doc/2013-04-01/"><ChangeBatch><Comment>clubio-dr failover</Comment><Changes><Change><Action>UPSERT</Action><ResourceRecordSet><Name>%s</Name><Type>%s</Type><TTL>%d</TTL><ResourceRecords><ResourceRecord><Value>%s</Value></ResourceRecord></ResourceRecords></ResourceRecordSet></Change></Changes></ChangeBatch></ChangeResourceRecordSetsRequest>]],
     esc(c.route53_record), esc(c.route53_type), c.route53_ttl, esc(value))
   local zone = c.route53_zone:gsub("^/?hostedzone/", "")
-  local r = require("aws").request{service = "route53", method = "POST", path = "/2013-04-01/hostedzone/" .. zone .. "/rrset",
+  local r = require("aws").request{service = "route53", method = "POST", path = "/2013-04-01/hostedzone/" .. zone .. "/rrset/",
                                    headers = {["Content-Type"] = "application/xml"}, body = body, timeout = 30}
   if r.status < 200 or r.status > 299 then
     clubio.fail{message = string.format("route53 ChangeResourceRecordSets answered HTTP %d: %s", r.status,
@@ -769,7 +772,8 @@ function M.steps()
          return {fenced = false, reason = "unreachable"}
        end
        local db = scalar(pconn, "SELECT current_database() AS d")
-       pconn:query("ALTER DATABASE " .. M.ident(db) .. " SET default_transaction_read_only = on")
+       -- READ WRITE: fencing again an already fenced database
+       pconn:query("BEGIN READ WRITE; ALTER DATABASE " .. M.ident(db) .. " SET default_transaction_read_only = on; COMMIT")
        local n = pconn:query([[SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
                                WHERE datname = current_database() AND pid <> pg_backend_pid()
                                  AND backend_type = 'client backend']], nil, {typed = true})[1].n
@@ -785,7 +789,7 @@ function M.steps()
        local dconn <close> = M.connect_dr(ctx)
        local pconn = M.try_primary(ctx)
        local out = {}
-       local sub = dconn:query("SELECT subenabled FROM pg_subscription WHERE subname = $1", {ctx.cfg.subscription})[1]
+       local sub = dconn:query("SELECT subenabled FROM pg_subscription WHERE subname = $1 AND subdbid = " .. M.THIS_DB, {ctx.cfg.subscription})[1]
        if pconn and sub and sub.subenabled == "t" then
          local ok, secs = pcall(M.heartbeat_lag, pconn, dconn, ctx.cfg.drain_timeout)
          if ok then out.drained, out.drain_seconds = true, secs
