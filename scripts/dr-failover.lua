@@ -36,6 +36,15 @@ end
 
 local steps, sites = dr.load_site(dr.steps())
 if list_only then
+  -- plans may depend on the configuration (functions of ctx): shown without connecting anywhere
+  local okc, cfg = pcall(dr.config)
+  local lctx = {cfg = okc and cfg or {}, results = {}}
+  for _, s in ipairs(steps) do
+    if type(s.plan) == "function" then
+      local okp, p = pcall(s.plan, lctx)
+      s.plan = okp and p or "(depends on the configuration)"
+    end
+  end
   if clubio.flags.json then
     local out = {}
     for _, s in ipairs(steps) do out[#out + 1] = {name = s.name, plan = s.plan} end
