@@ -699,11 +699,17 @@ end
 
 function M.notify(ctx, text, fields)
   log.info(text, fields)
-  local url = getenv(ctx.cfg.webhook_env)
-  if not url then return {webhook = false} end
-  local http = require "http"
-  local r = http.request{method = "POST", url = url, headers = {["Content-Type"] = "application/json"},
-                         body = cjson.encode({text = text, fields = fields}), timeout = 10}
+  if not getenv(ctx.cfg.webhook_env) then return {webhook = false} end
+  -- webhook URLs carry their token in the path: a secret (errors name the host only)
+  local url = require("secret").env(ctx.cfg.webhook_env)
+  local ok, r = pcall(require("http").request, {method = "POST", url = url, headers = {["Content-Type"] = "application/json"},
+                                                 body = cjson.encode({text = text, fields = fields}), timeout = 10})
+  if not ok then
+    clubio.fail{message = "the webhook (" .. ctx.cfg.webhook_env .. ") did not answer: " ..
+                          (clubio.is_error(r) and r.message or tostring(r)),
+                code = "dr.webhook", retryable = true,
+                hint = "the failover itself is done; tell the team by hand and check the webhook URL"}
+  end
   if r.status < 200 or r.status > 299 then
     clubio.fail{message = "the webhook (" .. ctx.cfg.webhook_env .. ") answered HTTP " .. r.status, code = "dr.webhook",
                 hint = "the failover itself is done; tell the team by hand and check the webhook URL"}
@@ -987,7 +993,9 @@ function M.run_steps(J, ctx, steps, opts)
       if not ok then
         local e = res
         local msg = clubio.is_error(e) and e.message or tostring(e)
-        local hint = (clubio.is_error(e) and e.hint) or s.hint or ""
+        -- the error's own hint (the cause), then the step's (what to do about the failover)
+        local hint = (clubio.is_error(e) and e.hint) or ""
+        if s.hint and s.hint ~= hint then hint = hint ~= "" and (hint .. "; " .. s.hint) or s.hint end
         local nextstep = steps[i + 1] and steps[i + 1].name
         clubio.fail{message = string.format("failover stopped at step %d/%d '%s': %s", i, #steps, s.name, msg),
                     code = "dr.step_failed", class = clubio.is_error(e) and e.class or "failure",
