@@ -146,6 +146,16 @@ T.case("dr-failover again: replication already stopped, still safe", function()
   T.eq(r.doc.result.results["stop-replication"].dropped, nil)
 end)
 
+T.case("dr-setup after a failover: refused while the primary is fenced, and --status says it is not set up", function()
+  local r = f:run{"dr-setup"}
+  T.eq(r.status, 3, r.stderr)
+  T.match(r.stderr, "is read%-only %(fenced by a failover%?%)")
+  T.match(r.stderr, "fail back first")
+  r = f:run{"dr-setup", "--status"}
+  T.eq(r.status, 1, r.stderr)
+  T.match(r.stdout, "not set up: no subscription on the DR side")
+end)
+
 if writer_pid and F.alive(writer_pid) then
   io.open(writer_stop, "w"):close()
   require("proc").run{argv = {"kill", tostring(writer_pid)}}

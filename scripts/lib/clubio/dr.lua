@@ -353,6 +353,11 @@ function M.setup(ctx, opts)
     clubio.fail{message = "cannot reach the primary database: " .. perr, code = "dr.primary_unreachable",
                 hint = "dr-setup needs the primary; check NEON_PROJECT_ID_PRIMARY, DR_DATABASE and the Neon status"}
   end
+  if scalar(pconn, "SELECT current_setting('default_transaction_read_only') AS ro") == "on" then
+    clubio.fail{message = "the primary database " .. M.display(ctx.primary_url) .. " is read-only (fenced by a failover?)",
+                code = "dr.primary_fenced", class = "config",
+                hint = "after a failover, fail back first; to take writes again: ALTER DATABASE ... RESET default_transaction_read_only"}
+  end
   local dconn <close> = M.connect_dr(ctx)
   pconn:query(string.format([[CREATE TABLE IF NOT EXISTS %s (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
                                                             note text)]], M.HEARTBEAT))
