@@ -9,7 +9,8 @@ M.BIN = env.get("CLUBIO_DR_BIN")
 M.HERE = env.get("CLUBIO_DR_TEST_DIR") .. "/dr"
 
 local function base_uri(project)
-  return neon.client{project_id = project}:connection_uri{database = "clubio"}
+  -- branch main by name: other tests move the default branch of the primary for a while
+  return neon.client{project_id = project}:connection_uri{branch = "main", database = "clubio"}
 end
 
 -- A fresh database named dr_<tag>_<random> on both sides, with the application's tables on
@@ -37,7 +38,7 @@ function M.new(tag, opts)
     INSERT INTO items (name) SELECT 'item ' || g FROM generate_series(1, 2000) g;
     INSERT INTO accounts (owner, balance) SELECT 'owner ' || g, g * 1.5 FROM generate_series(1, 50) g;
     SELECT nextval('invoice_no') FROM generate_series(1, 25);]])
-  f.env = {DR_DATABASE = f.db, CLUBIO_DR_JOURNAL = f.journal, DR_APP_TARGET = "env-file:" .. f.app_env,
+  f.env = {DR_DATABASE = f.db, DR_PRIMARY_BRANCH = "main", DR_BRANCH = "main", CLUBIO_DR_JOURNAL = f.journal, DR_APP_TARGET = "env-file:" .. f.app_env,
            DR_TEST_REPORT_DIR = f.dir .. "/reports"}
   for k, v in pairs(opts.env or {}) do f.env[k] = v end
   return setmetatable(f, {__index = M})

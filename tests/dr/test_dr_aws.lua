@@ -51,7 +51,7 @@ T.case("wrong AWS credentials: the failover stops at update-app-target, saying w
   local e = {AWS_SECRET_ACCESS_KEY = "not-the-key"}
   for k, v in pairs(AWS_ENV) do e[k] = v end
   local r = f:run({"dr-failover", "--yes"}, e)
-  T.eq(r.status, 1, r.stderr)
+  T.eq(r.status, 1, r.all)
   T.match(r.stderr, "failover stopped at step 7/9 'update%-app%-target': ssm PutParameter answered HTTP 403")
   T.match(r.stderr, "update the application's DATABASE_URL by hand")
   T.match(r.stderr, "re%-run with %-%-from update%-routing")
@@ -64,7 +64,7 @@ end)
 
 T.case("--from update-app-target: SSM SecureString, Route53 UPSERT, webhook", function()
   local r = f:run({"dr-failover", "--yes", "--json", "--from", "update-app-target"}, AWS_ENV)
-  T.eq(r.status, 0, r.stdout)
+  T.eq(r.status, 0, r.all)
   T.no_match(r.all, password)
   local status, p = ssm_get()
   T.eq(status, 200)

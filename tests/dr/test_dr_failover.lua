@@ -12,7 +12,7 @@ local password = require("clubio.dr").parse_url(f.primary_url).password
 
 T.case("dr-setup: schema copied, publication and subscription, initial copy, lag", function()
   local r = f:run{"dr-setup", "--json"}
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   local res = r.doc.result
   T.eq(res.subscription_created, true)
   T.eq(res.publication_created, true)
@@ -32,7 +32,7 @@ T.case("dr-setup: idempotent; a new table on both sides is picked up by the refr
   local p <close> = f:primary()
   p:query("CREATE TABLE notes (id serial PRIMARY KEY, body text); INSERT INTO notes (body) VALUES ('a'), ('b')")
   local r = f:run{"dr-setup", "--json"}
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.eq(r.doc.result.subscription_created, nil)
   T.eq(r.doc.result.schema_copied[1], "public.notes", "only the missing table's schema is copied")
   local d <close> = f:dr()
@@ -43,12 +43,12 @@ T.case("dr-setup --status: the lag in bytes and seconds, text and JSON", functio
   local p <close> = f:primary()
   p:query("INSERT INTO items (name) SELECT 'more ' || g FROM generate_series(1, 100) g")
   local r = f:run{"dr-setup", "--status", "--json"}
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.eq(r.doc.status.primary_reachable, true)
   T.eq(r.doc.status.running, true)
   T.ok(r.doc.status.lag_seconds >= 0, "heartbeat measured")
   local t = f:run{"dr-setup", "--status"}
-  T.eq(t.status, 0, t.stderr)
+  T.eq(t.status, 0, t.all)
   T.match(t.stdout, "lag: [%d.]+ [KMG]?i?B behind %(slot active%), heartbeat applied in [%d.]+ s")
   T.no_match(t.all, password)
 end)
@@ -57,7 +57,7 @@ T.case("dr-setup refuses a table without a primary key, naming it", function()
   local p <close> = f:primary()
   p:query("CREATE TABLE nokey (v int)")
   local r = f:run{"dr-setup"}
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "tables without a primary key or replica identity: public%.nokey")
   T.match(r.stderr, "REPLICA IDENTITY FULL")
   p:query("DROP TABLE nokey")
@@ -76,7 +76,7 @@ T.case("dr-failover while a writer keeps inserting into the primary: nothing it 
   F.wait_until("the writer's first 200 rows", function() return #committed() >= 200 end)
   local before = #committed()
   local r = f:run{"dr-failover", "--yes", "--json"}
-  T.eq(r.status, 0, r.stdout)
+  T.eq(r.status, 0, r.all)
   T.no_match(r.all, password)
   -- the writer was still at it: its attempts now fail on the fenced primary
   F.wait_until("the writer to hit the fence", function()
@@ -142,17 +142,17 @@ end)
 
 T.case("dr-failover again: replication already stopped, still safe", function()
   local r = f:run{"dr-failover", "--yes", "--json"}
-  T.eq(r.status, 0, r.stdout)
+  T.eq(r.status, 0, r.all)
   T.eq(r.doc.result.results["stop-replication"].dropped, nil)
 end)
 
 T.case("dr-setup after a failover: refused while the primary is fenced, and --status says it is not set up", function()
   local r = f:run{"dr-setup"}
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "is read%-only %(fenced by a failover%?%)")
   T.match(r.stderr, "fail back first")
   r = f:run{"dr-setup", "--status"}
-  T.eq(r.status, 1, r.stderr)
+  T.eq(r.status, 1, r.all)
   T.match(r.stdout, "not set up: no subscription on the DR side")
 end)
 

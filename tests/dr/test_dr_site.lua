@@ -41,12 +41,12 @@ local ORDER = "check-dr-health drain-app measure-lag fence-primary stop-replicat
 
 T.case("setup for the site-file tests", function()
   local r = f:run{"dr-setup"}
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
 end)
 
 T.case("--steps lists the steps after the site file's changes", function()
   local r = f:run({"dr-failover", "--steps", "--json"}, {CLUBIO_DR_PATH = site_dir})
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   local names = {}
   for _, s in ipairs(r.doc.steps) do names[#names + 1] = s.name end
   T.eq(table.concat(names, " "), ORDER)
@@ -55,7 +55,7 @@ end)
 
 T.case("--dry-run prints the plan and changes nothing", function()
   local r = f:run({"dr-failover", "--dry-run"}, {CLUBIO_DR_PATH = site_dir})
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.match(r.stderr, "would drain%-app: scale the app to zero")
   T.match(r.stderr, "would page%-oncall")
   T.no_match(r.stderr, "update%-routing")
@@ -65,7 +65,7 @@ end)
 
 T.case("without --yes and without a terminal: refused before any step", function()
   local r = f:run({"dr-failover"}, {CLUBIO_DR_PATH = site_dir})
-  T.eq(r.status, 5, r.stderr)
+  T.eq(r.status, 5, r.all)
   T.match(r.stderr, "re%-run with %-%-yes")
   T.ok(subscribed(), "still replicating")
 end)
@@ -79,7 +79,7 @@ return {after = {["stop-replication"] = {{name = "swap-secrets", plan = "rotate 
 
 T.case("a failing step stops the failover; the error and the journal say where", function()
   local r = f:run({"dr-failover", "--yes"}, {CLUBIO_DR_PATH = site_dir .. ":" .. boom})
-  T.eq(r.status, 1, r.stderr)
+  T.eq(r.status, 1, r.all)
   T.match(r.stderr, "failover stopped at step 6/10 'swap%-secrets': vault sealed")
   T.match(r.stderr, "rotate them by hand in the vault")
   T.match(r.stderr, "done so far: check%-dr%-health, drain%-app, measure%-lag, fence%-primary, stop%-replication")
@@ -95,7 +95,7 @@ end)
 
 T.case("--from resumes after the failed step; the earlier ones are journaled as skipped", function()
   local r = f:run({"dr-failover", "--yes", "--from", "verify-writes"}, {CLUBIO_DR_PATH = site_dir .. ":" .. boom})
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.eq(table.concat(f:last_run("dr-failover"), " "),
        "check-dr-health:skipped drain-app:skipped measure-lag:skipped fence-primary:skipped stop-replication:skipped " ..
        "swap-secrets:skipped verify-writes:ok sync-sequences:ok update-app-target:ok page-oncall:ok")
@@ -113,7 +113,7 @@ return {remove = {"update-routing", "fence-primary"},
         order = {"check-dr-health", "verify-writes", "measure-lag", "stop-replication", "sync-sequences", "update-app-target", "notify"}}
 ]])
   local r = f:run({"dr-failover", "--yes"}, {CLUBIO_DR_PATH = tbl})
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.eq(table.concat(f:last_run("dr-failover"), " "),
        "check-dr-health:ok verify-writes:ok measure-lag:ok stop-replication:ok sync-sequences:ok update-app-target:ok notify:ok")
 end)
@@ -121,19 +121,19 @@ end)
 T.case("broken site files: a clear configuration error naming the file", function()
   local bad = write(f.dir .. "/bad.lua", "return function(steps, edit) edit.remove(steps, 'no-such-step') end\n")
   local r = f:run({"dr-failover", "--steps"}, {CLUBIO_DR_PATH = bad})
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "no failover step named 'no%-such%-step'")
   T.match(r.stderr, "the steps are: check%-dr%-health, measure%-lag")
   local syntax = write(f.dir .. "/syntax.lua", "return {\n")
   r = f:run({"dr-failover", "--steps"}, {CLUBIO_DR_PATH = syntax})
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "cannot load the DR site file .*syntax%.lua")
   local nostep = write(f.dir .. "/nostep.lua", "return {steps = {{name = 'x'}}}\n")
   r = f:run({"dr-failover", "--steps"}, {CLUBIO_DR_PATH = nostep})
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "step 1 is not {name")
   r = f:run({"dr-failover", "--yes", "--from", "nope"}, {})
-  T.eq(r.status, 3, r.stderr)
+  T.eq(r.status, 3, r.all)
   T.match(r.stderr, "no failover step named 'nope'")
 end)
 

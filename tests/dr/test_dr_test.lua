@@ -30,7 +30,7 @@ end
 
 T.case("dr-test refuses to run before replication is set up", function()
   local r = f:run{"dr-test", "--yes"}
-  T.eq(r.status, 4, r.stderr)
+  T.eq(r.status, 4, r.all)
   T.match(r.stderr, "DR test failed at 'record the current state': replication is not set up")
 end)
 
@@ -45,7 +45,7 @@ T.case("dr-test: the checklist passes and the report compares with the objective
 }]])
   fh:close()
   local r = f:run{"dr-test", "--yes", "--json", "--checks", checks}
-  T.eq(r.status, 0, r.stderr)
+  T.eq(r.status, 0, r.all)
   T.no_match(r.all, password)
   local rep = r.doc.result
   T.eq(rep.ok, true)
@@ -91,7 +91,7 @@ T.case("a failing application check fails the test; operations are restored all 
   fh:write([[return {{name = "a table the app needs", sql = "SELECT * FROM invoices"}}]])
   fh:close()
   local r = f:run{"dr-test", "--yes", "--checks", checks, "--keep-snapshot"}
-  T.eq(r.status, 4, r.stderr)
+  T.eq(r.status, 4, r.all)
   T.match(r.stderr, "DR test failed at 'verify application functionality': 1 of 1 application checks failed")
   local md = read(r.stderr:match("the report is (%S+%.md)"))
   T.match(md, "Result: %*%*FAILED%*%*")
