@@ -57,7 +57,7 @@ if list_only then
 end
 
 local ctx = dr.context()
-local J = job.new("dr-failover")
+local J = dr.new_job("dr-failover")
 ctx.job = J
 if not J.dry_run then
   local q = string.format("Fail over to the DR project %s (database %s)? The application will be pointed at it and " ..

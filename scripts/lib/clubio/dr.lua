@@ -438,9 +438,13 @@ function M.setup(ctx, opts)
       log.warn("dropping the stale replication slot left on the primary", {slot = cfg.subscription})
       pconn:query("SELECT pg_drop_replication_slot($1)", {cfg.subscription})
     end
+    -- a failing statement is logged by the server with its text, the password included: not
+    -- this one, where the role may change the setting (superusers; elsewhere it stays as it is)
+    local quiet = pcall(dconn.query, dconn, "SET log_min_error_statement = panic")
     dconn:query(string.format("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (slot_name = %s, copy_data = true)",
                               M.ident(cfg.subscription), M.literal(M.conninfo(ctx.primary_url)),
                               M.ident(cfg.publication), M.literal(cfg.subscription)))
+    if quiet then dconn:query("RESET log_min_error_statement") end
     out.subscription_created = true
   else
     if sub.subenabled ~= "t" then
@@ -978,6 +982,21 @@ function M.load_site(steps, path)
 end
 
 -- ---- running the failover ----------------------------------------------------------------
+
+-- A clubio.job with a run id that is unique even for runs started in the same second (job.new's
+-- id comes from os.time() and math.random, whose seed can repeat between processes).
+function M.new_job(name)
+  local J = require("clubio.job").new(name)
+  local fh = io.open("/dev/urandom", "rb")
+  if fh then
+    local b = fh:read(6)
+    fh:close()
+    if b and #b == 6 then
+      J.run_id = string.format("%s-%d-%s", name, os.time(), (b:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
+    end
+  end
+  return J
+end
 
 -- Runs the steps as steps of job J (journal with timings). opts.from: start at that step (the
 -- earlier ones are journaled as skipped). A failing step stops the run: the error says which
