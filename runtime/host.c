@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -305,6 +306,20 @@ lua_State *rt_host_new(void)
     lua_State *L = luaL_newstate();
     if (!L) return NULL;
     luaL_openlibs(L);
+    /* Lua seeds math.random from the clock and an address, which two processes started in the
+     * same second (under ASan, with fixed addresses) can share: scripts name branches, run ids
+     * and temporary objects with it, so seed it from the kernel instead. */
+    {
+        lua_Integer seed[2] = {0, 0};
+        if (getrandom(seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed) {
+            lua_getglobal(L, "math");
+            lua_getfield(L, -1, "randomseed");
+            lua_pushinteger(L, seed[0]);
+            lua_pushinteger(L, seed[1]);
+            lua_call(L, 2, 0);
+            lua_pop(L, 1);
+        }
+    }
     static const luaL_Reg preload[] = {{"pipe", luaopen_pipe},
                                        {"log", luaopen_log},
                                        {"env", luaopen_env},

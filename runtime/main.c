@@ -3,6 +3,8 @@
  *
  *   clubio-dr [flags] run NAME|PATH [args...]   run a script or runbook
  *   clubio-dr [flags] list [--json]             list scripts and runbooks
+ *   clubio-dr [flags] schedule [--list|--once|--run JOB]   the job scheduler (scripts/schedule.lua)
+ *   clubio-dr [flags] metrics [--write [DIR]]   Prometheus metrics (scripts/metrics.lua)
  *   clubio-dr [flags] -e CODE                   run a Lua chunk, print what it returns
  *   clubio-dr encrypt|decrypt [options]         openssl-compatible archive encryption
  *   clubio-dr help [COMMAND] | --help | --version
@@ -31,6 +33,8 @@ static const char USAGE[] =
     "commands:\n"
     "  run NAME|PATH [args...]  run a script or runbook (see `clubio-dr list`)\n"
     "  list [--json]            list scripts and runbooks with their description and schedule\n"
+    "  schedule [--list|--once] run scheduled jobs as a service, list them, or run due ones\n"
+    "  metrics [--write [DIR]]  Prometheus metrics of the scheduled jobs (node-exporter textfile)\n"
     "  -e CODE                  run a Lua chunk and print what it returns\n"
     "  encrypt [options]        encrypt (and gzip) a stream in the openssl enc format\n"
     "  decrypt [options]        decrypt (and gunzip) an archive\n"
@@ -191,10 +195,15 @@ int main(int argc, char **argv)
         lua_close(L);
         return rc;
     }
-    if (strcmp(cmd, "run") == 0) {
-        if (i >= argc) usage_error("run needs a script name or path%s", " (see clubio-dr list)");
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return cmd_help("run");
-        const char *name = argv[i++];
+    /* `schedule` and `metrics` are the scripts of the same name: `clubio-dr schedule --list` is
+     * `clubio-dr run schedule --list` (a site may override them through CLUBIO_DR_PATH). */
+    bool script_cmd = strcmp(cmd, "schedule") == 0 || strcmp(cmd, "metrics") == 0;
+    if (strcmp(cmd, "run") == 0 || script_cmd) {
+        if (!script_cmd) {
+            if (i >= argc) usage_error("run needs a script name or path%s", " (see clubio-dr list)");
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return cmd_help("run");
+        }
+        const char *name = script_cmd ? cmd : argv[i++];
         /* host flags after NAME are ours, other arguments the script's; `--` ends flags */
         char **sargv = calloc((size_t)argc + 1, sizeof *sargv);
         int sargc = 0;

@@ -3,16 +3,24 @@
 --
 -- clubio-dr run backup-database [--dry-run] [--json]
 --
--- Running it twice a day is harmless: today's branch is kept, not duplicated.
--- Environment: NEON_API_KEY, NEON_PROJECT_ID (required); RETENTION_DAYS (30).
+-- Running it twice a day is harmless: today's branch is kept, not duplicated. Old backups are
+-- pruned with the same GFS policy as the retention script: daily backups kept RETENTION_DAYS
+-- (30) days, the week's first (Sunday's) RETENTION_WEEKLY_DAYS (90), the month's first
+-- RETENTION_MONTHLY_DAYS (365); the newest ready backup and the default branch are never deleted.
+-- Environment: NEON_API_KEY, NEON_PROJECT_ID (required); the RETENTION_* above.
 local env, time, neon, clubio = require "env", require "time", require "neon", require "clubio"
-local job, branches = require "clubio.job", require "clubio.branches"
+local job, branches, retention = require "clubio.job", require "clubio.branches", require "clubio.retention"
 
 local project = env.get("NEON_PROJECT_ID")
-local retention = tonumber(env.get("RETENTION_DAYS", "30"))
-if not retention or retention < 1 then
-  clubio.fail{message = "RETENTION_DAYS must be a whole number of days >= 1", class = "config"}
+local function days(name, default)
+  local v = tonumber(env.get(name, tostring(default)))
+  if not v or v < 1 or v ~= math.floor(v) then
+    clubio.fail{message = name .. " must be a whole number of days >= 1", class = "config"}
+  end
+  return math.tointeger(v)
 end
+local policy = retention.policy{daily = days("RETENTION_DAYS", 30), weekly = days("RETENTION_WEEKLY_DAYS", 90),
+                                monthly = days("RETENTION_MONTHLY_DAYS", 365)}
 local n = neon.client{project_id = project}
 local J = job.new("backup-database")
 local now = time.now()
@@ -30,13 +38,11 @@ else
   end)
 end
 
-local cutoff = time.add_days(time.start_of_day(now), -retention)
 local deleted = {}
-for _, b in ipairs(branches.backups(n)) do
-  if b.day < cutoff and b.name ~= name then
-    J:step("delete " .. b.name, {plan = string.format("older than %d days", retention)}, function()
-      n:delete_branch(b.id)
-    end)
+for _, d in ipairs(retention.decide(branches.retention_items(branches.backups(n)), now, policy)) do
+  local b = d.backup
+  if not d.keep and b.name ~= name and not b.default then
+    J:step("delete " .. b.name, {plan = d.reason}, function() n:delete_branch(b.id) end)
     deleted[#deleted + 1] = b.name
   end
 end

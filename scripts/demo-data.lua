@@ -51,7 +51,7 @@ INSERT INTO orders (user_id, status, total, items, note, created_at)
          now() - (g || ' seconds')::interval
   FROM generate_series(1, %d) g;
 INSERT INTO transactions (order_id, amount, provider_ref, created_at)
-  SELECT id, total, 'ch_' || md5(id::text), created_at + interval '1 minute'
+  SELECT id, total, 'ch_' || md5(id::text), least(created_at + interval '1 minute', now())
   FROM orders WHERE status IN ('paid', 'shipped');
 ]], rows // 10 + 1, rows // 10 + 1, rows))
 log.info(string.format("demo data loaded: %d users, %d orders and their transactions", rows // 10 + 1, rows))

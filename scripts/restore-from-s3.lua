@@ -6,7 +6,8 @@
 --                                                    its password out of the process list)
 --
 -- Nothing is written to disk: the archive streams from S3 into the database. The target must
--- be empty. Afterwards every table's row count and data digest are compared with the manifest
+-- be empty. Afterwards every table is read back from the target and its row count and data
+-- digest compared with the archive and its manifest
 -- (exit status 4 on a mismatch). KEY may also be a file name under EXPORT_PREFIX, or "latest".
 local env, pipe = require "env", require "pipe"
 local s3, crypto, pgdump, verify = require "s3", require "crypto", require "pgdump", require "verify"
@@ -71,18 +72,23 @@ local r = J:step("restore " .. where .. " into " .. dst.display, {
   hint = "the target database is partial: drop and recreate it before trying again",
 }, function()
   return pipe.run{c:download{bucket = bucket, key = key}, crypto.sha256{label = "stored"}, crypto.decrypt{},
-                  crypto.gunzip{}, verify.sql_scan_filter{label = "scan"},
+                  crypto.gunzip{}, verify.sql_scan_filter{label = "scan", row_digests = true},
                   pgdump.restore{url = target, jobs = tonumber(env.get("RESTORE_JOBS", "2")), label = "restore"},
                   progress = "restore"}
 end)
 if J.dry_run then return J:finish(nil, "dry run: nothing was restored") end
 
-J:step("compare with the manifest", {plan = "stored SHA-256, per-table rows and digests"}, function()
+J:step("compare with the manifest", {plan = "stored SHA-256, per-table rows and digests; then every table read back from the target"}, function()
   if manifest.stored and r.stored.hex ~= manifest.stored.sha256 then
     clubio.fail{message = "the archive's SHA-256 differs from its manifest's", class = "verify", code = "verify.checksum-mismatch"}
   end
   local t, why = verify.compare_tables(manifest.tables, r.scan.tables)
   if t then clubio.fail{message = why, class = "verify", code = "verify.table-mismatch"} end
+  -- what psql would call done is not proof: read the restored tables back
+  local db <close> = pgdump.connect(target)
+  local _, _, _, bad, msg = verify.compare_restored(db, manifest.tables, r.scan.tables)
+  if bad then clubio.fail{message = msg, class = "verify", code = "verify.table-mismatch",
+                          hint = "the target holds a partial or altered restore: drop it and restore again"} end
 end)
 local rows = r.scan.rows
 return J:finish({archive = where, target = dst.display, tables = r.scan.table_count, rows = rows, seconds = r.seconds},

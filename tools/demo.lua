@@ -42,9 +42,11 @@ local target = string.format("postgresql://postgres:%s@127.0.0.1:%s/%s", env.get
                              env.get("SANDBOX_PG_PORT"), scratch)
 run("restore the export into " .. scratch, {"restore-from-s3", "-", exp.result.key}, {RESTORE_TARGET_URL = target})
 
-print(string.format("\n%-44s  %8s  %s", "STEP", "SECONDS", "RESULT"))
+local w = 4
+for _, s in ipairs(report) do w = math.max(w, #s.title) end
+print(string.format("\n%-" .. w .. "s  %8s  %s", "STEP", "SECONDS", "RESULT"))
 for _, s in ipairs(report) do
-  print(string.format("%-44s  %8.2f  %s", s.title, s.seconds, s.status == 0 and "ok" or ("exit " .. s.status)))
+  print(string.format("%-" .. w .. "s  %8.2f  %s", s.title, s.seconds, s.status == 0 and "ok" or ("exit " .. s.status)))
 end
 local r = exp.result
 print(string.format("\nexport: s3://%s/%s — %d tables, %d rows, %d bytes of SQL stored as %d bytes",

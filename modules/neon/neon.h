@@ -20,6 +20,10 @@
 
 typedef struct NeonClient NeonClient;
 
+/* How long a call keeps retrying an API it cannot reach at all (connection refused, DNS, TLS),
+ * within its overall timeout. */
+#define NEON_UNREACHABLE_SECONDS 45.0
+
 typedef struct NeonOptions {
     const char *host;    /* API base, e.g. https://console.neon.tech/api/v2 (no trailing /) */
     const RtSecret *key; /* copied */

@@ -3,6 +3,7 @@
 -- neon_lua.c (neon_client_lua.h is generated from this file by modules/neon/embed.py; the Lua
 -- test checks both agree). Receives the C helpers and cjson.
 local C, cjson = ...
+local time = require "time"
 
 local M = {}
 local Client = {}
@@ -125,7 +126,7 @@ end
 
 -- Waits until every operation has finished; raises with the operation's own error.
 function Client:_wait(ops)
-  local start = C.now()
+  local start = time.monotonic()
   for _, op in ipairs(ops or {}) do
     local delay, cur = 0.1, op
     while cur.status ~= "finished" and cur.status ~= "skipped" do
@@ -134,11 +135,11 @@ function Client:_wait(ops)
              "neon operation %s (%s) on branch %s %s: %s", cur.id, cur.action, tostring(cur.branch_id),
              cur.status, tostring(cur.error or "no error given"))
       end
-      if C.now() - start > C.timeout(self._h) then
+      if time.monotonic() - start > C.timeout(self._h) then
         fail("timeout", "neon.operation_timeout", "the operation may still finish; check n:operations()",
              "neon operation %s (%s) did not finish within %.0f s", cur.id, cur.action, C.timeout(self._h))
       end
-      C.sleep(delay)
+      time.sleep(delay)
       delay = math.min(delay * 1.6, 3)
       local status, d = self:_call("GET", self:_p("/operations/" .. urlencode(cur.id)), nil,
                                    "neon operation " .. cur.id)

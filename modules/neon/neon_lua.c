@@ -13,7 +13,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "neon_client_lua.h"
 
@@ -57,10 +56,12 @@ static int l_new(lua_State *L)
         rt_lua_fail(L, RT_CLASS_CONFIG, "neon.project_id",
                     "set NEON_PROJECT_ID or pass neon.client{project_id = ...}",
                     "no neon project id given");
-    double timeout = rt_lua_opt_number(L, 1, "timeout", 600);
+    /* NEON_API_TIMEOUT lets a cron job or a runbook bound every call without editing scripts. */
+    const char *te = getenv("NEON_API_TIMEOUT");
+    double timeout = rt_lua_opt_number(L, 1, "timeout", te && *te ? strtod(te, NULL) : 600);
     if (timeout <= 0)
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.neon_timeout", NULL,
-                    "neon.client: timeout must be positive seconds");
+                    "neon.client: timeout (or NEON_API_TIMEOUT) must be positive seconds");
     /* Userdata first (closed), then the resources: a raise in between leaks nothing. */
     LNeon *n = lua_newuserdatauv(L, sizeof *n, 0);
     n->c = NULL;
@@ -104,25 +105,6 @@ static int l_timeout(lua_State *L)
 {
     lua_pushnumber(L, check_client(L, 1)->timeout);
     return 1;
-}
-
-static int l_now(lua_State *L)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (double)ts.tv_sec + ts.tv_nsec / 1e9);
-    return 1;
-}
-
-static int l_sleep(lua_State *L)
-{
-    if (!rt_sleep_cancellable(luaL_checknumber(L, 1))) {
-        RtError err;
-        rt_error_init(&err);
-        rt_cancel_error(&err);
-        return rt_lua_raise(L, &err);
-    }
-    return 0;
 }
 
 static RtErrorClass class_of(const char *s)
@@ -199,9 +181,9 @@ int luaopen_neon(lua_State *L)
         LUA_OK)
         return lua_error(L);
     static const luaL_Reg c[] = {
-        {"new", l_new},     {"request", l_request},       {"timeout", l_timeout},
-        {"now", l_now},     {"sleep", l_sleep},           {"fail", l_fail},
-        {"check", l_check}, {"secret_uri", l_secret_uri}, {NULL, NULL}};
+        {"new", l_new},   {"request", l_request}, {"timeout", l_timeout},
+        {"fail", l_fail}, {"check", l_check},     {"secret_uri", l_secret_uri},
+        {NULL, NULL}};
     luaL_newlib(L, c);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");

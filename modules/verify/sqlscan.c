@@ -4,6 +4,8 @@
  */
 #include "sqlscan.h"
 
+#include "modules/pgdump/pgdump.h"
+
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@ typedef struct ScanTable {
     EVP_MD_CTX *md;
     int64_t rows, bytes;
     char hex[65];
+    PgSetDigest set; /* row_digests: the order-independent digest pgdump computes */
 } ScanTable;
 
 struct SqlScan {
@@ -34,6 +37,9 @@ struct SqlScan {
     size_t ntables, cap_tables;
     int64_t rows;
     bool complete, truncated, ended;
+    /* row_digests: one SHA-256 per row (rows may span input buffers), summed per table */
+    bool row_digests, row_open;
+    EVP_MD_CTX *row_md;
 };
 
 SqlScan *sqlscan_new(void)
@@ -52,6 +58,7 @@ void sqlscan_free(SqlScan *s)
     }
     free(s->tables);
     free(s->line);
+    EVP_MD_CTX_free(s->row_md);
     free(s);
 }
 
@@ -159,10 +166,41 @@ static int append_line(SqlScan *s, const uint8_t *p, size_t n, RtError *err)
     return RT_OK;
 }
 
+int sqlscan_set_row_digests(SqlScan *s, bool on, RtError *err)
+{
+    s->row_digests = on;
+    if (on && !s->row_md && !(s->row_md = EVP_MD_CTX_new()))
+        return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+    return RT_OK;
+}
+
 static void row_bytes(SqlScan *s, const uint8_t *p, size_t n)
 {
     EVP_DigestUpdate(s->cur->md, p, n);
     s->cur->bytes += (int64_t)n;
+    if (s->row_digests) {
+        if (!s->row_open) {
+            EVP_DigestInit_ex(s->row_md, EVP_sha256(), NULL);
+            s->row_open = true;
+        }
+        EVP_DigestUpdate(s->row_md, p, n);
+    }
+}
+
+/* A row ended (its "\n" was fed). */
+static void row_end(SqlScan *s)
+{
+    s->cur->rows++;
+    s->rows++;
+    if (s->row_digests && s->row_open) {
+        /* the row's hash added to the table's sum: what pgdump_set_digest_row does with the
+         * whole line at once (merging a digest whose sum is the hash is the same addition) */
+        PgSetDigest one;
+        unsigned hl = 0;
+        EVP_DigestFinal_ex(s->row_md, one.sum, &hl);
+        pgdump_set_digest_merge(&s->cur->set, &one);
+        s->row_open = false;
+    }
 }
 
 int sqlscan_feed(SqlScan *s, const uint8_t *p, size_t len, RtError *err)
@@ -196,8 +234,7 @@ int sqlscan_feed(SqlScan *s, const uint8_t *p, size_t len, RtError *err)
             }
             row_bytes(s, s->lead, s->lead_n);
             if (s->lead[s->lead_n - 1] == '\n') {
-                s->cur->rows++;
-                s->rows++;
+                row_end(s);
             } else {
                 s->at_line_start = false;
             }
@@ -208,8 +245,7 @@ int sqlscan_feed(SqlScan *s, const uint8_t *p, size_t len, RtError *err)
         size_t n = nl ? (size_t)(nl - p) + 1 : len;
         row_bytes(s, p, n);
         if (nl) {
-            s->cur->rows++;
-            s->rows++;
+            row_end(s);
             s->at_line_start = true;
         }
         p += n;
@@ -241,6 +277,11 @@ void sqlscan_results(SqlScan *s, RtResults *res)
         rt_results_int(t, "rows", s->tables[i].rows);
         rt_results_int(t, "bytes", s->tables[i].bytes);
         rt_results_str(t, "sha256", s->tables[i].hex);
+        if (s->row_digests) {
+            char hex[65];
+            pgdump_set_digest_hex(&s->tables[i].set, hex);
+            rt_results_str(t, "set_sha256", hex);
+        }
     }
     rt_results_int(res, "table_count", (int64_t)s->ntables);
     rt_results_int(res, "rows", s->rows);
@@ -277,11 +318,11 @@ static void scan_destroy(void *self)
     sqlscan_free(self);
 }
 
-RtSink *sqlscan_sink(RtError *err)
+RtSink *sqlscan_sink(bool row_digests, RtError *err)
 {
     RtSink *k = rt_sink_new();
     SqlScan *s = sqlscan_new();
-    if (!k || !s) {
+    if (!k || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(k);
         sqlscan_free(s);
         rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
@@ -306,11 +347,11 @@ static int scan_observe(void *self, const uint8_t *data, size_t len, RtError *er
     return sqlscan_feed(self, data, len, err);
 }
 
-RtFilter *sqlscan_filter(RtError *err)
+RtFilter *sqlscan_filter(bool row_digests, RtError *err)
 {
     RtFilter *f = rt_filter_new();
     SqlScan *s = sqlscan_new();
-    if (!f || !s) {
+    if (!f || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(f);
         sqlscan_free(s);
         rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");

@@ -17,7 +17,14 @@
  *
  * Available as a sink (verify an archive: nothing is written) and as an observing filter
  * (check a stream while something else consumes it, e.g. a restore).
- * Results: { tables = { [name] = {rows, sha256, bytes} }, table_count, rows, complete, truncated }.
+ * Results: { tables = { [name] = {rows, sha256, bytes [, set_sha256]} }, table_count, rows,
+ * complete, truncated }.
+ *
+ * With row digests on, every table also gets `set_sha256`: the sum modulo 2^256 of the SHA-256
+ * of each row's COPY line ("\n" included) — exactly pgdump's order-independent digest
+ * (`pgdump_table_digest().set_sha256`, `pgdump.dump{row_digests = true}`), so a restored table
+ * read back from the server can be checked against the archive whatever its physical order.
+ * It costs one SHA-256 finalisation per row, hence opt-in.
  */
 #ifndef VERIFY_SQLSCAN_H
 #define VERIFY_SQLSCAN_H
@@ -31,11 +38,13 @@ SqlScan *sqlscan_new(void);
 int sqlscan_feed(SqlScan *s, const uint8_t *data, size_t len, RtError *err);
 /* Marks the end of the stream (sets `truncated` when inside a COPY block). */
 void sqlscan_end(SqlScan *s);
+/* Turns the per-table set_sha256 on (before the first feed). */
+int sqlscan_set_row_digests(SqlScan *s, bool on, RtError *err);
 void sqlscan_results(SqlScan *s, RtResults *res);
 void sqlscan_free(SqlScan *s);
 
 /* Stages around a scan (the stage owns it). */
-RtSink *sqlscan_sink(RtError *err);
-RtFilter *sqlscan_filter(RtError *err);
+RtSink *sqlscan_sink(bool row_digests, RtError *err);
+RtFilter *sqlscan_filter(bool row_digests, RtError *err);
 
 #endif

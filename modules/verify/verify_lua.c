@@ -7,6 +7,9 @@
  *   local r = pipe.run{c:download{...}, crypto.decrypt{}, crypto.gunzip{}, verify.sql_scan()}
  *   r.sqlscan.tables["public.users"].rows
  */
+#include "history.h"
+#include "io/cancel.h"
+#include "log.h"
 #include "lua_api.h"
 #include "manifest.h"
 #include "sqlscan.h"
@@ -16,28 +19,28 @@
 
 int luaopen_verify(lua_State *L);
 
-static const char *const LABEL_ONLY[] = {"label", NULL};
+static const char *const SCAN_OPTIONS[] = {"label", "row_digests", NULL};
 
-/* verify.sql_scan{label=} -> sink */
+/* verify.sql_scan{label=, row_digests=false} -> sink */
 static int l_sql_scan(lua_State *L)
 {
-    rt_lua_check_options(L, 1, "verify.sql_scan", LABEL_ONLY);
+    rt_lua_check_options(L, 1, "verify.sql_scan", SCAN_OPTIONS);
     RtError err;
     rt_error_init(&err);
-    RtSink *k = sqlscan_sink(&err);
+    RtSink *k = sqlscan_sink(rt_lua_opt_boolean(L, 1, "row_digests", false), &err);
     if (!k) return rt_lua_raise(L, &err);
     rt_lua_push_sink(L, k);
     rt_lua_label_from_options(L, 1);
     return 1;
 }
 
-/* verify.sql_scan_filter{label=} -> observing filter */
+/* verify.sql_scan_filter{label=, row_digests=false} -> observing filter */
 static int l_sql_scan_filter(lua_State *L)
 {
-    rt_lua_check_options(L, 1, "verify.sql_scan_filter", LABEL_ONLY);
+    rt_lua_check_options(L, 1, "verify.sql_scan_filter", SCAN_OPTIONS);
     RtError err;
     rt_error_init(&err);
-    RtFilter *f = sqlscan_filter(&err);
+    RtFilter *f = sqlscan_filter(rt_lua_opt_boolean(L, 1, "row_digests", false), &err);
     if (!f) return rt_lua_raise(L, &err);
     rt_lua_push_filter(L, f);
     rt_lua_label_from_options(L, 1);
@@ -104,12 +107,68 @@ static int l_equal(lua_State *L)
     return 1;
 }
 
+/* verify.protect(body, cleanup): runs body(); then, whatever happened, cleanup(ok, result_or_err);
+ * then returns body's result or raises its error. Cleanup runs even when the run was cancelled
+ * (SIGINT, --timeout): the host's cancel hook would raise at the first Lua instruction of the
+ * cleanup, so the cancel flag is held back while it runs and set again afterwards — the cancel
+ * still reaches the top right after. This is how a restore test always removes its scratch
+ * database or branch. A second Ctrl-C still exits at once (the host's _exit). If cleanup
+ * itself fails, its error is raised when the body succeeded, else logged. */
+static int l_protect(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 1);
+    int body_rc = lua_pcall(L, 0, 1, 0); /* [3] = result or error */
+    RtErrorClass held = RT_CLASS_CANCELLED;
+    bool was_cancelled = rt_cancelled();
+    if (was_cancelled) {
+        RtError e;
+        rt_error_init(&e);
+        rt_cancel_error(&e);
+        held = e.klass;
+        rt_cancel_reset();
+    }
+    lua_pushvalue(L, 2);
+    lua_pushboolean(L, body_rc == LUA_OK);
+    lua_pushvalue(L, 3);
+    int clean_rc = lua_pcall(L, 2, 0, 0); /* [4] = cleanup's error, if any */
+    if (was_cancelled) rt_cancel(held);
+    if (body_rc != LUA_OK) {
+        if (clean_rc != LUA_OK) {
+            const char *m = luaL_tolstring(L, 4, NULL);
+            rt_warn("verify: cleanup failed too: %s", m);
+            lua_pop(L, 1);
+        }
+        lua_pushvalue(L, 3);
+        return lua_error(L);
+    }
+    if (clean_rc != LUA_OK) return lua_error(L);
+    lua_pushvalue(L, 3);
+    return 1;
+}
+
+/* verify.append_line(path, text): one write(2) on an O_APPEND file (the history); raises. */
+static int l_append_line(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *text = luaL_checklstring(L, 2, &len);
+    RtError err;
+    rt_error_init(&err);
+    if (verify_append_line(path, text, len, &err) != RT_OK) return rt_lua_raise(L, &err);
+    return 0;
+}
+
 int luaopen_verify(lua_State *L)
 {
     static const luaL_Reg f[] = {{"sql_scan", l_sql_scan},
                                  {"sql_scan_filter", l_sql_scan_filter},
                                  {"manifest_hmac", l_manifest_hmac},
                                  {"equal", l_equal},
+                                 {"protect", l_protect},
+                                 {"append_line", l_append_line},
                                  {NULL, NULL}};
     luaL_newlib(L, f);
     /* The Lua half extends the same table: require("clubio.verify_ext")(M). */

@@ -9,8 +9,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -431,6 +433,7 @@ typedef struct Child {
     char err_tail[512]; /* last bytes the child wrote on stderr, for the error message */
     size_t err_len;
     pthread_mutex_t mu;
+    atomic_bool stop; /* the child has been waited for: the reader may stop once the pipe is idle */
     bool waited;
     int status;
 } Child;
@@ -441,8 +444,19 @@ static void *child_err_main(void *arg)
 {
     Child *c = arg;
     char buf[4096];
+    /* The fd is read-only here and closed only after this thread is joined. A grandchild that
+     * inherited the pipe could keep it open after the child is gone: once the child has been
+     * waited for (`stop`), an idle pipe ends the loop instead of blocking the join forever. */
+    int fd = c->proc.err_fd;
     for (;;) {
-        ssize_t n = read(c->proc.err_fd, buf, sizeof buf);
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int pr = poll(&pfd, 1, 200);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr == 0) {
+            if (atomic_load(&c->stop)) break;
+            continue;
+        }
+        ssize_t n = read(fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         pthread_mutex_lock(&c->mu);
@@ -492,6 +506,7 @@ static int child_finish(Child *c, RtError *err)
         c->status = rt_proc_wait(&c->proc);
         c->waited = true;
     }
+    atomic_store(&c->stop, true);
     if (c->err_thread_started) {
         pthread_join(c->err_thread, NULL);
         c->err_thread_started = false;
@@ -514,10 +529,14 @@ static void child_kill(Child *c)
 {
     if (!c->waited && c->proc.pid > 0) {
         rt_proc_kill(&c->proc, SIGTERM);
-        rt_proc_close_fds(&c->proc);
+        /* stdin/stdout only: stderr belongs to the reader thread until it is joined */
+        if (c->proc.in_fd >= 0) close(c->proc.in_fd);
+        if (c->proc.out_fd >= 0) close(c->proc.out_fd);
+        c->proc.in_fd = c->proc.out_fd = -1;
         c->status = rt_proc_wait(&c->proc);
         c->waited = true;
     }
+    atomic_store(&c->stop, true);
     if (c->err_thread_started) {
         pthread_join(c->err_thread, NULL);
         c->err_thread_started = false;

@@ -53,7 +53,7 @@ local good = dir .. "/good.sql.gz.enc"
 make_archive(good)
 
 T.case("a good archive passes, with the manifest's table figures recomputed", function()
-  local r = verify.archive{file = good, passphrase = PASS}
+  local r = verify.archive{file = good, passphrase = PASS, history = false}
   T.eq(r.ok, true, r.message)
   T.eq(r.tables, 2)
   T.eq(r.rows, 30002)
@@ -73,7 +73,7 @@ T.case("one flipped byte is a checksum mismatch (or the padding check catches it
     local b = data:byte(at)
     write(p, data:sub(1, at - 1) .. string.char(b ~ 0x10) .. data:sub(at + 1))
     write(p .. verify.MANIFEST_SUFFIX, read(good .. verify.MANIFEST_SUFFIX))
-    local r = verify.archive{file = p, passphrase = PASS}
+    local r = verify.archive{file = p, passphrase = PASS, history = false}
     T.eq(r.ok, false)
     T.ok(r.reason == "checksum-mismatch" or r.reason == "wrong-passphrase", "reason " .. tostring(r.reason) .. " at " .. at)
   end
@@ -84,20 +84,20 @@ T.case("a truncated archive is size-invalid, or truncated when the manifest is s
   local p = dir .. "/cut.sql.gz.enc"
   write(p, data:sub(1, #data - 4096))
   write(p .. verify.MANIFEST_SUFFIX, read(good .. verify.MANIFEST_SUFFIX))
-  local r = verify.archive{file = p, passphrase = PASS}
+  local r = verify.archive{file = p, passphrase = PASS, history = false}
   T.eq(r.reason, "size-invalid")
   -- a manifest without the stored size: the stream itself reveals the truncation
   local m = verify.check_manifest(read(good .. verify.MANIFEST_SUFFIX), {passphrase = PASS})
   m.stored = nil
   m.auth = nil
   write(p .. verify.MANIFEST_SUFFIX, verify.sign_manifest(m, {passphrase = PASS}))
-  r = verify.archive{file = p, passphrase = PASS}
+  r = verify.archive{file = p, passphrase = PASS, history = false}
   T.eq(r.ok, false)
   T.ok(r.reason == "truncated" or r.reason == "wrong-passphrase", "reason " .. tostring(r.reason))
 end)
 
 T.case("a wrong passphrase is reported as such", function()
-  local r = verify.archive{file = good, passphrase = OTHER}
+  local r = verify.archive{file = good, passphrase = OTHER, history = false}
   T.eq(r.reason, "wrong-passphrase")
 end)
 
@@ -108,7 +108,7 @@ T.case("a manifest from another archive is a mismatch", function()
   local p = dir .. "/swapped.sql.gz.enc"
   write(p, read(good))
   write(p .. verify.MANIFEST_SUFFIX, read(other .. verify.MANIFEST_SUFFIX))
-  local r = verify.archive{file = p, passphrase = PASS}
+  local r = verify.archive{file = p, passphrase = PASS, history = false}
   T.eq(r.ok, false)
   T.ok(r.reason == "size-invalid" or r.reason == "checksum-mismatch", "reason " .. tostring(r.reason))
 end)
@@ -116,7 +116,7 @@ end)
 T.case("a table missing from the archive is a table-mismatch naming it", function()
   local p = dir .. "/extra.sql.gz.enc"
   make_archive(p, {edit_tables = function(t) t["public.ghost"] = {rows = 1} end})
-  local r = verify.archive{file = p, passphrase = PASS}
+  local r = verify.archive{file = p, passphrase = PASS, history = false}
   T.eq(r.reason, "table-mismatch")
   T.eq(r.table, "public.ghost")
 end)
@@ -124,8 +124,8 @@ end)
 T.case("no manifest: incomplete; no archive: missing", function()
   local p = dir .. "/bare.sql.gz.enc"
   write(p, read(good))
-  T.eq(verify.archive{file = p, passphrase = PASS}.reason, "incomplete")
-  T.eq(verify.archive{file = dir .. "/nothing-here", passphrase = PASS}.reason, "missing")
+  T.eq(verify.archive{file = p, passphrase = PASS, history = false}.reason, "incomplete")
+  T.eq(verify.archive{file = dir .. "/nothing-here", passphrase = PASS, history = false}.reason, "missing")
 end)
 
 T.case("nothing was written but the archives themselves", function()

@@ -87,13 +87,13 @@ end)
 
 T.case("freshness: ok within the limit, stale beyond, missing without any", function()
   local now = 1800000000
-  local f = verify.freshness{times = {now - 3600 * 30, now - 3600 * 5}, max_age_hours = 24, now = now}
+  local f = verify.freshness{times = {now - 3600 * 30, now - 3600 * 5}, max_age_hours = 24, now = now, history = false}
   T.eq(f.ok, true)
   T.eq(f.age_hours, 5)
-  f = verify.freshness{times = {now - 3600 * 25}, max_age_hours = 24, now = now}
+  f = verify.freshness{times = {now - 3600 * 25}, max_age_hours = 24, now = now, history = false}
   T.eq(f.ok, false)
   T.eq(f.reason, "stale")
-  f = verify.freshness{times = {}, max_age_hours = 24, now = now}
+  f = verify.freshness{times = {}, max_age_hours = 24, now = now, history = false}
   T.eq(f.reason, "missing")
 end)
 

@@ -1,9 +1,11 @@
 /*
  * verify's SQL scan: per-table rows and COPY-data digests from a plain-SQL dump, fed whole and
  * one byte at a time; several blocks for one table; empty rows; a "\." split across feeds;
- * quoted names; truncation; pg_dump's completion line; a too-long COPY header.
+ * quoted names; truncation; pg_dump's completion line; a too-long COPY header; the optional
+ * order-independent row digests (pgdump's set digest), across any feed size.
  */
 #include "harness.h"
+#include "modules/pgdump/pgdump.h"
 #include "modules/verify/sqlscan.h"
 
 #include <openssl/sha.h>
@@ -133,4 +135,65 @@ static void test_long_copy_header(void)
     free(big);
 }
 
-TEST_MAIN(test_whole, test_one_byte, test_odd_steps, test_truncated, test_long_copy_header)
+/* row digests: whatever the feed size, each table's set_sha256 is pgdump's set digest of its
+ * COPY lines ("\n" included), and the same for the rows in another order */
+static void set_of(const char *const rows[], size_t n, char out[65])
+{
+    PgSetDigest d = {{0}};
+    for (size_t i = 0; i < n; i++)
+        pgdump_set_digest_row(&d, (const uint8_t *)rows[i], strlen(rows[i]));
+    pgdump_set_digest_hex(&d, out);
+}
+
+static void test_row_digests(void)
+{
+    static const char *const users[] = {"1\talice\n", "2\tbob \\\\ backslash\n", "3\t\\N\n",
+                                        "4\tcarol\n"};
+    static const char *const shuffled[] = {"4\tcarol\n", "3\t\\N\n", "1\talice\n",
+                                           "2\tbob \\\\ backslash\n"};
+    static const char *const odd[] = {"\n", "x\n"};
+    char want_users[65], want_shuffled[65], want_odd[65], want_empty[65];
+    set_of(users, 4, want_users);
+    set_of(shuffled, 4, want_shuffled);
+    set_of(odd, 2, want_odd);
+    set_of(NULL, 0, want_empty);
+    CHECK(strcmp(want_users, want_shuffled) == 0);
+    size_t steps[] = {1, 2, 5, 7, 1 << 20};
+    for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+        SqlScan *s = sqlscan_new();
+        RtError err;
+        rt_error_init(&err);
+        CHECK(sqlscan_set_row_digests(s, true, &err) == RT_OK);
+        size_t len = strlen(DUMP);
+        for (size_t i = 0; i < len; i += steps[k]) {
+            size_t n = len - i < steps[k] ? len - i : steps[k];
+            CHECK(sqlscan_feed(s, (const uint8_t *)DUMP + i, n, &err) == RT_OK);
+        }
+        RtResults *res = rt_results_new();
+        sqlscan_results(s, res);
+        const RtResults *u = table(res, "public.users"), *o = table(res, "public.\"Odd Name\""),
+                        *e = table(res, "public.empty");
+        CHECK(u && o && e);
+        if (u && o && e) {
+            CHECK_EQ_STR(rt_results_as_str(rt_results_get(u, "set_sha256"), NULL), want_users);
+            CHECK_EQ_STR(rt_results_as_str(rt_results_get(o, "set_sha256"), NULL), want_odd);
+            CHECK_EQ_STR(rt_results_as_str(rt_results_get(e, "set_sha256"), NULL), want_empty);
+        }
+        rt_results_free(res);
+        sqlscan_free(s);
+    }
+    /* off by default: no set_sha256 */
+    SqlScan *s = sqlscan_new();
+    RtError err;
+    rt_error_init(&err);
+    CHECK(sqlscan_feed(s, (const uint8_t *)DUMP, strlen(DUMP), &err) == RT_OK);
+    RtResults *res = rt_results_new();
+    sqlscan_results(s, res);
+    const RtResults *u = table(res, "public.users");
+    CHECK(u && rt_results_get(u, "set_sha256") == NULL);
+    rt_results_free(res);
+    sqlscan_free(s);
+}
+
+TEST_MAIN(test_whole, test_one_byte, test_odd_steps, test_truncated, test_long_copy_header,
+          test_row_digests)

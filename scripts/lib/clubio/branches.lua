@@ -18,6 +18,19 @@ function M.backups(n)
   return out
 end
 
+-- Backup branches as GFS retention items (clubio.retention.decide): the name's date is the
+-- backup's day; created_at gives its time when it is that day. A ready branch is verified.
+function M.retention_items(list)
+  local items = {}
+  for _, b in ipairs(list) do
+    local t = b.day
+    if b.created and time.ymd(b.created) == time.ymd(b.day) then t = b.created end
+    items[#items + 1] = {name = b.name, id = b.id, time = t, verified = b.current_state == nil or b.current_state == "ready",
+                         default = b.default}
+  end
+  return items
+end
+
 function M.default(n)
   for _, b in ipairs(n:branches()) do if b.default then return b end end
   return nil

@@ -43,12 +43,27 @@ function M.new(name, opts)
                              started = time.now(), t0 = time.monotonic(), steps = {},
                              dry_run = clubio.flags.dry_run, json = clubio.flags.json}, Job)
   self.journal = opts.journal or journal_path()
+  -- what the run was asked to do, for the record: the script's arguments (the whole journal line
+  -- is redacted when written) and the Neon project it works on, so a runbook reading the journal
+  -- back can tell one project's runs from another's
+  local a = rawget(_G, "arg")
+  if type(a) == "table" then
+    self.args = {}
+    for i = 1, #a do self.args[i] = tostring(a[i]) end
+  end
+  self.project = opts.project or os.getenv("NEON_PROJECT_ID")
+  if self.project == "" then self.project = nil end
   return self
 end
 
 function Job:record(entry)
   entry.run = self.run_id
   entry.job = self.name
+  entry.neon_project = entry.neon_project or self.project
+  if self.args and #self.args > 0 and not self.args_recorded then
+    entry.args = self.args -- on the run's first entry
+    self.args_recorded = true
+  end
   self.steps[#self.steps + 1] = entry
   if not self.journal or self.dry_run then return end
   local ok, line = pcall(cjson.encode, entry)
@@ -76,8 +91,15 @@ function Job:step(title, opts, fn)
     return nil
   end
   if opts.destructive then
-    if not clubio.confirm(opts.confirm or (title .. "?")) then
-      self:record({step = title, status = "declined"})
+    -- confirm() raises when nobody can answer (no terminal, no --yes): that is a refusal too,
+    -- and goes to the journal like a "no"
+    local ok, yes = pcall(clubio.confirm, opts.confirm or (title .. "?"))
+    if not ok then
+      self:record({step = title, status = "declined", start = time.iso(time.now()), error = tostring(yes)})
+      error(yes, 0)
+    end
+    if not yes then
+      self:record({step = title, status = "declined", start = time.iso(time.now())})
       clubio.fail{message = title .. ": declined", class = "declined", code = "declined.step",
                   hint = "nothing was changed by this step; re-run with --yes to confirm"}
     end
@@ -100,9 +122,21 @@ function Job:step(title, opts, fn)
   return table.unpack(res, 2, res.n)
 end
 
+-- A run that stops between steps (an error outside a step: a Neon outage while listing
+-- branches, a bad argument) would leave no trace; when the state closes, a job that never
+-- reached finish() records an "incomplete" entry, which M.runs() counts as a failure.
+function Job:__gc()
+  if self.finished or self.dry_run or not self.journal then return end
+  self.finished = true
+  pcall(self.record, self, {step = "(run)", status = "incomplete", start = time.iso(self.started), ["end"] = time.iso(time.now()),
+                            seconds = time.monotonic() - self.t0,
+                            error = "the run stopped before finishing (its log has the error)"})
+end
+
 -- Ends the job: with --json prints {ok, job, run, seconds, dry_run, steps, result} on stdout,
 -- else the summary line. Returns 0 (the script's exit status).
 function Job:finish(result, summary)
+  self.finished = true
   local secs = time.monotonic() - self.t0
   if self.json then
     local out = {ok = true, job = self.name, run = self.run_id, seconds = secs, dry_run = self.dry_run,
@@ -112,6 +146,49 @@ function Job:finish(result, summary)
     io.stdout:write(log.redact(summary), "\n")
   end
   return 0
+end
+
+-- The journal file this process writes to (nil when disabled or there is no home).
+M.journal_path = journal_path
+
+-- The runs of one job found in a journal, newest first: {run, job, start (epoch), ["end"],
+-- status ("ok" | "failed" | "declined"), steps = {entries...}, error}. Lines that are not JSON
+-- (a torn write, a foreign line) are skipped; a missing journal gives {}. opts: job (name),
+-- path (default: this process's journal), since (epoch: runs that started before are left out),
+-- project (only runs for that Neon project; entries that name none match any).
+function M.runs(opts)
+  opts = opts or {}
+  local path = opts.path or journal_path()
+  local f = path and io.open(path, "r")
+  if not f then return {} end
+  local by_run, order = {}, {}
+  for line in f:lines() do
+    local ok, e = pcall(cjson.decode, line)
+    if ok and type(e) == "table" and type(e.run) == "string" and (not opts.job or e.job == opts.job)
+       and (not opts.project or e.neon_project == nil or e.neon_project == opts.project) then
+      local r = by_run[e.run]
+      if not r then
+        r = {run = e.run, job = e.job, steps = {}, status = "ok"}
+        by_run[e.run] = r
+        order[#order + 1] = r
+      end
+      r.steps[#r.steps + 1] = e
+      local st = type(e.start) == "string" and select(2, pcall(time.parse, e.start)) or nil
+      if type(st) == "number" and (not r.start or st < r.start) then r.start = st end
+      local en = type(e["end"]) == "string" and select(2, pcall(time.parse, e["end"])) or nil
+      if type(en) == "number" and (not r["end"] or en > r["end"]) then r["end"] = en end
+      if e.status == "failed" then r.status = "failed"; r.error = e.error
+      elseif e.status == "declined" and r.status ~= "failed" then r.status = "declined"
+      elseif e.status == "incomplete" and r.status == "ok" then r.status = "failed"; r.error = r.error or e.error end
+    end
+  end
+  f:close()
+  local out = {}
+  for _, r in ipairs(order) do
+    if r.start and (not opts.since or r.start >= opts.since) then out[#out + 1] = r end
+  end
+  table.sort(out, function(a, b) return a.start > b.start end)
+  return out
 end
 
 -- Small helpers jobs share.

@@ -1,5 +1,6 @@
 -- The Lua half of the `verify` module: manifests, archive verification without a database,
--- restore tests, freshness. The C half (modules/verify) gives the byte-level pieces: a SQL scan
+-- freshness; restore tests, the history and the runbook's queries are in verify_restore.lua,
+-- verify_history.lua and verify_queries.lua (same table). The C half (modules/verify) gives the byte-level pieces: a SQL scan
 -- that recomputes per-table row counts and digests from a dump stream, and the manifest HMAC.
 -- luaopen_verify calls this file's function with the module table to extend it.
 --
@@ -153,6 +154,8 @@ return function(M)
     return nil
   end
 
+  -- The reason a failed pipe gives for an archive: a decrypt failure is a wrong passphrase (or
+  -- a damaged first block), gzip errors are damage, an early end is truncation.
   local function classify(err)
     local code = type(err) == "table" and err.code or ""
     local msg = tostring(err)
@@ -163,30 +166,30 @@ return function(M)
     if code:find("gzip") or code:find("gunzip") or code:find("crc") then return "checksum-mismatch" end
     return "error"
   end
+  M._classify = classify
 
-  -- verify.archive{bucket=, key= | file=, manifest= (text; else read beside the archive),
-  --                client= (an s3 client), passphrase / passphrase_env / passphrase_file}
-  -- Streams the archive through sha256 -> decrypt -> gunzip -> sha256 -> SQL scan with no
-  -- database and no plaintext written, and checks everything the manifest records.
-  -- Returns {ok = true, ...} or {ok = false, reason = "missing" | "incomplete" | "size-invalid" |
-  -- "checksum-mismatch" | "wrong-passphrase" | "truncated" | "table-mismatch", message, table}.
-  function M.archive(o)
-    local allowed = {bucket = 1, key = 1, file = 1, manifest = 1, client = 1, passphrase = 1,
-                     passphrase_env = 1, passphrase_file = 1, label = 1}
+  local function check_options(o, what, allowed)
+    if type(o) ~= "table" then
+      clubio.fail{message = what .. " needs an options table", class = "usage", code = "usage.option"}
+    end
     for k in pairs(o) do
-      if not allowed[k] then clubio.fail{message = "unknown option '" .. tostring(k) .. "' for verify.archive",
-                                         class = "usage", code = "usage.option"} end
+      if not allowed[k] then clubio.fail{message = "unknown option '" .. tostring(k) .. "' for " .. what,
+                                         class = "usage", code = "usage.option",
+                                         hint = "see modules/verify/README.md for the options"} end
     end
-    local pipe, crypto = require "pipe", require "crypto"
-    local where = o.file or ("s3://" .. tostring(o.bucket) .. "/" .. tostring(o.key))
-    local function bad(reason, message, extra)
-      local r = {ok = false, reason = reason, message = message, archive = where}
-      for k, v in pairs(extra or {}) do r[k] = v end
-      return r
-    end
-    local pass = {passphrase = o.passphrase, passphrase_env = o.passphrase_env, passphrase_file = o.passphrase_file}
+  end
+  M._check_options = check_options
 
-    -- the archive and its manifest
+  -- Finds an archive and its manifest and authenticates the manifest, without reading the
+  -- archive. o: bucket/key or file, manifest (text), client, passphrase options. Returns
+  -- {where, size, manifest, source = function() -> pipe source}, or nil and a failure result
+  -- {ok = false, reason = "missing" | "incomplete" | "wrong-passphrase" | "size-invalid", message}.
+  function M.open_archive(o)
+    local pipe = require "pipe"
+    local where = o.file or ("s3://" .. tostring(o.bucket) .. "/" .. tostring(o.key))
+    local function bad(reason, message)
+      return nil, {ok = false, reason = reason, message = message, archive = where}
+    end
     local text, size, source = o.manifest, nil, nil
     if o.file then
       local f = io.open(o.file, "rb")
@@ -199,6 +202,9 @@ return function(M)
       end
       source = function() return pipe.file(o.file) end
     else
+      if not o.bucket or not o.key then
+        clubio.fail{message = "give bucket and key, or file, for the archive", class = "usage", code = "usage.option"}
+      end
       local c = o.client or require("s3").client{}
       local h = c:head(o.bucket, o.key)
       if not h then return bad("missing", "no archive at " .. where) end
@@ -212,13 +218,50 @@ return function(M)
     if not text then
       return bad("incomplete", "the archive has no manifest (the export did not finish): " .. where)
     end
-    local m, reason, why = M.check_manifest(text, pass)
+    local m, reason, why = M.check_manifest(text, {passphrase = o.passphrase, passphrase_env = o.passphrase_env,
+                                                   passphrase_file = o.passphrase_file})
     if not m then return bad(reason, why) end
     if m.stored and m.stored.bytes and size ~= m.stored.bytes then
       return bad("size-invalid", string.format("the archive is %d bytes, the manifest says %d", size, m.stored.bytes))
     end
+    return {where = where, size = size, manifest = m, source = source}
+  end
 
-    local ok, r = pcall(pipe.run, {source(), crypto.sha256{label = "stored"},
+  -- verify.archive{bucket=, key= | file=, manifest= (text; else read beside the archive),
+  --                client= (an s3 client), passphrase / passphrase_env / passphrase_file,
+  --                history / history_file / history_s3 (see verify.record)}
+  -- Streams the archive through sha256 -> decrypt -> gunzip -> sha256 -> SQL scan with no
+  -- database and no plaintext written, and checks everything the manifest records.
+  -- Returns {ok = true, ...} or {ok = false, reason = "missing" | "incomplete" | "size-invalid" |
+  -- "checksum-mismatch" | "wrong-passphrase" | "truncated" | "table-mismatch", message, table}.
+  function M.archive(o)
+    check_options(o, "verify.archive", {bucket = 1, key = 1, file = 1, manifest = 1, client = 1, passphrase = 1,
+                                        passphrase_env = 1, passphrase_file = 1, label = 1, history = 1,
+                                        history_file = 1, history_s3 = 1})
+    local t0 = require("time").monotonic()
+    local r = M._archive(o)
+    r.seconds = r.seconds or (require("time").monotonic() - t0)
+    M.record({what = "archive", target = {archive = r.archive}, ok = r.ok, reason = r.reason, message = r.message,
+              table = r.table, seconds = {total = require("time").monotonic() - t0},
+              details = r.ok and {tables = r.tables, rows = r.rows, stored_bytes = r.stored_bytes,
+                                  snapshot_time = r.manifest and r.manifest.snapshot_time} or nil}, o)
+    return r
+  end
+
+  function M._archive(o)
+    local pipe, crypto = require "pipe", require "crypto"
+    local where = o.file or ("s3://" .. tostring(o.bucket) .. "/" .. tostring(o.key))
+    local function bad(reason, message, extra)
+      local r = {ok = false, reason = reason, message = message, archive = where}
+      for k, v in pairs(extra or {}) do r[k] = v end
+      return r
+    end
+    local pass = {passphrase = o.passphrase, passphrase_env = o.passphrase_env, passphrase_file = o.passphrase_file}
+    local a, failed = M.open_archive(o)
+    if not a then return failed end
+    local m = a.manifest
+
+    local ok, r = pcall(pipe.run, {a.source(), crypto.sha256{label = "stored"},
                                    crypto.decrypt(pass), crypto.gunzip{},
                                    crypto.sha256{label = "plain"}, M.sql_scan{label = "scan"}})
     if not ok then
@@ -242,6 +285,19 @@ return function(M)
   ---------------------------------------------------------------------------------------------
   -- Freshness: is the newest of `times` (epoch seconds) at most max_age_hours old?
   function M.freshness(o)
+    check_options(o, "verify.freshness", {times = 1, max_age_hours = 1, now = 1, what = 1, name = 1, history = 1,
+                                          history_file = 1, history_s3 = 1})
+    if type(o.max_age_hours) ~= "number" then
+      clubio.fail{message = "verify.freshness: max_age_hours must be a number", class = "usage", code = "usage.option"}
+    end
+    local r = M._freshness(o)
+    M.record({what = "freshness", target = {what = o.what or "backup", name = o.name}, ok = r.ok, reason = r.reason,
+              message = r.message, details = {age_hours = r.age_hours, max_age_hours = r.max_age_hours,
+                                              newest = r.newest_iso}}, o)
+    return r
+  end
+
+  function M._freshness(o)
     local time = require "time"
     local newest
     for _, t in ipairs(o.times or {}) do if not newest or t > newest then newest = t end end
@@ -255,4 +311,9 @@ return function(M)
             age_hours = age_h, max_age_hours = o.max_age_hours,
             message = string.format("latest %s is %.1f hours old (limit %g)", o.what or "backup", age_h, o.max_age_hours)}
   end
+
+  -- The rest of the module: the verification history, the runbook's queries, restore tests.
+  require("clubio.verify_history")(M)
+  require("clubio.verify_queries")(M)
+  require("clubio.verify_restore")(M)
 end

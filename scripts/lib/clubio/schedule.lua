@@ -1,0 +1,593 @@
+-- The scheduler's engine: jobs (scripts' `-- schedule:` headers plus an optional jobs file),
+-- what is due, per-job locks, running a job as a child `clubio-dr run` with a timeout and
+-- retries, and the run records (JSON lines). `scripts/schedule.lua` is its command line.
+--
+--   local S = require "clubio.schedule"
+--   local jobs = S.load_jobs()                     -- {{name, script, args, schedule, cron, timeout, ...}}
+--   local T = S.due(job, time.now(), S.read_runs()) -- the fire time to run now, or nil
+--   local rec = S.run_job(job, {scheduled = T})     -- lock, run (retries), record, alert, metrics
+--
+-- State lives in CLUBIO_DR_STATE_DIR, else $XDG_STATE_HOME/clubio-dr, else
+-- ~/.local/state/clubio-dr: runs.jsonl (one JSON object per finished run) and locks/NAME.lock.
+--
+-- Due: a job is due when its latest fire time T <= now has no run recorded for T or later
+-- (each missed fire time is caught up once, not once per missed fire). A job with no recorded
+-- run at all is due only within `grace` seconds of T (default 3600), so that installing the
+-- scheduler does not start every monthly and quarterly job at once.
+--
+-- Locks: locks/NAME.lock holds {pid, host, start, timeout, run_id, job}; it is created with
+-- link(2) (`ln`, which fails if it exists), so a lock file is complete the moment it exists.
+-- A lock is stale when its pid is gone on this host (pid and process start time both checked),
+-- or when it is older than its timeout plus 10 minutes (any host); a stale lock is taken over
+-- and its run recorded as "interrupted". A job whose lock is held is skipped ("locked"), not
+-- queued: the holder's run covers the same fire time.
+local clubio, log, time, proc, cjson = require "clubio", require "log", require "time", require "proc", require "cjson"
+local cron = require "clubio.cron"
+
+local M = {}
+
+M.DEFAULTS = {timeout = 3600, retries = 1, retry_delay = 60, grace = 3600}
+M.LOCK_SLACK = 600
+local JOB_KEYS = {script = true, args = true, schedule = true, timeout = true, retries = true, retry_delay = true,
+                  grace = true, env = true, lock = true, verification = true, enabled = true, description = true}
+-- exit statuses worth another attempt: failure, timeout, killed; not usage/config/verify/declined
+local RETRYABLE = {[1] = true, [124] = true, [137] = true}
+
+local function fail(msg, hint, klass)
+  clubio.fail{message = msg, hint = hint, class = klass or "config", code = "config.schedule"}
+end
+
+-- ---- places ------------------------------------------------------------------------------
+
+function M.state_dir()
+  local d = os.getenv("CLUBIO_DR_STATE_DIR")
+  if d and d ~= "" then return d end
+  local base = os.getenv("XDG_STATE_HOME")
+  if not base or base == "" then
+    local home = os.getenv("HOME")
+    if not home or home == "" then
+      fail("no state folder for the scheduler's run records", "set CLUBIO_DR_STATE_DIR (or HOME)")
+    end
+    base = home .. "/.local/state"
+  end
+  return base .. "/clubio-dr"
+end
+
+local function mkdir_p(dir)
+  local r = proc.run{argv = {"mkdir", "-p", dir}}
+  if r.status ~= 0 then fail("cannot create folder " .. dir .. ": " .. r.stderr:gsub("%s+$", ""), "check its permissions") end
+end
+
+local function read_file(p)
+  local f = io.open(p, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Writes a file atomically: a temporary file in the same folder, then rename.
+function M.write_atomic(path, text)
+  local tmp = string.format("%s.tmp.%d.%d", path, M.self().pid, math.random(1, 1 << 30))
+  local f, err = io.open(tmp, "wb")
+  if not f then fail("cannot write " .. path .. ": " .. tostring(err), "check the folder exists and is writable") end
+  local ok, werr = f:write(text)
+  f:close()
+  if not ok then os.remove(tmp); fail("cannot write " .. path .. ": " .. tostring(werr)) end
+  local rok, rerr = os.rename(tmp, path)
+  if not rok then os.remove(tmp); fail("cannot rename into " .. path .. ": " .. tostring(rerr)) end
+end
+
+-- Our own process: pid and start time (from /proc/self/stat), host, and the binary's path.
+local SELF
+function M.self()
+  if SELF then return SELF end
+  local stat = read_file("/proc/self/stat") or ""
+  local pid = tonumber(stat:match("^(%d+)"))
+  local after = stat:match("^%d+ %b() (.*)$") or ""
+  local fields = {}
+  for w in after:gmatch("%S+") do fields[#fields + 1] = w end
+  -- field 22 of stat is starttime; `after` starts at field 3
+  SELF = {pid = pid or 0, starttime = fields[20], host = clubio.hostname()}
+  local bin = os.getenv("CLUBIO_DR_BIN")
+  if not bin or bin == "" then
+    local r = proc.run{argv = {"readlink", "/proc/" .. tostring(pid) .. "/exe"}}
+    bin = r.status == 0 and r.stdout:gsub("%s+$", "") or "clubio-dr"
+  end
+  SELF.bin = bin
+  return SELF
+end
+
+local function proc_starttime(pid)
+  local stat = read_file("/proc/" .. tostring(pid) .. "/stat")
+  if not stat then return nil end
+  local after = stat:match("^%d+ %b() (.*)$") or ""
+  if after:sub(1, 1) == "Z" or after:sub(1, 1) == "X" then return nil end -- a zombie has ended
+  local i = 0
+  for w in after:gmatch("%S+") do
+    i = i + 1
+    if i == 20 then return w end
+  end
+  return ""
+end
+
+-- ---- jobs --------------------------------------------------------------------------------
+
+local function check_job(name, j, where)
+  if type(j) ~= "table" then fail(string.format("%s: job '%s' must be a table or false", where, name)) end
+  for k in pairs(j) do
+    if not JOB_KEYS[k] then
+      fail(string.format("%s: job '%s' has an unknown key '%s'", where, name, tostring(k)),
+           "job keys: script, args, schedule, timeout, retries, retry_delay, grace, env, lock, verification, enabled")
+    end
+  end
+  for _, k in ipairs{"timeout", "retries", "retry_delay", "grace"} do
+    local v = j[k]
+    if v ~= nil and (type(v) ~= "number" or v < 0 or (k == "timeout" and v <= 0)) then
+      fail(string.format("%s: job '%s': %s must be a number of %s >= 0, got %s", where, name, k,
+                         k == "retries" and "attempts" or "seconds", tostring(v)))
+    end
+  end
+  if j.args ~= nil then
+    if type(j.args) ~= "table" then fail(string.format("%s: job '%s': args must be a list of strings", where, name)) end
+    for i, a in ipairs(j.args) do
+      if type(a) ~= "string" and type(a) ~= "number" then
+        fail(string.format("%s: job '%s': args[%d] is a %s, not a string", where, name, i, type(a)))
+      end
+      j.args[i] = tostring(a)
+    end
+  end
+  if j.env ~= nil and type(j.env) ~= "table" then fail(string.format("%s: job '%s': env must be a table", where, name)) end
+end
+
+-- The jobs file: CLUBIO_DR_SCHEDULE, else the first jobs.conf in a CLUBIO_DR_PATH folder.
+-- It is Lua returning {defaults = {...}, jobs = {NAME = {...} | false}}; it runs with no
+-- globals but `env` (os.getenv), so it can only describe jobs.
+function M.jobs_file()
+  local p = os.getenv("CLUBIO_DR_SCHEDULE")
+  if p and p ~= "" then
+    if p == "off" then return nil end
+    if not read_file(p) then fail("jobs file " .. p .. " (CLUBIO_DR_SCHEDULE) cannot be read", "check the path, or unset CLUBIO_DR_SCHEDULE") end
+    return p
+  end
+  for dir in (os.getenv("CLUBIO_DR_PATH") or ""):gmatch("[^:]+") do
+    if read_file(dir .. "/jobs.conf") then return dir .. "/jobs.conf" end
+  end
+  return nil
+end
+
+local function load_jobs_file(path)
+  local text = read_file(path)
+  local chunk, err = load(text, "@" .. path, "t", {env = os.getenv, tostring = tostring, tonumber = tonumber})
+  if not chunk then fail("jobs file " .. path .. ": " .. err, "it is Lua: return {defaults = {...}, jobs = {...}}") end
+  local ok, spec = pcall(chunk)
+  if not ok then fail("jobs file " .. path .. ": " .. tostring(spec)) end
+  if type(spec) ~= "table" then fail("jobs file " .. path .. " must return a table", "return {defaults = {...}, jobs = {...}}") end
+  for k in pairs(spec) do
+    if k ~= "defaults" and k ~= "jobs" and k ~= "scripts" then
+      fail(string.format("jobs file %s: unknown key '%s' (use defaults, jobs, scripts)", path, tostring(k)))
+    end
+  end
+  if spec.scripts ~= nil and spec.scripts ~= "all" and spec.scripts ~= "site" and spec.scripts ~= false then
+    fail(string.format("jobs file %s: scripts must be \"all\", \"site\" or false", path),
+         "\"site\": only scripts in CLUBIO_DR_PATH folders; false: only the jobs file's jobs")
+  end
+  return spec
+end
+
+-- The scripts with a `-- schedule:` header, from `clubio-dr list --json` (same search path
+-- and shadowing as `run`).
+function M.scripts()
+  local r = proc.run{argv = {M.self().bin, "list", "--json"}}
+  if r.status ~= 0 then fail("cannot list scripts: " .. r.stderr:gsub("%s+$", ""), nil, "failure") end
+  local ok, list = pcall(cjson.decode, r.stdout)
+  if not ok or type(list) ~= "table" then fail("cannot parse `clubio-dr list --json` output", nil, "failure") end
+  return list
+end
+
+-- All jobs, sorted by name. opts: scripts (a list like M.scripts() returns), file (a jobs file
+-- path, or false for none).
+function M.load_jobs(opts)
+  opts = opts or {}
+  local scripts = opts.scripts or M.scripts()
+  local file = opts.file
+  if file == nil then file = M.jobs_file() end
+  local spec = file and load_jobs_file(file) or {}
+  local defaults = {}
+  for k, v in pairs(M.DEFAULTS) do defaults[k] = v end
+  if spec.defaults then
+    check_job("defaults", spec.defaults, file)
+    for k, v in pairs(spec.defaults) do defaults[k] = v end
+  end
+  local known = {}
+  for _, s in ipairs(scripts) do known[s.name] = s end
+  local jobs = {}
+  local function from_site(path)
+    for dir in (os.getenv("CLUBIO_DR_PATH") or ""):gmatch("[^:]+") do
+      if path:sub(1, #dir + 1) == dir .. "/" then return true end
+    end
+    return false
+  end
+  for _, s in ipairs(scripts) do
+    local wanted = spec.scripts ~= false and (spec.scripts ~= "site" or from_site(s.path or ""))
+    if wanted and s.schedule and s.schedule ~= cjson.null and s.schedule ~= "" then
+      jobs[s.name] = {name = s.name, script = s.name, schedule = s.schedule, source = s.path,
+                      description = s.description}
+    end
+  end
+  for name, j in pairs(spec.jobs or {}) do
+    if type(name) ~= "string" or not name:match("^[%w][%w._-]*$") then
+      fail(string.format("jobs file %s: job name '%s' must be letters, digits, '.', '_' or '-'", file, tostring(name)))
+    end
+    if j == false then
+      jobs[name] = nil
+    else
+      check_job(name, j, file)
+      local base = jobs[name] or {name = name, script = name, source = file}
+      for k, v in pairs(j) do base[k] = v end
+      if base.enabled == false then jobs[name] = nil else jobs[name] = base end
+      if jobs[name] and not jobs[name].schedule then
+        if not j.script and not known[name] then
+          -- settings for a script that is not installed (yet): say so, keep the rest working
+          log.warn(string.format("jobs file %s: job '%s' tunes a script that does not exist; ignored", file, name))
+          jobs[name] = nil
+        else
+          fail(string.format("jobs file %s: job '%s' has no schedule", file, name),
+               "add schedule = \"CRON\", or give the script a `-- schedule:` line")
+        end
+      end
+    end
+  end
+  local out = {}
+  for name, j in pairs(jobs) do
+    for k, v in pairs(defaults) do if j[k] == nil then j[k] = v end end
+    j.args = j.args or {}
+    j.lock = j.lock or name
+    if j.verification == nil then j.verification = j.script:match("^verify") ~= nil end
+    local ok, c = pcall(cron.parse, j.schedule)
+    if not ok then
+      fail(string.format("job '%s' (%s): %s", name, j.source or "?", tostring(c)),
+           "fix the `-- schedule:` line or the jobs file entry")
+    end
+    j.cron = c
+    j.missing = known[j.script] == nil and not j.script:find("/") and true or nil
+    out[#out + 1] = j
+  end
+  table.sort(out, function(a, b) return a.name < b.name end)
+  return out
+end
+
+-- ---- run records -------------------------------------------------------------------------
+
+function M.runs_path() return M.state_dir() .. "/runs.jsonl" end
+
+-- All run records, oldest first (unparsable lines are skipped). A run writes a "running" line
+-- when it starts and its outcome when it ends; the later line of a run id replaces the earlier.
+function M.read_runs(path)
+  local f = io.open(path or M.runs_path(), "r")
+  if not f then return {} end
+  local out, at = {}, {}
+  for line in f:lines() do
+    local ok, r = pcall(cjson.decode, line)
+    if ok and type(r) == "table" and r.job then
+      local i = r.run_id and at[r.run_id]
+      if i then out[i] = r else
+        out[#out + 1] = r
+        if r.run_id then at[r.run_id] = #out end
+      end
+    end
+  end
+  f:close()
+  return out
+end
+
+function M.append_run(rec)
+  mkdir_p(M.state_dir())
+  local line = log.redact(cjson.encode(rec)) .. "\n"
+  local f, err = io.open(M.runs_path(), "a")
+  if not f then fail("cannot append to " .. M.runs_path() .. ": " .. tostring(err)) end
+  f:write(line) -- one write of one line, in append mode: concurrent writers do not interleave
+  f:close()
+end
+
+-- The finished runs of one job, oldest first: not the "skipped" ones (lock held elsewhere),
+-- nor those still "running". opts.all: every record of the job.
+function M.history(job_name, runs, opts)
+  local out = {}
+  for _, r in ipairs(runs) do
+    if r.job == job_name and (opts and opts.all or (r.status ~= "skipped" and r.status ~= "running")) then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+-- Runs that count as having run for their fire time: an interrupted run does not (the job is
+-- run again for that fire time when the scheduler is back).
+local function covers(r) return r.status ~= "interrupted" and r.status ~= "cancelled" end
+
+-- ---- due ---------------------------------------------------------------------------------
+
+-- The fire time to run `job` for at `now`, or nil (see the banner).
+function M.due(job, now, runs)
+  local T = job.cron:prev(now)
+  if not T then return nil end
+  local h = M.history(job.name, runs)
+  local last
+  for i = #h, 1, -1 do
+    if covers(h[i]) then last = h[i]; break end
+  end
+  if last then
+    if (last.scheduled_at or 0) >= T then return nil end
+    return T
+  end
+  if now - T <= job.grace then return T end
+  return nil
+end
+
+-- ---- locks -------------------------------------------------------------------------------
+
+local function lock_path(job) return M.state_dir() .. "/locks/" .. job.lock:gsub("[^%w._-]", "_") .. ".lock" end
+
+local function read_lock(path)
+  local text = read_file(path)
+  if not text then return nil end
+  local ok, h = pcall(cjson.decode, text)
+  if ok and type(h) == "table" then
+    h.pid = math.tointeger(h.pid) or h.pid -- cjson decodes every number as a float
+    return h
+  end
+  return {corrupt = true}
+end
+
+-- Is a child of run `run_id` still running here? (its environment carries CLUBIO_DR_RUN_ID)
+function M.run_alive(run_id)
+  local r = proc.run{argv = {"sh", "-c", 'grep -l -s -F -x -z -e "CLUBIO_DR_RUN_ID=$1" /proc/[0-9]*/environ', "sh", run_id}}
+  return r.status == 0 and r.stdout ~= ""
+end
+
+-- Is the lock holder gone? Returns true with the reason.
+local function stale(h, path)
+  local me = M.self()
+  local now = time.now()
+  if h.corrupt then
+    local r = proc.run{argv = {"stat", "-c", "%Y", path}}
+    local mtime = tonumber(r.stdout) or 0
+    return now - mtime > 60, "unreadable lock file"
+  end
+  if h.host == me.host and h.pid then
+    local st = proc_starttime(h.pid)
+    local gone
+    if not st then gone = string.format("pid %d is not running on %s", h.pid, h.host)
+    elseif h.starttime and st ~= h.starttime then gone = string.format("pid %d was reused", h.pid) end
+    -- a scheduler killed with SIGKILL leaves its child running: the run is not over while a
+    -- process carries its run id
+    if gone and not (h.run_id and M.run_alive(h.run_id)) then return true, gone end
+  end
+  if h.start and h.timeout and now > h.start + h.timeout + M.LOCK_SLACK then
+    return true, string.format("held since %s, past its %ds timeout", time.iso(h.start), h.timeout)
+  end
+  return false
+end
+
+-- Takes the job's lock for run `run_id`. Returns true, or false and the holder's description.
+-- A stale lock is taken over; the run it stood for is recorded as interrupted.
+function M.acquire(job, run_id, opts)
+  opts = opts or {}
+  local path = lock_path(job)
+  mkdir_p(path:match("^(.*)/"))
+  local me = M.self()
+  local mine = {pid = me.pid, starttime = me.starttime, host = me.host, start = time.now(), timeout = job.timeout,
+                run_id = run_id, job = job.name}
+  mine.start_iso = time.iso(mine.start)
+  mine.scheduled_at = opts.scheduled_at
+  for _ = 1, 3 do
+    local tmp = string.format("%s.new.%d.%d", path, me.pid, math.random(1, 1 << 30))
+    local f = assert(io.open(tmp, "wb"))
+    f:write(cjson.encode(mine))
+    f:close()
+    local r = proc.run{argv = {"ln", tmp, path}}
+    os.remove(tmp)
+    if r.status == 0 then return true end
+    local h = read_lock(path)
+    if h then
+      local is_stale, why = stale(h, path)
+      if not is_stale then
+        return false, string.format("locked by pid %s on %s since %s (run %s)", tostring(h.pid), tostring(h.host),
+                                    tostring(h.start_iso), tostring(h.run_id))
+      end
+      -- take it over: move it aside, and check that what we moved is what we judged stale
+      local aside = string.format("%s.stale.%d.%d", path, me.pid, math.random(1, 1 << 30))
+      if os.rename(path, aside) then
+        local moved = read_lock(aside)
+        if moved and moved.run_id == h.run_id then
+          os.remove(aside)
+          log.warn("took over a stale lock", {job = job.name, reason = why, run = h.run_id})
+          if h.run_id and h.job and not opts.no_record then
+            M.append_run({job = h.job, run_id = h.run_id, status = "interrupted", host = h.host, pid = h.pid,
+                          started_at = h.start, started = h.start_iso, scheduled_at = h.scheduled_at,
+                          finished_at = time.now(), error = "the run ended without a record (" .. why .. ")"})
+          end
+        else
+          -- somebody else took it over and locked it in between: put theirs back
+          proc.run{argv = {"ln", aside, path}}
+          os.remove(aside)
+        end
+      end
+    end
+  end
+  return false, "could not take the lock " .. path
+end
+
+-- Marks as interrupted the runs of this host left "running" by a scheduler that stopped (a
+-- SIGTERM or a crash) when their lock is no longer theirs and no process of theirs is left.
+function M.sweep(runs)
+  local me = M.self()
+  runs = runs or M.read_runs()
+  for _, r in ipairs(runs) do
+    if r.status == "running" and r.host == me.host and r.run_id then
+      local h = read_lock(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock")
+      local held = h and h.run_id == r.run_id and not stale(h, "")
+      if not held and not M.run_alive(r.run_id) then
+        if h and h.run_id == r.run_id then os.remove(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock") end
+        local rec = {}
+        for k, v in pairs(r) do rec[k] = v end
+        rec.status, rec.finished_at = "interrupted", time.now()
+        rec.error = "the scheduler stopped during the run (pid " .. tostring(math.tointeger(r.pid) or r.pid) .. ")"
+        M.append_run(rec)
+        log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
+      end
+    end
+  end
+end
+
+function M.release(job, run_id)
+  local path = lock_path(job)
+  local h = read_lock(path)
+  if h and h.run_id == run_id then os.remove(path) end
+end
+
+-- ---- running a job -----------------------------------------------------------------------
+
+local function say(level, msg, fields)
+  local out = M.output or function(lv, m, f) log[lv](m, f) end
+  out(level, msg, fields)
+end
+
+local function last_json_object(text)
+  local found
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) == "{" then
+      local ok, v = pcall(cjson.decode, line)
+      if ok and type(v) == "table" then found = v end
+    end
+  end
+  return found
+end
+
+local STATUS = {[0] = "ok", [124] = "timeout", [130] = "cancelled", [143] = "cancelled", [137] = "killed"}
+
+-- One attempt: the child `clubio-dr --json --timeout T run SCRIPT -- ARGS` under coreutils
+-- `timeout` (a second guard should the child not stop by itself). Returns {exit, seconds,
+-- result, error}.
+function M.attempt(job, run_id, attempt)
+  local me = M.self()
+  local argv = {"timeout", "--kill-after=30", tostring(math.ceil(job.timeout + 30)), me.bin, "--json", "--no-progress",
+                "--timeout", tostring(job.timeout), "run", job.script, "--"}
+  for _, a in ipairs(job.args) do argv[#argv + 1] = a end
+  local env = {CLUBIO_DR_JOB = job.name, CLUBIO_DR_RUN_ID = run_id, CLUBIO_DR_ATTEMPT = tostring(attempt)}
+  for k, v in pairs(job.env or {}) do env[k] = tostring(v) end
+  local t0 = time.monotonic()
+  local r = proc.run{argv = argv, env = env, stdin = ""}
+  local secs = time.monotonic() - t0
+  -- the child's log lines (JSON with --json) become ours, tagged with the job
+  for line in r.stderr:gmatch("[^\n]+") do
+    local ok, l = pcall(cjson.decode, line)
+    if ok and type(l) == "table" and l.msg then
+      local lv = ({debug = "debug", info = "info", warn = "warn", error = "error"})[l.level] or "info"
+      local fields = {}
+      for k, v in pairs(l) do if k ~= "msg" and k ~= "level" and k ~= "ts" then fields[k] = v end end
+      fields.job = job.name
+      say(lv, l.msg, fields)
+    else
+      say("info", line, {job = job.name})
+    end
+  end
+  local doc = last_json_object(r.stdout)
+  local out = {exit = r.status, seconds = secs}
+  if doc and doc.ok == true then out.result = doc.result end
+  if doc and doc.ok == false and type(doc.error) == "table" then
+    out.error = doc.error.message
+    out.hint = doc.error.hint
+    out.error_class = doc.error.class
+  end
+  if r.status ~= 0 and not out.error then
+    out.error = r.status == 124 and string.format("timed out after %ds", job.timeout)
+             or (r.stderr:match("([^\n]+)\n*$") or ("exited with status " .. r.status))
+  end
+  return out
+end
+
+-- Bytes a run moved, from its result (export: stored_bytes; others: bytes/size).
+local function result_bytes(res)
+  if type(res) ~= "table" then return nil end
+  for _, k in ipairs{"stored_bytes", "bytes", "size"} do
+    if type(res[k]) == "number" then return res[k] end
+  end
+  return nil
+end
+
+-- Runs a job now: lock, attempts with retries, record, alerts, metrics. opts: scheduled (the
+-- fire time this run is for; default now), trigger ("schedule", "once", "manual").
+-- Returns the record ({status = "skipped"} when the lock is held).
+function M.run_job(job, opts)
+  opts = opts or {}
+  local me = M.self()
+  local started = time.now()
+  local scheduled = opts.scheduled or started
+  -- the pid makes it unique across processes started in the same second (whose math.random
+  -- may share a seed: Lua seeds it from the time and an address)
+  local run_id = string.format("%s-%s-%d-%d", job.name, time.stamp(started), me.pid, math.random(1, 1 << 20))
+  local ok, holder = M.acquire(job, run_id, {scheduled_at = scheduled})
+  if not ok then
+    say("warn", "skipped: " .. holder, {job = job.name})
+    return {job = job.name, status = "skipped", reason = holder, scheduled_at = scheduled}
+  end
+  local attempts = {}
+  local a
+  local closed = false
+  local function finish()
+    if closed then return end
+    closed = true
+    M.release(job, run_id)
+  end
+  local rec
+  local pok, perr = pcall(function()
+    M.append_run({job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
+                  lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled,
+                  scheduled = time.iso(scheduled), started_at = started, started = time.iso(started), status = "running"})
+    say("info", string.format("starting %s (%s%s)", job.name, job.script,
+                              #job.args > 0 and (" " .. table.concat(job.args, " ")) or ""),
+        {job = job.name, run = run_id, scheduled = time.iso(scheduled)})
+    for n = 1, job.retries + 1 do
+      a = M.attempt(job, run_id, n)
+      attempts[#attempts + 1] = {exit = a.exit, seconds = a.seconds, error = a.error}
+      if a.exit == 0 or not RETRYABLE[a.exit] or n > job.retries then break end
+      say("warn", string.format("attempt %d of %d failed (%s); retrying in %ds", n, job.retries + 1, a.error,
+                                job.retry_delay), {job = job.name})
+      if job.retry_delay > 0 then time.sleep(job.retry_delay) end
+    end
+    local finished = time.now()
+    rec = {job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
+           lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled, scheduled = time.iso(scheduled),
+           started_at = started, started = time.iso(started), finished_at = finished, finished = time.iso(finished),
+           seconds = finished - started, status = STATUS[a.exit] or (a.exit == 4 and "verify_failed" or "failed"),
+           exit = a.exit, attempts = attempts, error = a.error, hint = a.hint, bytes = result_bytes(a.result),
+           verification = job.verification or nil, result = a.result}
+    if rec.status == "killed" then rec.status = "failed" end
+    M.append_run(rec)
+  end)
+  finish()
+  if not pok then error(perr, 0) end
+  if rec.status == "ok" then
+    say("info", string.format("%s ok in %.1f s", job.name, rec.seconds), {job = job.name, run = run_id})
+  else
+    say("error", string.format("%s %s (exit %d): %s", job.name, rec.status, rec.exit, tostring(rec.error)),
+        {job = job.name, run = run_id, attempts = #attempts})
+  end
+  M.after_run(job, rec)
+  return rec
+end
+
+-- Alerts and metrics after a run; their failures are logged, never fatal to the scheduler.
+function M.after_run(job, rec)
+  local runs = M.read_runs()
+  local ok, err = pcall(function() require("clubio.alerts").on_run(job, rec, M.history(job.name, runs)) end)
+  if not ok then say("warn", "alert not sent: " .. tostring(err), {job = job.name}) end
+  if os.getenv("CLUBIO_DR_TEXTFILE_DIR") and os.getenv("CLUBIO_DR_TEXTFILE_DIR") ~= "" then
+    ok, err = pcall(function() require("clubio.metrics").write_textfile(runs) end)
+    if not ok then say("warn", "metrics textfile not written: " .. tostring(err), {job = job.name}) end
+  end
+end
+
+return M

@@ -1,0 +1,11 @@
+# The scheduler, alerts and metrics through the binary (no sandbox needed: trivial job scripts
+# in a temporary CLUBIO_DR_PATH and a local webhook receiver), and retention against the
+# sandbox's S3 server and neon-local.
+add_test(NAME schedule_test_schedule COMMAND clubio-dr run ${CMAKE_CURRENT_LIST_DIR}/test_schedule.lua)
+set_tests_properties(schedule_test_schedule PROPERTIES LABELS schedule TIMEOUT 300
+  ENVIRONMENT "CLUBIO_DR_BIN=$<TARGET_FILE:clubio-dr>;CLUBIO_DR_TEST_DIR=${CMAKE_CURRENT_SOURCE_DIR}")
+file(GLOB SCHEDULE_SANDBOX_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/test_*_sandbox.lua)
+foreach(src ${SCHEDULE_SANDBOX_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  clubio_sandbox_test(schedule_${name} integration $<TARGET_FILE:clubio-dr> run ${src})
+endforeach()
