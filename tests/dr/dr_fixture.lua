@@ -79,8 +79,10 @@ function M:last_run(job)
   local entries = self:journal_entries(job)
   if #entries == 0 then return {} end
   local run = entries[#entries].run
+  -- the last run: entries of one run are contiguous unless runs overlap, which these tests do not
   local out = {}
-  for _, e in ipairs(entries) do if e.run == run then out[#out + 1] = e.step .. ":" .. e.status end end
+  -- clubio.job adds a "(run)" entry to runs that stop without finishing: the steps are what we check
+  for _, e in ipairs(entries) do if e.run == run and e.step ~= "(run)" then out[#out + 1] = e.step .. ":" .. e.status end end
   return out
 end
 

@@ -89,8 +89,14 @@ T.case("a failing step stops the failover; the error and the journal say where",
   local fh = io.open(marker, "r")
   T.ok(fh == nil, "later steps did not run")
   if fh then fh:close() end
-  local e = f:journal_entries("dr-failover")
-  T.match(e[#e].error, "vault sealed")
+  local failed
+  for _, e in ipairs(f:journal_entries("dr-failover")) do if e.status == "failed" then failed = e end end
+  T.match(failed.error, "vault sealed")
+  local status
+  for _, run in ipairs(require("clubio.job").runs{path = f.journal, job = "dr-failover"}) do
+    if run.run == failed.run then status = run.status end
+  end
+  T.eq(status, "failed", "clubio.job.runs sees the run as failed")
 end)
 
 T.case("--from resumes after the failed step; the earlier ones are journaled as skipped", function()
