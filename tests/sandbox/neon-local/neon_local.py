@@ -385,7 +385,10 @@ class Server:
         c.start()
         role, dbname = project["_role"], project["_database"]
         pw = secrets.token_urlsafe(18)
-        c.sql(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{pw}'")
+        # Neon's owner role is a member of neon_superuser: CREATEDB, CREATEROLE, REPLICATION, and
+        # (Neon's patched server) FOR ALL TABLES publications and subscriptions, which stock
+        # PostgreSQL 15 allows superusers only; so here the owner role is a superuser.
+        c.sql(f"CREATE ROLE \"{role}\" LOGIN CREATEDB CREATEROLE REPLICATION SUPERUSER PASSWORD '{pw}'")
         c.sql(f"CREATE DATABASE \"{dbname}\" OWNER \"{role}\"")
         b["_roles"] = {role: pw}
         b["_databases"] = [dbname]

@@ -1,0 +1,84 @@
+-- Fail over from the primary Neon project to the DR project (steps customisable in Lua)
+--
+-- clubio-dr run dr-failover [--dry-run] [--yes] [--json] [--from STEP] [--steps]
+--
+-- Steps (scripts/lib/clubio/dr.lua; a site file found through CLUBIO_DR_PATH may extend,
+-- reorder or replace them — see docs/dr.md): check-dr-health, measure-lag (the RPO at
+-- failover), fence-primary (when it still answers), stop-replication, sync-sequences,
+-- verify-writes, update-app-target (DR_APP_TARGET), update-routing (Route53), notify.
+--
+-- --dry-run prints the plan and changes nothing; --steps lists the steps after the site file's
+-- changes. Asks once before it starts (or --yes). Every step goes to the journal with its
+-- timings; a failing step stops the run and says what to do next (re-run with --from STEP).
+--
+-- Environment: NEON_PROJECT_ID_PRIMARY, NEON_PROJECT_ID_DR, NEON_API_KEY; DR_DATABASE, DR_ROLE,
+-- DR_BRANCH, DR_PRIMARY_BRANCH, DR_APP_TARGET, DR_ROUTE53_*, DR_WEBHOOK_URL, CLUBIO_DR_PATH.
+local clubio, log, cjson, time = require "clubio", require "log", require "cjson", require "time"
+local job, dr = require "clubio.job", require "clubio.dr"
+
+local args = {...}
+local from, list_only
+local i = 1
+while i <= #args do
+  local a = args[i]
+  if a == "--from" then
+    from = args[i + 1]
+    if not from then clubio.fail{message = "--from needs a step name", class = "usage", hint = "see the steps with --steps"} end
+    i = i + 1
+  elseif a:match("^%-%-from=") then from = a:sub(8)
+  elseif a == "--steps" then list_only = true
+  else
+    clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
+                hint = "usage: clubio-dr run dr-failover [--dry-run] [--yes] [--json] [--from STEP] [--steps]"}
+  end
+  i = i + 1
+end
+
+local steps, sites = dr.load_site(dr.steps())
+if list_only then
+  -- plans may depend on the configuration (functions of ctx): shown without connecting anywhere
+  local okc, cfg = pcall(dr.config)
+  local lctx = {cfg = okc and cfg or {}, results = {}}
+  for _, s in ipairs(steps) do
+    if type(s.plan) == "function" then
+      local okp, p = pcall(s.plan, lctx)
+      s.plan = okp and p or "(depends on the configuration)"
+    end
+  end
+  if clubio.flags.json then
+    local out = {}
+    for _, s in ipairs(steps) do out[#out + 1] = {name = s.name, plan = s.plan} end
+    io.stdout:write(cjson.encode({ok = true, steps = out, site_files = sites}), "\n")
+  else
+    for n, s in ipairs(steps) do print(string.format("%2d. %-20s %s", n, s.name, s.plan or "")) end
+    if #sites > 0 then print("site files: " .. table.concat(sites, ", ")) end
+  end
+  return 0
+end
+
+local ctx = dr.context()
+local J = dr.new_job("dr-failover")
+ctx.job = J
+if not J.dry_run then
+  local q = string.format("Fail over to the DR project %s (database %s)? The application will be pointed at it and " ..
+                          "replication from the primary %s stopped", tostring(ctx.cfg.dr_project), dr.display(ctx.dr_url),
+                          ctx.primary_url and dr.display(ctx.primary_url) or "(not answering)")
+  if not clubio.confirm(q) then
+    J:record({step = "confirm", status = "declined"})
+    clubio.fail{message = "failover declined", class = "declined", code = "declined.step",
+                hint = "nothing was changed; re-run with --yes to confirm"}
+  end
+end
+log.info("failover", {primary = ctx.primary_url and dr.display(ctx.primary_url) or "unreachable",
+                      dr = dr.display(ctx.dr_url), steps = #steps, site_files = table.concat(sites, ",")})
+local t0 = time.monotonic()
+dr.run_steps(J, ctx, steps, {from = from})
+local secs = time.monotonic() - t0
+if J.dry_run then return J:finish({steps = #steps}, "dry run: nothing was changed") end
+local lag = ctx.results["measure-lag"] or {}
+return J:finish({seconds = secs, dr = dr.display(ctx.dr_url), lag_bytes = lag.lag_bytes,
+                 seconds_since_contact = lag.seconds_since_contact, primary_reachable = lag.primary_reachable,
+                 results = ctx.results},
+                string.format("failed over to %s in %.1f s (lag at failover: %s; primary %s)", dr.display(ctx.dr_url), secs,
+                              lag.lag_bytes and job.bytes(lag.lag_bytes) or "unknown",
+                              lag.primary_reachable and "fenced" or "not answering"))
