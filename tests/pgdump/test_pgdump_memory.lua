@@ -25,6 +25,15 @@ local function status_kib(field)
   error("no " .. field .. " in /proc/self/status")
 end
 
+-- Under AddressSanitizer freed memory waits in a quarantine (256 MiB) instead of being reused,
+-- so RSS says nothing there: the sanitizer build checks the dump's own count only.
+local function sanitized()
+  local f <close> = assert(io.open("/proc/self/maps"))
+  return f:read("a"):find("libasan", 1, true) ~= nil
+end
+local ASAN = sanitized()
+if ASAN then io.stderr:write("AddressSanitizer build: peak RSS bounds not checked\n") end
+
 -- A reader that sleeps 3 ms after each 64 KiB: ~20 MB/s, far slower than the dump.
 local SLOW_READER = "import sys, time\n" ..
   "while sys.stdin.buffer.read(65536):\n" ..
@@ -56,7 +65,7 @@ T.case("dump into a slow sink keeps peak RSS bounded", function()
   local grown = (after - before) // 1024
   io.stderr:write(string.format("peak RSS %d -> %d MiB, dump buffered at most %d MiB\n",
     before // 1024, after // 1024, r.pgdump.peak_buffered >> 20))
-  T.ok(grown < 48, "peak RSS grew by " .. grown .. " MiB (bound 48) for " .. (DATA >> 20) ..
+  T.ok(ASAN or grown < 48, "peak RSS grew by " .. grown .. " MiB (bound 48) for " .. (DATA >> 20) ..
        " MiB of data")
   T.ok(r.pgdump.peak_buffered <= 16 * 1048576 + 2 * 262144 + 65536,
        "the dump's own count of buffered bytes stays under its bound")
@@ -68,7 +77,8 @@ T.case("dump -> gzip -> slow sink keeps peak RSS bounded too", function()
                      pipe.command_sink{argv = {"python3", "-c", SLOW_READER}}}
   local after = status_kib("VmHWM")
   T.eq(r.gzip.bytes_in, r.bytes_in, "gzip saw the whole dump")
-  T.ok(math.max(after, before) // 1024 < 96, "peak RSS " .. (after // 1024) .. " MiB (bound 96)")
+  T.ok(r.pgdump.peak_buffered <= 16 * 1048576 + 2 * 262144 + 65536, "dump's buffered bytes bounded")
+  T.ok(ASAN or math.max(after, before) // 1024 < 96, "peak RSS " .. (after // 1024) .. " MiB (bound 96)")
 end)
 
 admin:query('DROP DATABASE IF EXISTS "' .. DB .. '" WITH (FORCE)')
