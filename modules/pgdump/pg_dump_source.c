@@ -14,12 +14,15 @@
  *      order, sequence values, post-data) whatever the timing of the workers: each work item
  *      has a queue of blocks; workers take items in output order. Backpressure: a worker waits
  *      when its item's queue holds ITEM_QUEUE_MAX bytes, or, for an item the reader has not
- *      reached yet, when all queues together hold AHEAD_MAX bytes. Without the second bound a
+ *      reached yet, when all queues together hold `ahead_max` bytes. Without the second bound a
  *      worker that finishes an item (items are ~split_bytes, smaller than ITEM_QUEUE_MAX) takes
  *      the next one, so with a slow consumer (gzip) the workers ran ahead through the whole
  *      database (255 MiB peak RSS on an 800 MB bench). The item being read is exempt from
- *      AHEAD_MAX, so the reader can always make progress: the data held is at most
- *      ITEM_QUEUE_MAX + AHEAD_MAX + one block per worker, whatever the database size.
+ *      that bound, so the reader can always make progress: the data held is at most
+ *      ITEM_QUEUE_MAX + ahead_max + one block per worker, whatever the database size.
+ *      ahead_max is room for the items the other jobs - 1 workers fill meanwhile, (jobs - 1) x
+ *      split_bytes (8 MiB at least, 64 MiB at most): smaller, and a worker that finished its
+ *      part would wait for the reader instead of dumping the next one.
  * The pre-data part's "dump complete" trailer is dropped: only the end of the stream may look
  * complete.
  */
@@ -41,7 +44,8 @@
 
 #define BLOCK_SIZE     (256 * 1024)
 #define ITEM_QUEUE_MAX ((size_t)8 << 20)
-#define AHEAD_MAX      ((size_t)8 << 20)
+#define AHEAD_MIN      ((size_t)8 << 20)
+#define AHEAD_LIMIT    ((size_t)64 << 20)
 #define SPARE_MAX      16 /* emitted blocks kept for reuse */
 #define TAIL_HOLD      4096
 #define HOLD_SIZE      (TAIL_HOLD + 65536)
@@ -102,7 +106,8 @@ typedef struct Dump {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int next_item;
-    int reading;   /* the item the reader is at (under mu): exempt from AHEAD_MAX */
+    int reading; /* the item the reader is at (under mu): exempt from ahead_max */
+    size_t ahead_max;
     size_t queued; /* bytes in all item queues (under mu) */
     size_t peak_queued;
     Block *spare; /* blocks the reader has emitted, for the workers to fill again */
@@ -519,7 +524,7 @@ static bool item_push(Dump *d, Item *it, Block *b)
 {
     int idx = (int)(it - d->items);
     pthread_mutex_lock(&d->mu);
-    while ((it->queued >= ITEM_QUEUE_MAX || (idx != d->reading && d->queued >= AHEAD_MAX)) &&
+    while ((it->queued >= ITEM_QUEUE_MAX || (idx != d->reading && d->queued >= d->ahead_max)) &&
            !atomic_load(&d->stop) && !d->failed)
         pthread_cond_wait(&d->cv, &d->mu);
     bool ok = !atomic_load(&d->stop) && !d->failed;
@@ -952,6 +957,7 @@ static void dump_results(void *self, RtResults *res)
     rt_results_int(res, "table_count", d->ntables);
     rt_results_int(res, "sequences", d->nseq);
     rt_results_int(res, "peak_buffered", (int64_t)d->peak_queued);
+    rt_results_int(res, "buffer_limit", (int64_t)(ITEM_QUEUE_MAX + d->ahead_max));
     rt_results_str(res, "server_version", d->server_version);
     rt_results_str(res, "pg_dump_version", d->tool_version);
     rt_results_str(res, "snapshot", d->snapshot);
@@ -1013,6 +1019,10 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     d->lo = opt->large_objects;
     d->row_digests = opt->row_digests;
     int64_t split = opt->split_bytes > 0 ? opt->split_bytes : ((int64_t)8 << 20);
+    d->ahead_max = AHEAD_LIMIT / (size_t)split >= (size_t)(d->jobs - 1)
+                       ? (size_t)(d->jobs - 1) * (size_t)split
+                       : AHEAD_LIMIT;
+    if (d->ahead_max < AHEAD_MIN) d->ahead_max = AHEAD_MIN;
     pgdump_describe(d->url, d->what, sizeof d->what);
     RtSource *src = NULL;
     if (!d->url || !d->pg_dump) {
