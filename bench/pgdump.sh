@@ -129,7 +129,7 @@ if [ "$HAS_CRYPTO" = true ]; then
         unkeyed | sha256sum)
     B=$(unkeyed <"$WORK/ours.sql" | sha256sum)
     if [ "$A" = "$B" ]; then
-        echo "  openssl enc -d | gunzip of our archive = pgdump.dump > file (but for \\restrict keys)"
+        printf '%s\n' "  openssl enc -d | gunzip of our archive = pgdump.dump > file (but for \\restrict keys)"
     else
         echo "MISMATCH: openssl enc -d | gunzip of our archive differs from the plain dump" >&2
         exit 1
@@ -139,15 +139,32 @@ else
 fi
 
 # ---- restore ---------------------------------------------------------------------------------
+# Each restored database is checked and dropped before the next restore: the disk is shared
+# and five copies of the bench database do not fit on it.
+rm -f "$WORK/stock.sql"
+dropdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"; }
+# the restored copy holds the same rows
+same_rows() {
+    for t in customers orders events; do
+        a=$(psql -X -At -d bench -c "SELECT count(*) FROM $t")
+        b=$(psql -X -At -d "$1" -c "SELECT count(*) FROM $t")
+        [ "$a" = "$b" ] || { echo "MISMATCH in $1.$t: $b rows, the source has $a" >&2; exit 1; }
+    done
+}
 echo "restore:"
 pg_dump -Fc -d bench -f "$WORK/stock.dump"
 newdb r_psql
 T_PSQL=$(timed psql -X -q -v ON_ERROR_STOP=1 -d r_psql -f "$WORK/ours.sql" -o /dev/null)
+dropdb r_psql
 newdb r_pgr
 T_PGR=$(timed pg_restore -j 2 -d r_pgr "$WORK/stock.dump")
+dropdb r_pgr
+rm -f "$WORK/stock.dump"
 newdb r_ours
 T_REST=$(timed "$BIN" run "$WORK/restore.lua" "$WORK/ours.sql" "$BASE/r_ours")
 RSS_REST=$(cat "$WORK/rss")
+same_rows r_ours
+dropdb r_ours
 echo "  psql < plain.sql               ${T_PSQL}s"
 echo "  pg_restore -j 2                ${T_PGR}s"
 echo "  pgdump.restore{jobs = 2}       ${T_REST}s  peak RSS $((RSS_REST / 1024)) MiB"
@@ -156,17 +173,15 @@ echo "  ratio vs pg_restore -j 2       $(ratio "$T_PGR" "$T_REST")x (target >= 1
 if [ "$HAS_CRYPTO" = true ]; then
     newdb r_psql2
     T_CHAIN_BASE=$(timed sh -c "openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in '$WORK/stock.sql.gz.enc' | gunzip | psql -X -q -v ON_ERROR_STOP=1 -d r_psql2 -o /dev/null")
+    dropdb r_psql2
     newdb r_ours2
     T_CHAIN=$(timed "$BIN" run "$WORK/import.lua" "$WORK/ours.sql.gz.enc" "$BASE/r_ours2")
+    RSS_IMPORT=$(cat "$WORK/rss")
+    same_rows r_ours2
+    dropdb r_ours2
     echo "  openssl enc -d | gunzip | psql ${T_CHAIN_BASE}s"
-    echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $(($(cat "$WORK/rss") / 1024)) MiB"
+    echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $((RSS_IMPORT / 1024)) MiB"
     echo "  ratio (restore chain)          $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 1.3)"
 fi
-# the restored copy holds the same rows
-for t in customers orders events; do
-    a=$(psql -X -At -d bench -c "SELECT count(*) FROM $t")
-    b=$(psql -X -At -d r_ours -c "SELECT count(*) FROM $t")
-    [ "$a" = "$b" ] || { echo "MISMATCH in $t: $a vs $b rows" >&2; exit 1; }
-done
 echo "restored row counts match the source"
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
