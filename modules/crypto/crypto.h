@@ -35,8 +35,8 @@
  * `gzip -6`'s at less than a quarter of gzip's CPU and ~60% of libdeflate -6's (bench/crypto.sh,
  * bench/pgdump.sh); on binaries and tarballs it can be up to ~1.5% bigger than gzip -6: pass
  * level 5 or 6 there (5 was no bigger than gzip -6 on every corpus we tried). */
-#define CRYPTO_GZIP_LEVEL_DEFAULT  4
-#define CRYPTO_GZIP_BLOCK_DEFAULT  (1024 * 1024)
+#define CRYPTO_GZIP_LEVEL_DEFAULT 4
+#define CRYPTO_GZIP_BLOCK_DEFAULT (1024 * 1024)
 
 typedef struct CryptoGzipOptions {
     int level;         /* 1..12 (libdeflate levels; 1..9 roughly as gzip's); 0 = 4 */

@@ -46,7 +46,7 @@
 #define ITEM_QUEUE_MAX ((size_t)8 << 20)
 #define AHEAD_MIN      ((size_t)8 << 20)
 #define AHEAD_LIMIT    ((size_t)64 << 20)
-#define SPARE_MAX      16 /* emitted blocks kept for reuse */
+#define SPARE_MAX      64 /* emitted blocks kept for reuse (no more than the bounds let exist) */
 #define TAIL_HOLD      4096
 #define HOLD_SIZE      (TAIL_HOLD + 65536)
 
