@@ -8,11 +8,12 @@
 # notes, events with jsonb; primary keys, a foreign key and secondary indexes), then times:
 #   export   pg_dump > file                          vs  pgdump.dump -> file
 #            pg_dump | gzip -6 | openssl enc ...      vs  pgdump.dump -> crypto.gzip -> crypto.encrypt
-#                                                        (when this binary has crypto.gzip/encrypt)
+#                                                        (when this binary has crypto.gzip/encrypt;
+#                                                        default level, and level 6 for reference)
 #   restore  psql -v ON_ERROR_STOP=1 < plain.sql     vs  pgdump.restore{jobs = 2}
 #            pg_restore -j 2 (custom format)         vs  pgdump.restore{jobs = 2}
 # and prints the ratios (baseline time / our time: > 1 means we are faster) and our peak RSS.
-# The machine is shared: run it once.
+# The machine is shared: run it once; the load average is printed at the start and the end.
 set -eu
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 MB=${2:-800}
@@ -73,7 +74,7 @@ SELECT setval('order_seq', $ROWS);
 VACUUM ANALYZE;
 SQL
 SIZE=$(psql -X -At -d bench -c "SELECT pg_size_pretty(pg_database_size('bench'))")
-echo "database: $SIZE ($ROWS orders); 2 cores shared with other work"
+echo "database: $SIZE ($ROWS orders); $(getconf _NPROCESSORS_ONLN) cores shared with other work, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 HAS_CRYPTO=$("$BIN" -e 'local ok, c = pcall(require, "crypto"); return ok and c.gzip ~= nil and c.encrypt ~= nil' 2>/dev/null || echo false)
 
@@ -84,8 +85,13 @@ io.stderr:write(string.format("dumped %d tables\n", r.pgdump.table_count))
 LUA
 cat > "$WORK/export.lua" <<'LUA'
 local pipe, pgdump, crypto, secret = require "pipe", require "pgdump", require "crypto", require "secret"
-pipe.run{pgdump.dump{url = arg[1], jobs = 2}, crypto.gzip{}, crypto.encrypt{passphrase = secret.env("BACKUP_ENCRYPTION_KEY")},
-         pipe.file_sink(arg[2])}
+local level = tonumber(arg[3]) ~= 0 and tonumber(arg[3]) or nil -- 0: crypto.gzip's default
+local r = pipe.run{pgdump.dump{url = arg[1], jobs = 2}, crypto.gzip{level = level},
+                   crypto.encrypt{passphrase = secret.env("BACKUP_ENCRYPTION_KEY")}, pipe.file_sink(arg[2])}
+local f = assert(io.open(arg[4], "w"))
+f:write(string.format("level %d, the dump held at most %.1f MiB ahead of gzip", r.gzip.level,
+                      r.pgdump.peak_buffered / 1048576))
+f:close()
 LUA
 cat > "$WORK/restore.lua" <<'LUA'
 local pipe, pgdump = require "pipe", require "pgdump"
@@ -108,24 +114,57 @@ echo "  ratio (plain dump)             $(ratio "$T_PGDUMP" "$T_OURS")x"
 T_CHAIN_BASE=$(timed sh -c "pg_dump -d bench | gzip -6 | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > '$WORK/stock.sql.gz.enc'")
 echo "  pg_dump | gzip | openssl enc   ${T_CHAIN_BASE}s  $(stat -c %s "$WORK/stock.sql.gz.enc") bytes"
 if [ "$HAS_CRYPTO" = true ]; then
-    T_CHAIN=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours.sql.gz.enc")
+    T_CHAIN=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours.sql.gz.enc" 0 "$WORK/info")
     RSS_CHAIN=$(cat "$WORK/rss")
-    echo "  dump -> gzip -> encrypt        ${T_CHAIN}s  $(stat -c %s "$WORK/ours.sql.gz.enc") bytes  peak RSS $((RSS_CHAIN / 1024)) MiB"
+    echo "  dump -> gzip -> encrypt        ${T_CHAIN}s  $(stat -c %s "$WORK/ours.sql.gz.enc") bytes  peak RSS $((RSS_CHAIN / 1024)) MiB  ($(cat "$WORK/info"))"
     echo "  ratio (export chain)           $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 3)"
+    T_CHAIN6=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours6.sql.gz.enc" 6 "$WORK/info")
+    echo "  same with crypto.gzip{level=6} ${T_CHAIN6}s  $(stat -c %s "$WORK/ours6.sql.gz.enc") bytes  peak RSS $(($(cat "$WORK/rss") / 1024)) MiB"
+    echo "  ratio (export chain, level 6)  $(ratio "$T_CHAIN_BASE" "$T_CHAIN6")x"
+    rm -f "$WORK/ours6.sql.gz.enc"
+    # the stock tools open our archive, and it holds the plain dump (the same bytes but for the
+    # random keys of pg_dump's \restrict/\unrestrict lines, new in every dump)
+    unkeyed() { grep -a -v -E '^\\(un)?restrict '; }
+    A=$(openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in "$WORK/ours.sql.gz.enc" | gunzip |
+        unkeyed | sha256sum)
+    B=$(unkeyed <"$WORK/ours.sql" | sha256sum)
+    if [ "$A" = "$B" ]; then
+        printf '%s\n' "  openssl enc -d | gunzip of our archive = pgdump.dump > file (but for \\restrict keys)"
+    else
+        echo "MISMATCH: openssl enc -d | gunzip of our archive differs from the plain dump" >&2
+        exit 1
+    fi
 else
     echo "  (this binary has no crypto.gzip/crypto.encrypt: the full export chain is not measured)"
 fi
 
 # ---- restore ---------------------------------------------------------------------------------
+# Each restored database is checked and dropped before the next restore: the disk is shared
+# and five copies of the bench database do not fit on it.
+rm -f "$WORK/stock.sql"
+dropdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"; }
+# the restored copy holds the same rows
+same_rows() {
+    for t in customers orders events; do
+        a=$(psql -X -At -d bench -c "SELECT count(*) FROM $t")
+        b=$(psql -X -At -d "$1" -c "SELECT count(*) FROM $t")
+        [ "$a" = "$b" ] || { echo "MISMATCH in $1.$t: $b rows, the source has $a" >&2; exit 1; }
+    done
+}
 echo "restore:"
 pg_dump -Fc -d bench -f "$WORK/stock.dump"
 newdb r_psql
 T_PSQL=$(timed psql -X -q -v ON_ERROR_STOP=1 -d r_psql -f "$WORK/ours.sql" -o /dev/null)
+dropdb r_psql
 newdb r_pgr
 T_PGR=$(timed pg_restore -j 2 -d r_pgr "$WORK/stock.dump")
+dropdb r_pgr
+rm -f "$WORK/stock.dump"
 newdb r_ours
 T_REST=$(timed "$BIN" run "$WORK/restore.lua" "$WORK/ours.sql" "$BASE/r_ours")
 RSS_REST=$(cat "$WORK/rss")
+same_rows r_ours
+dropdb r_ours
 echo "  psql < plain.sql               ${T_PSQL}s"
 echo "  pg_restore -j 2                ${T_PGR}s"
 echo "  pgdump.restore{jobs = 2}       ${T_REST}s  peak RSS $((RSS_REST / 1024)) MiB"
@@ -134,16 +173,15 @@ echo "  ratio vs pg_restore -j 2       $(ratio "$T_PGR" "$T_REST")x (target >= 1
 if [ "$HAS_CRYPTO" = true ]; then
     newdb r_psql2
     T_CHAIN_BASE=$(timed sh -c "openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in '$WORK/stock.sql.gz.enc' | gunzip | psql -X -q -v ON_ERROR_STOP=1 -d r_psql2 -o /dev/null")
+    dropdb r_psql2
     newdb r_ours2
     T_CHAIN=$(timed "$BIN" run "$WORK/import.lua" "$WORK/ours.sql.gz.enc" "$BASE/r_ours2")
+    RSS_IMPORT=$(cat "$WORK/rss")
+    same_rows r_ours2
+    dropdb r_ours2
     echo "  openssl enc -d | gunzip | psql ${T_CHAIN_BASE}s"
-    echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $(($(cat "$WORK/rss") / 1024)) MiB"
+    echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $((RSS_IMPORT / 1024)) MiB"
     echo "  ratio (restore chain)          $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 1.3)"
 fi
-# the restored copy holds the same rows
-for t in customers orders events; do
-    a=$(psql -X -At -d bench -c "SELECT count(*) FROM $t")
-    b=$(psql -X -At -d r_ours -c "SELECT count(*) FROM $t")
-    [ "$a" = "$b" ] || { echo "MISMATCH in $t: $a vs $b rows" >&2; exit 1; }
-done
 echo "restored row counts match the source"
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -12,8 +12,17 @@
  *      scan on PostgreSQL 14+), so both workers stay busy on one big table.
  *   4. Output order is fixed (pre-data, tables by schema and name with their ranges in ctid
  *      order, sequence values, post-data) whatever the timing of the workers: each work item
- *      has a bounded queue of blocks; workers take items in output order and wait when their
- *      item's queue is full, so memory is bounded by jobs x ITEM_QUEUE_MAX.
+ *      has a queue of blocks; workers take items in output order. Backpressure: a worker waits
+ *      when its item's queue holds ITEM_QUEUE_MAX bytes, or, for an item the reader has not
+ *      reached yet, when all queues together hold `ahead_max` bytes. Without the second bound a
+ *      worker that finishes an item (items are ~split_bytes, smaller than ITEM_QUEUE_MAX) takes
+ *      the next one, so with a slow consumer (gzip) the workers ran ahead through the whole
+ *      database (255 MiB peak RSS on an 800 MB bench). The item being read is exempt from
+ *      that bound, so the reader can always make progress: the data held is at most
+ *      ITEM_QUEUE_MAX + ahead_max + one block per worker, whatever the database size.
+ *      ahead_max is room for the items the other jobs - 1 workers fill meanwhile, (jobs - 1) x
+ *      split_bytes (8 MiB at least, 64 MiB at most): smaller, and a worker that finished its
+ *      part would wait for the reader instead of dumping the next one.
  * The pre-data part's "dump complete" trailer is dropped: only the end of the stream may look
  * complete.
  */
@@ -35,6 +44,9 @@
 
 #define BLOCK_SIZE     (256 * 1024)
 #define ITEM_QUEUE_MAX ((size_t)8 << 20)
+#define AHEAD_MIN      ((size_t)8 << 20)
+#define AHEAD_LIMIT    ((size_t)64 << 20)
+#define SPARE_MAX      64 /* emitted blocks kept for reuse (no more than the bounds let exist) */
 #define TAIL_HOLD      4096
 #define HOLD_SIZE      (TAIL_HOLD + 65536)
 
@@ -94,6 +106,10 @@ typedef struct Dump {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int next_item;
+    int reading; /* the item the reader is at (under mu): exempt from ahead_max */
+    size_t ahead_max;
+    size_t queued; /* bytes in all item queues (under mu) */
+    size_t peak_queued;
     Block *spare; /* blocks the reader has emitted, for the workers to fill again */
     int nspare;
     atomic_bool stop;
@@ -506,8 +522,10 @@ static void worker_fail(Dump *d, PGconn *c, const char *table)
 /* Appends a filled block to the item's queue, waiting while the queue is full. */
 static bool item_push(Dump *d, Item *it, Block *b)
 {
+    int idx = (int)(it - d->items);
     pthread_mutex_lock(&d->mu);
-    while (it->queued >= ITEM_QUEUE_MAX && !atomic_load(&d->stop) && !d->failed)
+    while ((it->queued >= ITEM_QUEUE_MAX || (idx != d->reading && d->queued >= d->ahead_max)) &&
+           !atomic_load(&d->stop) && !d->failed)
         pthread_cond_wait(&d->cv, &d->mu);
     bool ok = !atomic_load(&d->stop) && !d->failed;
     if (ok) {
@@ -518,6 +536,8 @@ static bool item_push(Dump *d, Item *it, Block *b)
             it->head = b;
         it->tail = b;
         it->queued += b->len;
+        d->queued += b->len;
+        if (d->queued > d->peak_queued) d->peak_queued = d->queued;
         pthread_cond_broadcast(&d->cv);
     }
     pthread_mutex_unlock(&d->mu);
@@ -800,7 +820,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 d->blk_pos += n;
                 if (d->blk_pos == d->blk->len) {
                     pthread_mutex_lock(&d->mu);
-                    if (d->blk->cap == BLOCK_SIZE && d->nspare < 64) {
+                    if (d->blk->cap == BLOCK_SIZE && d->nspare < SPARE_MAX) {
                         d->blk->next = d->spare;
                         d->spare = d->blk;
                         d->nspare++;
@@ -846,6 +866,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 it->head = d->blk->next;
                 if (!it->head) it->tail = NULL;
                 it->queued -= d->blk->len;
+                d->queued -= d->blk->len;
                 d->blk_pos = 0;
                 pthread_cond_broadcast(&d->cv);
                 pthread_mutex_unlock(&d->mu);
@@ -854,7 +875,10 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             bool done = it->done;
             pthread_mutex_unlock(&d->mu);
             if (!done) continue; /* cancelled: reported at the top */
-            d->cur++;
+            pthread_mutex_lock(&d->mu);
+            d->reading = ++d->cur; /* the next item's worker may now fill its queue */
+            pthread_cond_broadcast(&d->cv);
+            pthread_mutex_unlock(&d->mu);
             d->header_sent = false;
             pgdump_set_digest_merge(&t->set, &it->set);
             if (it->last) {
@@ -932,6 +956,8 @@ static void dump_results(void *self, RtResults *res)
     }
     rt_results_int(res, "table_count", d->ntables);
     rt_results_int(res, "sequences", d->nseq);
+    rt_results_int(res, "peak_buffered", (int64_t)d->peak_queued);
+    rt_results_int(res, "buffer_limit", (int64_t)(ITEM_QUEUE_MAX + d->ahead_max));
     rt_results_str(res, "server_version", d->server_version);
     rt_results_str(res, "pg_dump_version", d->tool_version);
     rt_results_str(res, "snapshot", d->snapshot);
@@ -993,6 +1019,10 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     d->lo = opt->large_objects;
     d->row_digests = opt->row_digests;
     int64_t split = opt->split_bytes > 0 ? opt->split_bytes : ((int64_t)8 << 20);
+    d->ahead_max = AHEAD_LIMIT / (size_t)split >= (size_t)(d->jobs - 1)
+                       ? (size_t)(d->jobs - 1) * (size_t)split
+                       : AHEAD_LIMIT;
+    if (d->ahead_max < AHEAD_MIN) d->ahead_max = AHEAD_MIN;
     pgdump_describe(d->url, d->what, sizeof d->what);
     RtSource *src = NULL;
     if (!d->url || !d->pg_dump) {

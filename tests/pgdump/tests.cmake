@@ -3,3 +3,7 @@
 clubio_sandbox_test(pgdump_roundtrip integration $<TARGET_FILE:clubio-dr> run
   ${CMAKE_CURRENT_LIST_DIR}/test_pgdump.lua)
 set_tests_properties(pgdump_roundtrip PROPERTIES LABELS "integration;interop")
+# Peak RSS of a dump into a slow sink (its own process: VmHWM is per process).
+clubio_sandbox_test(pgdump_memory integration $<TARGET_FILE:clubio-dr> run
+  ${CMAKE_CURRENT_LIST_DIR}/test_pgdump_memory.lua)
+set_tests_properties(pgdump_memory PROPERTIES LABELS "integration")
