@@ -176,7 +176,9 @@ local rec = J:step("create " .. recovery, {
   local from = clubio.is_error(b) and b.code == "neon.outside_history" and chosen_by ~= "--at"
                and tostring(b.message):match("available from (%d%d%d%d%-%d%d%-%d%dT[%d:.]+Z?)")
   local lo = from and select(2, pcall(time.parse, from))
-  if type(lo) ~= "number" or math.ceil(lo) + 1 >= W.first then error(b, 0) end
+  -- whole seconds: the point must be a full second before the first bad change, so that no
+  -- clock skew or rounding can put it after
+  if type(lo) ~= "number" or math.ceil(lo) + 1 > math.floor(W.first) - 1 then error(b, 0) end
   log.warn(string.format("%s is before the history window of %s (from %s); using %s, still before the first bad change",
                          time.iso(at), src.name, from, time.iso(math.ceil(lo) + 1)))
   at = math.ceil(lo) + 1

@@ -31,9 +31,11 @@ time.sleep(1.2)
 
 -- corrupts rows 1..20 of the table on branch b after a pause; returns the time noted before
 local function corrupt(b)
-  time.sleep(1.2)
+  -- pauses of 2.5 s: under load, a new branch's history window can start a second or two after
+  -- the branch was asked for, and the default point must fit between it and the corruption
+  time.sleep(2.5)
   local noted = time.now()
-  time.sleep(1.2)
+  time.sleep(2.5)
   local db <close> = pgdump.connect(branch_url(b))
   local _, changed = db:query(string.format("UPDATE %s SET price = -1, note = 'bad', updated_at = now() WHERE id <= 20", TABLE))
   T.eq(tonumber(changed), 20)

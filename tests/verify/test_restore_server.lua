@@ -250,7 +250,9 @@ T.case("interrupted (SIGINT) in the middle of a restore test, the scratch databa
 "$BIN" run restore-test "$KEY" --sanity "$SANITY" >"$OUT" 2>&1 &
 pid=$!
 i=0
-until psql -X -At -c "SELECT 1 FROM pg_database WHERE datname LIKE 'clubio\_restore\_test\_%'" "$ADMIN" | grep -q 1; do
+# wait for our own run's scratch database (its name is in our log), not any restore test's
+until db=$(sed -n 's/.*creating the scratch database \(clubio_restore_test_[0-9a-z_]*\).*/\1/p' "$OUT" | head -n1) &&
+      [ -n "$db" ] && psql -X -At -c "SELECT 1 FROM pg_database WHERE datname = '$db'" "$ADMIN" | grep -q 1; do
   i=$((i+1)); [ $i -gt 600 ] && { echo "no scratch database appeared"; kill $pid; exit 9; }
   sleep 0.05
 done
