@@ -26,8 +26,7 @@ local J = job.new("backup-database")
 local now = time.now()
 local name = "backup-" .. time.ymd(now)
 
-local main = branches.default(n)
-if not main then clubio.fail{message = "project " .. project .. " has no default branch", class = "failure"} end
+local main = branches.require_default(n, project)
 local existing = n:branch(name)
 local created
 if existing then

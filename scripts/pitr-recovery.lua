@@ -25,8 +25,7 @@ end
 local project = env.get("NEON_PROJECT_ID")
 local n = neon.client{project_id = project}
 local J = job.new("pitr-recovery")
-local main = branches.default(n)
-if not main then clubio.fail{message = "project " .. project .. " has no default branch", class = "failure"} end
+local main = branches.require_default(n, project)
 local name = "recovery-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
 
 local b = J:step("create " .. name, {plan = string.format("branch %s from %s as of %s, with a read-write endpoint",

@@ -40,8 +40,7 @@ end
 local project = env.get("NEON_PROJECT_ID")
 local n = neon.client{project_id = project}
 local J = job.new("pitr-test")
-local main = branches.default(n)
-if not main then clubio.fail{message = "project " .. project .. " has no default branch", class = "failure"} end
+local main = branches.require_default(n, project)
 local name = "pitr-test-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
 local main_url = n:connection_uri{branch = main.id}
 

@@ -28,7 +28,7 @@ if not src then
   clubio.fail{message = "no branch named '" .. source .. "' in project " .. project, class = "usage",
               hint = "list the backups with `clubio-dr run restore-from-backup`"}
 end
-local main = branches.default(n)
+local main = branches.require_default(n, project)
 if src.id == main.id then clubio.fail{message = "cannot restore the default branch from itself", class = "usage"} end
 local J = job.new("restore-from-backup")
 local safety = "pre-restore-" .. time.format(time.now(), "%Y%m%d-%H%M%S")

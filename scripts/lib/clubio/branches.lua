@@ -36,4 +36,14 @@ function M.default(n)
   return nil
 end
 
+-- The default branch, or a one-line failure naming the project.
+function M.require_default(n, project)
+  local b = M.default(n)
+  if not b then
+    require("clubio").fail{message = "neon project " .. tostring(project) .. " has no default branch", class = "failure",
+                           hint = "set one with `neonctl branches set-default BRANCH --project-id " .. tostring(project) .. "`"}
+  end
+  return b
+end
+
 return M
