@@ -88,10 +88,14 @@ static bool parse_flag(int argc, char **argv, int *i)
 {
     const char *a = argv[*i];
     RtHostFlags *f = &rt_host_global_flags;
-    if (strcmp(a, "--dry-run") == 0) f->dry_run = true;
-    else if (strcmp(a, "--yes") == 0 || strcmp(a, "-y") == 0) f->yes = true;
-    else if (strcmp(a, "--json") == 0) f->json = true;
-    else if (strcmp(a, "--no-progress") == 0) f->progress = false;
+    if (strcmp(a, "--dry-run") == 0)
+        f->dry_run = true;
+    else if (strcmp(a, "--yes") == 0 || strcmp(a, "-y") == 0)
+        f->yes = true;
+    else if (strcmp(a, "--json") == 0)
+        f->json = true;
+    else if (strcmp(a, "--no-progress") == 0)
+        f->progress = false;
     else if (strcmp(a, "--log-level") == 0 || strncmp(a, "--log-level=", 12) == 0) {
         const char *v = a[11] == '=' ? a + 12 : (*i + 1 < argc ? argv[++*i] : NULL);
         if (!v) usage_error("--log-level needs a value (%s)", "debug, info, warn, error");
@@ -105,7 +109,8 @@ static bool parse_flag(int argc, char **argv, int *i)
         double t = strtod(v, &end);
         if (*end || t <= 0) usage_error("--timeout '%s' is not a positive number of seconds", v);
         f->timeout = t;
-    } else return false;
+    } else
+        return false;
     return true;
 }
 
@@ -142,14 +147,22 @@ static void start_timeout(void)
 
 static int cmd_help(const char *topic)
 {
-    if (!topic) fputs(USAGE, stdout);
-    else if (strcmp(topic, "run") == 0) fputs(HELP_RUN, stdout);
-    else if (strcmp(topic, "list") == 0) fputs(HELP_LIST, stdout);
-    else if (strcmp(topic, "-e") == 0 || strcmp(topic, "eval") == 0) fputs(HELP_EVAL, stdout);
+    if (!topic)
+        fputs(USAGE, stdout);
+    else if (strcmp(topic, "run") == 0)
+        fputs(HELP_RUN, stdout);
+    else if (strcmp(topic, "list") == 0)
+        fputs(HELP_LIST, stdout);
+    else if (strcmp(topic, "-e") == 0 || strcmp(topic, "eval") == 0)
+        fputs(HELP_EVAL, stdout);
     else if (strcmp(topic, "encrypt") == 0 || strcmp(topic, "decrypt") == 0) {
         char *av[] = {(char *)topic, "--help", NULL};
-        return strcmp(topic, "encrypt") == 0 ? crypto_cli_encrypt(2, av) : crypto_cli_decrypt(2, av);
-    } else usage_error("no help for '%s' (commands: run, list, -e, encrypt, decrypt)", topic);
+        return strcmp(topic, "encrypt") == 0 ? crypto_cli_encrypt(2, av)
+                                             : crypto_cli_decrypt(2, av);
+    } else
+        usage_error(
+            "no help for '%s' (commands: run, list, schedule, metrics, -e, encrypt, decrypt)",
+            topic);
     return 0;
 }
 
@@ -158,7 +171,9 @@ int main(int argc, char **argv)
     install_signals();
     rt_redact_register_env();
     int i = 1;
-    while (i < argc && argv[i][0] == '-' && strcmp(argv[i], "-e") != 0 && parse_flag(argc, argv, &i)) i++;
+    while (i < argc && argv[i][0] == '-' && strcmp(argv[i], "-e") != 0 &&
+           parse_flag(argc, argv, &i))
+        i++;
     rt_log_configure((RtLogLevel)rt_host_global_flags.log_level, rt_host_global_flags.json);
     if (i >= argc) {
         fputs(USAGE, stderr);
@@ -166,7 +181,16 @@ int main(int argc, char **argv)
     }
     const char *cmd = argv[i++];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) return cmd_help(NULL);
-    if (strcmp(cmd, "help") == 0) return cmd_help(i < argc ? argv[i] : NULL);
+    if (strcmp(cmd, "help") == 0) {
+        /* `help schedule` is `schedule --help`: those commands are scripts with their own help */
+        if (i + 1 == argc &&
+            (strcmp(argv[i], "schedule") == 0 || strcmp(argv[i], "metrics") == 0)) {
+            static char help_flag[] = "--help";
+            cmd = argv[i];
+            argv[i] = help_flag;
+        } else
+            return cmd_help(i < argc ? argv[i] : NULL);
+    }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("clubio-dr %s\n", CLUBIO_DR_VERSION);
         return 0;
@@ -176,9 +200,12 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "list") == 0) {
         bool json = rt_host_global_flags.json;
         for (; i < argc; i++) {
-            if (strcmp(argv[i], "--json") == 0) json = true;
-            else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return cmd_help("list");
-            else usage_error("list: unexpected argument '%s'", argv[i]);
+            if (strcmp(argv[i], "--json") == 0)
+                json = true;
+            else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+                return cmd_help("list");
+            else
+                usage_error("list: unexpected argument '%s'", argv[i]);
         }
         return rt_host_list(json);
     }
@@ -200,8 +227,10 @@ int main(int argc, char **argv)
     bool script_cmd = strcmp(cmd, "schedule") == 0 || strcmp(cmd, "metrics") == 0;
     if (strcmp(cmd, "run") == 0 || script_cmd) {
         if (!script_cmd) {
-            if (i >= argc) usage_error("run needs a script name or path%s", " (see clubio-dr list)");
-            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return cmd_help("run");
+            if (i >= argc)
+                usage_error("run needs a script name or path%s", " (see clubio-dr list)");
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+                return cmd_help("run");
         }
         const char *name = script_cmd ? cmd : argv[i++];
         /* host flags after NAME are ours, other arguments the script's; `--` ends flags */
@@ -209,8 +238,10 @@ int main(int argc, char **argv)
         int sargc = 0;
         bool flags_done = false;
         for (; i < argc; i++) {
-            if (!flags_done && strcmp(argv[i], "--") == 0) flags_done = true;
-            else if (flags_done || !parse_flag(argc, argv, &i)) sargv[sargc++] = argv[i];
+            if (!flags_done && strcmp(argv[i], "--") == 0)
+                flags_done = true;
+            else if (flags_done || !parse_flag(argc, argv, &i))
+                sargv[sargc++] = argv[i];
         }
         rt_log_configure((RtLogLevel)rt_host_global_flags.log_level, rt_host_global_flags.json);
         char *path = rt_host_find_script(name);
@@ -218,8 +249,10 @@ int main(int argc, char **argv)
             free(sargv);
             RtError err;
             rt_error_init(&err);
-            rt_error_set(&err, RT_CLASS_USAGE, "usage.no_script", "no script or runbook named '%s'", name);
-            rt_error_hint(&err, "run `clubio-dr list` to see what exists, or give a path to a .lua file");
+            rt_error_set(&err, RT_CLASS_USAGE, "usage.no_script", "no script or runbook named '%s'",
+                         name);
+            rt_error_hint(&err,
+                          "run `clubio-dr list` to see what exists, or give a path to a .lua file");
             return rt_report_error(&err);
         }
         lua_State *L = rt_host_new();

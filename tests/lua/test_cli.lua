@@ -124,6 +124,10 @@ T.case("--version and --help", function()
   T.eq(h.status, 0)
   T.match(h.stdout, "exit status")
   T.match(run{"help", "run"}.stdout, "CLUBIO_DR_PATH")
+  local hs = run{"help", "schedule"}
+  T.eq(hs.status, 0, hs.stderr)
+  T.match(hs.stdout, "usage: clubio%-dr schedule")
+  T.eq(run{"help", "no-such-command"}.status, 2)
 end)
 
 return T.finish()
