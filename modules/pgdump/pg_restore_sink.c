@@ -101,6 +101,9 @@ struct Restore {
     int64_t statements, indexes;
     int txn_statements;
     bool post_logged;
+    /* phase boundaries (rt_monotonic), logged at debug level by restore_finish: where the time
+     * of a restore goes (see the README's benchmark notes) */
+    double t_start, t_data, t_post;
     bool format_checked;
     bool copies_pending; /* COPY commands queued since the last barrier */
 };
@@ -555,6 +558,7 @@ static int enter_data_phase(Restore *r, RtError *err)
         r->in_txn = false;
     }
     r->data_phase = true;
+    r->t_data = rt_monotonic();
     rt_debug("pgdump: restore: schema committed after %lld statements, loading data",
              (long long)r->statements);
     return start_workers(r, err);
@@ -607,6 +611,7 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
             if (barrier(r, err) != RT_OK) return RT_ERR;
             r->copies_pending = false;
         }
+        if (r->t_post == 0) r->t_post = rt_monotonic();
         r->indexes++;
         Job *j = job_new(J_EXEC, body, NULL, stmt);
         if (!j) return nomem(err);
@@ -615,6 +620,7 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
     }
     if (barrier(r, err) != RT_OK) return RT_ERR;
     r->copies_pending = false;
+    if (r->t_post == 0) r->t_post = rt_monotonic();
     if (!r->post_logged) {
         r->post_logged = true;
         rt_debug("pgdump: restore: data loaded, post-data from statement %lld", (long long)stmt);
@@ -807,6 +813,10 @@ static int restore_finish(void *self, RtError *err)
     }
     rt_debug("pgdump: restored %lld statements, %d tables, %lld parallel indexes into %s",
              (long long)r->statements, r->ntabs, (long long)r->indexes, r->what);
+    double end = rt_monotonic(), data = r->t_data ? r->t_data : end;
+    double post = r->t_post ? r->t_post : end;
+    rt_debug("pgdump: restore phases: schema %.2f s, data %.2f s, post-data %.2f s",
+             data - r->t_start, post - data, end - post);
     return RT_OK;
 }
 
@@ -938,6 +948,7 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     pthread_cond_init(&r->cv, NULL);
     rt_error_init(&r->werr);
     r->cur_tab = -1;
+    r->t_start = rt_monotonic();
     r->url = xstrdup(opt->url ? opt->url : "");
     r->jobs = opt->jobs > 0 ? opt->jobs : 2;
     r->clean = opt->clean;

@@ -200,6 +200,102 @@ T.case("an error in the stream stops the restore with the statement number, tabl
   T.match(err.message, "truncated")
 end)
 
+-- Every COPY block of a stream split into `parts` blocks of the same table (a merged or
+-- hand-edited dump may carry a table's data in several blocks).
+local function split_copy_blocks(sql, parts)
+  return (sql:gsub("(\nCOPY [^\n]- FROM stdin;\n)(.-)\\%.\n", function(head, rows)
+    local lines = {}
+    for l in rows:gmatch("[^\n]*\n") do lines[#lines + 1] = l end
+    local out, per = {}, math.ceil(#lines / parts)
+    for p = 0, parts - 1 do
+      out[#out + 1] = head .. table.concat(lines, "", p * per + 1, math.min(#lines, (p + 1) * per)) .. "\\.\n"
+    end
+    return table.concat(out)
+  end))
+end
+
+T.case("post-data of many tables with foreign keys, after tables in several COPY parts, restores the source", function()
+  local src = fresh("pgdump_post_src")
+  local db <close> = pgdump.connect(src)
+  db:query([[
+    CREATE TABLE region (id int PRIMARY KEY, name text UNIQUE);
+    CREATE TABLE customer (id int PRIMARY KEY, region_id int NOT NULL REFERENCES region, email text);
+    CREATE TABLE product (id int PRIMARY KEY, sku text, price numeric(10,2));
+    CREATE TABLE "Order" (id bigint PRIMARY KEY, customer_id int REFERENCES customer, at timestamptz);
+    CREATE TABLE line (order_id bigint REFERENCES "Order", n int, product_id int REFERENCES product,
+                       qty int, PRIMARY KEY (order_id, n));
+    CREATE UNIQUE INDEX product_sku ON product (sku);
+    CREATE INDEX customer_email ON customer (lower(email));
+    CREATE INDEX order_at ON "Order" (at);
+    CREATE INDEX line_product ON line (product_id);
+    INSERT INTO region SELECT g, 'region ' || g FROM generate_series(1, 20) g;
+    INSERT INTO customer SELECT g, 1 + g % 20, 'c' || g || '@example.com' FROM generate_series(1, 3000) g;
+    INSERT INTO product SELECT g, 'SKU-' || g, g * 1.5 FROM generate_series(1, 500) g;
+    INSERT INTO "Order" SELECT g, 1 + g % 3000, '2024-01-01'::timestamptz + g * interval '1 minute'
+      FROM generate_series(1, 6000) g;
+    INSERT INTO line SELECT 1 + g / 3, g % 3, 1 + g % 500, g % 7 FROM generate_series(0, 17999) g;
+  ]])
+  local dump = pipe.run{pipe.command{argv = {"pg_dump", "--no-password"}, env = pg_env("pgdump_post_src")},
+                        pipe.buffer{limit = 64 << 20}}.buffer.data
+  local parted = split_copy_blocks(dump, 3)
+  local _, blocks = parted:gsub("\nCOPY ", "")
+  T.eq(blocks, 15, "five tables in three COPY blocks each")
+  local dst = fresh("pgdump_post_dst")
+  local r = pipe.run{pipe.string(parted),
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 4096, label = "restore"}}
+  T.eq(r.restore.tables["public.line"].rows, 18000, "the parts of a table add up")
+  T.eq(r.restore.tables['public."Order"'].rows, 6000)
+  T.eq(same_tables(digests(src), digests(dst)), 5)
+  -- every constraint and index is back, and the foreign keys hold
+  local function catalog(u)
+    local c <close> = pgdump.connect(u)
+    local out = {}
+    for _, row in ipairs(c:query([[SELECT conname || ' ' || pg_get_constraintdef(oid) AS d FROM pg_constraint
+      WHERE connamespace = 'public'::regnamespace UNION ALL SELECT indexdef FROM pg_indexes
+      WHERE schemaname = 'public' ORDER BY 1]])) do out[#out + 1] = row.d end
+    return table.concat(out, "\n")
+  end
+  local want = catalog(src)
+  T.match(want, "line_product_id_fkey FOREIGN KEY %(product_id%) REFERENCES product%(id%)")
+  T.eq(catalog(dst), want, "constraints and indexes")
+  local d <close> = pgdump.connect(dst)
+  local err = T.raises(d.query, d, "INSERT INTO line VALUES (6001, 0, 1, 1)")
+  T.match(err.message, "violates foreign key constraint")
+end)
+
+T.case("an error in a post-data statement after tables in several parts names the statement and stops", function()
+  local head = "CREATE TABLE p (id int);\nCREATE TABLE c (id int, p int);\n" ..
+               "COPY public.p (id) FROM stdin;\n1\n\\.\nCOPY public.c (id, p) FROM stdin;\n1\t1\n\\.\n"
+  -- statements 1-2 schema, 3-6 COPY blocks, 7 the primary key, 8 an index, 9 the foreign key
+  local function stream(p_rows, c_rows)
+    return head .. "COPY public.p (id) FROM stdin;\n" .. p_rows .. "\\.\n" ..
+           "COPY public.c (id, p) FROM stdin;\n" .. c_rows .. "\\.\n" ..
+           "ALTER TABLE ONLY public.p\n    ADD CONSTRAINT p_pkey PRIMARY KEY (id);\n" ..
+           "CREATE INDEX c_p ON public.c USING btree (p);\n" ..
+           "ALTER TABLE ONLY public.c\n    ADD CONSTRAINT c_p_fkey FOREIGN KEY (p) REFERENCES public.p(id);\n" ..
+           "CREATE TABLE after_error (x int);\n"
+  end
+  -- a row of the second part of c references no row of p: the foreign key fails
+  local dst = fresh("pgdump_post_err")
+  local err = T.raises(pipe.run, {pipe.string(stream("2\n", "2\t3\n")),
+                                  pgdump.restore{url = dst, jobs = 2, chunk_bytes = 4096}})
+  T.eq(err.code, "pgdump.restore")
+  T.match(err.message, "failed at statement 9 ")
+  T.match(err.message, "violates foreign key constraint \"c_p_fkey\"")
+  T.match(err.message, "the target is partial")
+  local db <close> = pgdump.connect(dst)
+  T.eq(#db:query("SELECT 1 FROM pg_class WHERE relname = 'after_error'"), 0, "stopped at the first error")
+  T.eq(#db:query("SELECT 1 FROM pg_class WHERE relname IN ('p_pkey', 'c_p')"), 2, "post-data before it ran")
+  -- the second part of p repeats a key of the first: the primary key fails, nothing after it runs
+  dst = fresh("pgdump_post_err2")
+  err = T.raises(pipe.run, {pipe.string(stream("1\n", "2\t1\n")),
+                            pgdump.restore{url = dst, jobs = 2, chunk_bytes = 4096}})
+  T.match(err.message, "failed at statement 7 %(ALTER TABLE ONLY public.p%): could not create unique index \"p_pkey\"")
+  local db2 <close> = pgdump.connect(dst)
+  T.eq(#db2:query("SELECT 1 FROM pg_class WHERE relname = 'after_error'"), 0, "stopped at the first error")
+  T.eq(#db2:query("SELECT 1 FROM pg_constraint WHERE conname = 'c_p_fkey'"), 0, "no foreign key after it")
+end)
+
 T.case("bad url, wrong password, pooled endpoint: clear errors without the password", function()
   local err = T.raises(pgdump.dump, {url = "postgresql://u@host/db?nosuchparam=1"})
   T.match(err.message, "invalid database url")
