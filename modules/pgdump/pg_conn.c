@@ -3,6 +3,7 @@
  * of every message, server errors turned into RtErrors, and exact digests over COPY output.
  */
 #include "log.h"
+#include "modules/crypto/crypto.h"
 #include "pgdump.h"
 #include "redact.h"
 
@@ -130,14 +131,12 @@ int pgdump_exec(PGconn *c, const char *sql, RtError *err)
 
 /* ---- digests ---------------------------------------------------------------------------- */
 
-static void hex32(const uint8_t *d, char out[65])
+void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65])
 {
-    static const char hx[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hx[d[i] >> 4];
-        out[2 * i + 1] = hx[d[i] & 15];
-    }
-    out[64] = '\0';
+    uint8_t h[32];
+    unsigned hl = 0;
+    EVP_DigestFinal_ex(md, h, &hl);
+    crypto_hex(h, sizeof h, out);
 }
 
 static void add256(uint8_t *sum, const uint8_t *v)
@@ -165,7 +164,7 @@ void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from)
 
 void pgdump_set_digest_hex(const PgSetDigest *d, char out[65])
 {
-    hex32(d->sum, out);
+    crypto_hex(d->sum, sizeof d->sum, out);
 }
 
 int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtError *err)
@@ -220,11 +219,8 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
         out->bytes += n;
         PQfreemem(row);
     }
-    uint8_t h[32];
-    unsigned hl = 0;
-    EVP_DigestFinal_ex(md, h, &hl);
+    pgdump_digest_final_hex(md, out->sha256);
     EVP_MD_CTX_free(md);
-    hex32(h, out->sha256);
     pgdump_set_digest_hex(&set, out->set_sha256);
     while ((r = PQgetResult(c))) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == RT_OK)

@@ -882,15 +882,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             d->header_sent = false;
             pgdump_set_digest_merge(&t->set, &it->set);
             if (it->last) {
-                uint8_t h[32];
-                unsigned hl = 0;
-                EVP_DigestFinal_ex(t->md, h, &hl);
-                static const char hx[] = "0123456789abcdef";
-                for (int i = 0; i < 32; i++) {
-                    t->sha256[2 * i] = hx[h[i] >> 4];
-                    t->sha256[2 * i + 1] = hx[h[i] & 15];
-                }
-                t->sha256[64] = '\0';
+                pgdump_digest_final_hex(t->md, t->sha256);
                 set_pending(d, "\\.\n\n\n", 5);
             }
             continue;

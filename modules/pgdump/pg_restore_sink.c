@@ -801,15 +801,7 @@ static int restore_finish(void *self, RtError *err)
         return RT_ERR;
     for (int i = 0; i < r->ntabs; i++) {
         TableStat *t = &r->tabs[i];
-        uint8_t h[32];
-        unsigned hl = 0;
-        EVP_DigestFinal_ex(t->md, h, &hl);
-        static const char hx[] = "0123456789abcdef";
-        for (int k = 0; k < 32; k++) {
-            t->sha256[2 * k] = hx[h[k] >> 4];
-            t->sha256[2 * k + 1] = hx[h[k] & 15];
-        }
-        t->sha256[64] = '\0';
+        pgdump_digest_final_hex(t->md, t->sha256);
     }
     rt_debug("pgdump: restored %lld statements, %d tables, %lld parallel indexes into %s",
              (long long)r->statements, r->ntabs, (long long)r->indexes, r->what);

@@ -15,6 +15,7 @@
 #include "io/stage.h"
 
 #include <libpq-fe.h>
+#include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -49,6 +50,8 @@ typedef struct PgSetDigest {
 void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len);
 void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from);
 void pgdump_set_digest_hex(const PgSetDigest *d, char out[65]);
+/* Finishes an ordered SHA-256 (EVP) into lower-case hex. */
+void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65]);
 
 /* Digests `table` (a qualified, already quoted name such as public."Users", or any relation
  * name the server resolves) over `COPY (SELECT <non-generated columns>) TO STDOUT`, the same

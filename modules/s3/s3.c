@@ -23,16 +23,6 @@
 
 /* ---- small helpers ---- */
 
-void s3_hex(const unsigned char *d, size_t n, char *out)
-{
-    static const char h[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = h[d[i] >> 4];
-        out[2 * i + 1] = h[d[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 void s3_md5(const void *data, size_t len, unsigned char md[16])
 {
     unsigned int n = 16;

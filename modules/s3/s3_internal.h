@@ -90,7 +90,6 @@ const char *const *s3_headers_list(S3Headers *h);
 /* Content-MD5 (base64) and hex MD5 of data. */
 void s3_md5(const void *data, size_t len, unsigned char md[16]);
 void s3_md5_b64(const unsigned char md[16], char out[25]);
-void s3_hex(const unsigned char *d, size_t n, char *out);
 /* ETag without its quotes (malloc'ed). */
 char *s3_etag_clean(const char *etag);
 /* Jittered exponential backoff; false if cancelled. */

@@ -15,6 +15,8 @@
 #include "s3_internal.h"
 #include "s3_xml.h"
 
+#include "modules/crypto/crypto.h"
+
 #include "runtime/io/cancel.h"
 #include "runtime/log.h"
 
@@ -111,7 +113,7 @@ static int send_part(Upload *u, RtHttp *h, Part *p, RtError *err)
     char b64[25], hex[33];
     s3_md5(p->data, p->len, md);
     s3_md5_b64(md, b64);
-    s3_hex(md, 16, hex);
+    crypto_hex(md, 16, hex);
     char pn[16];
     snprintf(pn, sizeof pn, "%d", p->number);
     SigV4Param q[] = {{"partNumber", pn}, {"uploadId", u->upload_id}};
@@ -380,7 +382,7 @@ static int single_put(Upload *u, RtError *err)
     unsigned char md[16];
     char hex[33];
     s3_md5(data, len, md);
-    s3_hex(md, 16, hex);
+    crypto_hex(md, 16, hex);
     if (etag && !kms(u) && strcmp(etag, hex) != 0) {
         free(etag);
         /* Content-MD5 made the store check the bytes, so this is a store that answers oddly. */
@@ -450,7 +452,7 @@ static int up_finish(void *self, RtError *err)
     char expect[48];
     s3_md5(all, (size_t)u->parts * 16, md);
     free(all);
-    s3_hex(md, 16, expect);
+    crypto_hex(md, 16, expect);
     snprintf(expect + 32, sizeof expect - 32, "-%d", u->parts);
     if (b.oom) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     SigV4Param q[] = {{"uploadId", u->upload_id}};

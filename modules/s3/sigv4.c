@@ -4,6 +4,7 @@
  */
 #include "sigv4.h"
 
+#include "modules/crypto/crypto.h"
 #include "sbuf.h"
 
 #include <ctype.h>
@@ -15,21 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void hex(const unsigned char *d, size_t n, char *out)
-{
-    static const char h[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = h[d[i] >> 4];
-        out[2 * i + 1] = h[d[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
 void sigv4_sha256_hex(const void *data, size_t len, char out[65])
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256(data, len, md);
-    hex(md, sizeof md, out);
+    crypto_hex(md, sizeof md, out);
 }
 
 void sigv4_amz_date(time_t t, char out[17])
@@ -230,7 +221,7 @@ int sigv4_sign(const SigV4Request *rq, const SigV4Credentials *cr, SigV4Result *
     hmac(k2, 32, rq->service, strlen(rq->service), k3);
     hmac(k3, 32, "aws4_request", 12, k4);
     hmac(k4, 32, sts.p, sts.len, sig);
-    hex(sig, 32, out->signature);
+    crypto_hex(sig, 32, out->signature);
     OPENSSL_cleanse(k1, 32);
     OPENSSL_cleanse(k2, 32);
     OPENSSL_cleanse(k3, 32);
