@@ -142,14 +142,7 @@ static int gzip_wait_head(Gzip *g, RtError *err)
             pthread_mutex_unlock(&g->mu);
             return rt_cancel_error(err);
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&g->done_cv, &g->mu, &ts);
+        rt_cond_wait_ms(&g->done_cv, &g->mu, 100);
     }
     pthread_mutex_unlock(&g->mu);
     return RT_OK;

@@ -847,14 +847,7 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             }
             pthread_mutex_lock(&d->mu);
             while (!it->head && !it->done && !d->failed) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += 200 * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000L;
-                }
-                pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+                rt_cond_wait_ms(&d->cv, &d->mu, 200);
                 if (rt_cancelled()) break;
             }
             if (d->failed) {

@@ -266,14 +266,7 @@ static void *worker_main(void *arg)
 
 static bool timed_wait(Restore *r)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    rt_cond_wait_ms(&r->cv, &r->mu, 200);
     return !rt_cancelled();
 }
 

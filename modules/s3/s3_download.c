@@ -192,14 +192,7 @@ static int dl_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
             pthread_mutex_unlock(&d->mu);
             return rt_cancel_error(err);
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 200 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+        rt_cond_wait_ms(&d->cv, &d->mu, 200);
     }
     if (d->failed) {
         rt_error_copy(err, &d->err);

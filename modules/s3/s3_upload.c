@@ -74,14 +74,7 @@ static bool kms(const Upload *u)
 /* Waits on the condition with a short timeout so cancellation is noticed. Called locked. */
 static void wait_a_bit(Upload *u)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 200 * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&u->cv, &u->mu, &ts);
+    rt_cond_wait_ms(&u->cv, &u->mu, 200);
 }
 
 static int record_etag(Upload *u, int number, const char *etag, const unsigned char md5[16],

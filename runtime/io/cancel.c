@@ -23,6 +23,16 @@ int rt_cancel_error(RtError *err)
     return rt_error_set(err, RT_CLASS_CANCELLED, "cancelled", "cancelled by signal");
 }
 
+void rt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)ms * 1000000L;
+    ts.tv_sec += ts.tv_nsec / 1000000000L;
+    ts.tv_nsec %= 1000000000L;
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 bool rt_sleep_cancellable(double seconds)
 {
     while (seconds > 0) {

@@ -7,6 +7,7 @@
 #define RT_IO_CANCEL_H
 
 #include "error.h"
+#include <pthread.h>
 #include <stdbool.h>
 
 bool rt_cancelled(void);
@@ -17,5 +18,8 @@ void rt_cancel_reset(void);
 int rt_cancel_error(RtError *err);
 /* Sleeps up to `seconds`, waking early on cancel; returns false if cancelled. */
 bool rt_sleep_cancellable(double seconds);
+/* Waits on cv (mu held, as for pthread_cond_wait) for at most ms milliseconds: loops that wait
+ * for another thread call it so that they look at the cancel flag again at least that often. */
+void rt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms);
 
 #endif

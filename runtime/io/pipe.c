@@ -144,14 +144,7 @@ static void queue_destroy(Queue *q)
 
 static void timed_wait(Queue *q)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += 100 * 1000 * 1000;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&q->cond, &q->mu, &ts);
+    rt_cond_wait_ms(&q->cond, &q->mu, 100);
 }
 
 /* An empty buffer for the producer, or NULL if the pipe failed. */
