@@ -7,7 +7,6 @@
 #include "io/cancel.h"
 #include "log.h"
 
-#include <ctype.h>
 #include <curl/curl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -334,27 +333,6 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     }
     rt_debug("http %s %s -> %ld (%.2f s)", m, where, resp->status, resp->seconds);
     return RT_OK;
-}
-
-char *rt_http_uri_encode(const char *s, size_t len, bool keep_slash)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    char *out = malloc(len * 3 + 1);
-    if (!out) return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '~' ||
-            (keep_slash && ch == '/')) {
-            out[o++] = (char)ch;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[ch >> 4];
-            out[o++] = hex[ch & 15];
-        }
-    }
-    out[o] = 0;
-    return out;
 }
 
 double rt_http_parse_date(const char *s)

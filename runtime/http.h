@@ -89,9 +89,6 @@ const char *rt_http_header(const RtHttpResponse *r, const char *name);
 int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const char *what,
                RtError *err);
 
-/* Percent-encodes per RFC 3986 (unreserved A-Z a-z 0-9 - _ . ~ kept); '/' kept when
- * keep_slash. Returns a malloc'ed string (NULL on ENOMEM). */
-char *rt_http_uri_encode(const char *s, size_t len, bool keep_slash);
 /* Parses an HTTP date (RFC 7231 IMF-fixdate) to epoch seconds; 0 if unparseable. */
 double rt_http_parse_date(const char *s);
 
