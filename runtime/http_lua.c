@@ -102,6 +102,21 @@ void rt_lua_http_push_response(lua_State *L, const RtHttpResponse *rs)
     lua_setfield(L, -2, "headers");
 }
 
+int rt_lua_http_perform(lua_State *L, RtHttp **h, const RtHttpRequest *rq, RtHttpResponse *rs,
+                        double timeout, const char *what)
+{
+    RtHttpOptions ho = {.connect_timeout = timeout < 10 ? timeout : 10,
+                        .stall_timeout = timeout,
+                        .total_timeout = timeout};
+    *h = rt_http_new(&ho);
+    if (!*h) return rt_lua_fail(L, RT_CLASS_FAILURE, "http.init", NULL, "libcurl init failed");
+    RtError err;
+    rt_error_init(&err);
+    if (rt_http_do(*h, rq, rs, what, &err) != RT_OK) return rt_lua_raise(L, &err);
+    rt_lua_http_push_response(L, rs);
+    return 1;
+}
+
 typedef struct HttpCall {
     RtHttp *h;
     RtHttpResponse rs;
@@ -183,22 +198,13 @@ static int l_request(lua_State *L)
                            "http.request: timeout and max_body must be positive");
     rt_lua_http_headers(L, 1, "http.request", &c->headers);
 
-    RtHttpOptions ho = {.connect_timeout = timeout < 10 ? timeout : 10,
-                        .stall_timeout = timeout,
-                        .total_timeout = timeout};
-    c->h = rt_http_new(&ho);
-    if (!c->h) return rt_lua_fail(L, RT_CLASS_FAILURE, "http.init", NULL, "libcurl init failed");
     RtHttpRequest rq = {.method = method,
                         .url = url,
                         .headers = (const char *const *)c->headers,
                         .body = (const uint8_t *)body,
                         .body_len = body_len,
                         .max_body = (size_t)max_body};
-    RtError err;
-    rt_error_init(&err);
-    if (rt_http_do(c->h, &rq, &c->rs, what, &err) != RT_OK) return rt_lua_raise(L, &err);
-    rt_lua_http_push_response(L, &c->rs);
-    return 1;
+    return rt_lua_http_perform(L, &c->h, &rq, &c->rs, timeout, what);
 }
 
 int luaopen_http(lua_State *L)

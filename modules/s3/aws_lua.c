@@ -246,11 +246,6 @@ static int l_request(lua_State *L)
     snprintf(c->url, ul, "%s%s%s%s", base, c->sig.encoded_path,
              c->sig.canonical_query[0] ? "?" : "", c->sig.canonical_query);
 
-    RtHttpOptions ho = {.connect_timeout = timeout < 10 ? timeout : 10,
-                        .stall_timeout = timeout,
-                        .total_timeout = timeout};
-    c->h = rt_http_new(&ho);
-    if (!c->h) return rt_lua_fail(L, RT_CLASS_FAILURE, "aws.init", NULL, "libcurl init failed");
     RtHttpRequest hr = {.method = method,
                         .url = c->url,
                         .headers = (const char *const *)c->lines,
@@ -259,9 +254,7 @@ static int l_request(lua_State *L)
                         .max_body = (size_t)max_body};
     char what[160];
     snprintf(what, sizeof what, "%s at %s", service, host);
-    if (rt_http_do(c->h, &hr, &c->rs, what, &err) != RT_OK) return rt_lua_raise(L, &err);
-    rt_lua_http_push_response(L, &c->rs);
-    return 1;
+    return rt_lua_http_perform(L, &c->h, &hr, &c->rs, timeout, what);
 }
 
 int luaopen_aws(lua_State *L)
