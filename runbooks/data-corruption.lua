@@ -60,10 +60,7 @@ local tbl, predicate = args[1], args[2]
 if tbl == "" or predicate:match("^%s*$") then usage("TABLE and PREDICATE must not be empty") end
 local at
 if opt.at then
-  local ok, t = pcall(time.parse, opt.at)
-  if not ok or not t then usage("--at '" .. opt.at .. "' is not an ISO 8601 timestamp", "use the form 2024-01-15T10:30:00Z (UTC)") end
-  if t > time.now() then usage("--at " .. time.iso(t) .. " is in the future", "choose a time before now (" .. time.iso(time.now()) .. ")") end
-  at = t
+  at = job.past_time(opt.at, "--at")
 end
 local project = env.get("NEON_PROJECT_ID")
 local margin = tonumber(env.get("RECOVERY_MARGIN_MINUTES", "15"))

@@ -13,15 +13,7 @@ if not ts then
   clubio.fail{message = "pitr-recovery needs a TIMESTAMP", class = "usage",
               hint = "ISO 8601 in UTC, e.g. clubio-dr run pitr-recovery 2024-01-15T10:30:00Z"}
 end
-local ok, at = pcall(time.parse, ts)
-if not ok or not at then
-  clubio.fail{message = "'" .. ts .. "' is not an ISO 8601 timestamp", class = "usage",
-              hint = "use the form 2024-01-15T10:30:00Z (UTC) or 2024-01-15T12:30:00+02:00"}
-end
-if at > time.now() then
-  clubio.fail{message = time.iso(at) .. " is in the future", class = "usage",
-              hint = "choose a time before now (" .. time.iso(time.now()) .. ")"}
-end
+local at = job.past_time(ts)
 local project = env.get("NEON_PROJECT_ID")
 local n = neon.client{project_id = project}
 local J = job.new("pitr-recovery")

@@ -21,11 +21,7 @@ local job, branches = require "clubio.job", require "clubio.branches"
 local arg_at = ...
 local at
 if arg_at then
-  at = time.parse(arg_at)
-  if not at then
-    clubio.fail{message = "'" .. arg_at .. "' is not an ISO 8601 timestamp", class = "usage",
-                hint = "use the form 2024-01-15T10:30:00Z (UTC)"}
-  end
+  at = job.past_time(arg_at)
 else
   local minutes = tonumber(env.get("PITR_TEST_AGE_MINUTES", "60"))
   if not minutes or minutes <= 0 then

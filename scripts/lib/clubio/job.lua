@@ -193,6 +193,22 @@ end
 
 -- Small helpers jobs share.
 
+-- A point in the past typed by a user (ISO 8601) as epoch seconds; a usage error that names it
+-- (`label`, e.g. "--at") when it is not a timestamp or is in the future.
+function M.past_time(text, label)
+  local pre = label and (label .. " ") or ""
+  local ok, t = pcall(time.parse, text)
+  if not ok or not t then
+    clubio.fail{message = pre .. "'" .. tostring(text) .. "' is not an ISO 8601 timestamp", class = "usage",
+                hint = "use the form 2024-01-15T10:30:00Z (UTC) or 2024-01-15T12:30:00+02:00"}
+  end
+  if t > time.now() then
+    clubio.fail{message = pre .. time.iso(t) .. " is in the future", class = "usage",
+                hint = "choose a time before now (" .. time.iso(time.now()) .. ")"}
+  end
+  return t
+end
+
 -- The parts of a postgres URL that may be shown (never the password).
 function M.describe_url(url)
   local user, host, port, db = url:match("^postgres[q]?[l]?://([^:@/]*)[^@/]*@([^:/?]+):?(%d*)/([^?]*)")
