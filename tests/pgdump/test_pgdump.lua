@@ -11,7 +11,6 @@ local proc = require "proc"
 
 local ADMIN = env.get("SANDBOX_PG_ADMIN_URL")
 local BASE = ADMIN:gsub("/postgres$", "")
-local DIR = os.getenv("CLUBIO_DR_TEST_DIR") .. "/pgdump"
 local admin = pgdump.connect(ADMIN)
 local tmp = T.tmpdir()
 
@@ -80,7 +79,7 @@ local function check_objects(u)
 end
 
 local SRC = fresh("pgdump_src")
-psql("pgdump_src", {"-f", DIR .. "/features.sql"})
+psql("pgdump_src", {"-f", os.getenv("CLUBIO_DR_TEST_DIR") .. "/fixtures/pgdump-features.sql"})
 local SRC_DIGESTS = digests(SRC)
 
 T.case("our dump restores with psql and matches the source table by table", function()
