@@ -36,11 +36,7 @@ local safety = "pre-restore-" .. time.format(time.now(), "%Y%m%d-%H%M%S")
 local question = string.format("Replace the data of %s (project %s) with %s? The safety branch %s will keep the current data",
                                main.name, project, source, safety)
 -- Ask before anything is created: a declined restore leaves no stray safety branch behind.
-if not J.dry_run and not clubio.confirm(question) then
-  J:record({step = "restore " .. main.name .. " from " .. source, status = "declined"})
-  clubio.fail{message = "restore of " .. main.name .. " from " .. source .. " declined", class = "declined",
-              code = "declined.step", hint = "nothing was changed; re-run with --yes to confirm"}
-end
+if not J.dry_run then J:confirm("restore " .. main.name .. " from " .. source, question) end
 J:step("create the safety branch " .. safety, {plan = "copy of " .. main.name .. " as it is now"}, function()
   return n:create_branch{name = safety, parent = main.id, endpoint = false}
 end)

@@ -79,6 +79,24 @@ function Job:record(entry)
   end
 end
 
+-- Asks `question` (--yes answers it) before the step `title`; a "no" or nobody to answer is
+-- journaled as declined and stops the job (exit 5). Job:step calls it for destructive steps; a
+-- job calls it itself to ask once before several steps (e.g. before it takes a safety copy).
+function Job:confirm(title, question)
+  -- confirm() raises when nobody can answer (no terminal, no --yes): that is a refusal too,
+  -- and goes to the journal like a "no"
+  local ok, yes = pcall(clubio.confirm, question or (title .. "?"))
+  if not ok then
+    self:record({step = title, status = "declined", start = time.iso(time.now()), error = tostring(yes)})
+    error(yes, 0)
+  end
+  if not yes then
+    self:record({step = title, status = "declined", start = time.iso(time.now())})
+    clubio.fail{message = title .. ": declined", class = "declined", code = "declined.step",
+                hint = "nothing was changed by this step; re-run with --yes to confirm"}
+  end
+end
+
 -- Runs fn() as a step. opts: plan (text shown with --dry-run and in the log), destructive
 -- (confirmation needed), confirm (the question), hint (what to do if it fails), dry (a function
 -- run instead of fn under --dry-run, for read-only checks that make the plan concrete).
@@ -90,20 +108,7 @@ function Job:step(title, opts, fn)
     if opts.dry then return opts.dry() end
     return nil
   end
-  if opts.destructive then
-    -- confirm() raises when nobody can answer (no terminal, no --yes): that is a refusal too,
-    -- and goes to the journal like a "no"
-    local ok, yes = pcall(clubio.confirm, opts.confirm or (title .. "?"))
-    if not ok then
-      self:record({step = title, status = "declined", start = time.iso(time.now()), error = tostring(yes)})
-      error(yes, 0)
-    end
-    if not yes then
-      self:record({step = title, status = "declined", start = time.iso(time.now())})
-      clubio.fail{message = title .. ": declined", class = "declined", code = "declined.step",
-                  hint = "nothing was changed by this step; re-run with --yes to confirm"}
-    end
-  end
+  if opts.destructive then self:confirm(title, opts.confirm) end
   local start, t0 = time.now(), time.monotonic()
   log.info(title .. (opts.plan and (": " .. opts.plan) or ""))
   local res = table.pack(pcall(fn))
