@@ -57,17 +57,13 @@ if list_only then
 end
 
 local ctx = dr.context()
-local J = dr.new_job("dr-failover")
+local J = job.new("dr-failover")
 ctx.job = J
 if not J.dry_run then
   local q = string.format("Fail over to the DR project %s (database %s)? The application will be pointed at it and " ..
                           "replication from the primary %s stopped", tostring(ctx.cfg.dr_project), dr.display(ctx.dr_url),
                           ctx.primary_url and dr.display(ctx.primary_url) or "(not answering)")
-  if not clubio.confirm(q) then
-    J:record({step = "confirm", status = "declined"})
-    clubio.fail{message = "failover declined", class = "declined", code = "declined.step",
-                hint = "nothing was changed; re-run with --yes to confirm"}
-  end
+  J:confirm("failover", q)
 end
 log.info("failover", {primary = ctx.primary_url and dr.display(ctx.primary_url) or "unreachable",
                       dr = dr.display(ctx.dr_url), steps = #steps, site_files = table.concat(sites, ",")})

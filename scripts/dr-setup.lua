@@ -68,7 +68,7 @@ if status_only then
   return 0
 end
 
-local J = dr.new_job("dr-setup")
+local J = job.new("dr-setup")
 if resync and not J.dry_run then
   if not clubio.confirm(string.format("Truncate the replicated tables in the DR database %s and copy them again from %s?",
                                       dr.display(ctx.dr_url), dr.display(ctx.primary_url))) then

@@ -84,7 +84,7 @@ end
 
 local ctx = dr.context()
 local cfg = ctx.cfg
-local J = dr.new_job("dr-test")
+local J = job.new("dr-test")
 local stamp = time.format(time.now(), "%Y%m%d-%H%M%S")
 local report = {job = "dr-test", run = J.run_id, started = time.iso(time.now()), objectives = OBJECTIVES,
                 primary_project = cfg.primary_project, dr_project = cfg.dr_project,
@@ -198,7 +198,7 @@ end
 if not failed then
   ok = item("execution", "run the failover", function()
     local steps = dr.load_site(dr.steps())
-    local FJ = dr.new_job("dr-failover")
+    local FJ = job.new("dr-failover")
     local ok2, err = pcall(dr.run_steps, FJ, ctx, steps, {})
     report.failover = {run = FJ.run_id, steps = {}}
     for _, s in ipairs(FJ.steps) do

@@ -983,21 +983,6 @@ end
 
 -- ---- running the failover ----------------------------------------------------------------
 
--- A clubio.job with a run id that is unique even for runs started in the same second (job.new's
--- id comes from os.time() and math.random, whose seed can repeat between processes).
-function M.new_job(name)
-  local J = require("clubio.job").new(name)
-  local fh = io.open("/dev/urandom", "rb")
-  if fh then
-    local b = fh:read(6)
-    fh:close()
-    if b and #b == 6 then
-      J.run_id = string.format("%s-%d-%s", name, os.time(), (b:gsub(".", function(c) return string.format("%02x", c:byte()) end)))
-    end
-  end
-  return J
-end
-
 -- Runs the steps as steps of job J (journal with timings). opts.from: start at that step (the
 -- earlier ones are journaled as skipped). A failing step stops the run: the error says which
 -- step, what completed, and what to do next.
