@@ -6,16 +6,11 @@
 -- resetting its main branch cannot disturb other tests that use clubio-primary.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
-local proc, env, cjson, pgdump, neon, http, time = require "proc", require "env", require "cjson", require "pgdump",
-  require "neon", require "http", require "time"
+local proc, env, cjson, pgdump, neon, time = require "proc", require "env", require "cjson", require "pgdump",
+  require "neon", require "time"
 local BIN = env.get("CLUBIO_DR_BIN")
 
-local PROJECT = string.format("scripts-neon-%d-%d", os.time(), math.random(1000, 9999))
-local api_root = env.get("NEON_API_HOST"):gsub("/api/v2$", "")
-local created = http.request{method = "POST", url = api_root .. "/_test/projects",
-                             headers = {Authorization = "Bearer " .. env.get("NEON_API_KEY")},
-                             body = cjson.encode{id = PROJECT}}
-assert(created.status == 201, "cannot create the test's neon-local project: " .. created.body)
+local PROJECT = require("neonlocal").project(string.format("scripts-neon-%d-%d", os.time(), math.random(1000, 9999)))
 local n = neon.client{project_id = PROJECT}
 local MAIN_URL = n:connection_uri{branch = "main", database = "clubio", role = "app"}
 local base_env = {NEON_PROJECT_ID = PROJECT, DATABASE_URL = MAIN_URL, CLUBIO_DR_JOURNAL = "off"}

@@ -5,8 +5,8 @@
 -- and keeps the newest verified backup.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
-local proc, env, cjson, time, s3, neon, http =
-  require "proc", require "env", require "cjson", require "time", require "s3", require "neon", require "http"
+local proc, env, cjson, time, s3, neon =
+  require "proc", require "env", require "cjson", require "time", require "s3", require "neon"
 local retention = require "clubio.retention"
 local BIN = env.get("CLUBIO_DR_BIN")
 local BUCKET = env.get("BACKUP_S3_BUCKET")
@@ -113,11 +113,7 @@ end)
 
 T.case("branches: a year-old backup is deleted, a monthly and today's are kept", function()
   local pid = "retention-" .. os.time() % 100000 .. "-" .. math.random(1, 999)
-  local base = env.get("NEON_API_HOST"):gsub("/api/v2$", "")
-  local res = http.request{method = "POST", url = base .. "/_test/projects", body = cjson.encode{id = pid},
-                           headers = {["Content-Type"] = "application/json",
-                                      Authorization = "Bearer " .. env.get("NEON_API_KEY")}, timeout = 120}
-  T.eq(res.status, 201, res.body)
+  require("neonlocal").project(pid)
   local n = neon.client{project_id = pid}
   local names = {}
   for _, back in ipairs{0, 100, 400} do

@@ -52,15 +52,7 @@ end
 -- A neon-local project of the test's own (TEST-ONLY endpoint of neon-local), so branches,
 -- defaults and backups of one test never meet another's. Returns the project id.
 function M.project(name)
-  local http = require "http"
-  local host = env.get("NEON_API_HOST"):gsub("/api/v2/?$", "")
-  local id = (name .. "-" .. M.TAG):lower()
-  local r = http.request{method = "POST", url = host .. "/_test/projects",
-                         headers = {["Authorization"] = "Bearer " .. env.get("NEON_API_KEY"),
-                                    ["Content-Type"] = "application/json"},
-                         body = cjson.encode{id = id}, timeout = 120}
-  assert(r.status == 201 or r.status == 200, "neon-local would not create project " .. id .. ": " .. r.status .. " " .. r.body)
-  return id
+  return require("neonlocal").project((name .. "-" .. M.TAG):lower())
 end
 
 -- A private AWS stand-in (tests/sandbox/aws_stub.py) with its own state and request log; the
