@@ -161,13 +161,22 @@ static long feed_copy(PgSplit *s, const uint8_t *p, size_t n, RtError *err)
             s->cstate = C_MID;
             /* fall through */
         case C_MID: {
-            const uint8_t *nl = memchr(p + i, '\n', n - i);
-            size_t end = nl ? (size_t)(nl - p) + 1 : n;
+            /* a run of rows goes out in one call: it ends before a line that starts with a
+             * backslash (which may be the \. terminator) or at the end of the input */
+            const uint8_t *q = p + i, *e = p + n, *nl;
+            while ((nl = memchr(q, '\n', (size_t)(e - q)))) {
+                s->line++;
+                q = nl + 1;
+                s->cstate = C_LS;
+                if (q == e || *q == '\\') break;
+            }
+            if (!nl) {
+                q = e;
+                s->cstate = C_MID;
+            }
+            size_t end = (size_t)(q - p);
             if (s->ev.copy_data(s->ud, p + i, end - i, err) != RT_OK) return -1;
-            for (size_t k = i; k < end; k++)
-                if (p[k] == '\n') s->line++;
             i = end;
-            if (nl) s->cstate = C_LS;
             break;
         }
         case C_E1:

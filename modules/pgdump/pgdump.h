@@ -90,12 +90,13 @@ typedef struct PgRestoreOptions {
     const char *url;
     int jobs;            /* parallel connections for COPY data and CREATE INDEX (default 2) */
     bool clean;          /* drop the target's existing objects first (destructive) */
-    int64_t chunk_bytes; /* a table's COPY data is cut in COPY commands of this size (8 MiB) */
+    int64_t chunk_bytes; /* a COPY command ends after this much data (8 MiB): the commit size */
+    bool digests;        /* SHA-256 of each table's COPY data, as the dump computes it */
 } PgRestoreOptions;
 
 /* A sink loading a plain-SQL stream (ours or stock pg_dump's). Checks the target is empty (or
  * cleans it) before returning. Results: { statements, tables = { ["schema.table"] = {rows,
- * bytes, sha256} } }. */
+ * bytes [, sha256 with digests]} } }. */
 RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err);
 
 #endif

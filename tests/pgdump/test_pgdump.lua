@@ -120,7 +120,7 @@ end)
 T.case("our restore loads our dump in parallel and matches the source", function()
   local dst = fresh("pgdump_ours")
   local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, split_bytes = 1 << 20, row_digests = true, label = "dump"},
-                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, label = "restore"}}
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, digests = true, label = "restore"}}
   local restored = digests(dst)
   for name, d in pairs(r.dump.tables) do
     T.eq(r.restore.tables[name].rows, d.rows, name .. " rows loaded")
@@ -293,6 +293,52 @@ T.case("an error in a post-data statement after tables in several parts names th
   local db2 <close> = pgdump.connect(dst)
   T.eq(#db2:query("SELECT 1 FROM pg_class WHERE relname = 'after_error'"), 0, "stopped at the first error")
   T.eq(#db2:query("SELECT 1 FROM pg_constraint WHERE conname = 'c_p_fkey'"), 0, "no foreign key after it")
+end)
+
+T.case("autovacuum is paused on big tables while they load, then reset, also after a failure", function()
+  -- big: 40,000 rows (about 1 MB, more than one 256 KiB block); tuned: big too, but its dump
+  -- sets autovacuum_enabled itself; small: one block. A post-data statement records what the
+  -- catalog says mid-restore.
+  local rows = {}
+  for i = 1, 40000 do rows[i] = i .. "\tpadding text for row " .. i .. "\n" end
+  local data = table.concat(rows)
+  local function stream(bad_row)
+    return "CREATE TABLE big (id int, v text);\n" ..
+           "CREATE TABLE tuned (id int, v text) WITH (fillfactor = 90, autovacuum_enabled = true);\n" ..
+           "CREATE TABLE small (id int);\n" ..
+           "COPY public.big (id, v) FROM stdin;\n" .. data .. (bad_row or "") .. "\\.\n" ..
+           "COPY public.tuned (id, v) FROM stdin;\n" .. data .. "\\.\n" ..
+           "COPY public.small (id) FROM stdin;\n1\n\\.\n" ..
+           "CREATE TABLE seen AS SELECT relname::text, reloptions::text AS opts FROM pg_class " ..
+           "WHERE relname IN ('big', 'tuned', 'small');\n"
+  end
+  local function options(db)
+    local out = {}
+    for _, row in ipairs(db:query("SELECT relname, reloptions::text AS opts FROM pg_class " ..
+                                  "WHERE relname IN ('big', 'tuned', 'small')")) do
+      out[row.relname] = row.opts or "none"
+    end
+    return out
+  end
+  local dst = fresh("pgdump_autovac")
+  local r = pipe.run{pipe.string(stream()), pgdump.restore{url = dst, jobs = 2, label = "restore"}}
+  T.eq(r.restore.tables["public.big"].rows, 40000)
+  local db <close> = pgdump.connect(dst)
+  local seen = {}
+  for _, row in ipairs(db:query("SELECT relname, opts FROM seen")) do seen[row.relname] = row.opts or "none" end
+  T.eq(seen.big, "{autovacuum_enabled=false}", "paused while the restore ran")
+  T.eq(seen.tuned, "{fillfactor=90,autovacuum_enabled=true}", "the dump's own setting is left alone")
+  T.eq(seen.small, "none", "one block: not worth two catalog updates")
+  local now = options(db)
+  T.eq(now.big, "none", "reset at the end")
+  T.eq(now.tuned, "{fillfactor=90,autovacuum_enabled=true}")
+  T.eq(now.small, "none")
+  -- a bad row in the last block of big fails the restore; the pause is undone all the same
+  dst = fresh("pgdump_autovac_err")
+  local err = T.raises(pipe.run, {pipe.string(stream("x\ty\n")), pgdump.restore{url = dst, jobs = 2}})
+  T.match(err.message, "%(table public.big%): invalid input syntax for type integer")
+  local db2 <close> = pgdump.connect(dst)
+  T.eq(options(db2).big, "none", "reset after the failure")
 end)
 
 T.case("bad url, wrong password, pooled endpoint: clear errors without the password", function()
