@@ -210,6 +210,16 @@ static void test_counts_and_lines(void)
     CHECK_EQ_INT(pg_split_feed(s, (const uint8_t *)in + 17, strlen(in) - 17, &err), RT_OK);
     CHECK_EQ_INT(pg_split_count(s), 2);
     pg_split_free(s);
+    /* lines of COPY data count, also when rows arrive in pieces and a row starts with \ */
+    memset(&l, 0, sizeof l);
+    s = pg_split_new(&EV, &l, 0);
+    const char *cp = "COPY t FROM stdin;\n1\n\\N\n2\n\\.\n\nSELECT 1;";
+    CHECK_EQ_INT(pg_split_feed(s, (const uint8_t *)cp, 22, &err), RT_OK);
+    CHECK_EQ_INT(pg_split_feed(s, (const uint8_t *)cp + 22, strlen(cp) - 22, &err), RT_OK);
+    CHECK_EQ_INT(pg_split_line(s), 7); /* SELECT 1; (and what may follow it) is on line 7 */
+    CHECK_EQ_INT(pg_split_finish(s, &err), RT_OK);
+    CHECK_EQ_INT(pg_split_count(s), 2);
+    pg_split_free(s);
     /* a statement longer than the limit is an error, not unbounded memory */
     memset(&l, 0, sizeof l);
     s = pg_split_new(&EV, &l, 100);
