@@ -331,9 +331,17 @@ static int gunzip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError
         if (g->state != GZ_MEMBER) {
             uint8_t b = in->data[in->pos];
             if (b != GZ_MAGIC[g->magic]) {
-                if (g->members == 0)
-                    return gunzip_corrupt(g, err, "crypto.not_gzip",
-                                          "input is not gzip data (bad magic)%s", "");
+                if (g->members == 0) {
+                    /* after crypto.decrypt, garbage from the first byte is a wrong key: the
+                     * padding check that would say so comes only at the end */
+                    rt_error_set(err, RT_CLASS_VERIFY, "crypto.not_gzip",
+                                 "input is not gzip data (bad magic)");
+                    rt_error_hint(err,
+                                  "if it was decrypted first, the passphrase is wrong (check "
+                                  "BACKUP_ENCRYPTION_KEY); otherwise the archive is damaged or "
+                                  "not gzip: fetch it again and check it against its manifest");
+                    return RT_ERR;
+                }
                 return gunzip_corrupt(g, err, "crypto.gzip_trailing",
                                       "trailing garbage after the last gzip member%s", "");
             }

@@ -264,6 +264,7 @@ static void test_gunzip_multi_member_and_errors(void)
     /* not gzip at all */
     CHECK_EQ_INT(run_pipe(in, 100, &gunz, 1, 0, &out, &len, &err), RT_ERR);
     CHECK_EQ_STR(err.code, "crypto.not_gzip");
+    CHECK(strstr(err.hint, "passphrase is wrong") != NULL); /* the usual cause after decrypt */
     /* a flipped byte in the deflate data of the second member, and in a CRC */
     gz[a + 40] ^= 0x55;
     CHECK_EQ_INT(run_pipe(gz, total, &gunz, 1, 0, &out, &len, &err), RT_ERR);
