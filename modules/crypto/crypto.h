@@ -7,8 +7,9 @@
  *   gzip     crypto_gzip_filter: 1 MiB blocks compressed in parallel (libdeflate, one
  *            compressor per worker thread), each block a complete gzip member, emitted in order;
  *            `gunzip`/`zcat`/`pigz -d` read concatenated members as one stream.
- *   gunzip   crypto_gunzip_filter: zlib inflate over one or more members (gzip's, pigz's,
- *            ours); checks each member's CRC-32 and length; truncation and anything after the
+ *   gunzip   crypto_gunzip_filter: one or more members (gzip's, pigz's, ours); members up to
+ *            a 4 MiB window (ours) whole with libdeflate, bigger ones with zlib's streaming
+ *            inflate; checks each member's CRC-32 and length; truncation and anything after the
  *            last member that is not another member ("trailing garbage") are errors.
  *   encrypt  crypto_encrypt_filter: "Salted__" + 8 random salt bytes, then AES-256-CBC with
  *            PKCS#7 padding; key and IV = PBKDF2-HMAC-SHA256(passphrase, salt, iter) -> 32+16.

@@ -11,9 +11,14 @@
  * 1 MiB boundary cost under 0.1%. Memory is bounded: 2 x threads slots of one input block and
  * one output bound each.
  *
- * gunzip: zlib inflate with gzip decoding (windowBits 16+15), which checks each member's CRC-32
- * and ISIZE. After a member ends, the next bytes must be the gzip magic of another member;
- * anything else is "trailing garbage", and EOF inside a member is truncation.
+ * gunzip: members that fit in a window (GZ_WIN of input, GZ_OUT of output: every member our
+ * gzip writes) are decompressed whole by libdeflate, which checks CRC-32 and ISIZE and is about
+ * three times faster than zlib's inflate (this is CPU a parallel restore takes from the
+ * server). The first member that does not fit — a stock `gzip` file is one big member — or does
+ * not decompress switches the stream, from that member on, to zlib's streaming inflate (gzip
+ * decoding, windowBits 16+15), which also gives the exact error: after a member ends, the next
+ * bytes must be the gzip magic of another member; anything else is "trailing garbage", and EOF
+ * inside a member is truncation.
  */
 #include "crypto.h"
 #include "io/cancel.h"
@@ -293,12 +298,21 @@ RtFilter *crypto_gzip_filter(const CryptoGzipOptions *opts, RtError *err)
 
 enum { GZ_START, GZ_MEMBER, GZ_BOUNDARY };
 
+#define GZ_WIN ((size_t)4 << 20)
+#define GZ_OUT ((size_t)4 << 20)
+
 typedef struct Gunzip {
     z_stream z;
     bool z_ready;
     int state;
     int magic; /* bytes of the next member's magic seen */
     uint64_t members, bytes_in, bytes_out;
+    /* the libdeflate path, until `streaming`: input from a member's start (win[win_pos..win_len)
+     * is left over for zlib after the switch), and one member's output not yet passed on */
+    bool streaming, need_full;
+    struct libdeflate_decompressor *d;
+    uint8_t *win, *ob;
+    size_t win_len, win_pos, ob_len, ob_pos;
 } Gunzip;
 
 static const uint8_t GZ_MAGIC[2] = {0x1f, 0x8b};
@@ -315,9 +329,9 @@ static int gunzip_corrupt(Gunzip *g, RtError *err, const char *code, const char 
     return RT_ERR;
 }
 
-static int gunzip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError *err)
+/* zlib's streaming inflate over `in` (NULL: the end of the input). */
+static int gunzip_zlib(Gunzip *g, RtBuf *in, RtBuf *out, bool *done, RtError *err)
 {
-    Gunzip *g = self;
     if (!in) {
         if (g->state == GZ_START && g->magic == 0)
             return gunzip_corrupt(g, err, "crypto.gzip_truncated", "gzip stream is empty%s", "");
@@ -387,6 +401,92 @@ static int gunzip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError
     return RT_OK;
 }
 
+/* Passes on what is left of the last member libdeflate decompressed. */
+static void gunzip_drain(Gunzip *g, RtBuf *out)
+{
+    size_t n = g->ob_len - g->ob_pos, room = rt_buf_space(out);
+    if (n > room) n = room;
+    memcpy(rt_buf_wptr(out), g->ob + g->ob_pos, n);
+    out->used += n;
+    g->ob_pos += n;
+}
+
+/* From the member at win[win_pos] on, zlib takes over. */
+static void gunzip_to_zlib(Gunzip *g)
+{
+    g->streaming = true;
+    g->state = g->members ? GZ_BOUNDARY : GZ_START;
+    g->magic = 0;
+}
+
+static int gunzip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError *err)
+{
+    Gunzip *g = self;
+    if (!g->streaming) {
+        if (g->ob_pos < g->ob_len) {
+            gunzip_drain(g, out);
+            if (g->ob_pos < g->ob_len) return RT_OK;
+        }
+        if (in) { /* take input into the window, moving what is left of it to the front */
+            size_t n = rt_buf_remain(in);
+            if (g->win_pos > 0 && n > GZ_WIN - g->win_len) {
+                memmove(g->win, g->win + g->win_pos, g->win_len - g->win_pos);
+                g->win_len -= g->win_pos;
+                g->win_pos = 0;
+            }
+            if (n > GZ_WIN - g->win_len) n = GZ_WIN - g->win_len;
+            memcpy(g->win + g->win_len, rt_buf_rptr(in), n);
+            in->pos += n;
+            g->win_len += n;
+        }
+        /* A member is decompressed once half a window is in (ours are far smaller), or the
+         * input has ended. One that fails with less than a full window may just be bigger:
+         * it is tried again with a full window before zlib takes over. */
+        while (g->ob_pos == g->ob_len) {
+            size_t avail = g->win_len - g->win_pos, used_in = 0, used_out = 0;
+            if (avail == 0 || (in && (avail < GZ_WIN / 2 || (g->need_full && avail < GZ_WIN))))
+                break;
+            const uint8_t *m = g->win + g->win_pos;
+            if (avail >= 2 && m[0] == GZ_MAGIC[0] && m[1] == GZ_MAGIC[1] &&
+                libdeflate_gzip_decompress_ex(g->d, m, avail, g->ob, GZ_OUT, &used_in, &used_out) ==
+                    LIBDEFLATE_SUCCESS) {
+                g->members++;
+                g->bytes_in += used_in;
+                g->bytes_out += used_out;
+                g->win_pos += used_in;
+                g->ob_len = used_out;
+                g->ob_pos = 0;
+                g->need_full = false;
+                gunzip_drain(g, out);
+                continue;
+            }
+            if (!in || avail == GZ_WIN) {
+                gunzip_to_zlib(g); /* too big for the window, or an error zlib will name */
+                break;
+            }
+            g->need_full = true;
+            break;
+        }
+        if (!g->streaming) {
+            if (!in && g->win_pos == g->win_len && g->ob_pos == g->ob_len) {
+                if (g->members == 0)
+                    return gunzip_corrupt(g, err, "crypto.gzip_truncated", "gzip stream is empty%s",
+                                          "");
+                *done = true;
+            }
+            return RT_OK;
+        }
+    }
+    if (g->win_pos < g->win_len) { /* what the window held when zlib took over */
+        RtBuf w = {g->win, g->win_len, g->win_len, g->win_pos};
+        bool wdone = false;
+        if (gunzip_zlib(g, &w, out, &wdone, err) != RT_OK) return RT_ERR;
+        g->win_pos = w.pos;
+        if (g->win_pos < g->win_len) return RT_OK; /* out is full */
+    }
+    return gunzip_zlib(g, in, out, done, err);
+}
+
 static void gunzip_results(void *self, RtResults *res)
 {
     Gunzip *g = self;
@@ -400,6 +500,9 @@ static void gunzip_destroy(void *self)
     Gunzip *g = self;
     if (!g) return;
     if (g->z_ready) inflateEnd(&g->z);
+    if (g->d) libdeflate_free_decompressor(g->d);
+    free(g->win);
+    free(g->ob);
     free(g);
 }
 
@@ -414,6 +517,15 @@ RtFilter *crypto_gunzip_filter(RtError *err)
         return NULL;
     }
     g->z_ready = true;
+    g->d = libdeflate_alloc_decompressor();
+    g->win = malloc(GZ_WIN);
+    g->ob = malloc(GZ_OUT);
+    if (!g->d || !g->win || !g->ob) {
+        free(f);
+        gunzip_destroy(g);
+        nomem(err);
+        return NULL;
+    }
     f->name = "gunzip";
     f->self = g;
     f->process = gunzip_process;

@@ -47,6 +47,8 @@ typedef struct Stage {
 } Stage;
 
 /* memory -> stages -> memory. Returns RT_OK/RT_ERR; *out is malloc'ed (caller frees). */
+static size_t gz_block = 1000; /* input bytes per member of the GZ stage */
+
 static int run_pipe(const uint8_t *in, size_t n, const Stage *st, int nst, size_t bufsize,
                     uint8_t **out, size_t *outlen, RtError *err)
 {
@@ -56,7 +58,7 @@ static int run_pipe(const uint8_t *in, size_t n, const Stage *st, int nst, size_
     rt_pipe_set_source(p, rt_mem_source(in, n, err), NULL);
     for (int i = 0; i < nst; i++) {
         RtFilter *f = NULL;
-        CryptoGzipOptions go = {.level = 6, .threads = 2, .block_size = 1000};
+        CryptoGzipOptions go = {.level = 6, .threads = 2, .block_size = gz_block};
         switch (st[i].kind) {
         case GZ:
             f = crypto_gzip_filter(&go, err);
@@ -472,7 +474,51 @@ static void test_cancel_mid_stream(void)
     rt_cancel_reset();
 }
 
+/* gunzip decompresses members of up to half its 4 MiB window with libdeflate as soon as they are
+ * in, bigger ones once the window is full, and hands anything bigger to zlib mid-stream. */
+static void test_gunzip_window(void)
+{
+    size_t n = (size_t)14 << 20, big = (size_t)6 << 20;
+    uint8_t *in = malloc(n);
+    uint32_t x = 2463534242u; /* xorshift: incompressible, so members are as big as blocks */
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        in[i] = (uint8_t)x;
+    }
+    RtError err;
+    uint8_t *gz, *out;
+    size_t glen, len;
+    Stage gzs = {GZ, NULL, 0}, gunz = {GUNZ, NULL, 0};
+    gz_block = (size_t)3 << 20; /* 3 MiB members: more than half the window */
+    CHECK_EQ_INT(run_pipe(in, n, &gzs, 1, 0, &gz, &glen, &err), RT_OK);
+    gz_block = 1000;
+    CHECK_EQ_INT(run_pipe(gz, glen, &gunz, 1, 0, &out, &len, &err), RT_OK);
+    CHECK(len == n && memcmp(out, in, n) == 0);
+    free(out);
+    gz[glen / 2] ^= 0x55; /* inside the third member */
+    CHECK_EQ_INT(run_pipe(gz, glen, &gunz, 1, 0, &out, &len, &err), RT_ERR);
+    CHECK_EQ_STR(err.code, "crypto.gzip_corrupt");
+    gz[glen / 2] ^= 0x55;
+    CHECK_EQ_INT(run_pipe(gz, glen - 100, &gunz, 1, 0, &out, &len, &err), RT_ERR);
+    CHECK_EQ_STR(err.code, "crypto.gzip_truncated");
+    /* our members, then one 6 MiB member (bigger than the window), then ours again */
+    size_t cap = glen + big + 4096;
+    uint8_t *mix = malloc(2 * cap);
+    memcpy(mix, gz, glen);
+    size_t z = zlib_gzip(in, big, mix + glen, cap);
+    memcpy(mix + glen + z, gz, glen);
+    CHECK_EQ_INT(run_pipe(mix, 2 * glen + z, &gunz, 1, 0, &out, &len, &err), RT_OK);
+    CHECK(len == 2 * n + big && memcmp(out, in, n) == 0 && memcmp(out + n, in, big) == 0 &&
+          memcmp(out + n + big, in, n) == 0);
+    free(out);
+    free(mix);
+    free(gz);
+    free(in);
+}
+
 TEST_MAIN(test_known_answers, test_decrypt_openssl_known_answer, test_round_trips,
-          test_gunzip_multi_member_and_errors, test_decrypt_errors,
+          test_gunzip_multi_member_and_errors, test_gunzip_window, test_decrypt_errors,
           test_failed_decrypt_leaves_no_file, test_digest_filters, test_bad_options,
           test_cancel_mid_stream)
