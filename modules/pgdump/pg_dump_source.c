@@ -119,6 +119,7 @@ typedef struct Dump {
     /* reader */
     int phase;
     RtSource *child;
+    RtSource *post;          /* post-data pg_dump, started early, read after the data */
     uint8_t hold[HOLD_SIZE]; /* pre-data output; the last TAIL_HOLD bytes wait for its end */
     size_t hold_len;
     const char *pending;
@@ -806,6 +807,13 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 d->child = NULL;
                 strip_trailer(d);
                 set_pending(d, (const char *)d->hold, d->hold_len);
+                if (d->phase == PH_PRE) {
+                    /* post-data's pg_dump starts now: it reads the whole catalog (0.3 s on the
+                     * bench database) while the data streams, instead of after it with the
+                     * cores idle; its output waits in the pipe until the data is out */
+                    d->post = start_pg_dump(d, "post-data", err);
+                    if (!d->post) return RT_ERR;
+                }
                 d->phase = d->phase == PH_PRE ? PH_DATA : PH_LO_DONE;
             }
             continue;
@@ -892,7 +900,8 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
             }
             /* fall through */
         case PH_LO_DONE:
-            d->child = start_pg_dump(d, "post-data", err);
+            d->child = d->post ? d->post : start_pg_dump(d, "post-data", err);
+            d->post = NULL;
             if (!d->child) return RT_ERR;
             d->phase = PH_POST;
             continue;
@@ -954,6 +963,7 @@ static void dump_destroy(void *self)
     if (!d) return;
     if (d->nthreads) stop_workers(d);
     if (d->child) rt_source_free(d->child);
+    if (d->post) rt_source_free(d->post);
     for (int i = 0; i < d->nwconn; i++)
         if (d->wconn[i]) PQfinish(d->wconn[i]);
     free(d->wconn);
