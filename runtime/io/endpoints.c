@@ -42,7 +42,10 @@ static int fd_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
     }
 }
 
-static int64_t fd_size(void *self) { return ((FdSrc *)self)->size; }
+static int64_t fd_size(void *self)
+{
+    return ((FdSrc *)self)->size;
+}
 
 static void fd_src_destroy(void *self)
 {
@@ -116,7 +119,10 @@ static int mem_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof
     return RT_OK;
 }
 
-static int64_t mem_size(void *self) { return (int64_t)((MemSrc *)self)->len; }
+static int64_t mem_size(void *self)
+{
+    return (int64_t)((MemSrc *)self)->len;
+}
 
 static void mem_src_destroy(void *self)
 {
@@ -152,13 +158,19 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
 
 typedef struct FileSink {
     int fd;
-    bool own;      /* we opened fd */
-    bool atomic;   /* temp file renamed on finish */
+    bool own;    /* we opened fd */
+    bool atomic; /* temp file renamed on finish */
     bool finished;
-    char *path;    /* final name */
-    char *tmp;     /* temp name */
+    char *path; /* final name */
+    char *tmp;  /* temp name */
     uint64_t bytes;
+    uint64_t flushed; /* bytes handed to the kernel's writeback (atomic files) */
 } FileSink;
+
+/* Writeback starts every FLUSH_AFTER bytes of a file we sync at the end, as PostgreSQL's
+ * *_flush_after settings do: the disk writes while the pipe runs, and the final fsync waits
+ * for the last stretch only (it took 0.2 s at the end of a 427 MB dump). */
+#define FLUSH_AFTER ((uint64_t)16 << 20)
 
 static int write_all(int fd, const uint8_t *data, size_t len, const char *name, RtError *err)
 {
@@ -182,7 +194,16 @@ static int fsink_write(void *self, const uint8_t *data, size_t len, RtError *err
 {
     FileSink *s = self;
     s->bytes += len;
-    return write_all(s->fd, data, len, s->path, err);
+    if (write_all(s->fd, data, len, s->path, err) != RT_OK) return RT_ERR;
+#ifdef SYNC_FILE_RANGE_WRITE
+    if (s->atomic && s->bytes - s->flushed >= FLUSH_AFTER) {
+        /* asynchronous: failures show at the final fsync */
+        (void)sync_file_range(s->fd, (off_t)s->flushed, (off_t)(s->bytes - s->flushed),
+                              SYNC_FILE_RANGE_WRITE);
+        s->flushed = s->bytes;
+    }
+#endif
+    return RT_OK;
 }
 
 static int fsink_finish(void *self, RtError *err)
@@ -599,8 +620,14 @@ static int child_write(void *self, const uint8_t *data, size_t len, RtError *err
     return RT_ERR;
 }
 
-static int child_sink_finish(void *self, RtError *err) { return child_finish(self, err); }
-static void child_sink_abort(void *self) { child_kill(self); }
+static int child_sink_finish(void *self, RtError *err)
+{
+    return child_finish(self, err);
+}
+static void child_sink_abort(void *self)
+{
+    child_kill(self);
+}
 
 RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
 {
