@@ -13,7 +13,10 @@
 #   restore  psql -v ON_ERROR_STOP=1 < plain.sql     vs  pgdump.restore{jobs = 2}
 #            pg_restore -j 2 (custom format)         vs  pgdump.restore{jobs = 2}
 # and prints the ratios (baseline time / our time: > 1 means we are faster) and our peak RSS.
-# The machine is shared: run it once; the load average is printed at the start and the end.
+# Every time is the median of three runs (ours and the baselines alike): on a shared 2-core
+# machine one run of a 5 s restore varies by 10% or more, and now and then a baseline or ours
+# waits a second for the server to cancel an autovacuum. RUNS=1 for a quick look.
+# The load average is printed at the start and the end.
 set -eu
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 MB=${2:-800}
@@ -41,9 +44,29 @@ newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c
 # Runs a command under /usr/bin/time, prints its seconds; peak RSS (KiB) goes to $WORK/rss.
 timed() {
     t0=$(now)
-    /usr/bin/time -f %M -o "$WORK/rss" "$@"
+    /usr/bin/time -f %M -o "$WORK/rss" "$@" >&2
     t1=$(now)
     elapsed "$t0" "$t1"
+}
+RUNS=${RUNS:-3}
+# runs PRE CMD... POST: RUNS times PRE (untimed), CMD (timed), POST (untimed); prints the median
+# seconds; the highest peak RSS of the runs goes to $WORK/rss.
+runs() {
+    pre=$1 post=$2
+    shift 2
+    : >"$WORK/times"
+    max=0
+    i=0
+    while [ "$i" -lt "$RUNS" ]; do
+        eval "$pre"
+        timed "$@" >>"$WORK/times"
+        r=$(cat "$WORK/rss")
+        [ "$r" -gt "$max" ] && max=$r
+        eval "$post"
+        i=$((i + 1))
+    done
+    echo "$max" >"$WORK/rss"
+    sort -n "$WORK/times" | sed -n "$(((RUNS + 1) / 2))p"
 }
 
 # ---- data ------------------------------------------------------------------------------------
@@ -105,20 +128,20 @@ LUA
 
 # ---- export ----------------------------------------------------------------------------------
 echo "export:"
-T_PGDUMP=$(timed sh -c "pg_dump -d bench > '$WORK/stock.sql'")
-T_OURS=$(timed "$BIN" run "$WORK/dump.lua" "$BASE/bench" "$WORK/ours.sql")
+T_PGDUMP=$(runs "rm -f '$WORK/stock.sql'" "" sh -c "pg_dump -d bench > '$WORK/stock.sql'")
+T_OURS=$(runs "rm -f '$WORK/ours.sql'" "" "$BIN" run "$WORK/dump.lua" "$BASE/bench" "$WORK/ours.sql")
 RSS_DUMP=$(cat "$WORK/rss")
 echo "  pg_dump > file                 ${T_PGDUMP}s  $(stat -c %s "$WORK/stock.sql") bytes"
 echo "  pgdump.dump > file             ${T_OURS}s  $(stat -c %s "$WORK/ours.sql") bytes  peak RSS $((RSS_DUMP / 1024)) MiB"
 echo "  ratio (plain dump)             $(ratio "$T_PGDUMP" "$T_OURS")x"
-T_CHAIN_BASE=$(timed sh -c "pg_dump -d bench | gzip -6 | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > '$WORK/stock.sql.gz.enc'")
+T_CHAIN_BASE=$(runs "" "" sh -c "pg_dump -d bench | gzip -6 | openssl enc -aes-256-cbc -salt -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY > '$WORK/stock.sql.gz.enc'")
 echo "  pg_dump | gzip | openssl enc   ${T_CHAIN_BASE}s  $(stat -c %s "$WORK/stock.sql.gz.enc") bytes"
 if [ "$HAS_CRYPTO" = true ]; then
-    T_CHAIN=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours.sql.gz.enc" 0 "$WORK/info")
+    T_CHAIN=$(runs "rm -f '$WORK/ours.sql.gz.enc'" "" "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours.sql.gz.enc" 0 "$WORK/info")
     RSS_CHAIN=$(cat "$WORK/rss")
     echo "  dump -> gzip -> encrypt        ${T_CHAIN}s  $(stat -c %s "$WORK/ours.sql.gz.enc") bytes  peak RSS $((RSS_CHAIN / 1024)) MiB  ($(cat "$WORK/info"))"
     echo "  ratio (export chain)           $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 3)"
-    T_CHAIN6=$(timed "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours6.sql.gz.enc" 6 "$WORK/info")
+    T_CHAIN6=$(runs "rm -f '$WORK/ours6.sql.gz.enc'" "" "$BIN" run "$WORK/export.lua" "$BASE/bench" "$WORK/ours6.sql.gz.enc" 6 "$WORK/info")
     echo "  same with crypto.gzip{level=6} ${T_CHAIN6}s  $(stat -c %s "$WORK/ours6.sql.gz.enc") bytes  peak RSS $(($(cat "$WORK/rss") / 1024)) MiB"
     echo "  ratio (export chain, level 6)  $(ratio "$T_CHAIN_BASE" "$T_CHAIN6")x"
     rm -f "$WORK/ours6.sql.gz.enc"
@@ -153,32 +176,20 @@ same_rows() {
 }
 echo "restore:"
 pg_dump -Fc -d bench -f "$WORK/stock.dump"
-newdb r_psql
-T_PSQL=$(timed psql -X -q -v ON_ERROR_STOP=1 -d r_psql -f "$WORK/ours.sql" -o /dev/null)
-dropdb r_psql
-newdb r_pgr
-T_PGR=$(timed pg_restore -j 2 -d r_pgr "$WORK/stock.dump")
-dropdb r_pgr
+T_PSQL=$(runs "newdb r_psql" "dropdb r_psql" psql -X -q -v ON_ERROR_STOP=1 -d r_psql -f "$WORK/ours.sql" -o /dev/null)
+T_PGR=$(runs "newdb r_pgr" "dropdb r_pgr" pg_restore -j 2 -d r_pgr "$WORK/stock.dump")
 rm -f "$WORK/stock.dump"
-newdb r_ours
-T_REST=$(timed "$BIN" run "$WORK/restore.lua" "$WORK/ours.sql" "$BASE/r_ours")
+T_REST=$(runs "newdb r_ours" "same_rows r_ours; dropdb r_ours" "$BIN" run "$WORK/restore.lua" "$WORK/ours.sql" "$BASE/r_ours")
 RSS_REST=$(cat "$WORK/rss")
-same_rows r_ours
-dropdb r_ours
 echo "  psql < plain.sql               ${T_PSQL}s"
 echo "  pg_restore -j 2                ${T_PGR}s"
 echo "  pgdump.restore{jobs = 2}       ${T_REST}s  peak RSS $((RSS_REST / 1024)) MiB"
 echo "  ratio vs psql                  $(ratio "$T_PSQL" "$T_REST")x (target >= 1.3)"
 echo "  ratio vs pg_restore -j 2       $(ratio "$T_PGR" "$T_REST")x (target >= 1.0)"
 if [ "$HAS_CRYPTO" = true ]; then
-    newdb r_psql2
-    T_CHAIN_BASE=$(timed sh -c "openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in '$WORK/stock.sql.gz.enc' | gunzip | psql -X -q -v ON_ERROR_STOP=1 -d r_psql2 -o /dev/null")
-    dropdb r_psql2
-    newdb r_ours2
-    T_CHAIN=$(timed "$BIN" run "$WORK/import.lua" "$WORK/ours.sql.gz.enc" "$BASE/r_ours2")
+    T_CHAIN_BASE=$(runs "newdb r_psql2" "dropdb r_psql2" sh -c "openssl enc -d -aes-256-cbc -pbkdf2 -pass env:BACKUP_ENCRYPTION_KEY -in '$WORK/stock.sql.gz.enc' | gunzip | psql -X -q -v ON_ERROR_STOP=1 -d r_psql2 -o /dev/null")
+    T_CHAIN=$(runs "newdb r_ours2" "same_rows r_ours2; dropdb r_ours2" "$BIN" run "$WORK/import.lua" "$WORK/ours.sql.gz.enc" "$BASE/r_ours2")
     RSS_IMPORT=$(cat "$WORK/rss")
-    same_rows r_ours2
-    dropdb r_ours2
     echo "  openssl enc -d | gunzip | psql ${T_CHAIN_BASE}s"
     echo "  decrypt -> gunzip -> restore   ${T_CHAIN}s  peak RSS $((RSS_IMPORT / 1024)) MiB"
     echo "  ratio (restore chain)          $(ratio "$T_CHAIN_BASE" "$T_CHAIN")x (target >= 1.3)"
