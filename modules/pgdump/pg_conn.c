@@ -7,7 +7,11 @@
 #include "pgdump.h"
 #include "redact.h"
 
+#include "io/cancel.h"
+
+#include <errno.h>
 #include <openssl/evp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +122,46 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
     }
     PQsetNoticeProcessor(c, notice_to_log, NULL);
     return c;
+}
+
+PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
+                                  const char *const *params, bool *cancelled)
+{
+    *cancelled = false;
+    if (rt_cancelled()) {
+        *cancelled = true;
+        return NULL;
+    }
+    if (!(nparams ? PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0)
+                  : PQsendQuery(c, sql)))
+        return NULL;
+    PGresult *last = NULL;
+    for (;;) {
+        while (PQisBusy(c)) {
+            if (!*cancelled && rt_cancelled()) {
+                PGcancel *cn = PQgetCancel(c);
+                char eb[128];
+                if (cn) PQcancel(cn, eb, sizeof eb);
+                PQfreeCancel(cn);
+                *cancelled = true;
+            }
+            struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+            if (poll(&p, 1, 200) < 0 && errno != EINTR) break;
+            if (!PQconsumeInput(c)) break;
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r) break;
+        ExecStatusType st = PQresultStatus(r);
+        /* as PQexec: the last result, but the first error wins and COPY stops here */
+        if (last && PQresultStatus(last) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+        } else {
+            PQclear(last);
+            last = r;
+        }
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) break;
+    }
+    return last;
 }
 
 int pgdump_exec(PGconn *c, const char *sql, RtError *err)

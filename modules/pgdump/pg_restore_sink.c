@@ -318,6 +318,16 @@ static int exec_job(Worker *w, Job *j, RtError *e)
     return rc;
 }
 
+static void push(Job **head, Job **tail, Job *j)
+{
+    j->next = NULL;
+    if (*tail)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
+
 static Job *pop(Job **head, Job **tail)
 {
     Job *j = *head;
@@ -402,12 +412,7 @@ static int enqueue_data(Restore *r, Job *j, RtError *err)
     }
     int rc = queue_error(r, err);
     if (rc == RT_OK) {
-        j->next = NULL;
-        if (r->data_tail)
-            r->data_tail->next = j;
-        else
-            r->data_head = j;
-        r->data_tail = j;
+        push(&r->data_head, &r->data_tail, j);
         r->data_queued += j->len;
         pthread_cond_broadcast(&r->cv);
     }
@@ -419,14 +424,8 @@ static int enqueue_data(Restore *r, Job *j, RtError *err)
 /* Queues a statement (taking it) for one worker, or for whichever is free first (w NULL). */
 static void enqueue_exec(Restore *r, Worker *w, Job *j)
 {
-    Job **head = w ? &w->head : &r->any_head, **tail = w ? &w->tail : &r->any_tail;
     pthread_mutex_lock(&r->mu);
-    j->next = NULL;
-    if (*tail)
-        (*tail)->next = j;
-    else
-        *head = j;
-    *tail = j;
+    push(w ? &w->head : &r->any_head, w ? &w->tail : &r->any_tail, j);
     if (w) r->own_pending++;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -616,7 +615,12 @@ static TableStat *table_stat(Restore *r, const char *name, RtError *err)
 
 static int exec_main(Restore *r, const char *sql, int64_t stmt, RtError *err)
 {
-    PGresult *res = PQexec(r->main, sql);
+    bool cancelled = false;
+    PGresult *res = pgdump_exec_cancellable(r->main, sql, 0, NULL, &cancelled);
+    if (cancelled) {
+        PQclear(res);
+        return rt_cancel_error(err);
+    }
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) {
         PQclear(res);

@@ -30,6 +30,10 @@ void pgdump_describe(const char *url, char *out, size_t cap);
 int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what);
 /* Runs sql (no result rows expected); RT_ERR with the server's message. */
 int pgdump_exec(PGconn *c, const char *sql, RtError *err);
+/* PQexec (PQexecParams when nparams > 0) that Ctrl-C interrupts: on rt_cancelled() the server
+ * is asked to cancel the statement and *cancelled is set (the caller reports the cancel). */
+PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
+                                  const char *const *params, bool *cancelled);
 
 /* ---- table digests ---------------------------------------------------------------------- */
 

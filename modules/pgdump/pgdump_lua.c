@@ -8,6 +8,7 @@
  *   local db <close> = pgdump.connect(url)
  *   for _, row in ipairs(db:query("SELECT id, name FROM users WHERE id > $1", {10})) do ... end
  */
+#include "io/cancel.h"
 #include "lua_api.h"
 #include "pgdump.h"
 
@@ -199,7 +200,15 @@ static int l_query(lua_State *L)
         lua_pop(L, 1);
     }
     /* without parameters, several statements may be sent at once (simple query protocol) */
-    PGresult *r = n ? PQexecParams(lc->c, sql, n, NULL, vals, NULL, NULL, 0) : PQexec(lc->c, sql);
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(lc->c, sql, n, vals, &cancelled);
+    if (cancelled) {
+        PQclear(r);
+        RtError err;
+        rt_error_init(&err);
+        rt_cancel_error(&err);
+        return rt_lua_raise(L, &err);
+    }
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && st != PGRES_EMPTY_QUERY) {
         PQclear(r);

@@ -341,6 +341,28 @@ T.case("autovacuum is paused on big tables while they load, then reset, also aft
   T.eq(options(db2).big, "none", "reset after the failure")
 end)
 
+T.case("Ctrl-C during a long query stops it at once, and the server cancels the statement", function()
+  local path = tmp .. "/sleep.lua"
+  local f = assert(io.open(path, "w"))
+  f:write('local db <close> = require("pgdump").connect(arg[1])\n',
+          'db:query("SELECT pg_sleep(20) AS clubio_cancel_test")\nprint("query returned")\n')
+  f:close()
+  -- sh's parent is this clubio-dr
+  local r = proc.run{argv = {"sh", "-c", [[
+"$(readlink /proc/$PPID/exe)" run "$0" "$1" & pid=$!
+sleep 1; kill -INT $pid; wait $pid; echo "status=$?"]], path, ADMIN}}
+  T.match(r.stdout, "status=130", r.stderr)
+  T.ok(not r.stdout:find("query returned"), "the script stopped at the query")
+  local left
+  for _ = 1, 40 do
+    left = admin:query("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE " ..
+                       "'%clubio_cancel_test%' AND pid <> pg_backend_pid()")[1].n
+    if left == "0" then break end
+    proc.run{argv = {"sleep", "0.05"}}
+  end
+  T.eq(left, "0", "no statement left running on the server")
+end)
+
 T.case("bad url, wrong password, pooled endpoint: clear errors without the password", function()
   local err = T.raises(pgdump.dump, {url = "postgresql://u@host/db?nosuchparam=1"})
   T.match(err.message, "invalid database url")
