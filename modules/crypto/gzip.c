@@ -467,13 +467,10 @@ static int gunzip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError
             g->need_full = true;
             break;
         }
+        bool drained = g->win_pos == g->win_len && g->ob_pos == g->ob_len;
+        if (!in && drained && g->members == 0) gunzip_to_zlib(g); /* which says "empty" */
         if (!g->streaming) {
-            if (!in && g->win_pos == g->win_len && g->ob_pos == g->ob_len) {
-                if (g->members == 0)
-                    return gunzip_corrupt(g, err, "crypto.gzip_truncated", "gzip stream is empty%s",
-                                          "");
-                *done = true;
-            }
+            if (!in && drained) *done = true;
             return RT_OK;
         }
     }
