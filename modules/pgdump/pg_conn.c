@@ -166,7 +166,12 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
 
 int pgdump_exec(PGconn *c, const char *sql, RtError *err)
 {
-    PGresult *r = PQexec(c, sql);
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(c, sql, 0, NULL, &cancelled);
+    if (cancelled) {
+        PQclear(r);
+        return rt_cancel_error(err);
+    }
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     PQclear(r);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY) return RT_OK;

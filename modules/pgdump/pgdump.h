@@ -28,7 +28,7 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
 void pgdump_describe(const char *url, char *out, size_t cap);
 /* Records the connection's last error (first line, redacted) as "<what>: <message>". */
 int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what);
-/* Runs sql (no result rows expected); RT_ERR with the server's message. */
+/* Runs sql (no result rows expected); RT_ERR with the server's message; Ctrl-C cancels it. */
 int pgdump_exec(PGconn *c, const char *sql, RtError *err);
 /* PQexec (PQexecParams when nparams > 0) that Ctrl-C interrupts: on rt_cancelled() the server
  * is asked to cancel the statement and *cancelled is set (the caller reports the cancel). */
