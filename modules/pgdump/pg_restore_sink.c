@@ -105,9 +105,7 @@ struct Restore {
     pthread_cond_t cv;
     bool failed, stop;
     RtError werr;
-    /* the COPY block being read */
-    bool in_copy;
-    CopyCmd *copy;
+    CopyCmd *copy; /* of the COPY block being read */
     uint8_t *blk;
     size_t blk_len, blk_cap;
     TableStat *tabs;
@@ -682,7 +680,6 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
         copy_unref(r->copy);
         r->copy = c;
         pthread_mutex_unlock(&r->mu);
-        r->in_copy = true;
         r->blk_len = 0;
         return table_stat(r, c->table, err) ? RT_OK : RT_ERR;
     }
@@ -763,6 +760,19 @@ static int on_meta(void *ud, const char *line, size_t len, RtError *err)
  * slower. So a table with more than one block of data gets autovacuum_enabled = false while
  * it loads, unless its dump set that option itself, and restore_finish resets it.
  */
+/* ALTER TABLE <t> <clause> on the main connection. Names are at most 2 x (63 x 2 + 2) bytes
+ * (identifiers, quotes doubled), so the buffer always holds the statement. */
+static bool alter_table(Restore *r, const TableStat *t, const char *clause)
+{
+    char sql[640];
+    if ((size_t)snprintf(sql, sizeof sql, "ALTER TABLE %s %s", t->name, clause) >= sizeof sql)
+        return false;
+    PGresult *res = PQexec(r->main, sql);
+    bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
+    PQclear(res);
+    return ok;
+}
+
 static void pause_autovacuum(Restore *r, TableStat *t)
 {
     t->autovacuum_checked = true;
@@ -776,14 +786,7 @@ static void pause_autovacuum(Restore *r, TableStat *t)
     bool pause = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 &&
                  !strcmp(PQgetvalue(res, 0, 0), "t");
     PQclear(res);
-    if (!pause) return;
-    char *sql = malloc(strlen(t->name) + 64);
-    if (!sql) return;
-    sprintf(sql, "ALTER TABLE %s SET (autovacuum_enabled = false)", t->name);
-    res = PQexec(r->main, sql);
-    t->autovacuum_paused = res && PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    free(sql);
+    if (pause) t->autovacuum_paused = alter_table(r, t, "SET (autovacuum_enabled = false)");
 }
 
 /* Resets what pause_autovacuum set; `err` NULL: best effort (the restore failed anyway). */
@@ -792,14 +795,7 @@ static int resume_autovacuum(Restore *r, RtError *err)
     for (int i = 0; i < r->ntabs; i++) {
         TableStat *t = &r->tabs[i];
         if (!t->autovacuum_paused) continue;
-        char *sql = malloc(strlen(t->name) + 64);
-        if (!sql) return err ? nomem(err) : RT_ERR;
-        sprintf(sql, "ALTER TABLE %s RESET (autovacuum_enabled)", t->name);
-        PGresult *res = PQexec(r->main, sql);
-        bool ok = res && PQresultStatus(res) == PGRES_COMMAND_OK;
-        PQclear(res);
-        free(sql);
-        if (ok) {
+        if (alter_table(r, t, "RESET (autovacuum_enabled)")) {
             t->autovacuum_paused = false;
         } else if (err) {
             char msg[400];
@@ -881,9 +877,7 @@ static int on_copy_data(void *ud, const uint8_t *data, size_t len, RtError *err)
 
 static int on_copy_end(void *ud, RtError *err)
 {
-    Restore *r = ud;
-    r->in_copy = false;
-    return flush_rows(r, true, err);
+    return flush_rows(ud, true, err);
 }
 
 /* ---- the sink --------------------------------------------------------------------------- */
