@@ -145,6 +145,37 @@ static void start_timeout(void)
     setitimer(ITIMER_REAL, &it, NULL);
 }
 
+/* A script's help is its header: the leading `--` comment lines (a `#!` line is skipped), without
+ * the comment markers. Printing it runs nothing, so `run NAME --help` is always safe. */
+static int print_script_help(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        RtError err;
+        rt_error_init(&err);
+        rt_error_set(&err, RT_CLASS_FAILURE, "io.open", "cannot read script '%s'", path);
+        return rt_report_error(&err);
+    }
+    char line[1024];
+    bool any = false, first = true;
+    while (fgets(line, sizeof line, f)) {
+        if (first && line[0] == '#' && line[1] == '!') {
+            first = false;
+            continue;
+        }
+        first = false;
+        if (strncmp(line, "--", 2) != 0) break;
+        const char *t = line + 2;
+        if (*t == ' ') t++;
+        fputs(t, stdout);
+        if (!strchr(t, '\n')) fputc('\n', stdout); /* a line longer than the buffer, cut */
+        any = true;
+    }
+    fclose(f);
+    if (!any) printf("%s: no description (the script has no header comment)\n", path);
+    return 0;
+}
+
 static int cmd_help(const char *topic)
 {
     if (!topic)
@@ -159,10 +190,17 @@ static int cmd_help(const char *topic)
         char *av[] = {(char *)topic, "--help", NULL};
         return strcmp(topic, "encrypt") == 0 ? crypto_cli_encrypt(2, av)
                                              : crypto_cli_decrypt(2, av);
-    } else
-        usage_error(
-            "no help for '%s' (commands: run, list, schedule, metrics, -e, encrypt, decrypt)",
-            topic);
+    } else {
+        /* any script or runbook: `help backup-database` is `run backup-database --help` */
+        char *path = rt_host_find_script(topic);
+        if (!path)
+            usage_error("no command, script or runbook named '%s' (see clubio-dr --help and "
+                        "clubio-dr list)",
+                        topic);
+        int rc = print_script_help(path);
+        free(path);
+        return rc;
+    }
     return 0;
 }
 
@@ -182,14 +220,9 @@ int main(int argc, char **argv)
     const char *cmd = argv[i++];
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) return cmd_help(NULL);
     if (strcmp(cmd, "help") == 0) {
-        /* `help schedule` is `schedule --help`: those commands are scripts with their own help */
-        if (i + 1 == argc &&
-            (strcmp(argv[i], "schedule") == 0 || strcmp(argv[i], "metrics") == 0)) {
-            static char help_flag[] = "--help";
-            cmd = argv[i];
-            argv[i] = help_flag;
-        } else
-            return cmd_help(i < argc ? argv[i] : NULL);
+        if (i + 1 < argc)
+            usage_error("help takes one command or script name, not '%s'", argv[i + 1]);
+        return cmd_help(i < argc ? argv[i] : NULL);
     }
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         printf("clubio-dr %s\n", CLUBIO_DR_VERSION);
@@ -233,13 +266,19 @@ int main(int argc, char **argv)
                 return cmd_help("run");
         }
         const char *name = script_cmd ? cmd : argv[i++];
-        /* host flags after NAME are ours, other arguments the script's; `--` ends flags */
+        /* host flags after NAME are ours, other arguments the script's. `--` ends the flags and
+         * is passed on, so the script's parser (clubio.args) knows that what follows are not
+         * options either. -h/--help before it prints the script's help and runs nothing. */
         char **sargv = calloc((size_t)argc + 1, sizeof *sargv);
         int sargc = 0;
-        bool flags_done = false;
+        bool flags_done = false, help = false;
         for (; i < argc; i++) {
-            if (!flags_done && strcmp(argv[i], "--") == 0)
+            if (!flags_done && strcmp(argv[i], "--") == 0) {
                 flags_done = true;
+                sargv[sargc++] = argv[i];
+            } else if (!flags_done &&
+                       (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0))
+                help = true;
             else if (flags_done || !parse_flag(argc, argv, &i))
                 sargv[sargc++] = argv[i];
         }
@@ -254,6 +293,12 @@ int main(int argc, char **argv)
             rt_error_hint(&err,
                           "run `clubio-dr list` to see what exists, or give a path to a .lua file");
             return rt_report_error(&err);
+        }
+        if (help) {
+            int rc = print_script_help(path);
+            free(path);
+            free(sargv);
+            return rc;
         }
         lua_State *L = rt_host_new();
         if (!L) return 1;

@@ -60,8 +60,48 @@ print(a, b, arg[1], arg[2], c.flags.dry_run, c.flags.yes)]])
   local r = run{"run", path, "one", "--dry-run", "two", "--yes"}
   T.eq(r.status, 0)
   T.eq(r.stdout, "one\ttwo\tone\ttwo\ttrue\ttrue\n")
+  -- `--` ends the host's flags and reaches the script, so its parser (clubio.args) knows that
+  -- what follows are not options either
   r = run{"run", path, "--", "--dry-run"}
-  T.eq(r.stdout, "--dry-run\tnil\t--dry-run\tnil\tfalse\tfalse\n")
+  T.eq(r.stdout, "--\t--dry-run\t--\t--dry-run\tfalse\tfalse\n")
+end)
+
+T.case("clubio.args: declared options, positional bounds, `--`; anything else is a usage error", function()
+  local path = script([[local a = require("clubio.args").parse(arg, {options = {["--to"] = "T", ["--drop"] = true}, max = 2})
+print(a["--to"], a["--drop"], a.n, a[1], a[2])]])
+  local r = run{"run", path, "--to=2024-01-01", "x", "--", "--drop"}
+  T.eq(r.status, 0, r.stderr)
+  T.eq(r.stdout, "2024-01-01\tnil\t2\tx\t--drop\n")
+  r = run{"run", path, "--to", "5", "--drop", "-"}
+  T.eq(r.stdout, "5\ttrue\t1\t-\tnil\n")
+  for _, bad in ipairs{{"--nope"}, {"-x"}, {"--to"}, {"--to="}, {"--drop=1"}, {"--drop", "--drop"}, {"a", "b", "c"}} do
+    local argv = {"run", path}
+    for _, a in ipairs(bad) do argv[#argv + 1] = a end
+    local b = run(argv)
+    T.eq(b.status, 2, table.concat(bad, " "))
+    T.eq(b.stdout, "")
+    T.match(b.stderr, "HINT: see clubio%-dr help")
+  end
+  T.match(run{"run", path, "--nope"}.stderr, "unknown option '%-%-nope' %(options: %-%-drop, %-%-to%)")
+end)
+
+T.case("--help and help NAME print the script's header and run nothing", function()
+  local marker = os.tmpname()
+  os.remove(marker)
+  local path = script(string.format([[-- A script that writes a marker
+--
+-- clubio-dr run this [--force]
+io.open(%q, "w"):close()]], marker))
+  for _, argv in ipairs{{"run", path, "--help"}, {"run", path, "-h"}, {"run", path, "x", "--yes", "--help"}, {"help", path}} do
+    local r = run(argv)
+    T.eq(r.status, 0, r.stderr)
+    T.eq(r.stdout, "A script that writes a marker\n\nclubio-dr run this [--force]\n")
+    T.eq(io.open(marker, "r"), nil, "the script ran for " .. table.concat(argv, " "))
+  end
+  -- after `--`, --help is the script's argument: it runs
+  T.eq(run{"run", path, "--", "--help"}.status, 0)
+  T.ok(io.open(marker, "r"), "the script did not run after --")
+  os.remove(marker)
 end)
 
 T.case("secrets never reach error output", function()
@@ -126,7 +166,7 @@ T.case("--version and --help", function()
   T.match(run{"help", "run"}.stdout, "CLUBIO_DR_PATH")
   local hs = run{"help", "schedule"}
   T.eq(hs.status, 0, hs.stderr)
-  T.match(hs.stdout, "usage: clubio%-dr schedule")
+  T.match(hs.stdout, "clubio%-dr schedule %-%-once")
   T.eq(run{"help", "no-such-command"}.status, 2)
 end)
 

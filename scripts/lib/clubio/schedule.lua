@@ -467,13 +467,14 @@ end
 
 local STATUS = {[0] = "ok", [124] = "timeout", [130] = "cancelled", [143] = "cancelled", [137] = "killed"}
 
--- One attempt: the child `clubio-dr --json --timeout T run SCRIPT -- ARGS` under coreutils
--- `timeout` (a second guard should the child not stop by itself). Returns {exit, seconds,
--- result, error}.
+-- One attempt: the child `clubio-dr --json --timeout T run SCRIPT ARGS` under coreutils
+-- `timeout` (a second guard should the child not stop by itself). ARGS are read as typed after
+-- `run SCRIPT` (no `--`): a jobs file's `--yes` is the host's flag, an unknown option the
+-- script's usage error. Returns {exit, seconds, result, error}.
 function M.attempt(job, run_id, attempt)
   local me = M.self()
   local argv = {"timeout", "--kill-after=30", tostring(math.ceil(job.timeout + 30)), me.bin, "--json", "--no-progress",
-                "--timeout", tostring(job.timeout), "run", job.script, "--"}
+                "--timeout", tostring(job.timeout), "run", job.script}
   for _, a in ipairs(job.args) do argv[#argv + 1] = a end
   local env = {CLUBIO_DR_JOB = job.name, CLUBIO_DR_RUN_ID = run_id, CLUBIO_DR_ATTEMPT = tostring(attempt)}
   for k, v in pairs(job.env or {}) do env[k] = tostring(v) end
