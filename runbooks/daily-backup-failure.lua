@@ -18,10 +18,7 @@ local env, time, neon, clubio, proc, log = require "env", require "time", requir
 local cjson = require "cjson"
 local job, branches = require "clubio.job", require "clubio.branches"
 
-if select("#", ...) > 0 then
-  clubio.fail{message = "daily-backup-failure takes no arguments (got '" .. tostring((...)) .. "')", class = "usage",
-              hint = "clubio-dr run daily-backup-failure [--yes] [--dry-run] [--json]"}
-end
+require("clubio.args").parse(arg, {})
 local project = env.get("NEON_PROJECT_ID")
 env.get("NEON_API_KEY")
 local check_timeout = tonumber(env.get("NEON_CHECK_TIMEOUT", "30"))
@@ -184,9 +181,21 @@ else
     hint = "run `clubio-dr run backup-database` by hand to see its log",
   }, function()
     local r = proc.run{argv = argv}
-    io.stderr:write(r.stderr)
+    -- the child's log lines (JSON, from --json) become ours, tagged, in our format: a human
+    -- run reads human lines, a --json run JSON lines; what is not JSON passes as it is
+    for l in r.stderr:gmatch("[^\n]+") do
+      local ok, e = pcall(cjson.decode, l)
+      if ok and type(e) == "table" and type(e.msg) == "string" then
+        local fields = {child = "backup-database"}
+        for k, v in pairs(e) do if k ~= "msg" and k ~= "level" and k ~= "ts" then fields[k] = v end end
+        local lv = ({debug = log.debug, info = log.info, warn = log.warn, error = log.error})[e.level] or log.info
+        lv(e.msg, fields)
+      else
+        io.stderr:write(log.redact(l), "\n")
+      end
+    end
     local ok, doc = pcall(cjson.decode, r.stdout)
-    return {status = r.status, doc = ok and doc or nil, stderr = r.stderr}
+    return {status = r.status, doc = ok and type(doc) == "table" and doc or nil, stderr = r.stderr}
   end)
   if J.dry_run then
     R = {action = "re-run", resolved = false, message = "dry run: backup-database was not re-run"}
@@ -197,11 +206,17 @@ else
          message = b and ("backup-database re-ran: " .. b.name .. " exists now")
                      or ("backup-database said it made " .. tostring(child.doc.result.branch) .. " but the branch is missing")}
   else
-    local last = child.stderr:match("clubio%-dr: ([^\n]*)\n?[^\n]*$") or ("exit status " .. child.status)
+    -- with --json the child's error is the JSON document on its stdout
+    local e = child.doc and type(child.doc.error) == "table" and child.doc.error
+    local last = e and e.message and (e.message .. (e.hint and e.hint ~= "" and (" (" .. e.hint .. ")") or ""))
+      or child.stderr:match("clubio%-dr: ([^\n]*)\n?[^\n]*$") or ("exit status " .. child.status)
     R = {action = "re-run", resolved = false, message = "backup-database failed again: " .. last}
   end
 end
 
 D.resolution = R
-J:finish(D, string.format("resolution: %s\nescalation: %s — %s", R.message, level, message))
+-- the escalation was printed before anything changed; repeat it only while it still stands
+local tail = (R.resolved and level ~= "none") and string.format("escalation: %s withdrawn — backups are fine again", level)
+  or string.format("escalation: %s — %s", level, message)
+J:finish(D, string.format("resolution: %s\n%s", R.message, tail))
 return (R.resolved or J.dry_run) and 0 or 1

@@ -34,25 +34,9 @@ local USAGE = "clubio-dr run data-corruption TABLE PREDICATE [--at 2024-01-15T10
 local function usage(msg, hint) clubio.fail{message = msg, class = "usage", code = "usage.data_corruption", hint = hint or USAGE} end
 
 -- arguments
-local args, opt = {}, {}
-do
-  local a = table.pack(...)
-  local i = 1
-  while i <= a.n do
-    local x = a[i]
-    local k, v = x:match("^%-%-(%a+)=(.*)$")
-    if not k and x:match("^%-%-%a") then k = x:sub(3); v = a[i + 1]; i = i + 1 end
-    if k then
-      if k ~= "at" and k ~= "branch" then usage("unknown option --" .. k) end
-      if not v or v == "" then usage("--" .. k .. " needs a value") end
-      if opt[k] then usage("--" .. k .. " given twice") end
-      opt[k] = v
-    else
-      args[#args + 1] = x
-    end
-    i = i + 1
-  end
-end
+local parsed = require("clubio.args").parse(arg, {options = {["--at"] = "TIMESTAMP", ["--branch"] = "NAME"},
+                                                 min = 2, max = 2, usage = "TABLE and PREDICATE (quote the predicate)"})
+local args, opt = {parsed[1], parsed[2]}, {at = parsed["--at"], branch = parsed["--branch"]}
 if #args ~= 2 then
   usage(#args < 2 and "data-corruption needs a TABLE and a PREDICATE" or "data-corruption takes two arguments, TABLE and PREDICATE (quote the predicate)")
 end
@@ -162,11 +146,39 @@ J:step("create the safety branch " .. safety, {plan = "copy of " .. src.name .. 
 end)
 
 -- 3. the point-in-time branch
+-- A dry run creates nothing, so it checks the point against the history window itself and
+-- proposes what a real run would do: the window's start when that is still before the first
+-- bad change, else it says the point cannot be recovered. The window cannot start before the
+-- project's retention reaches back, nor before the project existed.
+local function dry_point()
+  local ok, p = pcall(n.project, n)
+  local retention = ok and type(p) == "table" and tonumber(p.history_retention_seconds)
+  if not retention then return nil end
+  local lo = time.now() - retention
+  local created = type(p.created_at) == "string" and select(2, pcall(time.parse, p.created_at))
+  if type(created) == "number" and created > lo then lo = created end
+  if at >= lo then return nil end
+  local from = math.ceil(lo) + 1
+  if from > math.floor(W.first) - 1 or chosen_by == "--at" then
+    clubio.fail{message = string.format("%s is outside the history window of %s (retention %d s: from about %s)%s",
+                                        time.iso(at), src.name, retention, time.iso(lo),
+                                        from > math.floor(W.first) - 1 and ", and so is every point before the first bad change" or ""),
+                class = "usage", code = "neon.outside_history",
+                hint = from > math.floor(W.first) - 1 and "point-in-time recovery cannot reach before the corruption: restore from a backup branch or an S3 export"
+                  or "choose --at between " .. time.iso(from) .. " and " .. time.iso(W.first)}
+  end
+  log.warn(string.format("%s is before the history window of %s (retention %d s); a real run uses %s, still before the first bad change",
+                         time.iso(at), src.name, retention, time.iso(from)))
+  at = from
+  chosen_by = "the start of the history window"
+  return nil
+end
 local rec = J:step("create " .. recovery, {
   plan = string.format("branch of %s as of %s (%s), with a read-write endpoint", src.name, time.iso(at), chosen_by),
   hint = "the safety branch " .. safety .. " keeps the current data; nothing else was changed",
+  dry = dry_point,
 }, function()
-  local ok, b = pcall(n.create_branch, n, {name = recovery, parent = src.id, at = time.iso(at), endpoint = "read_write"})
+  local ok, b = pcall(n.create_branch, n, {name = recovery, parent = src.id, at = at, endpoint = "read_write"})
   if ok then return b end
   -- the default point may be older than the branch's history: use the window's start when
   -- that is still before the first bad change
@@ -201,10 +213,13 @@ local V = J:step("verify the recovered data", {plan = "row counts and the predic
     clubio.fail{message = string.format("%s has no table %s as of %s", recovery, tbl, time.iso(at)), class = "verify",
                 hint = "the table did not exist then: choose a later --at (before " .. time.iso(W.first) .. ")"}
   end
-  -- what promoting gives up: rows changed on the branch after the recovery point
+  -- what promoting gives up: rows changed on the branch after the recovery point. The bad rows
+  -- are among them (every one was updated after the point); only the others may be legitimate
+  -- changes worth re-applying.
   v.changed_since = read_only(src, function(db, qtable)
     return db:query("SELECT count(*) AS n FROM " .. qtable .. " WHERE updated_at > to_timestamp($1::float8)", {tostring(at)}, {typed = true})[1].n
   end)
+  v.other_changes = math.max(0, v.changed_since - W.bad)
   if v.bad > 0 then
     clubio.fail{message = string.format("%d row(s) of %s still match the predicate on %s (as of %s)", v.bad, W.qtable, recovery, time.iso(at)),
                 class = "verify", code = "verify.still_corrupt",
@@ -220,10 +235,11 @@ data-corruption: %s on %s (project %s)
   recovery point    %s (%s)
   recovered branch  %s: %d rows, %d match the predicate
                     %s
-  changed since     %d row(s) of %s were updated on %s after the recovery point (lost if promoted)
+  changed since     %d row(s) of %s were updated on %s after the recovery point (lost if promoted):
+                    the %d bad row(s), and %d other change(s) that may be legitimate
   safety branch     %s (the data as it was before recovery)]],
   W.qtable, src.name, project, W.bad, W.total, time.iso(W.first), time.iso(W.last), time.iso(at), chosen_by,
-  recovery, V.total, V.bad, rec_uri, V.changed_since, W.qtable, src.name, safety)
+  recovery, V.total, V.bad, rec_uri, V.changed_since, W.qtable, src.name, math.min(W.bad, V.changed_since), V.other_changes, safety)
 if not J.json then io.stdout:write(report, "\n"); io.stdout:flush() end
 
 -- 5. promote
@@ -248,21 +264,23 @@ if promoted then
 next steps:
   1. point the application at the new default branch (its endpoint host changed):
        neonctl connection-string %s --project-id %s
-  2. re-apply the %d legitimate change(s) made after %s if needed (compare with %s)
+  2. review the %d other change(s) made after %s (rows of %s that do not match the predicate) and
+     re-apply those that were legitimate; compare with %s. The %d bad row(s) are not to be re-applied.
   3. undo if needed: neonctl branches set-default %s --project-id %s
   4. keep %s and %s until the incident review, then delete them]],
-    recovery, project, recovery, project, V.changed_since, time.iso(at), safety, src.name, project, src.name, safety)
+    recovery, project, recovery, project, V.other_changes, time.iso(at), W.qtable, safety, W.bad, src.name, project, src.name, safety)
 else
   next_steps = string.format([[
 %s was not promoted (%s is not the default branch).
 next steps:
   1. check the data on %s
-  2. use it: restore %s from it (keeps the endpoint):  require("neon").client{}:restore_branch{branch = "%s", source = "%s"}
+  2. use it: restore %s from it (keeps the endpoint; its current data stays as %s-before-%s):
+       require("neon").client{}:restore_branch{branch = "%s", source = "%s", preserve_under_name = "%s-before-%s"}
      or make it the default:  neonctl branches set-default %s --project-id %s]],
-    recovery, src.name, recovery, src.name, src.name, recovery, recovery, project)
+    recovery, src.name, recovery, src.name, src.name, recovery, src.name, recovery, src.name, recovery, recovery, project)
 end
 J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
-          recovery_point = time.iso(at), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
-          recovered_rows = V.total, recovered_bad = V.bad, changed_since = V.changed_since, promoted = promoted,
+          recovery_point = time.iso(at, true), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
+          recovered_rows = V.total, recovered_bad = V.bad, changed_since = V.changed_since, other_changes = V.other_changes, promoted = promoted,
           connection = job.describe_url(uri_of(rec)).display}, next_steps)
 return 0

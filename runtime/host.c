@@ -272,6 +272,10 @@ static int report_lua_error(lua_State *L)
 {
     RtError err;
     error_from_lua(L, -1, &err);
+    /* kept for finalizers that run at lua_close: a job that never finished records the error
+     * that stopped it (clubio.exit_error()), not only that it stopped */
+    lua_pushstring(L, err.message);
+    lua_setfield(L, LUA_REGISTRYINDEX, RT_EXIT_ERROR_KEY);
     if (rt_host_global_flags.log_level <= RT_LOG_DEBUG) {
         lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
         if (lua_isstring(L, -1)) {

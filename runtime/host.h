@@ -11,6 +11,8 @@
 #define RT_STAGE_MT "clubio.stage"
 #define RT_SECRET_MT "clubio.secret"
 #define RT_ERROR_MT "clubio.error"
+/* registry field: the message of the error that ended the script (set before lua_close) */
+#define RT_EXIT_ERROR_KEY "clubio.exit_error"
 
 enum { RT_STAGE_SOURCE = 0, RT_STAGE_FILTER = 1, RT_STAGE_SINK = 2 };
 

@@ -736,12 +736,20 @@ static int l_clubio_hostname(lua_State *L)
     return 1;
 }
 
+/* exit_error(): the message of the error that is ending the script, for finalizers that run
+ * while the state closes (nil while the script runs, and after a normal end). */
+static int l_clubio_exit_error(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, RT_EXIT_ERROR_KEY);
+    return 1;
+}
+
 int luaopen_clubio(lua_State *L)
 {
     static const luaL_Reg f[] = {{"error", l_clubio_error},       {"fail", l_clubio_fail},
                                  {"is_error", l_clubio_is_error}, {"cancelled", l_clubio_cancelled},
                                  {"confirm", l_clubio_confirm},   {"hostname", l_clubio_hostname},
-                                 {NULL, NULL}};
+                                 {"exit_error", l_clubio_exit_error}, {NULL, NULL}};
     luaL_newlib(L, f);
     lua_pushliteral(L, CLUBIO_DR_VERSION);
     lua_setfield(L, -2, "version");

@@ -2,7 +2,12 @@
 --
 -- clubio-dr run demo-data [ROWS]      (default 50000 orders; does nothing if tables exist)
 local env, pgdump, log = require "env", require "pgdump", require "log"
-local rows = tonumber((...) or "50000")
+local args = require("clubio.args").parse(arg, {max = 1, usage = "ROWS"})
+local rows = tonumber(args[1] or "50000")
+if not rows or rows < 1 or rows ~= math.floor(rows) then
+  require("clubio").fail{message = "demo-data: ROWS must be a whole number >= 1, not '" .. tostring(args[1]) .. "'",
+                         class = "usage", code = "usage.argument", hint = "clubio-dr run demo-data [ROWS]"}
+end
 local db <close> = pgdump.connect(env.get("DATABASE_URL"))
 local n = db:query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'")[1].n
 if tonumber(n) > 0 then

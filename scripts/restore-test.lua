@@ -1,7 +1,7 @@
 -- Restore test: restore an S3 export into a scratch database or Neon branch, check it against its manifest, remove it
 -- schedule: 0 3 1 * *
 --
--- clubio-dr run restore-test [KEY|latest] [--server | --neon-branch] [--sanity FILE] [--json]
+-- clubio-dr run restore-test [KEY|latest] [--server [URL] | --neon-branch] [--sanity FILE] [--json]
 --
 -- "A checksum is not a restore test": the monthly full restore. Streams the archive from S3
 -- (download -> decrypt -> gunzip -> parallel restore; no plaintext on disk) into
@@ -24,40 +24,31 @@ local env, s3, verify, secret = require "env", require "s3", require "verify", r
 local clubio, log, cjson = require "clubio", require "log", require "cjson"
 local job, exports = require "clubio.job", require "clubio.exports"
 
-local key, mode, sanity_file
-local args = table.pack(...)
-local i = 1
-while i <= args.n do
+local args = require("clubio.args").parse(arg, {
+  options = {["--server"] = true, ["--neon-branch"] = true, ["--sanity"] = "FILE"}, max = 2})
+local key, mode, sanity_file = nil, nil, args["--sanity"]
+if args["--server"] and args["--neon-branch"] then
+  clubio.fail{message = "restore-test: --server and --neon-branch exclude each other", class = "usage", code = "usage.argument",
+              hint = "clubio-dr run restore-test [KEY|latest] [--server [URL] | --neon-branch] [--sanity FILE] [--json]"}
+end
+if args["--server"] then mode = "server" elseif args["--neon-branch"] then mode = "neon" end
+for i = 1, args.n do
   local a = args[i]
-  if a == "--server" then
-    mode = "server"
-    local v = args[i + 1]
-    if v and not v:match("^%-%-") and v:match("^postgres") then
-      -- a URL given on the command line: fine without a password, refused with one (the
-      -- process list shows argv to every user of the machine)
-      if v:match("^postgres[a-z]*://[^/@]*:[^/@]*@") then
-        clubio.fail{message = "restore-test: --server URL contains a password, which the process list would show",
-                    class = "usage", code = "usage.secret_in_argv",
-                    hint = "put the URL in RESTORE_TEST_SERVER_URL, or give it without a password and set PGPASSWORD"}
-      end
-      mode = v
-      i = i + 1
+  if mode == "server" and a:match("^postgres[a-z]*://") then
+    -- `--server URL`: fine without a password, refused with one (the process list shows argv
+    -- to every user of the machine)
+    if a:match("^postgres[a-z]*://[^/@]*:[^/@]*@") then
+      clubio.fail{message = "restore-test: --server URL contains a password, which the process list would show",
+                  class = "usage", code = "usage.secret_in_argv",
+                  hint = "put the URL in RESTORE_TEST_SERVER_URL, or give it without a password and set PGPASSWORD"}
     end
-  elseif a == "--neon-branch" then
-    mode = "neon"
-  elseif a == "--sanity" then
-    sanity_file = args[i + 1]
-    if not sanity_file then clubio.fail{message = "--sanity needs a file", class = "usage", code = "usage.argument"} end
-    i = i + 1
-  elseif a:match("^%-") then
-    clubio.fail{message = "restore-test: unknown option " .. a, class = "usage", code = "usage.argument",
-                hint = "clubio-dr run restore-test [KEY|latest] [--server | --neon-branch] [--sanity FILE] [--json]"}
+    mode = a
   elseif not key then
     key = a
   else
-    clubio.fail{message = "restore-test: unexpected argument " .. a, class = "usage", code = "usage.argument"}
+    clubio.fail{message = "restore-test: unexpected argument '" .. a .. "'", class = "usage", code = "usage.argument",
+                hint = "clubio-dr run restore-test [KEY|latest] [--server [URL] | --neon-branch] [--sanity FILE] [--json]"}
   end
-  i = i + 1
 end
 
 local bucket = env.get("BACKUP_S3_BUCKET")

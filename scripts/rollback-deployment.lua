@@ -24,11 +24,7 @@ local wait_seconds = tonumber(env.get("ECS_WAIT_SECONDS", "600"))
 if not wait_seconds or wait_seconds < 0 then
   clubio.fail{message = "ECS_WAIT_SECONDS must be a number of seconds >= 0", class = "config"}
 end
-if select("#", ...) > 1 then
-  clubio.fail{message = "rollback-deployment takes one VERSION at most", class = "usage",
-              hint = "clubio-dr run rollback-deployment [VERSION]   (e.g. 41 or " .. family .. ":41)"}
-end
-local version = ...
+local version = require("clubio.args").parse(arg, {max = 1, usage = "VERSION"})[1]
 
 local TARGET = "AmazonEC2ContainerServiceV20141113."
 -- One ECS call; a non-200 answer raises a structured error naming the action and what ECS said.

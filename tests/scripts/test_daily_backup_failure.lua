@@ -72,6 +72,37 @@ T.case("--yes re-runs backup-database: today's backup exists, resolved; a second
   T.eq(#backups(P1), 1)
 end)
 
+T.case("a human run: the fix withdraws the escalation, and the child's log lines are human lines", function()
+  local P3 = U.project("dbf-c")
+  local j = journal("h", {1, 0})
+  local r = U.run({"daily-backup-failure", "--yes"}, {NEON_PROJECT_ID = P3, CLUBIO_DR_JOURNAL = j})
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stdout, "escalation: P1 —", "the escalation is said before the fix")
+  T.match(r.stdout, "resolution: backup%-database re%-ran: backup%-%d+ exists now\nescalation: P1 withdrawn")
+  local _, n = r.stdout:gsub("page the on%-call lead", "")
+  T.eq(n, 1, "the P1 message is printed once, not again after the fix")
+  for line in (r.stdout .. r.stderr):gmatch("[^\n]+") do
+    T.no_match(line, "^%s*{", "no JSON line in a human run: " .. line)
+  end
+  T.match(r.stderr, "child=backup%-database", "the child's log lines are ours, tagged")
+end)
+
+T.case("a run that failed outside a step is reported with its real error", function()
+  local P4 = U.project("dbf-d")
+  local j = dir .. "/real-error.jsonl"
+  -- backup-database against an API that refuses connections: it fails, and the journal keeps why
+  local b = U.run({"backup-database"}, {NEON_PROJECT_ID = P4, CLUBIO_DR_JOURNAL = j, NEON_API_TIMEOUT = "3",
+                                        NEON_API_HOST = "http://127.0.0.1:" .. U.closed_port() .. "/api/v2"})
+  T.eq(b.status, 1, b.stderr)
+  local runs = job.runs{path = j, job = "backup-database"}
+  T.eq(runs[1].status, "failed")
+  T.no_match(runs[1].error, "stopped before finishing", "the real error, not a placeholder")
+  local r = U.run({"daily-backup-failure", "--dry-run"}, {NEON_PROJECT_ID = P4, CLUBIO_DR_JOURNAL = j})
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stdout, "last error: [^)]*127%.0%.0%.1")
+  T.no_match(r.stdout, "stopped before finishing")
+end)
+
 T.case("from branch dates: yesterday's backup only is P2; three days old is P1", function()
   local n = neon.client{project_id = P2}
   n:create_branch{name = "backup-" .. time.ymd(time.add_days(today, -1)), endpoint = false}

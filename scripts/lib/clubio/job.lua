@@ -129,13 +129,15 @@ end
 
 -- A run that stops between steps (an error outside a step: a Neon outage while listing
 -- branches, a bad argument) would leave no trace; when the state closes, a job that never
--- reached finish() records an "incomplete" entry, which M.runs() counts as a failure.
+-- reached finish() records an "incomplete" entry with the error that stopped it (the host keeps
+-- it for clubio.exit_error()), which M.runs() counts as a failure.
 function Job:__gc()
   if self.finished or self.dry_run or not self.journal then return end
   self.finished = true
+  local why = clubio.exit_error()
   pcall(self.record, self, {step = "(run)", status = "incomplete", start = time.iso(self.started), ["end"] = time.iso(time.now()),
                             seconds = time.monotonic() - self.t0,
-                            error = "the run stopped before finishing (its log has the error)"})
+                            error = why or "the run stopped before finishing (its log has the error)"})
 end
 
 -- Ends the job: with --json prints {ok, job, run, seconds, dry_run, steps, result} on stdout,
