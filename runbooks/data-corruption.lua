@@ -192,12 +192,12 @@ local rec = J:step("create " .. recovery, {
                          time.iso(at), src.name, from, time.iso(math.ceil(lo) + 1)))
   at = math.ceil(lo) + 1
   chosen_by = "the start of the history window"
-  return n:create_branch{name = recovery, parent = src.id, at = time.iso(at), endpoint = "read_write"}
+  return n:create_branch{name = recovery, parent = src.id, at = at, endpoint = "read_write"}
 end)
 
 if J.dry_run then
   return J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
-                   recovery_point = time.iso(at)},
+                   recovery_point = time.iso(at, true)},
                   string.format("dry run: %d bad row(s) in %s (first %s); would recover %s as of %s; nothing was changed",
                                 W.bad, W.qtable, time.iso(W.first), src.name, time.iso(at)))
 end

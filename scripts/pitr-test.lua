@@ -18,7 +18,8 @@ local env, time, neon, verify, clubio, log = require "env", require "time", requ
   require "clubio", require "log"
 local job, branches = require "clubio.job", require "clubio.branches"
 
-local arg_at = ...
+local args = require("clubio.args").parse(arg, {min = 0, max = 1, usage = "[TIMESTAMP]"})
+local arg_at = args[1]
 local at
 if arg_at then
   at = job.past_time(arg_at)
@@ -30,7 +31,7 @@ else
   at = time.now() - minutes * 60
 end
 if at >= time.now() then
-  clubio.fail{message = time.iso(at) .. " is not in the past", class = "usage", hint = "a PITR test needs a past point"}
+  clubio.fail{message = time.iso(at, true) .. " is not in the past", class = "usage", hint = "a PITR test needs a past point"}
 end
 
 local project = env.get("NEON_PROJECT_ID")
@@ -57,32 +58,32 @@ local expected = J:step("list the default branch's tables", {plan = "tables of "
   return want
 end)
 
-local result = {branch = name, at = time.iso(at), parent = main.name}
+local result = {branch = name, at = time.iso(at, true), parent = main.name}
 local failure
 local started = time.monotonic()
 local ok, err = pcall(verify.protect, function()
   local b = J:step("create " .. name, {plan = string.format("branch of %s as of %s (expires in 6 h as a backstop)",
-                                                             main.name, time.iso(at))}, function()
-    return n:create_branch{name = name, parent = main.id, at = time.iso(at), endpoint = "read_write",
+                                                             main.name, time.iso(at, true))}, function()
+    return n:create_branch{name = name, parent = main.id, at = at, endpoint = "read_write",
                            expires_at = time.iso(time.now() + 6 * 3600)}
   end)
   if J.dry_run then return end
   result.create_seconds = time.monotonic() - started
   local url = n:connection_uri{branch = b.id}
-  J:step("check the branch holds the data as of " .. time.iso(at), {plan = "tables, latest activity, row counts"}, function()
+  J:step("check the branch holds the data as of " .. time.iso(at, true), {plan = "tables, latest activity, row counts"}, function()
     local acts = verify.latest_activity(url)
     local counts = verify.row_counts(url, {exact = true})
     result.tables, result.rows = counts.table_count, counts.rows
     for _, tname in ipairs(expected or {}) do
       if not acts.tables[tname] then
-        failure = "table " .. tname .. " existed at " .. time.iso(at) .. " but is missing on the branch"
+        failure = "table " .. tname .. " existed at " .. time.iso(at, true) .. " but is missing on the branch"
         return
       end
     end
     result.latest_activity = acts.latest
     -- one second of slack: timestamps in the data are the writers' clocks, the point is ours
     if acts.latest and time.parse(acts.latest) and time.parse(acts.latest) > at + 1 then
-      failure = string.format("table %s has a row from %s, after the recovery point %s", acts.table, acts.latest, time.iso(at))
+      failure = string.format("table %s has a row from %s, after the recovery point %s", acts.table, acts.latest, time.iso(at, true))
     end
   end)
 end, function()
@@ -109,5 +110,5 @@ if failure then
 end
 return J:finish(result, string.format(
   "PITR test passed: %s as of %s — %d tables, %d rows, latest activity %s; branch created in %.1f s, %s",
-  main.name, time.iso(at), result.tables or 0, result.rows or 0, tostring(result.latest_activity or "none"),
+  main.name, time.iso(at, true), result.tables or 0, result.rows or 0, tostring(result.latest_activity or "none"),
   result.create_seconds or 0, result.removed and "removed" or "NOT removed"))

@@ -3,14 +3,17 @@
 -- clubio-dr run restore-from-backup                 list the backup branches
 -- clubio-dr run restore-from-backup BRANCH [--yes]  restore the default branch's data from BRANCH
 --
--- Destructive: asks for confirmation (or --yes). Before anything changes it creates
--- pre-restore-YYYYMMDD-HHMMSS from the default branch, which is how to undo the restore.
+-- Destructive: asks for confirmation (or --yes). The restore keeps the default branch's current
+-- data as the branch pre-restore-YYYYMMDD-HHMMSS (Neon's preserve_under_name, which the API
+-- requires for a branch with children, and the backups are its children): that branch is how
+-- to undo the restore, and the backup branches move under it, as Neon does.
 local env, time, neon, clubio = require "env", require "time", require "neon", require "clubio"
 local job, branches = require "clubio.job", require "clubio.branches"
 
+local args = require("clubio.args").parse(arg, {min = 0, max = 1, usage = "BRANCH"})
+local source = args[1]
 local project = env.get("NEON_PROJECT_ID")
 local n = neon.client{project_id = project}
-local source = ...
 if not source then
   local list = branches.backups(n)
   if clubio.flags.json then
@@ -37,15 +40,17 @@ local question = string.format("Replace the data of %s (project %s) with %s? The
                                main.name, project, source, safety)
 -- Ask before anything is created: a declined restore leaves no stray safety branch behind.
 if not J.dry_run then J:confirm("restore " .. main.name .. " from " .. source, question) end
-J:step("create the safety branch " .. safety, {plan = "copy of " .. main.name .. " as it is now"}, function()
-  return n:create_branch{name = safety, parent = main.id, endpoint = false}
-end)
-J:step("restore " .. main.name .. " from " .. source, {
-  plan = "replace the data of " .. main.name .. " with " .. source .. "'s (its endpoint and connection string stay)",
+if n:branch(safety) then
+  clubio.fail{message = "a branch named " .. safety .. " already exists", class = "failure",
+              hint = "wait a second and run the restore again (the safety branch's name has the time to the second)"}
+end
+J:step("restore " .. main.name .. " from " .. source .. ", keeping its data as " .. safety, {
+  plan = "replace the data of " .. main.name .. " with " .. source .. "'s (its endpoint and connection string stay); " ..
+         "the current data stays as the branch " .. safety,
   hint = "the safety branch " .. safety .. " holds the data from before the restore; undo with " ..
          "`clubio-dr run restore-from-backup " .. safety .. " --yes`",
 }, function()
-  n:restore_branch{branch = main.id, source = src.id}
+  n:restore_branch{branch = main.id, source = src.id, preserve_under_name = safety}
 end)
 if J.dry_run then return J:finish(nil, "dry run: nothing was changed") end
 return J:finish({branch = main.name, source = source, safety_branch = safety},

@@ -330,8 +330,10 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
                 rt_error_set(err, RT_CLASS_CONFIG, "neon.unauthorized",
                              "neon api key rejected by %s (%ld%s%s)", c->host, status,
                              m[0] ? ": " : "", m);
-                rt_error_hint(err, "check NEON_API_KEY: it must be a valid key for this "
-                                   "account (create one in the Neon console, Account > API keys)");
+                /* no "NEON_API_KEY:" or "=" here: the redactor masks the word after such a name */
+                rt_error_hint(err, "check the key in NEON_API_KEY; it must be a valid key for "
+                                   "this account (create one in the Neon console, Account > API "
+                                   "keys)");
             } else {
                 rt_error_set(err, RT_CLASS_FAILURE,
                              status == 409 ? "neon.conflict" : "neon.request",

@@ -25,14 +25,17 @@ local function query(t)
   return #parts > 0 and ("?" .. table.concat(parts, "&")) or ""
 end
 
--- A point in time: an RFC 3339 string is passed as is; a number is epoch seconds (UTC).
+-- A point in time: an RFC 3339 string is passed as is; a number is epoch seconds (UTC), sent to
+-- the microsecond (at least three decimals): a recovery point must not move to a whole second.
 local function timestamp(v, what)
   if v == nil then return nil end
   if type(v) == "number" then
     local s = math.floor(v)
-    local ms = math.floor((v - s) * 1000 + 0.5)
-    if ms >= 1000 then s, ms = s + 1, 0 end
-    return os.date("!%Y-%m-%dT%H:%M:%S", s) .. string.format(".%03dZ", ms)
+    local us = math.floor((v - s) * 1e6 + 0.5)
+    if us >= 1000000 then s, us = s + 1, 0 end
+    local frac = string.format("%06d", us):gsub("0+$", "")
+    if #frac < 3 then frac = frac .. string.rep("0", 3 - #frac) end
+    return os.date("!%Y-%m-%dT%H:%M:%S", s) .. "." .. frac .. "Z"
   end
   if type(v) ~= "string" or not v:match("^%d%d%d%d%-%d%d%-%d%d[T ]%d%d:%d%d:%d%d") then
     fail("usage", "usage.neon_time", "give an RFC 3339 timestamp such as 2024-01-15T10:30:00Z, or epoch seconds",
@@ -152,8 +155,27 @@ function Client:_wait(ops)
   end
 end
 
--- Turns a 400 about the branching point into an error that says what the history window is.
-function Client:_point_error(status, d, ts, at_lsn, what)
+-- Where a branch's history begins, from the API's branch fields: a branch restored from another
+-- continues that one's history (restored_from), a child its parent's, and a root begins at its
+-- creation. (Neon keeps a parent's history for its children; the retention limit is applied
+-- by the caller.)
+function Client:_history_start(id)
+  local all = {}
+  for _, x in ipairs(self:branches()) do all[x.id] = x end
+  local seen, x, start = {}, all[id], nil
+  while x and not seen[x.id] do
+    seen[x.id] = true
+    start = x.created_at
+    local nxt = x.restored_from
+    if nxt == nil or nxt == cjson.null then nxt = x.parent_id end
+    x = (nxt ~= nil and nxt ~= cjson.null) and all[nxt] or nil
+  end
+  return start and time.parse(start) or nil
+end
+
+-- Turns a 400 about the branching point into an error that says what the history window of the
+-- source branch really is: from where its history begins (or the retention limit, if later) to now.
+function Client:_point_error(status, d, ts, at_lsn, what, source_id)
   if status ~= 400 then return end
   local msg = type(d) == "table" and d.message or ""
   if not tostring(msg):lower():find("histor") and not tostring(msg):lower():find("retention")
@@ -162,9 +184,16 @@ function Client:_point_error(status, d, ts, at_lsn, what)
   end
   local window = ""
   local ok, p = pcall(self.project, self)
+  local ok2, start = pcall(self._history_start, self, source_id)
+  local from = ok2 and start or nil
   if ok and p and p.history_retention_seconds then
-    window = string.format(" (history retention %d s: since %s)", p.history_retention_seconds,
-                           os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() - p.history_retention_seconds))
+    local keep = time.now() - p.history_retention_seconds
+    if not from or keep > from then from = keep end
+  end
+  if from then
+    window = string.format(" (history of this branch: from %s to now%s)", time.iso(from, true),
+                           ok and p and p.history_retention_seconds
+                             and string.format("; retention %d s", p.history_retention_seconds) or "")
   end
   fail("failure", "neon.outside_history", "pick a point inside the history window" .. window,
        "%s at %s is outside the history window%s: %s", what, ts or at_lsn, window, tostring(msg))
@@ -191,7 +220,12 @@ function Client:create_branch(opts)
   local what = "branch " .. tostring(opts.name or "(unnamed)")
   local status, d = self:_call("POST", self:_p("/branches"), body, "neon " .. what, (ts or at_lsn) and 400 or nil)
   if status == 404 then self:_project_missing() end
-  if status == 400 then self:_point_error(status, d, ts, at_lsn, "neon " .. what .. " from " .. (parent and parent.name or "the default branch")) end
+  if status == 400 then
+    local src = parent
+    if not src then for _, x in ipairs(self:branches()) do if x.default then src = x end end end
+    self:_point_error(status, d, ts, at_lsn, "neon " .. what .. " from " .. (src and src.name or "the default branch"),
+                      src and src.id)
+  end
   self:_wait(d.operations)
   local b = self:branch(d.branch.id)
   return b or d.branch
@@ -221,6 +255,20 @@ function Client:restore_branch(opts)
          "neon restore_branch: branch %s has no parent to reset to", b.name)
   end
   local ts, at_lsn = timestamp(opts.at, "at"), lsn(opts.lsn, "lsn")
+  if opts.preserve_under_name == nil then
+    -- the API refuses (400) a restore of a branch that has children, or from its own history,
+    -- without a name to keep the current state under: say so before asking
+    local why = src.id == b.id and "restores from its own history" or nil
+    if not why then
+      for _, x in ipairs(self:branches()) do
+        if x.parent_id == b.id then why = "has child branches (" .. x.name .. ")"; break end
+      end
+    end
+    if why then
+      fail("usage", "usage.neon_preserve", "pass preserve_under_name = <a new branch name> to keep the current state",
+           "neon restore_branch: branch %s %s; the api requires preserve_under_name", b.name, why)
+    end
+  end
   local body = {source_branch_id = src.id, source_timestamp = ts, source_lsn = at_lsn,
                 preserve_under_name = opts.preserve_under_name}
   local status, d = self:_call("POST", self:_p("/branches/" .. b.id .. "/restore"), body, "neon branch " .. b.name,
@@ -229,7 +277,9 @@ function Client:restore_branch(opts)
     fail("failure", "neon.branch_not_found", nil, "branch %s or %s not found in neon project %s", b.name, src.name,
          self.project_id)
   end
-  if status == 400 then self:_point_error(status, d, ts, at_lsn, "restore of neon branch " .. b.name .. " from " .. src.name) end
+  if status == 400 then
+    self:_point_error(status, d, ts, at_lsn, "restore of neon branch " .. b.name .. " from " .. src.name, src.id)
+  end
   self:_wait(d.operations)
   return self:branch(b.id)
 end

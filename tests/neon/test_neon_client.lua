@@ -75,14 +75,67 @@ T.case("a branch at a past timestamp holds exactly the rows as of that time (rea
   local old = n:branch("head-old-" .. uniq)
   T.ok(old, "the old data was preserved under its new name")
   T.eq(psql(n:connection_uri{branch = old.id}, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "1")
+  -- as on Neon, the preserved branch takes the branch's place: it becomes its parent
+  T.eq(n:branch(h.id).parent_id, old.id)
+  T.eq(old.parent_id, n:branch("main").id)
+  -- a branch with children, or restored from its own history, needs preserve_under_name (the
+  -- API's rule): the client says so before asking, and neon-local refuses as Neon does
+  local e = T.raises(n.restore_branch, n, {branch = old.id, source = "main"})
+  T.eq(e.code, "usage.neon_preserve")
+  e = T.raises(n.restore_branch, n, {branch = h.id, source = h.id, at = at})
+  T.eq(e.code, "usage.neon_preserve")
+  local st = proc.run{argv = {"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "@-", "-H",
+                              "Content-Type: application/json", "-d", cjson.encode{source_branch_id = n:branch("main").id},
+                              env.get("NEON_API_HOST") .. "/projects/" .. env.get("NEON_PROJECT_ID") .. "/branches/" .. old.id .. "/restore"},
+                      stdin = "Authorization: Bearer " .. env.get("NEON_API_KEY") .. "\n"}
+  T.eq(st.stdout, "400", "neon-local refuses a restore of a branch with children without preserve_under_name")
 
   -- restore from a source at a time: main as of `at`
   n:restore_branch{branch = h.name, source = "main", at = at}
   T.eq(psql(huri, "SELECT string_agg(i::text, ',' ORDER BY i) FROM " .. tbl), "1,2")
 
-  for _, x in ipairs{old.id, h.id, b.id} do T.eq(n:delete_branch(x), true) end
+  for _, x in ipairs{h.id, old.id, b.id} do T.eq(n:delete_branch(x), true) end
   T.eq(n:branch(b.name), nil)
   psql(main_uri, "DROP TABLE " .. tbl)
+end)
+
+-- GET on the API with the key on stdin (never argv): the decoded body
+local function api_get(path)
+  local r = proc.run{argv = {"curl", "-sf", "-H", "@-", env.get("NEON_API_HOST") .. path},
+                     stdin = "Authorization: Bearer " .. env.get("NEON_API_KEY") .. "\n"}
+  assert(r.status == 0, "GET " .. path .. " failed")
+  return cjson.decode(r.stdout)
+end
+
+T.case("pooled URIs, expires_at, operation pages, ids only in paths (as the API)", function()
+  local pooled = n:connection_uri{branch = "main", database = "clubio", role = "app", pooled = true}
+  T.match(pooled:match("@([^:/]+)"), "%-pooler", "the pooled host has -pooler")
+  T.eq(psql(pooled, "SELECT 1"), "1")
+  -- an expired branch is deleted
+  local b = n:create_branch{name = "expiring-" .. uniq, endpoint = false, expires_at = time.now() + 2}
+  T.ok(b.expires_at ~= nil, "expires_at recorded")
+  local gone = false
+  for _ = 1, 120 do
+    if not n:branch(b.id) then gone = true; break end
+    time.sleep(0.25)
+  end
+  T.ok(gone, "the branch was deleted once expired")
+  local e = T.raises(n.create_branch, n, {name = "expired-" .. uniq, endpoint = false, expires_at = time.now() - 10})
+  T.match(e.message, "expires_at")
+  -- operations: limit and cursor page through, newest first, without overlap
+  local p = "/projects/" .. env.get("NEON_PROJECT_ID") .. "/operations"
+  local all = api_get(p).operations
+  T.ok(#all >= 3, "operations to page through")
+  local first = api_get(p .. "?limit=2")
+  T.eq(#first.operations, 2)
+  T.eq(first.operations[1].id, all[1].id)
+  local second = api_get(p .. "?limit=2&cursor=" .. first.pagination.cursor)
+  T.eq(second.operations[1].id, all[3].id)
+  -- a branch name is not an id: the API's paths take ids only
+  local r = proc.run{argv = {"curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "@-",
+                             env.get("NEON_API_HOST") .. "/projects/" .. env.get("NEON_PROJECT_ID") .. "/branches/main"},
+                     stdin = "Authorization: Bearer " .. env.get("NEON_API_KEY") .. "\n"}
+  T.eq(r.stdout, "404")
 end)
 
 T.case("set_default moves the default and back", function()
@@ -107,9 +160,27 @@ T.case("errors: 404 names the project or branch, 401 the key, out-of-window says
   T.eq(e.code, "neon.unauthorized")
   T.eq(e.class, "config")
   T.no_match(tostring(e), bad)
+  -- the hint reads right after redaction (a "NAME: word" would be masked as a secret)
+  T.match(e.hint, "NEON_API_KEY; it must be a valid key")
+  T.no_match(e.hint, "%*%*%*")
   e = T.raises(n.create_branch, n, {name = "old-" .. uniq, at = "2001-01-01T00:00:00Z"})
   T.eq(e.code, "neon.outside_history")
-  T.match(e.message, "history retention %d+ s")
+  T.match(e.message, "history of this branch: from .* to now; retention %d+ s")
+  -- a time before the branch's history begins but within the retention period: the window
+  -- stated is where the history really begins (main's creation), not "now minus retention"
+  local main = n:branch("main")
+  local before = time.parse(main.created_at) - 60
+  e = T.raises(n.create_branch, n, {name = "early-" .. uniq, at = before})
+  T.eq(e.code, "neon.outside_history")
+  local from = e.message:match("history of this branch: from (%S+) to now")
+  T.ok(from and time.parse(from) > before, "the stated window does not contain the refused time: " .. e.message)
+  -- a child branch inherits its parent's history: a point before the child's creation works
+  local child = n:create_branch{name = "child-" .. uniq, endpoint = false}
+  local g = n:create_branch{name = "grandchild-" .. uniq, parent = child.id, at = time.parse(child.created_at) - 1,
+                            endpoint = false}
+  T.eq(g.current_state, "ready")
+  n:delete_branch(g)
+  n:delete_branch(child)
   e = T.raises(n.create_branch, n, {name = "x", colour = "red"})
   T.match(e.message, "colour")
   e = T.raises(n.create_branch, n, {name = "x", at = "yesterday"})

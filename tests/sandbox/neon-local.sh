@@ -3,7 +3,8 @@
 #   neon_local_stop STATE            stop it (by pid) and, with it, every branch's cluster
 # State lives in STATE/neon (owned by postgres when we are root: PostgreSQL refuses root). The
 # API key is random per STATE, kept in STATE/neon/api_key (0600), and handed over by file, never
-# argv. Two projects: the primary (its main branch is DATABASE_URL, as in production) and one
+# argv. Every API exchange is recorded in STATE/neon/exchanges.jsonl (NEON_LOCAL_RECORD), which
+# tests check against Neon's OpenAPI description (neon-local/openapi_check.js). Two projects: the primary (its main branch is DATABASE_URL, as in production) and one
 # for DR. neon_local_start is idempotent: when already running it only rewrites the variables.
 # shellcheck shell=sh
 
@@ -40,6 +41,7 @@ neon_local_start() {
         nl_as_pg python3 "$NEON_LOCAL_DIR/neon_local.py" --daemon --state "$nl_state" \
             --port "$(cat "$nl_state/api_port")" --project clubio-primary --project clubio-dr \
             --database clubio --role app --history-retention "${NEON_LOCAL_HISTORY_RETENTION:-86400}" \
+            --record "$nl_state/exchanges.jsonl" \
             </dev/null || { echo "sandbox: neon-local did not start; see $nl_state/server.log" >&2; return 1; }
     fi
     nl_uri=$(nl_api "$nl_state" "/projects/clubio-primary/connection_uri?database_name=clubio&role_name=app" |
@@ -50,6 +52,7 @@ neon_local_start() {
     cat >>"$nl_tmp" <<EOF
 # neon-local begin (tests/sandbox/neon-local.sh)
 export NEON_LOCAL_STATE='$nl_state'
+export NEON_LOCAL_RECORD='$nl_state/exchanges.jsonl'
 export NEON_API_HOST='http://127.0.0.1:$(cat "$nl_state/port")/api/v2'
 export NEON_API_KEY='$(cat "$nl_state/api_key")'
 export NEON_PROJECT_ID='clubio-primary'

@@ -200,8 +200,10 @@ end
 
 -- Small helpers jobs share.
 
--- A point in the past typed by a user (ISO 8601) as epoch seconds; a usage error that names it
--- (`label`, e.g. "--at") when it is not a timestamp or is in the future.
+-- A point in the past typed by a user (ISO 8601) as epoch seconds, keeping the fraction the user
+-- gave (pass the number on, or show it with time.iso(t, true): a recovery point cut to the whole
+-- second loses what was committed in that second); a usage error that names it (`label`, e.g.
+-- "--at") when it is not a timestamp or is in the future.
 function M.past_time(text, label)
   local pre = label and (label .. " ") or ""
   local ok, t = pcall(time.parse, text)
@@ -210,7 +212,7 @@ function M.past_time(text, label)
                 hint = "use the form 2024-01-15T10:30:00Z (UTC) or 2024-01-15T12:30:00+02:00"}
   end
   if t > time.now() then
-    clubio.fail{message = pre .. time.iso(t) .. " is in the future", class = "usage",
+    clubio.fail{message = pre .. time.iso(t, true) .. " is in the future", class = "usage",
                 hint = "choose a time before now (" .. time.iso(time.now()) .. ")"}
   end
   return t

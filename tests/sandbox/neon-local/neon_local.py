@@ -145,8 +145,9 @@ class Cluster:
             f"port = {self.port}",
             f"unix_socket_directories = '{self.srv.run_dir}'",
             "wal_level = logical",
-            "max_wal_senders = 5",
-            "max_replication_slots = 5",
+            # logical replication (change archivers, DR) needs slots and senders to spare
+            "max_wal_senders = 10",
+            "max_replication_slots = 10",
             "max_connections = 40",
             "shared_buffers = 16MB",
             "fsync = off",
@@ -240,9 +241,12 @@ class Cluster:
         # The backup is usable for targets after the moment it completed.
         with open(os.path.join(dst, "neon_backup_done"), "w") as f:
             f.write(iso_ms(now()))
-        self.b.setdefault("_bases", []).append({"gen": self.b["_gen"], "dir": dst,
-                                                 "done_at": iso_ms(now()),
+        done = iso_ms(now())
+        self.b.setdefault("_bases", []).append({"gen": self.b["_gen"], "dir": dst, "done_at": done,
                                                  "lsn": self.sql("SELECT pg_current_wal_lsn()")})
+        info = self.srv.gen_info(self.b, self.b["_gen"])
+        if not info.get("start"):
+            info["start"] = done
 
 
 class Server:
@@ -250,6 +254,7 @@ class Server:
         self.state = os.path.abspath(args.state)
         self.args = args
         self.lock = threading.RLock()
+        self.record_lock = threading.Lock()
         self.faults = []
         os.makedirs(self.state, exist_ok=True)
         os.chmod(self.state, 0o700)
@@ -298,6 +303,30 @@ class Server:
                 json.dump(self.db, f, indent=1)
             os.replace(tmp, p)
 
+    def record(self, rec, status, obj):
+        """--record: appends the exchange as a JSON line (checked against Neon's OpenAPI
+        description by openapi_check.js). Passwords and connection URIs are masked, keeping
+        their type: the file is a test artefact, not a secret store."""
+        if not self.args.record:
+            return
+
+        def mask(v, key=""):
+            if isinstance(v, dict):
+                return {k: mask(x, k) for k, x in v.items()}
+            if isinstance(v, list):
+                return [mask(x, key) for x in v]
+            if isinstance(v, str) and key in ("password", "uri", "connection_uri"):
+                return "***"
+            return v
+        line = json.dumps(dict(rec, t=iso_ms(now()), status=status, request=mask(rec["request"]),
+                               response=mask(obj))) + "\n"
+        with self.record_lock:
+            fd = os.open(self.args.record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
     # ---- public views --------------------------------------------------------------------
     @staticmethod
     def public(rec):
@@ -315,10 +344,7 @@ class Server:
     def branch(self, pid, bid):
         self.project(pid)
         b = self.db["branches"].get(bid)
-        if not b or b["project_id"] != pid or b.get("_deleted"):
-            for c in self.branches_of(pid):  # the API takes ids; names are a convenience here
-                if c["name"] == bid:
-                    return c
+        if not b or b["project_id"] != pid or b.get("_deleted"):  # ids only, as the API (not names)
             raise ApiError(404, f"branch {bid} not found in project {pid}", "NOT_FOUND")
         return b
 
@@ -332,7 +358,58 @@ class Server:
             raise ApiError(404, f"role {role} not found in branch {b['id']}", "NOT_FOUND")
         if database not in b["_databases"]:
             raise ApiError(404, f"database {database} not found in branch {b['id']}", "NOT_FOUND")
-        return f"postgresql://{quote(role, safe='')}:{quote(pw, safe='')}@127.0.0.1:{b['_port']}/{quote(database, safe='')}"
+        cred = f"{quote(role, safe='')}:{quote(pw, safe='')}"
+        if pooled:
+            # Neon's pooled host is the endpoint's with -pooler; no pgbouncer here: the name does
+            # not resolve, so hostaddr (libpq) connects to the branch's own port
+            eps = self.endpoints_of(b["project_id"], b["id"])
+            host = f"{eps[0]['id'] if eps else b['id']}-pooler.neon-local.localhost"
+            return f"postgresql://{cred}@{host}:{b['_port']}/{quote(database, safe='')}?hostaddr=127.0.0.1"
+        return f"postgresql://{cred}@127.0.0.1:{b['_port']}/{quote(database, safe='')}"
+
+    # ---- history: each incarnation (gen) of a branch has its own WAL archive and base backups
+    # from `start` on; before that, its data is its lineage's (the parent, or a restore's source,
+    # at that gen) up to `until`, the branching point: history is inherited, as on Neon.
+    @staticmethod
+    def gen_info(b, gen):
+        gens = b.setdefault("_gens", {})
+        if str(gen) not in gens:  # state from before lineages: own history only
+            gens[str(gen)] = {"start": b.get("_history_start") if gen == b.get("_gen") else None, "lineage": None}
+        return gens[str(gen)]
+
+    def resolve(self, bid, gen, ts, depth=0):
+        """(branch, gen, ts) whose own archive holds the data `bid` had at `ts`, or None."""
+        b = self.db["branches"].get(bid)
+        if b is None or depth > 100:
+            return None
+        info = self.gen_info(b, gen)
+        start = parse_ts(info.get("start"))
+        if start is not None and ts >= start:
+            return b, gen, ts
+        lin = info.get("lineage")
+        if not lin:
+            return None
+        return self.resolve(lin["branch"], lin["gen"], min(ts, parse_ts(lin["until"])), depth + 1)
+
+    def history_start(self, bid, gen, depth=0):
+        """The earliest time `bid` (at `gen`) has history for, or None."""
+        b = self.db["branches"].get(bid)
+        if b is None or depth > 100:
+            return None
+        info = self.gen_info(b, gen)
+        lin = info.get("lineage")
+        inherited = self.history_start(lin["branch"], lin["gen"], depth + 1) if lin else None
+        return inherited if inherited is not None else parse_ts(info.get("start"))
+
+    def referenced(self, bid):
+        """Whether some branch's history goes through bid's archives (keep them on delete)."""
+        for x in self.db["branches"].values():
+            if x["id"] == bid:
+                continue
+            for info in x.get("_gens", {}).values():
+                if (info.get("lineage") or {}).get("branch") == bid:
+                    return True
+        return False
 
     # ---- operations ----------------------------------------------------------------------
     def new_op(self, pid, action, branch_id=None, endpoint_id=None):
@@ -394,6 +471,8 @@ class Server:
         b["_databases"] = [dbname]
         b["_owner"] = role
         c.base_backup()
+        with self.lock:  # a root's history begins with its first base backup, as created_at says
+            b["created_at"] = self.gen_info(b, b["_gen"])["start"]
         self.ready(b)
 
     def ready(self, b):
@@ -421,7 +500,14 @@ class Server:
             tgt.configure(data)
             return None
         src_gen = src_gen or source["_gen"]
-        src.flush_archive(src_gen)
+        if ts is not None:
+            found = self.resolve(source["id"], src_gen, ts)
+            if found is None:
+                raise OpFailed(f"no history of branch {source['id']} at {iso_ms(ts)}")
+            source, src_gen, ts = found
+            src = Cluster(self, source)
+        if source["_gen"] == src_gen and not source.get("_deleted") and src.running():
+            src.flush_archive(src_gen)
         base = self.pick_base(source, ts, lsn, src_gen)
         shutil.copytree(base["dir"], data, symlinks=True)
         os.chmod(data, 0o700)
@@ -451,12 +537,9 @@ class Server:
         os.unlink(os.path.join(data, "neon_recovery.conf"))
 
     def check_window(self, project, source, ts=None, lsn=None):
-        """The history window of a branch: from the start of its current incarnation (creation
-        or last reset), and no further back than the project's history retention."""
-        start = parse_ts(source["_history_start"])
-        bases = [parse_ts(x["done_at"]) for x in source.get("_bases", []) if x["gen"] == source["_gen"]]
-        if bases:  # a point-in-time recovery starts from a base backup
-            start = max(start, min(bases))
+        """The history window of a branch: from where its history begins (inherited from its
+        parent or a restore's source), no further back than the project's history retention."""
+        start = self.history_start(source["id"], source["_gen"]) or now()
         keep = now() - dt.timedelta(seconds=project["history_retention_seconds"])
         lo = max(start, keep)
         if ts is not None:
@@ -481,7 +564,7 @@ class Server:
              "default": False, "protected": False, "cpu_used_sec": 0, "compute_time_seconds": 0,
              "active_time_seconds": 0, "written_data_bytes": 0, "data_transfer_bytes": 0,
              "created_at": t, "updated_at": t, "_port": free_port(), "_gen": 1,
-             "_history_start": iso_ms(now()), "_bases": []}
+             "_history_start": iso_ms(now()), "_bases": [], "_gens": {"1": {"start": None, "lineage": None}}}
         if parent:
             b["parent_id"] = parent["id"]
             b["_roles"] = dict(parent["_roles"])
@@ -574,8 +657,8 @@ class Server:
         name = bo.get("name") or haiku("br-")[3:]
         if any(b["name"] == name for b in self.branches_of(pid)):
             raise ApiError(409, f"branch with name {name!r} already exists", "BRANCH_ALREADY_EXISTS")
-        if bo.get("expires_at") is not None and parse_ts(bo["expires_at"]) is None:
-            raise ApiError(400, f"expires_at: invalid RFC 3339 timestamp {bo['expires_at']!r}", "BAD_REQUEST")
+        if bo.get("expires_at") is not None:
+            self.check_expiry(bo["expires_at"])
         b = self.new_branch_record(project, name, parent)
         if ts is not None:
             b["parent_timestamp"] = iso(ts)
@@ -588,9 +671,14 @@ class Server:
         ops += [self.new_op(pid, "start_compute", b["id"], e["id"]) for e in endpoints]
         self.save()
 
+        parent_gen = parent["_gen"]
+
         def work():
             c = Cluster(self, b)
             os.makedirs(c.dir, exist_ok=True)
+            with self.lock:  # before its own history starts, the branch's history is its parent's
+                b["_gens"]["1"]["lineage"] = {"branch": parent["id"], "gen": parent_gen,
+                                              "until": iso_ms(ts if ts is not None else now())}
             pitr = self.build_data(b, parent, c.data, ts, lsn)
             if pitr:
                 self.finish_pitr(c, c.data)
@@ -612,6 +700,29 @@ class Server:
                                                                  "pooler_host": endpoints[0]["host"]}}
                                       for d in b["_databases"]]
         return 201, out
+
+    @staticmethod
+    def check_expiry(v):
+        t = parse_ts(v)
+        if t is None:
+            raise ApiError(400, f"expires_at: invalid RFC 3339 timestamp {v!r}", "BAD_REQUEST")
+        if t <= now():
+            raise ApiError(400, "expires_at must be in the future", "BAD_REQUEST")
+
+    def expire(self):
+        """Deletes the branches whose expires_at has passed (Neon's branch expiration), once
+        their project is idle; a branch with children waits for them."""
+        with self.lock:
+            due = [b for b in self.db["branches"].values()
+                   if not b.get("_deleted") and b.get("expires_at") and parse_ts(b["expires_at"]) <= now()
+                   and not b["default"] and b.get("current_state") == "ready"]
+        for b in due:
+            try:
+                with self.lock:
+                    if not b.get("_deleted"):
+                        self.delete_branch(b["project_id"], b["id"])
+            except ApiError:
+                pass  # busy or has children: next round
 
     def role_view(self, b, r):
         return {"branch_id": b["id"], "name": r, "protected": False, "created_at": b["created_at"],
@@ -640,11 +751,16 @@ class Server:
             c = Cluster(self, b)
             c.stop()
             shutil.rmtree(c.dir, ignore_errors=True)
-            shutil.rmtree(os.path.join(self.state, "wal", b["id"]), ignore_errors=True)
-            shutil.rmtree(os.path.join(self.state, "base", b["id"]), ignore_errors=True)
+            with self.lock:
+                keep = self.referenced(b["id"])
+            if not keep:
+                shutil.rmtree(os.path.join(self.state, "wal", b["id"]), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.state, "base", b["id"]), ignore_errors=True)
             with self.lock:
                 for e in eps:
                     self.db["endpoints"].pop(e["id"], None)
+                if self.referenced(b["id"]):  # others' inherited history: keep archives and record
+                    return
                 self.db["branches"].pop(b["id"], None)
         self.submit(pid, ops, work)
         return 200, {"branch": self.public(b), "operations": [dict(o) for o in ops]}
@@ -660,8 +776,13 @@ class Server:
         ts, lsn = self.parse_point(body.get("source_timestamp"), body.get("source_lsn"), "source")
         if src["id"] == b["id"] and ts is None and lsn is None:
             raise ApiError(400, "restoring a branch to its own head needs a source_timestamp or source_lsn", "BAD_REQUEST")
-        self.check_window(project, src, ts, lsn)
         preserve = body.get("preserve_under_name")
+        children = [x for x in self.branches_of(pid) if x.get("parent_id") == b["id"]]
+        if not preserve and (children or src["id"] == b["id"]):
+            # the API's rule (RestoreBranchRequest.preserve_under_name)
+            raise ApiError(400, f"branch {b['id']} " + ("has children" if children else "is restored from its own history")
+                           + ": preserve_under_name is required", "BAD_REQUEST")
+        self.check_window(project, src, ts, lsn)
         if preserve and any(x["name"] == preserve for x in self.branches_of(pid)):
             raise ApiError(409, f"branch with name {preserve!r} already exists", "BRANCH_ALREADY_EXISTS")
         ops = [self.new_op(pid, "create_branch", b["id"])]
@@ -669,9 +790,15 @@ class Server:
         ops += [self.new_op(pid, "start_compute", b["id"], e["id"]) for e in eps]
         old = None
         if preserve:
+            # Neon: the previous state becomes a branch named preserve_under_name, which takes the
+            # branch's place in the tree: it becomes the parent of the restored branch and of the
+            # branch's children ("reset from parent" undoes the restore)
             old = self.new_branch_record(project, preserve, b)
-            old["parent_id"] = b["id"]
-            self.new_endpoint(old)
+            if b.get("parent_id"):
+                old["parent_id"] = b["parent_id"]
+            else:
+                old.pop("parent_id", None)
+            old["creation_source"] = "restore"
             ops.append(self.new_op(pid, "create_branch", old["id"]))
         b["current_state"] = "init"  # until the operations finish, as a client sees on Neon
         b["pending_state"] = "ready"
@@ -680,25 +807,44 @@ class Server:
 
         def work():
             c = Cluster(self, b)
+            gen_before = b["_gen"]
+            if c.running():  # all of the current incarnation's WAL in its archive
+                c.flush_archive(gen_before)
             if old is not None:  # keep the current data under the new name, as its own branch
                 oc = Cluster(self, old)
                 os.makedirs(oc.dir, exist_ok=True)
+                with self.lock:
+                    old["_gens"]["1"]["lineage"] = {"branch": b["id"], "gen": gen_before, "until": iso_ms(now())}
                 run([f"{PGBIN}/pg_basebackup", "-h", self.run_dir, "-p", str(c.port), "-U", "postgres",
                      "-D", oc.data, "-X", "stream", "-c", "fast"])
                 oc.configure(oc.data)
                 oc.start()
                 oc.base_backup()
+                with self.lock:
+                    for x in children:
+                        x["parent_id"] = old["id"]
+                    b["parent_id"] = old["id"]
                 self.ready(old)
             new = os.path.join(c.dir, "data.new")
             with self.lock:
-                gen_before = b["_gen"]
                 b["_gen"] = gen_before + 1  # the new incarnation archives into a fresh folder
+                b["_gens"] = b.get("_gens") or {}
+                self.gen_info(b, gen_before)
+                b["_gens"][str(gen_before + 1)] = {
+                    "start": None,
+                    "lineage": {"branch": src["id"], "gen": src_gen, "until": iso_ms(ts if ts is not None else now())}}
             try:
                 pitr = self.build_data(b, src, new, ts, lsn, src_gen)
             except Exception:
                 with self.lock:
                     b["_gen"] = gen_before
+                    b["_gens"].pop(str(gen_before + 1), None)
                 raise
+            if c.running():
+                try:
+                    c.flush_archive(gen_before)
+                except OpFailed:
+                    pass
             c.stop()
             trash = os.path.join(c.dir, "data.old")
             shutil.rmtree(trash, ignore_errors=True)
@@ -708,13 +854,14 @@ class Server:
                 self.finish_pitr(c, c.data)
             else:
                 c.start()
+            # Neon: a restore removes the branch's replication slots (none come with the data;
+            # dropped here in case a copy ever brings one)
+            c.sql("SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots")
             shutil.rmtree(trash, ignore_errors=True)
-            shutil.rmtree(c.archive_dir(gen_before), ignore_errors=True)
-            shutil.rmtree(c.base_dir(gen_before), ignore_errors=True)
+            # The previous incarnation's archive stays: the preserved branch and children inherit it.
             with self.lock:
-                b["_bases"] = [x for x in b["_bases"] if x["gen"] != gen_before]
-                b["_history_start"] = iso_ms(now())
                 b["last_reset_at"] = iso(now())
+                b["_history_start"] = iso_ms(now())
                 if src["id"] != b["id"]:
                     b["restored_from"] = src["id"]
             c.base_backup()
@@ -743,13 +890,35 @@ class Server:
         if "expires_at" in bo:
             if bo["expires_at"] is None:
                 b.pop("expires_at", None)
-            elif parse_ts(bo["expires_at"]) is None:
-                raise ApiError(400, "expires_at: invalid RFC 3339 timestamp", "BAD_REQUEST")
             else:
+                self.check_expiry(bo["expires_at"])
                 b["expires_at"] = iso(parse_ts(bo["expires_at"]))
         b["updated_at"] = iso(now())
         self.save()
         return 200, {"branch": self.public(b), "operations": []}
+
+    @staticmethod
+    def page(items, q, key, maximum=400):
+        """Cursor pagination as the API's Pagination: `limit` items after the one whose id is
+        `cursor`; pagination.cursor is the last item's id (absent when there is none)."""
+        try:
+            limit = int(q.get("limit", ["0"])[0] or 0)
+        except ValueError:
+            raise ApiError(400, "limit must be an integer", "BAD_REQUEST")
+        if limit < 0 or limit > maximum:
+            raise ApiError(400, f"limit must be from 1 to {maximum}", "BAD_REQUEST")
+        cursor = q.get("cursor", [None])[0]
+        if cursor:
+            ids = [x["id"] for x in items]
+            if cursor not in ids:
+                raise ApiError(400, f"invalid cursor {cursor!r}", "BAD_REQUEST")
+            items = items[ids.index(cursor) + 1:]
+        if limit:
+            items = items[:limit]
+        out = {key: items}
+        if items:
+            out["pagination"] = {"cursor": items[-1]["id"]}
+        return out
 
     def list_branches(self, pid, q):
         self.project(pid)
@@ -778,8 +947,9 @@ class Server:
             if p == "/users/me/organizations":
                 return 200, {"organizations": []}
             if p == "/projects" and method == "GET":
-                ps = [self.public(x) for x in self.db["projects"].values()]
-                return 200, {"projects": ps, "pagination": {"cursor": ps[-1]["id"] if ps else ""}}
+                return 200, self.page([self.public(x) for x in self.db["projects"].values()], q, "projects")
+            if p == "/projects/shared" and method == "GET":  # nothing is shared with neon-local's user
+                return 200, self.page([], q, "projects")
             if len(parts) < 2 or parts[0] != "projects":
                 raise ApiError(404, f"no such path {p}", "NOT_FOUND")
             pid = parts[1]
@@ -796,8 +966,8 @@ class Server:
             if rest == ["operations"] and method == "GET":
                 self.project(pid)
                 ops = [o for o in self.db["operations"] if o["project_id"] == pid]
-                ops.reverse()
-                return 200, {"operations": ops, "pagination": {"cursor": ops[-1]["id"] if ops else ""}}
+                ops.reverse()  # newest first
+                return 200, self.page(ops, q, "operations", maximum=1000)
             if len(rest) == 2 and rest[0] == "operations" and method == "GET":
                 self.project(pid)
                 for o in self.db["operations"]:
@@ -805,17 +975,23 @@ class Server:
                         return 200, {"operation": o}
                 raise ApiError(404, f"operation {rest[1]} not found in project {pid}", "NOT_FOUND")
             if rest == ["connection_uri"] and method == "GET":
-                proj = self.project(pid)
+                self.project(pid)
+                for need in ("database_name", "role_name"):  # required by the API
+                    if not q.get(need, [""])[0]:
+                        raise ApiError(400, f"query parameter {need} is required", "BAD_REQUEST")
                 bid = q.get("branch_id", [None])[0]
                 b = self.branch(pid, bid) if bid else next(x for x in self.branches_of(pid) if x["default"])
-                db = q.get("database_name", [proj["_database"]])[0]
-                role = q.get("role_name", [proj["_role"]])[0]
-                return 200, {"uri": self.uri(b, role, db)}
+                pooled = q.get("pooled", ["false"])[0]
+                if pooled not in ("true", "false"):
+                    raise ApiError(400, "pooled must be true or false", "BAD_REQUEST")
+                return 200, {"uri": self.uri(b, q["role_name"][0], q["database_name"][0], pooled == "true")}
             if len(rest) >= 2 and rest[0] == "branches":
                 bid = rest[1]
                 sub = rest[2:]
                 if not sub and method == "GET":
-                    return 200, {"branch": self.public(self.branch(pid, bid))}
+                    b = self.branch(pid, bid)
+                    return 200, {"branch": self.public(b),
+                                 "annotation": {"object": {"type": "console/branch", "id": b["id"]}, "value": {}}}
                 if not sub and method == "DELETE":
                     return self.delete_branch(pid, bid)
                 if not sub and method == "PATCH":
@@ -856,6 +1032,10 @@ class Handler(BaseHTTPRequestHandler):
         sys.stderr.write("neon-local: %s %s\n" % (self.address_string(), fmt % args))
 
     def send(self, status, obj, headers=None):
+        rec = getattr(self, "_rec", None)
+        if rec is not None:
+            self._rec = None
+            self.server.neon.record(rec, status, obj)
         data = json.dumps(obj).encode() if obj is not None else b""
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -869,10 +1049,14 @@ class Handler(BaseHTTPRequestHandler):
         srv = self.server.neon
         url = urlparse(self.path)
         q = parse_qs(url.query)
+        self._rec = None
         try:
             n = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(n) if n else b""
             body = json.loads(raw) if raw.strip() else {}
+            if url.path.startswith("/api/v2"):  # the API's exchanges, for --record
+                self._rec = {"method": method, "path": url.path, "query": url.query,
+                             "request": body if raw.strip() else None}
             if not isinstance(body, dict):
                 raise ApiError(400, "request body must be a JSON object", "BAD_REQUEST")
         except (ValueError, json.JSONDecodeError):
@@ -892,7 +1076,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send(200, {"faults": srv.faults})
             if url.path == "/_test/projects" and method == "POST":  # TEST-ONLY: a project of one's own
                 pid = body.get("id")
-                if not isinstance(pid, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", pid):
+                if not isinstance(pid, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,59}", pid):  # the API's pattern
                     raise ApiError(400, "id must be a lower-case project id", "BAD_REQUEST")
                 srv.ensure_project(pid)  # creates main and its cluster (initdb) outside the lock
                 return self.send(201, {"project": srv.public(srv.project(pid))})
@@ -934,6 +1118,8 @@ def main():
     ap.add_argument("--database", default="neondb", help="database of new projects")
     ap.add_argument("--role", default="neondb_owner", help="owner role of new projects")
     ap.add_argument("--history-retention", type=int, default=86400, help="history_retention_seconds")
+    ap.add_argument("--record", metavar="FILE",
+                    help="append every API exchange to FILE as a JSON line (checked by openapi_check.js)")
     ap.add_argument("--daemon", action="store_true",
                     help="detach (new session, all inherited descriptors closed), log to STATE/server.log, "
                          "pid in STATE/server.pid; returns once the server is ready")
@@ -958,6 +1144,15 @@ def main():
         threading.Thread(target=httpd.shutdown, daemon=True).start()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+    def reaper():  # expires_at: expired branches are deleted, as on Neon
+        while True:
+            time.sleep(1)
+            try:
+                srv.expire()
+            except Exception:
+                traceback.print_exc()
+    threading.Thread(target=reaper, daemon=True).start()
     print(f"ready http://127.0.0.1:{port}/api/v2", flush=True)
     httpd.serve_forever()
     # Clean stop: every branch's cluster goes down with the server; state stays for a restart.
