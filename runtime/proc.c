@@ -68,6 +68,8 @@ int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err)
         else if (pipes & RT_PROC_QUIET) posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
         if (pipes & RT_PROC_STDERR) posix_spawn_file_actions_adddup2(&fa, perr[1], 2);
         if (spec->cwd) posix_spawn_file_actions_addchdir_np(&fa, spec->cwd);
+        /* dup2 onto itself clears FD_CLOEXEC in the child only (POSIX.1-2024, glibc >= 2.29) */
+        if (spec->inherit_fd > 2) posix_spawn_file_actions_adddup2(&fa, spec->inherit_fd, spec->inherit_fd);
         rc = posix_spawnp(&out->pid, spec->argv[0], &fa, NULL, (char *const *)spec->argv, env);
     }
     posix_spawn_file_actions_destroy(&fa);

@@ -15,6 +15,9 @@ typedef struct RtProcSpec {
     const char *const *env_set; /* "NAME=value" entries added to/overriding our environment */
     const char *const *env_unset; /* names removed from the child's environment */
     const char *cwd; /* may be NULL */
+    /* > 2: a descriptor of ours that the child inherits at the same number (every other one is
+     * close-on-exec), e.g. a lock (lock.h) the child then holds for as long as it lives; 0: none */
+    int inherit_fd;
 } RtProcSpec;
 
 typedef struct RtProc {

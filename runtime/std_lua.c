@@ -4,13 +4,14 @@
  *   log     log.info("uploaded", {bytes = n})           levels, JSON with --json, redaction
  *   env     env.get("NEON_PROJECT_ID")                   raises naming the missing variable
  *   time    time.parse("2024-01-15T10:30:00Z")           ISO 8601 / YYYYMMDD, UTC, day arithmetic
- *   proc    proc.run{argv = {"pg_dump", "--version"}}    child processes, no shell
+ *   proc    proc.run{argv = {"pg_dump", "--version"}}    child processes, no shell; proc.lock(path)
  *   secret  secret.env("BACKUP_ENCRYPTION_KEY")          secret values that print as ***
  *   clubio  clubio.flags.dry_run, clubio.confirm(...)    host flags, errors, confirmation
  */
 #include "host.h"
 #include "io/cancel.h"
 #include "log.h"
+#include "lock.h"
 #include "proc.h"
 #include "redact.h"
 
@@ -432,6 +433,8 @@ int luaopen_time(lua_State *L)
 
 /* ---- proc ------------------------------------------------------------------------------- */
 
+#define LOCK_MT "clubio.lock"
+
 typedef struct Capture {
     char *data;
     size_t len, cap, limit;
@@ -515,10 +518,18 @@ static int l_proc_run(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const allowed[] = {"argv", "env", "unset_env", "cwd", "stdin",
-                                          "check", "max_output", NULL};
+                                          "check", "max_output", "lock", NULL};
     rt_lua_check_options(L, 1, "proc.run", allowed);
     RtProcSpec spec;
     rt_lua_proc_spec(L, 1, &spec, "proc.run");
+    if (lua_getfield(L, 1, "lock") != LUA_TNIL) {
+        int *fd = luaL_testudata(L, -1, LOCK_MT);
+        if (!fd || *fd < 0)
+            return rt_lua_fail(L, RT_CLASS_USAGE, "usage.lock", "pass lock = proc.lock(path)",
+                               "proc.run: lock must be a held lock from proc.lock");
+        spec.inherit_fd = *fd; /* the child holds the lock too, for as long as it lives */
+    }
+    lua_pop(L, 1);
     size_t in_len = 0;
     const char *in = NULL;
     if (lua_getfield(L, 1, "stdin") == LUA_TSTRING) in = lua_tolstring(L, -1, &in_len);
@@ -560,9 +571,66 @@ static int l_proc_run(lua_State *L)
     return 1;
 }
 
+/* proc.lock(path [, {wait = seconds}]) -> a held lock, or nil and "held" when another process
+ * holds it past the wait. The wait ends early on a cancel (the cancel error is raised). The lock
+ * is released by lock:release(), a to-be-closed variable, or garbage collection; a child given
+ * it (proc.run{lock = l}) keeps holding it until it exits. */
+static int l_proc_lock(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    double wait = 0;
+    if (lua_istable(L, 2)) {
+        static const char *const allowed[] = {"wait", NULL};
+        rt_lua_check_options(L, 2, "proc.lock", allowed);
+        wait = rt_lua_opt_number(L, 2, "wait", 0);
+    }
+    int *ud = lua_newuserdatauv(L, sizeof(int), 0);
+    *ud = -1;
+    luaL_setmetatable(L, LOCK_MT);
+    RtError err;
+    rt_error_init(&err);
+    int fd;
+    int r = rt_lock_take(path, wait, &fd, &err);
+    if (r == RT_ERR) return rt_lua_raise(L, &err);
+    if (r == 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "held");
+        return 2;
+    }
+    *ud = fd;
+    return 1;
+}
+
+static int lock_release(lua_State *L)
+{
+    int *fd = luaL_checkudata(L, 1, LOCK_MT);
+    rt_lock_release(*fd);
+    *fd = -1;
+    return 0;
+}
+
+static int lock_tostring(lua_State *L)
+{
+    int *fd = luaL_checkudata(L, 1, LOCK_MT);
+    lua_pushstring(L, *fd >= 0 ? "lock (held)" : "lock (released)");
+    return 1;
+}
+
 int luaopen_proc(lua_State *L)
 {
-    static const luaL_Reg f[] = {{"run", l_proc_run}, {NULL, NULL}};
+    if (luaL_newmetatable(L, LOCK_MT)) {
+        static const luaL_Reg m[] = {{"release", lock_release}, {NULL, NULL}};
+        luaL_newlib(L, m);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, lock_release);
+        lua_setfield(L, -2, "__close");
+        lua_pushcfunction(L, lock_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg f[] = {{"run", l_proc_run}, {"lock", l_proc_lock}, {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
 }

@@ -1,60 +1,39 @@
 -- Run scheduled jobs: a foreground scheduler (systemd), --list, --once (cron/CI), --run JOB
 --
--- clubio-dr schedule                 run due jobs as they fall due, until SIGTERM/SIGINT
+-- usage: clubio-dr schedule [--list [--json] | --once | --run JOB] [--dry-run]
+--
+-- clubio-dr schedule                 run due jobs as they fall due (UTC), logging to stdout,
+--                                    until SIGTERM/SIGINT
 -- clubio-dr schedule --list [--json] each job: schedule, next run (UTC), last run
 -- clubio-dr schedule --once          run what is due now, then exit (1 if a job failed)
 -- clubio-dr schedule --run JOB       run one job now, with its lock, timeout, retries, record
 --                                    (--dry-run with --once/--run: say what would run)
 --
+-- A job is due when its latest fire time has passed with no run recorded for it since; a job
+-- never run before is due only within its grace period (1 hour) after a fire time.
 -- Jobs: every script with a `-- schedule: CRON` line (UTC), plus the jobs file
--- (CLUBIO_DR_SCHEDULE, else jobs.conf in a CLUBIO_DR_PATH folder) which adds jobs with
--- arguments, tunes timeout/retries, or disables a script's job (see examples/jobs.conf).
--- Each job runs as `clubio-dr --timeout T run SCRIPT -- ARGS`; never two runs of one job at
--- once (a lock in the state folder); every run is a line in STATE/runs.jsonl; failures and
--- recoveries go to SLACK_WEBHOOK_URL / ALERT_WEBHOOK_URL; CLUBIO_DR_TEXTFILE_DIR gets
--- Prometheus metrics after each run. Stopping (SIGTERM) stops the running job's child first;
--- its lock is then stale and the next start records that run as interrupted.
+-- (CLUBIO_DR_SCHEDULE, else jobs.conf in a CLUBIO_DR_PATH folder; "off": none) which adds jobs
+-- with arguments, tunes timeout/retries, or disables a script's job (see examples/jobs.conf).
+-- Each job runs as `clubio-dr --timeout T run SCRIPT ARGS`. A job runs at most once per fire
+-- time and never twice at once, however many schedulers run (services, timers, cron): a kernel
+-- lock in the state folder, held by the job's own process for as long as it lives. Every run is
+-- a line in STATE/runs.jsonl (CLUBIO_DR_STATE_DIR, default ~/.local/state/clubio-dr); failures
+-- and recoveries go to SLACK_WEBHOOK_URL / ALERT_WEBHOOK_URL (P2, P1 after 2+ days);
+-- CLUBIO_DR_TEXTFILE_DIR gets Prometheus metrics after each run. Stopping (SIGTERM) stops the
+-- running job's child first; the next start records that run as interrupted.
 local clubio, time, cjson, log = require "clubio", require "time", require "cjson", require "log"
 local S = require "clubio.schedule"
 
-local mode, target = "daemon", nil
-local args = {...}
-local i = 1
-while i <= #args do
-  local a = args[i]
-  if a == "--list" then mode = "list"
-  elseif a == "--once" then mode = "once"
-  elseif a == "--run" then
-    mode, target = "run", args[i + 1]
-    i = i + 1
-    if not target then clubio.fail{message = "schedule --run needs a job name", class = "usage", hint = "see clubio-dr schedule --list"} end
-  elseif a == "--json" then clubio.flags.json = true
-  elseif a == "--help" or a == "-h" then
-    io.stdout:write([[
-usage: clubio-dr schedule [--list [--json] | --once | --run JOB] [--dry-run]
-
-  (no option)   run as a foreground service: start each job when it falls due (UTC), log to
-                stdout; SIGTERM stops it (the running job's child is stopped first)
-  --list        each job with its schedule, next run and last run (--json: a JSON array)
-  --once        run the jobs that are due now, then exit; for cron or CI
-  --run JOB     run one job now, through its lock, timeout, retries and run record
-
-A job is due when its latest fire time has passed with no run recorded for it since; a job
-never run before is due only within its grace period (1 hour) after a fire time.
-
-environment:
-  CLUBIO_DR_SCHEDULE      jobs file (default: jobs.conf in a CLUBIO_DR_PATH folder; "off": none)
-  CLUBIO_DR_STATE_DIR     run records and locks (default ~/.local/state/clubio-dr)
-  CLUBIO_DR_TEXTFILE_DIR  write clubio_dr.prom there after each run (node-exporter textfile)
-  SLACK_WEBHOOK_URL, ALERT_WEBHOOK_URL   alerts on failure (P2, P1 after 2+ days) and recovery
-]])
-    return 0
-  else
-    clubio.fail{message = "schedule: unexpected argument '" .. a .. "'", class = "usage",
-                hint = "clubio-dr schedule [--list [--json] | --once | --run JOB]"}
-  end
-  i = i + 1
+local args = require("clubio.args").parse(arg, {
+  options = {["--list"] = true, ["--once"] = true, ["--run"] = "JOB"},
+})
+local mode, target = "daemon", args["--run"]
+local n_modes = (args["--list"] and 1 or 0) + (args["--once"] and 1 or 0) + (target and 1 or 0)
+if n_modes > 1 then
+  clubio.fail{message = "schedule: --list, --once and --run are one at a time", class = "usage",
+              hint = "clubio-dr schedule [--list [--json] | --once | --run JOB]"}
 end
+if args["--list"] then mode = "list" elseif args["--once"] then mode = "once" elseif target then mode = "run" end
 local json = clubio.flags.json
 
 -- The scheduler logs to stdout (one line per event; JSON lines with --json), like a service.
@@ -146,7 +125,7 @@ local function run_list(list, trigger)
     if clubio.flags.dry_run then
       say("info", "would run " .. d.job.name, {job = d.job.name, scheduled = time.iso(d.at), script = d.job.script})
     else
-      local rec = S.run_job(d.job, {scheduled = d.at, trigger = trigger})
+      local rec = S.run_job(d.job, {scheduled = d.at, trigger = trigger, due = trigger ~= "manual"})
       if rec.status ~= "ok" and rec.status ~= "skipped" then failed = failed + 1 end
     end
   end
@@ -191,7 +170,7 @@ while true do
   for _, d in ipairs(due_jobs(jobs, time.now())) do
     local key = d.job.name .. "@" .. d.at
     if not skipped[key] then
-      local rec = S.run_job(d.job, {scheduled = d.at, trigger = "schedule"})
+      local rec = S.run_job(d.job, {scheduled = d.at, trigger = "schedule", due = true})
       if rec.status == "skipped" then skipped[key] = true end
     end
   end

@@ -1,6 +1,6 @@
 -- The scheduler end to end, through the binary, with trivial job scripts in a temporary
 -- CLUBIO_DR_PATH: jobs from headers and the jobs file, --list, --once and what "due" means,
--- two concurrent runs of one job (the second refuses), stale-lock takeover, timeout, retries,
+-- two concurrent runs of one job (the second refuses), runs left "running", timeout, retries,
 -- webhook alerts received by a local HTTP server (P2, P1 after 2 days, recovery), the metrics
 -- text and textfile, and SIGTERM stopping the service and its running child.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
@@ -164,7 +164,13 @@ T.case("jobs file mistakes are one-line configuration errors", function()
   T.match(r.stderr, "nope.conf %(CLUBIO_DR_SCHEDULE%) cannot be read")
   r = cli({"schedule", "--frobnicate"})
   T.eq(r.status, 2)
-  T.match(r.stderr, "unexpected argument '%-%-frobnicate'")
+  T.match(r.stderr, "unknown option '%-%-frobnicate'")
+  r = cli({"schedule", "--once", "--list"})
+  T.eq(r.status, 2)
+  T.match(r.stderr, "one at a time")
+  r = cli({"metrics", "somewhere"})
+  T.eq(r.status, 2)
+  T.match(r.stderr, "a folder is given with %-%-write")
   r = cli({"schedule", "--run", "nosuch"})
   T.eq(r.status, 2)
   T.match(r.stderr, "no scheduled job named 'nosuch'")
@@ -220,58 +226,56 @@ T.case("two concurrent runs of one job: the second refuses while the first holds
   proc.run{argv = {"sh", "-c", '(env ' .. table.concat(e, " ") .. ' "$0" schedule --run slow > "$1/slow.out" 2>&1; echo $? > "$1/slow.exit") >/dev/null 2>&1 &',
                    BIN, D}, check = true}
   wait_for(D .. "/slow.started", "the first run to start")
-  local lock = cjson.decode(read(STATE .. "/locks/slow.lock"))
-  lock.pid = math.tointeger(lock.pid)
-  T.eq(lock.host, clubio.hostname())
-  T.eq(lock.job, "slow")
-  T.ok(lock.pid > 0 and lock.start > 0 and lock.run_id)
+  local holder = runs("slow")[1]
+  T.eq(holder.status, "running")
+  T.eq(holder.host, clubio.hostname())
+  T.ok(not proc.lock(STATE .. "/locks/slow.lock"), "the lock is held")
   local r = cli{"schedule", "--run", "slow"}
   T.eq(r.status, 0, "a refused run is not a failure: " .. r.stdout .. r.stderr)
-  T.match(r.stdout, "skipped: locked by pid " .. lock.pid .. " on " .. clubio.hostname():gsub("%p", "%%%0"))
+  T.match(r.stdout, "skipped: locked by run " .. holder.run_id:gsub("%p", "%%%0") .. " %(pid " ..
+          math.tointeger(holder.pid) .. " on " .. clubio.hostname():gsub("%p", "%%%0"))
   write(D .. "/slow.release", "1")
   T.eq(wait_for(D .. "/slow.exit", "the first run to end"), "0\n")
   local rs = runs("slow")
   T.eq(#rs, 1, "one run recorded")
   T.eq(rs[1].status, "ok")
-  T.ok(not exists(STATE .. "/locks/slow.lock"), "the lock is released")
+  local l = proc.lock(STATE .. "/locks/slow.lock")
+  T.ok(l, "the lock is released")
+  l:release()
 end)
 
-T.case("stale locks: a dead pid on this host, or older than the timeout elsewhere, is taken over", function()
-  local dead = proc.run{argv = {"sh", "-c", "echo $$"}}.stdout:match("%d+")
-  write(STATE .. "/locks/hello.lock", cjson.encode{pid = tonumber(dead), host = clubio.hostname(), start = time.now() - 5,
-                                                   start_iso = "x", timeout = 3600, run_id = "ghost-1", job = "hello",
-                                                   scheduled_at = 1})
+T.case("a run left 'running' whose lock is free is recorded as interrupted; an old lock file is no obstacle", function()
+  -- what a scheduler killed before its child started leaves: a "running" record, no process
+  local f = assert(io.open(STATE .. "/runs.jsonl", "a"))
+  f:write(cjson.encode{job = "hello", lock = "hello", run_id = "ghost-1", status = "running", pid = 1, host = "h",
+                       scheduled_at = 1, started_at = time.now() - 5}, "\n")
+  f:close()
+  -- a lock file in the old format (JSON naming a live pid) is only a file: the kernel lock decides
+  write(STATE .. "/locks/hello.lock", cjson.encode{pid = S.self().pid, host = clubio.hostname(), run_id = "old-1"})
   local r = cli{"schedule", "--run", "hello"}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stderr, "took over a stale lock")
+  T.match(r.stderr, "recorded an interrupted run")
   local rs = runs("hello")
   T.eq(rs[#rs].status, "ok")
   T.eq(rs[#rs - 1].run_id, "ghost-1")
   T.eq(rs[#rs - 1].status, "interrupted")
-  T.match(rs[#rs - 1].error, "pid " .. dead .. " is not running")
-  -- another host's lock: fresh -> refused; past timeout + slack -> taken over
-  write(STATE .. "/locks/hello.lock", cjson.encode{pid = 1, host = "elsewhere", start = time.now() - 30, timeout = 3600,
-                                                   start_iso = "then", run_id = "far-1", job = "hello"})
-  r = cli{"schedule", "--run", "hello"}
-  T.match(r.stdout, "skipped: locked by pid 1 on elsewhere since then")
-  write(STATE .. "/locks/hello.lock", cjson.encode{pid = 1, host = "elsewhere", start = time.now() - 7200, timeout = 60,
-                                                   start_iso = "then", run_id = "far-2", job = "hello"})
-  r = cli{"schedule", "--run", "hello"}
-  T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stderr, "past its 60s timeout")
-  -- a live process on this host (this test) holds it: refused
-  local me = S.self()
-  write(STATE .. "/locks/hello.lock", cjson.encode{pid = me.pid, starttime = me.starttime, host = me.host,
-                                                   start = time.now(), timeout = 3600, start_iso = "now", run_id = "live-1", job = "hello"})
+  T.match(rs[#rs - 1].error, "stopped during the run")
+  -- a held lock (this test holds it) refuses, and leaves the "running" record alone
+  local f2 = assert(io.open(STATE .. "/runs.jsonl", "a"))
+  f2:write(cjson.encode{job = "hello", lock = "hello", run_id = "live-1", status = "running", pid = 7, host = "h",
+                        scheduled_at = 1, started_at = time.now(), started = "now"}, "\n")
+  f2:close()
+  local held = assert(proc.lock(STATE .. "/locks/hello.lock"))
   r = cli{"schedule", "--run", "verify-hello"}
-  T.match(r.stdout, "skipped: locked by pid " .. me.pid, "verify-hello shares hello's lock")
-  -- the same pid number with another start time is a reused pid: stale
-  write(STATE .. "/locks/hello.lock", cjson.encode{pid = me.pid, starttime = "1", host = me.host,
-                                                   start = time.now(), timeout = 3600, start_iso = "now", run_id = "reused-1", job = "hello"})
+  T.eq(r.status, 0, r.stdout .. r.stderr)
+  T.match(r.stdout, "skipped: locked by run live%-1 %(pid 7 on h, started now%)", "verify-hello shares hello's lock")
+  T.eq(runs("hello")[#runs("hello")].status, "running")
+  held:release()
   r = cli{"schedule", "--run", "hello"}
   T.eq(r.status, 0)
-  T.match(r.stderr, "was reused")
-  T.ok(not exists(STATE .. "/locks/hello.lock"))
+  rs = runs("hello")
+  T.eq(rs[#rs - 1].run_id, "live-1")
+  T.eq(rs[#rs - 1].status, "interrupted")
 end)
 
 T.case("retries: a failing attempt is retried; a configuration error is not; a timeout is recorded", function()
@@ -423,9 +427,9 @@ T.case("SIGTERM stops the service after stopping its running child; the next sta
   local pid = proc.run{argv = {"sh", "-c", '(exec env ' .. table.concat(e, " ") .. ' "$0" schedule > "$1/svc.out" 2>&1) & echo $!', BIN, D},
                        check = true}.stdout:match("%d+")
   wait_for(D .. "/slow.started", "the service to start slow")
-  local lock = cjson.decode(read(st2 .. "/locks/slow.lock"))
-  lock.pid = math.tointeger(lock.pid)
-  T.eq(tostring(lock.pid), pid, "the service holds the lock")
+  local lock = S.read_runs(st2 .. "/runs.jsonl")[1]
+  T.eq(lock.status, "running")
+  T.eq(tostring(math.tointeger(lock.pid)), pid, "the service runs it")
   proc.run{argv = {"kill", "-TERM", pid}, check = true}
   for _ = 1, 1200 do
     if not exists("/proc/" .. pid .. "/stat") or read("/proc/" .. pid .. "/stat"):match("^%d+ %b() Z") then break end
@@ -435,9 +439,11 @@ T.case("SIGTERM stops the service after stopping its running child; the next sta
   local out = read(D .. "/svc.out")
   T.match(out, "scheduler started: 1 job")
   T.match(out, "starting slow")
-  -- no run of the child is left
-  T.ok(not S.run_alive(lock.run_id), "no process of the run is left")
-  -- the next start takes the stale lock over and records the interrupted run
+  -- no process of the run is left: its lock is free
+  local l = proc.lock(st2 .. "/locks/slow.lock")
+  T.ok(l, "no process of the run holds the lock")
+  l:release()
+  -- the next start records the interrupted run
   write(D .. "/slow.release", "1")
   local r = cli({"schedule", "--run", "slow"}, {CLUBIO_DR_STATE_DIR = st2, CLUBIO_DR_SCHEDULE = D .. "/only-slow.conf"})
   T.eq(r.status, 0, r.stdout .. r.stderr)

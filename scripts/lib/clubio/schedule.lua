@@ -15,19 +15,22 @@
 -- run at all is due only within `grace` seconds of T (default 3600), so that installing the
 -- scheduler does not start every monthly and quarterly job at once.
 --
--- Locks: locks/NAME.lock holds {pid, host, start, timeout, run_id, job}; it is created with
--- link(2) (`ln`, which fails if it exists), so a lock file is complete the moment it exists.
--- A lock is stale when its pid is gone on this host (pid and process start time both checked),
--- or when it is older than its timeout plus 10 minutes (any host); a stale lock is taken over
--- and its run recorded as "interrupted". A job whose lock is held is skipped ("locked"), not
--- queued: the holder's run covers the same fire time.
+-- Locks: a kernel lock (flock(2), proc.lock) on locks/NAME.lock, taken by the scheduler for a
+-- run and inherited by the run's child process, so the lock is held for as long as any process
+-- of the run lives, even when the scheduler itself is killed with SIGKILL, and the kernel drops
+-- it when the last one ends: nothing goes stale, nothing is looked up in /proc. A job whose lock
+-- is held is skipped ("locked"), not queued: the holder's run covers the same fire time. Under
+-- the lock the run records are read again: a fire time that another scheduler has run in the
+-- meantime is not run a second time, and a run still "running" in the records (its lock is free,
+-- so its processes are gone) is recorded as "interrupted". A run whose scheduler was killed
+-- ends without its outcome recorded; it counts as interrupted, and its fire time is run again
+-- once its last process has ended, never while it lives.
 local clubio, log, time, proc, cjson = require "clubio", require "log", require "time", require "proc", require "cjson"
 local cron = require "clubio.cron"
 
 local M = {}
 
 M.DEFAULTS = {timeout = 3600, retries = 1, retry_delay = 60, grace = 3600}
-M.LOCK_SLACK = 600
 local JOB_KEYS = {script = true, args = true, schedule = true, timeout = true, retries = true, retry_delay = true,
                   grace = true, env = true, lock = true, verification = true, enabled = true, description = true}
 -- exit statuses worth another attempt: failure, timeout, killed; not usage/config/verify/declined
@@ -78,17 +81,13 @@ function M.write_atomic(path, text)
   if not rok then os.remove(tmp); fail("cannot rename into " .. path .. ": " .. tostring(rerr)) end
 end
 
--- Our own process: pid and start time (from /proc/self/stat), host, and the binary's path.
+-- Our own process: pid (from /proc/self/stat), host, and the binary's path.
 local SELF
 function M.self()
   if SELF then return SELF end
   local stat = read_file("/proc/self/stat") or ""
   local pid = tonumber(stat:match("^(%d+)"))
-  local after = stat:match("^%d+ %b() (.*)$") or ""
-  local fields = {}
-  for w in after:gmatch("%S+") do fields[#fields + 1] = w end
-  -- field 22 of stat is starttime; `after` starts at field 3
-  SELF = {pid = pid or 0, starttime = fields[20], host = clubio.hostname()}
+  SELF = {pid = pid or 0, host = clubio.hostname()}
   local bin = os.getenv("CLUBIO_DR_BIN")
   if not bin or bin == "" then
     local r = proc.run{argv = {"readlink", "/proc/" .. tostring(pid) .. "/exe"}}
@@ -96,19 +95,6 @@ function M.self()
   end
   SELF.bin = bin
   return SELF
-end
-
-local function proc_starttime(pid)
-  local stat = read_file("/proc/" .. tostring(pid) .. "/stat")
-  if not stat then return nil end
-  local after = stat:match("^%d+ %b() (.*)$") or ""
-  if after:sub(1, 1) == "Z" or after:sub(1, 1) == "X" then return nil end -- a zombie has ended
-  local i = 0
-  for w in after:gmatch("%S+") do
-    i = i + 1
-    if i == 20 then return w end
-  end
-  return ""
 end
 
 -- ---- jobs --------------------------------------------------------------------------------
@@ -327,124 +313,71 @@ end
 
 -- ---- locks -------------------------------------------------------------------------------
 
-local function lock_path(job) return M.state_dir() .. "/locks/" .. job.lock:gsub("[^%w._-]", "_") .. ".lock" end
-
-local function read_lock(path)
-  local text = read_file(path)
-  if not text then return nil end
-  local ok, h = pcall(cjson.decode, text)
-  if ok and type(h) == "table" then
-    h.pid = math.tointeger(h.pid) or h.pid -- cjson decodes every number as a float
-    return h
-  end
-  return {corrupt = true}
+function M.lock_path(job_or_lock)
+  local name = type(job_or_lock) == "table" and job_or_lock.lock or job_or_lock
+  return M.state_dir() .. "/locks/" .. tostring(name):gsub("[^%w._-]", "_") .. ".lock"
 end
 
--- Is a child of run `run_id` still running here? (its environment carries CLUBIO_DR_RUN_ID)
-function M.run_alive(run_id)
-  local r = proc.run{argv = {"sh", "-c", 'grep -l -s -F -x -z -e "CLUBIO_DR_RUN_ID=$1" /proc/[0-9]*/environ', "sh", run_id}}
-  return r.status == 0 and r.stdout ~= ""
+-- The latest "running" record of a lock (the run that holds it, when it is held).
+local function running_record(lock, runs)
+  for i = #runs, 1, -1 do
+    local r = runs[i]
+    if r.status == "running" and (r.lock or r.job) == lock then return r end
+  end
+  return nil
 end
 
--- Is the lock holder gone? Returns true with the reason.
-local function stale(h, path)
-  local me = M.self()
-  local now = time.now()
-  if h.corrupt then
-    local r = proc.run{argv = {"stat", "-c", "%Y", path}}
-    local mtime = tonumber(r.stdout) or 0
-    return now - mtime > 60, "unreadable lock file"
-  end
-  if h.host == me.host and h.pid then
-    local st = proc_starttime(h.pid)
-    local gone
-    if not st then gone = string.format("pid %d is not running on %s", h.pid, h.host)
-    elseif h.starttime and st ~= h.starttime then gone = string.format("pid %d was reused", h.pid) end
-    -- a scheduler killed with SIGKILL leaves its child running: the run is not over while a
-    -- process carries its run id
-    if gone and not (h.run_id and M.run_alive(h.run_id)) then return true, gone end
-  end
-  if h.start and h.timeout and now > h.start + h.timeout + M.LOCK_SLACK then
-    return true, string.format("held since %s, past its %ds timeout", time.iso(h.start), h.timeout)
-  end
-  return false
-end
-
--- Takes the job's lock for run `run_id`. Returns true, or false and the holder's description.
--- A stale lock is taken over; the run it stood for is recorded as interrupted.
-function M.acquire(job, run_id, opts)
-  opts = opts or {}
-  local path = lock_path(job)
+-- Takes the job's lock (one try). Returns the lock, or nil and a description of its holder.
+function M.acquire(job)
+  local path = M.lock_path(job)
   mkdir_p(path:match("^(.*)/"))
-  local me = M.self()
-  local mine = {pid = me.pid, starttime = me.starttime, host = me.host, start = time.now(), timeout = job.timeout,
-                run_id = run_id, job = job.name}
-  mine.start_iso = time.iso(mine.start)
-  mine.scheduled_at = opts.scheduled_at
-  for _ = 1, 3 do
-    local tmp = string.format("%s.new.%d.%d", path, me.pid, math.random(1, 1 << 30))
-    local f = assert(io.open(tmp, "wb"))
-    f:write(cjson.encode(mine))
-    f:close()
-    local r = proc.run{argv = {"ln", tmp, path}}
-    os.remove(tmp)
-    if r.status == 0 then return true end
-    local h = read_lock(path)
-    if h then
-      local is_stale, why = stale(h, path)
-      if not is_stale then
-        return false, string.format("locked by pid %s on %s since %s (run %s)", tostring(h.pid), tostring(h.host),
-                                    tostring(h.start_iso), tostring(h.run_id))
-      end
-      -- take it over: move it aside, and check that what we moved is what we judged stale
-      local aside = string.format("%s.stale.%d.%d", path, me.pid, math.random(1, 1 << 30))
-      if os.rename(path, aside) then
-        local moved = read_lock(aside)
-        if moved and moved.run_id == h.run_id then
-          os.remove(aside)
-          log.warn("took over a stale lock", {job = job.name, reason = why, run = h.run_id})
-          if h.run_id and h.job and not opts.no_record then
-            M.append_run({job = h.job, run_id = h.run_id, status = "interrupted", host = h.host, pid = h.pid,
-                          started_at = h.start, started = h.start_iso, scheduled_at = h.scheduled_at,
-                          finished_at = time.now(), error = "the run ended without a record (" .. why .. ")"})
-          end
-        else
-          -- somebody else took it over and locked it in between: put theirs back
-          proc.run{argv = {"ln", aside, path}}
-          os.remove(aside)
-        end
-      end
-    end
+  local l = proc.lock(path)
+  if l then return l end
+  local r = running_record(job.lock, M.read_runs())
+  if r then
+    return nil, string.format("locked by run %s (pid %s on %s, started %s)", tostring(r.run_id),
+                              tostring(math.tointeger(r.pid) or r.pid), tostring(r.host), tostring(r.started))
   end
-  return false, "could not take the lock " .. path
+  return nil, "locked: another scheduler is starting a run of " .. job.lock
 end
 
--- Marks as interrupted the runs of this host left "running" by a scheduler that stopped (a
--- SIGTERM or a crash) when their lock is no longer theirs and no process of theirs is left.
+-- Records as interrupted the "running" runs of `lock`, whose lock the caller holds: a run's
+-- processes hold its lock until the last of them ends, so a run still "running" in the records
+-- while we hold its lock has ended without its outcome written (its scheduler was stopped or
+-- killed). Reads the records afresh: the holder before us may have finished a moment ago.
+local function close_dead_runs(lock)
+  local seen = {}
+  for _, r in ipairs(M.read_runs()) do
+    if r.status == "running" and (r.lock or r.job) == lock and r.run_id and not seen[r.run_id] then
+      seen[r.run_id] = true
+      local rec = {}
+      for k, v in pairs(r) do rec[k] = v end
+      rec.status, rec.finished_at = "interrupted", time.now()
+      rec.error = "the run ended without a record: its scheduler (pid " .. tostring(math.tointeger(r.pid) or r.pid) ..
+                  ") stopped during the run"
+      M.append_run(rec)
+      log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
+    end
+  end
+end
+
+-- Records as interrupted the runs left "running" whose lock is free (no process of theirs is
+-- left). A lock that is held is left alone: its run is alive.
 function M.sweep(runs)
-  local me = M.self()
   runs = runs or M.read_runs()
+  local locks = {}
   for _, r in ipairs(runs) do
-    if r.status == "running" and r.host == me.host and r.run_id then
-      local h = read_lock(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock")
-      local held = h and h.run_id == r.run_id and not stale(h, "")
-      if not held and not M.run_alive(r.run_id) then
-        if h and h.run_id == r.run_id then os.remove(M.state_dir() .. "/locks/" .. tostring(r.lock or r.job):gsub("[^%w._-]", "_") .. ".lock") end
-        local rec = {}
-        for k, v in pairs(r) do rec[k] = v end
-        rec.status, rec.finished_at = "interrupted", time.now()
-        rec.error = "the scheduler stopped during the run (pid " .. tostring(math.tointeger(r.pid) or r.pid) .. ")"
-        M.append_run(rec)
-        log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
-      end
+    if r.status == "running" then locks[r.lock or r.job] = true end
+  end
+  for lock in pairs(locks) do
+    local path = M.lock_path(lock)
+    mkdir_p(path:match("^(.*)/"))
+    local l = proc.lock(path)
+    if l then
+      close_dead_runs(lock)
+      l:release()
     end
   end
-end
-
-function M.release(job, run_id)
-  local path = lock_path(job)
-  local h = read_lock(path)
-  if h and h.run_id == run_id then os.remove(path) end
 end
 
 -- ---- running a job -----------------------------------------------------------------------
@@ -471,7 +404,7 @@ local STATUS = {[0] = "ok", [124] = "timeout", [130] = "cancelled", [143] = "can
 -- `timeout` (a second guard should the child not stop by itself). ARGS are read as typed after
 -- `run SCRIPT` (no `--`): a jobs file's `--yes` is the host's flag, an unknown option the
 -- script's usage error. Returns {exit, seconds, result, error}.
-function M.attempt(job, run_id, attempt)
+function M.attempt(job, run_id, attempt, lock)
   local me = M.self()
   local argv = {"timeout", "--kill-after=30", tostring(math.ceil(job.timeout + 30)), me.bin, "--json", "--no-progress",
                 "--timeout", tostring(job.timeout), "run", job.script}
@@ -479,7 +412,8 @@ function M.attempt(job, run_id, attempt)
   local env = {CLUBIO_DR_JOB = job.name, CLUBIO_DR_RUN_ID = run_id, CLUBIO_DR_ATTEMPT = tostring(attempt)}
   for k, v in pairs(job.env or {}) do env[k] = tostring(v) end
   local t0 = time.monotonic()
-  local r = proc.run{argv = argv, env = env, stdin = ""}
+  -- the child inherits the job's lock: it stays held while the child lives, even if we are killed
+  local r = proc.run{argv = argv, env = env, stdin = "", lock = lock}
   local secs = time.monotonic() - t0
   -- the child's log lines (JSON with --json) become ours, tagged with the job
   for line in r.stderr:gmatch("[^\n]+") do
@@ -519,31 +453,34 @@ local function result_bytes(res)
 end
 
 -- Runs a job now: lock, attempts with retries, record, alerts, metrics. opts: scheduled (the
--- fire time this run is for; default now), trigger ("schedule", "once", "manual").
--- Returns the record ({status = "skipped"} when the lock is held).
+-- fire time this run is for; default now), trigger ("schedule", "once", "manual"), due (true:
+-- the run is for a due fire time, checked again under the lock, and skipped when another
+-- scheduler has run it meanwhile). Returns the record ({status = "skipped"} when the lock is
+-- held or the fire time has been run).
 function M.run_job(job, opts)
   opts = opts or {}
   local me = M.self()
-  local started = time.now()
-  local scheduled = opts.scheduled or started
-  -- the pid makes it unique across processes started in the same second (whose math.random
-  -- may share a seed: Lua seeds it from the time and an address)
-  local run_id = string.format("%s-%s-%d-%d", job.name, time.stamp(started), me.pid, math.random(1, 1 << 20))
-  local ok, holder = M.acquire(job, run_id, {scheduled_at = scheduled})
-  if not ok then
+  local lock, holder = M.acquire(job)
+  if not lock then
     say("warn", "skipped: " .. holder, {job = job.name})
-    return {job = job.name, status = "skipped", reason = holder, scheduled_at = scheduled}
+    return {job = job.name, status = "skipped", reason = holder, scheduled_at = opts.scheduled}
   end
-  local attempts = {}
-  local a
-  local closed = false
-  local function finish()
-    if closed then return end
-    closed = true
-    M.release(job, run_id)
-  end
-  local rec
+  local rec, attempts, a = nil, {}, nil
   local pok, perr = pcall(function()
+    close_dead_runs(job.lock)
+    local started = time.now()
+    local scheduled = opts.scheduled or started
+    if opts.due then
+      local T = M.due(job, started, M.read_runs())
+      if not T then
+        rec = {job = job.name, status = "skipped", reason = "already run for " .. time.iso(scheduled), scheduled_at = scheduled}
+        return
+      end
+      scheduled = T
+    end
+    -- the pid makes it unique across processes started in the same second (whose math.random
+    -- may share a seed: Lua seeds it from the time and an address)
+    local run_id = string.format("%s-%s-%d-%d", job.name, time.stamp(started), me.pid, math.random(1, 1 << 20))
     M.append_run({job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
                   lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled,
                   scheduled = time.iso(scheduled), started_at = started, started = time.iso(started), status = "running"})
@@ -551,7 +488,7 @@ function M.run_job(job, opts)
                               #job.args > 0 and (" " .. table.concat(job.args, " ")) or ""),
         {job = job.name, run = run_id, scheduled = time.iso(scheduled)})
     for n = 1, job.retries + 1 do
-      a = M.attempt(job, run_id, n)
+      a = M.attempt(job, run_id, n, lock)
       attempts[#attempts + 1] = {exit = a.exit, seconds = a.seconds, error = a.error}
       if a.exit == 0 or not RETRYABLE[a.exit] or n > job.retries then break end
       say("warn", string.format("attempt %d of %d failed (%s); retrying in %ds", n, job.retries + 1, a.error,
@@ -568,8 +505,14 @@ function M.run_job(job, opts)
     if rec.status == "killed" then rec.status = "failed" end
     M.append_run(rec)
   end)
-  finish()
+  -- the outcome is recorded before the lock is let go: whoever takes it next sees it
+  lock:release()
   if not pok then error(perr, 0) end
+  if rec.status == "skipped" then
+    say("info", "skipped: " .. rec.reason .. " (another scheduler ran it)", {job = job.name})
+    return rec
+  end
+  local run_id = rec.run_id
   if rec.status == "ok" then
     say("info", string.format("%s ok in %.1f s", job.name, rec.seconds), {job = job.name, run = run_id})
   else
