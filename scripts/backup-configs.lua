@@ -13,21 +13,16 @@
 --
 -- Environment: BACKUP_S3_BUCKET (required); CONFIG_DIR (./config), ENVIRONMENT (production),
 -- APP_VERSION (git describe), CONFIG_BACKUP_PREFIX (configs/), S3_SSE (aws:kms; "none" to
--- omit), S3_SSE_KMS_KEY_ID, S3_STORAGE_CLASS (STANDARD_IA).
-local env, time, s3, proc, clubio, log = require "env", require "time", require "s3", require "proc", require "clubio", require "log"
-local job, sanitize = require "clubio.job", require "clubio.sanitize"
+-- omit), S3_SSE_KMS_KEY_ID, S3_STORAGE_CLASS (STANDARD_IA) (scripts/lib/clubio/objects.lua).
+require("clubio.args").parse(arg, {})
+local env, time, proc, clubio, log = require "env", require "time", require "proc", require "clubio", require "log"
+local job, sanitize, objects = require "clubio.job", require "clubio.sanitize", require "clubio.objects"
 
-if select("#", ...) > 0 then
-  clubio.fail{message = "backup-configs takes no arguments (got '" .. tostring((...)) .. "')", class = "usage",
-              hint = "configure it with CONFIG_DIR, ENVIRONMENT and BACKUP_S3_BUCKET"}
-end
 local bucket = env.get("BACKUP_S3_BUCKET")
 local dir = env.get("CONFIG_DIR", "./config"):gsub("/+$", "")
 local environment = env.get("ENVIRONMENT", "production")
 local prefix = env.get("CONFIG_BACKUP_PREFIX", "configs/")
-local sse = env.get("S3_SSE", "aws:kms")
-local kms_key = env.get("S3_SSE_KMS_KEY_ID", "")
-local storage_class = env.get("S3_STORAGE_CLASS", "STANDARD_IA")
+local settings = objects.settings()
 local FILES = {"features.json", "rate-limits.json"}
 
 local J = job.new("backup-configs")
@@ -105,14 +100,12 @@ log.info(string.format("configs: %s%s; version %s; %d secret(s) stripped",
                        #missing > 0 and (" (missing: " .. table.concat(missing, ", ") .. ")") or "",
                        version or version_from, #redacted))
 
-local c = s3.client{}
+local c = objects.client{defaults = settings}
 J:step("upload the sanitised configuration", {
-  plan = string.format("%s (%s, SSE %s, %s)", where, job.bytes(#text), sse, storage_class),
+  plan = string.format("%s (%s, %s)", where, job.bytes(#text), objects.describe(settings)),
   hint = "nothing was uploaded; check the bucket and the credentials, then re-run",
 }, function()
   c:put(bucket, key, {body = text, content_type = "application/json",
-                      sse = sse ~= "none" and sse or nil, kms_key_id = kms_key ~= "" and kms_key or nil,
-                      storage_class = storage_class,
                       metadata = {["clubio-environment"] = environment, ["clubio-version"] = clubio.version}})
 end)
 

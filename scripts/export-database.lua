@@ -12,20 +12,21 @@
 --
 -- Environment: DATABASE_URL, BACKUP_S3_BUCKET, BACKUP_ENCRYPTION_KEY (required);
 -- EXPORT_PREFIX (database/), S3_SSE (aws:kms; "none" to omit), S3_SSE_KMS_KEY_ID,
--- S3_STORAGE_CLASS (STANDARD_IA), DUMP_JOBS (2), GZIP_LEVEL (4: libdeflate level 4 is smaller than
+-- S3_STORAGE_CLASS (STANDARD_IA) — applied to the archive and its manifest alike
+-- (scripts/lib/clubio/objects.lua), DUMP_JOBS (2), GZIP_LEVEL (4: libdeflate level 4 is smaller than
 -- `gzip -6` on SQL dumps at about 40% less CPU; see modules/crypto/README.md).
+-- If the manifest cannot be written, the archive is deleted: no archive is left without one.
+require("clubio.args").parse(arg, {})
 local env, time, pipe = require "env", require "time", require "pipe"
-local crypto, s3, pgdump, verify = require "crypto", require "s3", require "pgdump", require "verify"
-local clubio = require "clubio"
-local job = require "clubio.job"
+local crypto, pgdump, verify = require "crypto", require "pgdump", require "verify"
+local clubio, log = require "clubio", require "log"
+local job, objects = require "clubio.job", require "clubio.objects"
 
 local url = env.get("DATABASE_URL")
 local bucket = env.get("BACKUP_S3_BUCKET")
 env.get("BACKUP_ENCRYPTION_KEY") -- fail early, naming it, before anything starts
 local prefix = env.get("EXPORT_PREFIX", "database/")
-local sse = env.get("S3_SSE", "aws:kms")
-local kms_key = env.get("S3_SSE_KMS_KEY_ID", "")
-local storage_class = env.get("S3_STORAGE_CLASS", "STANDARD_IA")
+local settings = objects.settings()
 local jobs = tonumber(env.get("DUMP_JOBS", "2"))
 local level = tonumber(env.get("GZIP_LEVEL", "4"))
 
@@ -34,11 +35,11 @@ local started = time.now()
 local key = string.format("%sclubio-db-%s.sql.gz.enc", prefix, time.format(started, "%Y%m%d-%H%M%S"))
 local where = "s3://" .. bucket .. "/" .. key
 local src = job.describe_url(url)
-local c = s3.client{}
+local c = objects.client{defaults = settings}
 
 local r = J:step("dump, compress, encrypt and upload", {
-  plan = string.format("pg_dump of %s (%d jobs) -> gzip -%d -> aes-256-cbc -> %s (SSE %s, %s)",
-                       src.display, jobs, level, where, sse, storage_class),
+  plan = string.format("pg_dump of %s (%d jobs) -> gzip -%d -> aes-256-cbc -> %s (%s)",
+                       src.display, jobs, level, where, objects.describe(settings)),
   hint = "nothing was left in S3 (the upload was aborted); check the database and bucket, then re-run",
 }, function()
   return pipe.run{
@@ -47,9 +48,7 @@ local r = J:step("dump, compress, encrypt and upload", {
     crypto.gzip{level = level},
     crypto.encrypt{},
     crypto.sha256{label = "stored"},
-    c:upload{bucket = bucket, key = key, sse = sse ~= "none" and sse or nil,
-             kms_key_id = kms_key ~= "" and kms_key or nil, storage_class = storage_class,
-             content_type = "application/octet-stream",
+    c:upload{bucket = bucket, key = key, content_type = "application/octet-stream",
              metadata = {["clubio-format"] = "plain-sql+gzip+openssl-enc-aes-256-cbc-pbkdf2",
                          ["clubio-version"] = clubio.version},
              label = "upload"},
@@ -58,7 +57,21 @@ local r = J:step("dump, compress, encrypt and upload", {
 end)
 
 local manifest_key = key .. verify.MANIFEST_SUFFIX
-J:step("write the manifest", {plan = "s3://" .. bucket .. "/" .. manifest_key}, function()
+-- the archive without its manifest is incomplete: a failed manifest write deletes it (the error
+-- still names the cause), so nothing half-made is left for a restore or the billing
+local function remove_archive(err)
+  if J.dry_run then return end
+  local ok, why = pcall(c.delete, c, bucket, key)
+  if ok then log.warn("the manifest was not written; removed the archive " .. where)
+  else log.error("the manifest was not written and the archive could not be removed: delete " .. where .. " by hand",
+                 {error = tostring(why)}) end
+  if clubio.is_error(err) then
+    err.hint = (ok and "the archive was removed; " or "delete " .. where .. " by hand; ") ..
+               (err.hint and err.hint ~= "" and err.hint or "fix the cause, then re-run the export")
+  end
+end
+-- (verify.protect: the removal runs even when the run is cancelled during the write)
+verify.protect(function() return J:step("write the manifest", {plan = "s3://" .. bucket .. "/" .. manifest_key}, function()
   local tables = {}
   for name, t in pairs(r.dump.tables or {}) do tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes} end
   local m = {
@@ -75,9 +88,8 @@ J:step("write the manifest", {plan = "s3://" .. bucket .. "/" .. manifest_key}, 
     tables = tables,
   }
   local text = verify.sign_manifest(m)
-  c:put(bucket, manifest_key, {body = text, content_type = "application/json",
-                               sse = sse ~= "none" and sse or nil, storage_class = storage_class})
-end)
+  c:put(bucket, manifest_key, {body = text, content_type = "application/json"})
+end) end, function(ok, err) if not ok then remove_archive(err) end end)
 
 J:step("check the uploaded object", {plan = "head " .. where .. ": size and metadata"}, function()
   local h = c:head(bucket, key)

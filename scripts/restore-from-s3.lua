@@ -16,7 +16,7 @@ local job, exports = require "clubio.job", require "clubio.exports"
 
 local bucket = env.get("BACKUP_S3_BUCKET")
 local prefix = env.get("EXPORT_PREFIX", "database/")
-local c = s3.client{}
+local c = require("clubio.objects").client()
 local target, key = ...
 
 if not target then
@@ -63,7 +63,7 @@ local manifest = J:step("read the manifest", {plan = where .. verify.MANIFEST_SU
                 hint = "the export did not finish; choose another archive"}
   end
   local m, reason, why = verify.check_manifest(c:get(bucket, mkey))
-  if not m then clubio.fail{message = why, class = "verify", code = "verify." .. reason} end
+  if not m then clubio.fail(verify.failure({archive = where, reason = reason, message = why})) end
   return m
 end)
 

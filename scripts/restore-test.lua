@@ -91,7 +91,7 @@ if sanity_file then
   opts.sanity = list
 end
 
-local c = s3.client{}
+local c = require("clubio.objects").client()
 opts.client = c
 local J = job.new("restore-test")
 
@@ -146,7 +146,8 @@ if J.json then
   return 4
 end
 io.stdout:write(log.redact(report), "\n")
+local f = verify.failure(r, "do not rely on this archive: run a new export, then run this test again")
 clubio.fail{message = string.format("restore test failed: %s: %s", tostring(r.reason), tostring(r.message)),
-            class = "verify", code = "verify." .. tostring(r.reason),
+            class = f.class, code = f.code,
             hint = (r.target and not r.target.removed) and ("remove the scratch " .. r.target.kind .. " " .. r.target.name .. " by hand")
-                   or "do not rely on this archive: run a new export, then run this test again"}
+                   or f.hint}

@@ -1,6 +1,6 @@
 -- Apply GFS retention (daily 30 days, weekly 90, monthly 1 year) to Neon backup branches and S3 exports
 --
--- clubio-dr run retention [--dry-run | --yes] [--json] [all|branches|exports]
+-- clubio-dr run retention [--dry-run | --yes] [--json] [all|branches|exports|uploads]
 --
 -- Prints every backup with keep or delete and the reason; deletes only with --yes (or after a
 -- question on a terminal). The newest verified backup is never deleted (a branch counts as
@@ -14,18 +14,21 @@
 -- BACKUP_S3_BUCKET, EXPORT_PREFIX (database/), RETENTION_STORAGE_CLASS_WEEKLY (none: leave as
 -- is), RETENTION_STORAGE_CLASS_MONTHLY (GLACIER_IR; s3rver and some S3-compatible servers know
 -- only GLACIER). "all" (the default) covers each target whose variables are set.
+-- uploads: in-progress multipart uploads under the tool's prefixes (exports, configs, assets,
+-- changes: scripts/lib/clubio/objects.lua) started more than RETENTION_STALE_UPLOAD_HOURS (24)
+-- ago are aborted (a killed export leaves one, billed until aborted); --dry-run lists them.
+-- The second line of defence is the bucket's lifecycle rule AbortIncompleteMultipartUpload
+-- (README). A store that cannot list uploads is reported and skipped.
 -- Run it after the backups (e.g. 03:30). backup-database prunes branches with the same policy
 -- (its RETENTION_DAYS is the daily tier), so the two agree.
+local args = require("clubio.args").parse(arg, {max = 1})
 local env, time, clubio, log, cjson = require "env", require "time", require "clubio", require "log", require "cjson"
-local job, retention = require "clubio.job", require "clubio.retention"
+local job, retention, objects = require "clubio.job", require "clubio.retention", require "clubio.objects"
 
-local target = "all"
-for _, a in ipairs{...} do
-  if a == "all" or a == "branches" or a == "exports" then target = a
-  else
-    clubio.fail{message = "retention: unexpected argument '" .. a .. "'", class = "usage",
-                hint = "clubio-dr run retention [--dry-run | --yes] [all|branches|exports]"}
-  end
+local target = args[1] or "all"
+if target ~= "all" and target ~= "branches" and target ~= "exports" and target ~= "uploads" then
+  clubio.fail{message = "retention: unexpected argument '" .. target .. "'", class = "usage",
+              hint = "clubio-dr run retention [--dry-run | --yes] [all|branches|exports|uploads]"}
 end
 
 local function days(name, default)
@@ -42,10 +45,18 @@ local classes = {weekly = env.get("RETENTION_STORAGE_CLASS_WEEKLY", "none"),
                  monthly = env.get("RETENTION_STORAGE_CLASS_MONTHLY", "GLACIER_IR")}
 for k, v in pairs(classes) do if v == "none" or v == "" then classes[k] = nil end end
 
-local want = {branches = target ~= "exports", exports = target ~= "branches"}
+local stale_hours = tonumber(env.get("RETENTION_STALE_UPLOAD_HOURS", "24"))
+if not stale_hours or stale_hours < 0 then
+  clubio.fail{message = "RETENTION_STALE_UPLOAD_HOURS must be a number of hours >= 0, got '" ..
+                        env.get("RETENTION_STALE_UPLOAD_HOURS") .. "'", class = "config"}
+end
+
+local want = {branches = target == "all" or target == "branches", exports = target == "all" or target == "exports",
+              uploads = target == "all" or target == "uploads"}
 if target == "all" then
   want.branches = env.has("NEON_PROJECT_ID")
   want.exports = env.has("BACKUP_S3_BUCKET")
+  want.uploads = env.has("BACKUP_S3_BUCKET")
   if not want.branches and not want.exports then
     clubio.fail{message = "retention: neither NEON_PROJECT_ID nor BACKUP_S3_BUCKET is set", class = "config",
                 hint = "export NEON_PROJECT_ID (backup branches) and/or BACKUP_S3_BUCKET (exports)"}
@@ -116,10 +127,10 @@ end
 -- ---- S3 exports ----------------------------------------------------------------------------
 
 if want.exports then
-  local s3, exports = require "s3", require "clubio.exports"
+  local exports = require "clubio.exports"
   local bucket = env.get("BACKUP_S3_BUCKET")
   local prefix = env.get("EXPORT_PREFIX", "database/")
-  local c = s3.client{}
+  local c = objects.client()
   local function list_exports()
     local found, manifests = {}, {}
     for o in c:list{bucket = bucket, prefix = prefix} do
@@ -151,9 +162,10 @@ if want.exports then
            {plan = string.format("%d weekly/monthly exports to %s", #moves,
                                  (classes.monthly or "-") .. " (monthly), " .. (classes.weekly or "-") .. " (weekly)")}, function()
       for _, m in ipairs(moves) do
-        -- a copy onto itself: keep its metadata, content type and encryption (a copy without
-        -- them would drop them), and note the tier (some servers, s3rver among them, refuse a
-        -- self-copy that changes only the storage class)
+        -- a copy onto itself: keep its metadata and content type (a copy without them would drop
+        -- them), encrypt it with the tool's settings like every object it writes, and note the
+        -- tier (some servers, s3rver among them, refuse a self-copy that changes only the
+        -- storage class)
         local ok, err = pcall(function()
           local h = c:head(bucket, m.d.backup.key)
           if not h then error("the export disappeared", 0) end
@@ -162,7 +174,7 @@ if want.exports then
           for k, v in pairs(h.metadata or {}) do meta[k] = v end
           meta["retention-tier"] = m.d.tier
           c:copy{src_bucket = bucket, src_key = m.d.backup.key, dst_key = m.d.backup.key, storage_class = m.class,
-                 metadata = meta, content_type = h.content_type, sse = h.sse, kms_key_id = h.kms_key_id}
+                 metadata = meta, content_type = h.content_type}
           return true
         end)
         if ok and err then moved = moved + 1; m.d.backup.storage_class = m.class
@@ -180,14 +192,84 @@ if want.exports then
                             storage_class_changed = moved, backups = entries(ds, label)}
 end
 
+-- ---- stale multipart uploads -----------------------------------------------------------------
+
+if want.uploads then
+  local bucket = env.get("BACKUP_S3_BUCKET")
+  local prefixes = objects.prefixes()
+  local c = objects.client()
+  local unsupported
+  local function list_uploads()
+    local found, seen = {}, {}
+    for _, p in ipairs(prefixes) do
+      local ok, ups = pcall(c.uploads, c, {bucket = bucket, prefix = p.prefix})
+      if not ok then
+        if clubio.is_error(ups) and ups.code == "s3.not_implemented" then
+          unsupported = tostring(ups)
+          return found
+        end
+        error(ups, 0)
+      end
+      for _, u in ipairs(ups) do
+        if not seen[u.upload_id] then seen[u.upload_id] = true; u.kind = p.name; found[#found + 1] = u end
+      end
+    end
+    table.sort(found, function(a, b) return a.initiated < b.initiated end)
+    return found
+  end
+  local names = {}
+  for i, p in ipairs(prefixes) do names[i] = p.prefix end
+  local where = "s3://" .. bucket .. "/{" .. table.concat(names, ",") .. "}"
+  local ups = J:step("list in-progress multipart uploads", {plan = where, dry = list_uploads}, list_uploads)
+  if unsupported then
+    log.warn("this S3 store cannot list multipart uploads; rely on the bucket's AbortIncompleteMultipartUpload " ..
+             "lifecycle rule (README)", {error = unsupported})
+  end
+  local stale, listed = {}, {}
+  for _, u in ipairs(ups) do
+    local age = now - u.initiated
+    -- an upload whose start the store does not give is never taken for stale
+    u.stale = u.initiated > 0 and age >= stale_hours * 3600
+    local reason = u.initiated > 0 and string.format("started %s, %.1f h ago (limit %g h)", u.initiated_iso, age / 3600, stale_hours)
+                   or "the store gives no start time"
+    local line = string.format("%-6s %-8s %-52s %s", u.stale and "ABORT" or "keep", "upload", u.key, reason)
+    if J.json then log.info(line) else io.stdout:write(line, "\n") end
+    if u.stale then stale[#stale + 1] = u end
+    listed[#listed + 1] = {key = u.key, upload_id = u.upload_id, initiated = u.initiated_iso, prefix = u.kind,
+                           stale = u.stale, reason = reason}
+  end
+  local aborted = 0
+  if #stale > 0 then
+    J:step(string.format("abort %d stale multipart upload(s)", #stale), {
+      destructive = true, plan = string.format("abort %d of %d in-progress uploads (listed above)", #stale, #ups),
+      confirm = string.format("abort %d multipart upload(s) older than %g hours (listed above)?", #stale, stale_hours)}, function()
+      for _, u in ipairs(stale) do
+        local ok, err = pcall(c.abort_upload, c, bucket, u.key, u.upload_id)
+        if ok then
+          aborted = aborted + 1
+          log.info(string.format("aborted the multipart upload of s3://%s/%s (%s)", bucket, u.key, u.upload_id))
+        else
+          failures[#failures + 1] = "upload " .. u.key .. ": " .. tostring(err)
+          log.error("could not abort the multipart upload of " .. u.key, {error = tostring(err)})
+        end
+      end
+    end)
+  end
+  report.targets.uploads = {bucket = bucket, prefixes = names, stale_hours = stale_hours, keep = #ups - #stale,
+                            delete = #stale, deleted = aborted, aborted = aborted, unsupported = unsupported ~= nil,
+                            uploads = listed, verb = {"aborted", "would be aborted"}}
+end
+
 if #failures > 0 then
   clubio.fail{message = string.format("retention: %d operation(s) failed, first: %s", #failures, failures[1]),
               hint = "the rest was applied; fix the cause and re-run (retention is idempotent)"}
 end
 local parts = {}
 for k, t in pairs(report.targets) do
+  local verb = t.verb or {"deleted", "would be deleted"}
   parts[#parts + 1] = string.format("%s: %d kept, %d %s", k, t.keep, J.dry_run and t.delete or t.deleted,
-                                    J.dry_run and "would be deleted" or "deleted")
+                                    J.dry_run and verb[2] or verb[1])
 end
+if report.targets.uploads then report.targets.uploads.verb = nil end
 table.sort(parts)
 return J:finish(report, (J.dry_run and "dry run: " or "") .. table.concat(parts, "; "))

@@ -12,21 +12,16 @@
 --
 -- Environment: ASSETS_S3_BUCKET, BACKUP_S3_BUCKET (required); ASSETS_PREFIX (""),
 -- ASSETS_BACKUP_PREFIX (assets/), S3_SSE (aws:kms; "none" to omit), S3_SSE_KMS_KEY_ID,
--- S3_STORAGE_CLASS (STANDARD_IA).
-local env, s3, clubio, log, time = require "env", require "s3", require "clubio", require "log", require "time"
-local job = require "clubio.job"
+-- S3_STORAGE_CLASS (STANDARD_IA) (scripts/lib/clubio/objects.lua).
+require("clubio.args").parse(arg, {})
+local env, clubio, log, time = require "env", require "clubio", require "log", require "time"
+local job, objects = require "clubio.job", require "clubio.objects"
 
-if select("#", ...) > 0 then
-  clubio.fail{message = "sync-assets takes no arguments (got '" .. tostring((...)) .. "')", class = "usage",
-              hint = "configure it with ASSETS_S3_BUCKET, BACKUP_S3_BUCKET and ASSETS_BACKUP_PREFIX"}
-end
 local src_bucket = env.get("ASSETS_S3_BUCKET")
 local dst_bucket = env.get("BACKUP_S3_BUCKET")
 local src_prefix = env.get("ASSETS_PREFIX", "")
 local dst_prefix = env.get("ASSETS_BACKUP_PREFIX", "assets/")
-local sse = env.get("S3_SSE", "aws:kms")
-local kms_key = env.get("S3_SSE_KMS_KEY_ID", "")
-local storage_class = env.get("S3_STORAGE_CLASS", "STANDARD_IA")
+local settings = objects.settings()
 if src_bucket == dst_bucket and src_prefix == dst_prefix then
   clubio.fail{message = "the assets and their backup are the same place (s3://" .. src_bucket .. "/" .. src_prefix .. ")",
               class = "config", hint = "set ASSETS_BACKUP_PREFIX (default assets/) or another BACKUP_S3_BUCKET"}
@@ -34,7 +29,7 @@ end
 local from = "s3://" .. src_bucket .. "/" .. src_prefix
 local to = "s3://" .. dst_bucket .. "/" .. dst_prefix
 
-local c = s3.client{}
+local c = objects.client{defaults = settings}
 local J = job.new("sync-assets")
 local dry = J.dry_run
 
@@ -68,7 +63,7 @@ if dry then
   end
 elseif #plan.items > 0 then
   J:step(string.format("copy %d object(s)", #plan.items), {
-    plan = string.format("%s -> %s, %s (SSE %s, %s)", from, to, job.bytes(plan.bytes), sse, storage_class),
+    plan = string.format("%s -> %s, %s (%s)", from, to, job.bytes(plan.bytes), objects.describe(settings)),
     hint = "what was copied stays; re-run sync-assets to copy the rest",
   }, function()
     local t0, last = time.monotonic(), 0
@@ -77,9 +72,7 @@ elseif #plan.items > 0 then
         clubio.fail{message = string.format("sync-assets cancelled after %d of %d objects", copied, #plan.items),
                     class = "cancelled", hint = "re-run sync-assets to copy the rest"}
       end
-      local ok, err = pcall(c.copy, c, {src_bucket = src_bucket, src_key = it.src, dst_bucket = dst_bucket, dst_key = it.dst,
-                                         sse = sse ~= "none" and sse or nil,
-                                         kms_key_id = kms_key ~= "" and kms_key or nil, storage_class = storage_class})
+      local ok, err = pcall(c.copy, c, {src_bucket = src_bucket, src_key = it.src, dst_bucket = dst_bucket, dst_key = it.dst})
       if not ok then
         if clubio.is_error(err) then
           err.message = string.format("%s (after %d of %d objects, %s copied)", err.message, copied, #plan.items, job.bytes(bytes))

@@ -8,13 +8,13 @@
 -- incomplete (no manifest), stale (older than MAX_EXPORT_AGE_HOURS, default 32 days) or does
 -- not match its manifest.
 local env, time = require "env", require "time"
-local s3, verify, clubio = require "s3", require "verify", require "clubio"
+local verify, clubio = require "verify", require "clubio"
 local job, exports = require "clubio.job", require "clubio.exports"
 
 local bucket = env.get("BACKUP_S3_BUCKET")
 env.get("BACKUP_ENCRYPTION_KEY")
 local max_age = tonumber(env.get("MAX_EXPORT_AGE_HOURS", tostring(32 * 24)))
-local c = s3.client{}
+local c = require("clubio.objects").client()
 local J = job.new("verify-export")
 
 local key = ...
@@ -35,8 +35,8 @@ if J.dry_run then return J:finish(nil, "dry run: nothing was verified") end
 r.manifest = nil
 r.freshness = fresh
 if not r.ok then
-  clubio.fail{message = string.format("%s: %s (%s)", r.archive, r.reason, r.message), class = "verify",
-              code = "verify." .. r.reason, hint = "do not rely on this archive; run a new export and check the bucket"}
+  -- a wrong passphrase says to check the key (exit 3); an altered or damaged archive is not to be trusted (exit 4)
+  clubio.fail(verify.failure(r))
 end
 if fresh and not fresh.ok then
   clubio.fail{message = fresh.message, class = "verify", code = "verify.stale",

@@ -144,7 +144,9 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     /* Split the endpoint into scheme, host[:port] and base path. */
     const char *p = strstr(c->endpoint, "://");
     if (!p || p == c->endpoint) {
-        rt_error_set(err, RT_CLASS_USAGE, "s3.endpoint", "invalid s3 endpoint '%s'", c->endpoint);
+        /* The endpoint comes from the environment (AWS_ENDPOINT_URL...) or a script's option:
+         * a configuration problem, not a command-line one. */
+        rt_error_set(err, RT_CLASS_CONFIG, "s3.endpoint", "invalid s3 endpoint '%s'", c->endpoint);
         rt_error_hint(
             err, "give a URL like https://s3.eu-west-1.amazonaws.com or http://127.0.0.1:9000");
         s3_client_unref(c);
@@ -161,12 +163,25 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!c->scheme || !c->hostport || !c->base_path) goto oom;
     for (char *s = c->scheme; *s; s++) *s = (char)tolower((unsigned char)*s);
     if (strcmp(c->scheme, "http") && strcmp(c->scheme, "https")) {
-        rt_error_set(err, RT_CLASS_USAGE, "s3.endpoint",
+        rt_error_set(err, RT_CLASS_CONFIG, "s3.endpoint",
                      "invalid s3 endpoint '%s': scheme must be http or https", c->endpoint);
         s3_client_unref(c);
         return NULL;
     }
     c->path_style = o->path_style >= 0 ? o->path_style != 0 : c->custom_endpoint;
+    c->def_sse = o->defaults.sse && *o->defaults.sse ? strdup(o->defaults.sse) : NULL;
+    c->def_kms =
+        o->defaults.kms_key_id && *o->defaults.kms_key_id ? strdup(o->defaults.kms_key_id) : NULL;
+    c->def_sclass = o->defaults.storage_class && *o->defaults.storage_class
+                        ? strdup(o->defaults.storage_class)
+                        : NULL;
+    if (c->def_kms && !c->def_sse) c->def_sse = strdup("aws:kms");
+    if ((o->defaults.sse && *o->defaults.sse && !c->def_sse) ||
+        (o->defaults.kms_key_id && *o->defaults.kms_key_id && !c->def_kms) ||
+        (o->defaults.storage_class && *o->defaults.storage_class && !c->def_sclass))
+        goto oom;
+    c->defaults = (S3WriteOptions){
+        .sse = c->def_sse, .kms_key_id = c->def_kms, .storage_class = c->def_sclass};
     c->creds = s3_creds_new(o->profile, c->region, err);
     if (!c->creds) {
         s3_client_unref(c);
@@ -208,6 +223,9 @@ void s3_client_unref(S3Client *c)
     free(c->hostport);
     free(c->base_path);
     free(c->endpoint);
+    free(c->def_sse);
+    free(c->def_kms);
+    free(c->def_sclass);
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->mu_http);
     free(c);
@@ -224,6 +242,30 @@ const char *s3_client_endpoint(const S3Client *c)
 const char *s3_client_credentials_source(S3Client *c)
 {
     return s3_creds_source(c->creds);
+}
+
+const S3WriteOptions *s3_client_defaults(const S3Client *c)
+{
+    return &c->defaults;
+}
+
+static const char *none_if_empty(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+void s3_write_resolve(const S3Client *c, const S3WriteOptions *w, S3WriteOptions *out)
+{
+    static const S3WriteOptions none = {0};
+    if (!w) w = &none;
+    *out = *w;
+    out->sse = none_if_empty(w->sse ? w->sse : c->defaults.sse);
+    /* The default key goes with aws:kms only: a call asking for AES256 gets no key id. */
+    const char *kms = w->kms_key_id;
+    if (!kms && out->sse && strcmp(out->sse, "aws:kms") == 0) kms = c->defaults.kms_key_id;
+    out->kms_key_id = none_if_empty(kms);
+    out->storage_class =
+        none_if_empty(w->storage_class ? w->storage_class : c->defaults.storage_class);
 }
 
 /* ---- requests ---- */
@@ -276,12 +318,24 @@ static ErrInfo classify(const char *code, long status)
         {"PreconditionFailed",
          {"s3.changed", "the object changed while it was read", RT_CLASS_FAILURE, false}},
         {"InvalidRange", {"s3.invalid_range", "invalid range", RT_CLASS_FAILURE, false}},
-        {"InvalidBucketName", {"s3.invalid_bucket", "invalid bucket name", RT_CLASS_USAGE, false}},
-        {"KeyTooLongError", {"s3.key_too_long", "key too long", RT_CLASS_USAGE, false}},
+        /* The store's answers are never "usage" (exit 2, a mistake on the command line): a
+         * name or class the store refuses comes from the configuration, the rest is a failed
+         * request. */
+        {"InvalidBucketName", {"s3.invalid_bucket", "invalid bucket name", RT_CLASS_CONFIG, false}},
+        {"KeyTooLongError", {"s3.key_too_long", "key too long", RT_CLASS_FAILURE, false}},
         {"InvalidStorageClass",
-         {"s3.invalid_argument", "invalid storage class", RT_CLASS_USAGE, false}},
-        {"InvalidArgument", {"s3.invalid_argument", "invalid argument", RT_CLASS_USAGE, false}},
-        {"InvalidRequest", {"s3.invalid_request", "invalid request", RT_CLASS_USAGE, false}},
+         {"s3.invalid_storage_class", "invalid storage class", RT_CLASS_CONFIG, false}},
+        {"InvalidEncryptionAlgorithmError",
+         {"s3.invalid_sse", "invalid server-side encryption", RT_CLASS_CONFIG, false}},
+        {"KMS.DisabledException", {"s3.kms", "kms key disabled", RT_CLASS_CONFIG, false}},
+        {"KMS.KMSInvalidStateException", {"s3.kms", "kms key not usable", RT_CLASS_CONFIG, false}},
+        {"InvalidArgument", {"s3.invalid_argument", "invalid argument", RT_CLASS_FAILURE, false}},
+        {"InvalidRequest", {"s3.invalid_request", "invalid request", RT_CLASS_FAILURE, false}},
+        {"MalformedXML", {"s3.malformed_xml", "malformed xml", RT_CLASS_FAILURE, false}},
+        {"NotImplemented",
+         {"s3.not_implemented", "not implemented by this store", RT_CLASS_FAILURE, false}},
+        {"MethodNotAllowed",
+         {"s3.not_implemented", "method not allowed by this store", RT_CLASS_FAILURE, false}},
         {"KMS.NotFoundException", {"s3.kms", "kms key not found", RT_CLASS_CONFIG, false}},
         {"SlowDown", {"s3.slow_down", "slow down", RT_CLASS_FAILURE, true}},
         {"RequestTimeout", {"s3.timeout", "request timeout", RT_CLASS_FAILURE, true}},
@@ -560,7 +614,9 @@ int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, s
     s3_md5(data, len, md);
     s3_md5_b64(md, b64);
     S3Headers h = {0};
-    s3_headers_write_opts(&h, w, true);
+    S3WriteOptions rw;
+    s3_write_resolve(c, w, &rw);
+    s3_headers_write_opts(&h, &rw, true);
     s3_headers_add(&h, "Content-MD5: %s", b64);
     S3Req rq = {.op = "put",
                 .method = "PUT",
@@ -905,7 +961,9 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
         s3_headers_add(&h, "x-amz-copy-source-if-match: \"%s\"", hd.etag ? hd.etag : "");
         s3_headers_add(&h, "x-amz-metadata-directive: %s",
                        o->replace_metadata ? "REPLACE" : "COPY");
-        s3_headers_write_opts(&h, &o->write, o->replace_metadata);
+        S3WriteOptions rw;
+        s3_write_resolve(c, &o->write, &rw);
+        s3_headers_write_opts(&h, &rw, o->replace_metadata);
         S3Req rq = {.op = "copy",
                     .method = "PUT",
                     .bucket = db,
@@ -928,7 +986,8 @@ int s3_copy(S3Client *c, const char *sb, const char *sk, const char *db, const c
         goto out;
     }
     /* Multipart copy: metadata and content type of the source are carried over explicitly. */
-    S3WriteOptions w = o->write;
+    S3WriteOptions w;
+    s3_write_resolve(c, &o->write, &w);
     if (!o->replace_metadata) {
         w.content_type = hd.content_type;
         w.metadata = (const char *const *)hd.metadata;
@@ -1175,5 +1234,127 @@ out:
     if (rc != RT_OK) {
         /* Keep the partial counts: the caller reports how far the sync got. */
     }
+    return rc;
+}
+
+/* ---- in-progress multipart uploads ---- */
+
+void s3_uploads_page_free(S3UploadsPage *p)
+{
+    for (size_t i = 0; i < p->n; i++) {
+        free(p->items[i].key);
+        free(p->items[i].upload_id);
+        free(p->items[i].initiated_iso);
+        free(p->items[i].storage_class);
+    }
+    free(p->items);
+    free(p->next_key_marker);
+    free(p->next_upload_id_marker);
+    memset(p, 0, sizeof *p);
+}
+
+int s3_list_uploads_page(S3Client *c, const char *bucket, const char *prefix,
+                         const char *key_marker, const char *upload_id_marker, int max_uploads,
+                         S3UploadsPage *out, RtError *err)
+{
+    memset(out, 0, sizeof *out);
+    SigV4Param q[5];
+    size_t nq = 0;
+    char mu[16];
+    q[nq++] = (SigV4Param){"uploads", ""};
+    if (prefix && *prefix) q[nq++] = (SigV4Param){"prefix", prefix};
+    if (key_marker && *key_marker) q[nq++] = (SigV4Param){"key-marker", key_marker};
+    if (upload_id_marker && *upload_id_marker)
+        q[nq++] = (SigV4Param){"upload-id-marker", upload_id_marker};
+    if (max_uploads > 0) {
+        snprintf(mu, sizeof mu, "%d", max_uploads);
+        q[nq++] = (SigV4Param){"max-uploads", mu};
+    }
+    SBuf o = {0};
+    sb_addf(&o, "s3://%s/%s", bucket, prefix ? prefix : "");
+    S3Req rq = {.op = "list uploads",
+                .method = "GET",
+                .bucket = bucket,
+                .query = q,
+                .n_query = nq,
+                .max_body = 64 << 20,
+                .object = o.p};
+    RtHttpResponse r;
+    rt_http_response_init(&r);
+    int rc = o.oom ? nomem(err) : s3_do_shared(c, &rq, &r, err);
+    if (rc == RT_OK) {
+        const char *p = (const char *)(r.body ? r.body : (uint8_t *)""), *end = p + r.body_len;
+        S3XmlSpan root;
+        const char *cur = p;
+        if (r.body_truncated || !s3_xml_next(&cur, end, "ListMultipartUploadsResult", &root)) {
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 list uploads %s: not a ListMultipartUploads answer", o.p);
+            goto done;
+        }
+        size_t cap = 0;
+        S3XmlSpan it;
+        cur = root.p;
+        while (s3_xml_next(&cur, root.p + root.len, "Upload", &it)) {
+            if (out->n == cap) {
+                cap = cap ? cap * 2 : 64;
+                S3Upload *ni = realloc(out->items, cap * sizeof *ni);
+                if (!ni) {
+                    rc = nomem(err);
+                    goto done;
+                }
+                out->items = ni;
+            }
+            S3Upload *u = &out->items[out->n];
+            memset(u, 0, sizeof *u);
+            out->n++;
+            u->key = s3_xml_get(it, "Key");
+            u->upload_id = s3_xml_get(it, "UploadId");
+            if (!u->key || !u->upload_id) {
+                rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                                  "s3 list uploads %s: an entry without a key or upload id", o.p);
+                goto done;
+            }
+            u->initiated_iso = s3_xml_get(it, "Initiated");
+            u->initiated = u->initiated_iso ? s3_parse_iso8601(u->initiated_iso) : 0;
+            u->storage_class = s3_xml_get(it, "StorageClass");
+        }
+        char *tr = s3_xml_get(root, "IsTruncated");
+        out->truncated = tr && strcmp(tr, "true") == 0;
+        free(tr);
+        out->next_key_marker = s3_xml_get(root, "NextKeyMarker");
+        out->next_upload_id_marker = s3_xml_get(root, "NextUploadIdMarker");
+        if (out->truncated && (!out->next_key_marker || !*out->next_key_marker))
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
+                              "s3 list uploads %s: truncated listing without a next marker", o.p);
+    }
+done:
+    if (rc != RT_OK) s3_uploads_page_free(out);
+    rt_http_response_free(&r);
+    sb_free(&o);
+    return rc;
+}
+
+int s3_abort_upload(S3Client *c, const char *bucket, const char *key, const char *upload_id,
+                    bool *gone, RtError *err)
+{
+    *gone = false;
+    SigV4Param q[] = {{"uploadId", upload_id}};
+    S3Req rq = {.op = "abort upload",
+                .method = "DELETE",
+                .bucket = bucket,
+                .key = key,
+                .query = q,
+                .n_query = 1};
+    RtHttpResponse r;
+    rt_http_response_init(&r);
+    RtError e;
+    rt_error_init(&e);
+    int rc = s3_do_shared(c, &rq, &r, &e);
+    rt_http_response_free(&r);
+    if (rc != RT_OK && strcmp(e.code, "s3.no_such_upload") == 0) {
+        *gone = true; /* completed or aborted meanwhile: nothing left to abort */
+        return RT_OK;
+    }
+    if (rc != RT_OK) rt_error_copy(err, &e);
     return rc;
 }

@@ -25,6 +25,15 @@
 
 typedef struct S3Client S3Client;
 
+/* Headers of objects written by put/upload/copy. NULL fields are not sent. */
+typedef struct S3WriteOptions {
+    const char *sse;           /* "AES256" or "aws:kms" */
+    const char *kms_key_id;    /* with aws:kms */
+    const char *storage_class; /* STANDARD, STANDARD_IA, GLACIER_IR, ... */
+    const char *content_type;
+    const char *const *metadata; /* name, value, name, value, ..., NULL (x-amz-meta-<name>) */
+} S3WriteOptions;
+
 typedef struct S3ClientOptions {
     const char *region;   /* default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, us-east-1 */
     const char *endpoint; /* default: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS's */
@@ -33,6 +42,10 @@ typedef struct S3ClientOptions {
     int max_attempts;     /* per request / per part; default 6 */
     double retry_base;    /* first backoff in seconds; default 0.25 */
     double stall_timeout; /* seconds without progress before a transfer is retried; default 60 */
+    /* Object settings applied to every object this client writes (put, upload, copy, sync)
+     * unless the call gives its own: sse, kms_key_id, storage_class (other fields ignored).
+     * A call's "" means "not this one" (e.g. storage_class = "" sends no storage class). */
+    S3WriteOptions defaults;
 } S3ClientOptions;
 
 S3Client *s3_client_new(const S3ClientOptions *opts, RtError *err);
@@ -44,14 +57,8 @@ const char *s3_client_endpoint(const S3Client *c);
  * "web-identity", "container", "imds". */
 const char *s3_client_credentials_source(S3Client *c);
 
-/* Headers of objects written by put/upload/copy. NULL fields are not sent. */
-typedef struct S3WriteOptions {
-    const char *sse;           /* "AES256" or "aws:kms" */
-    const char *kms_key_id;    /* with aws:kms */
-    const char *storage_class; /* STANDARD, STANDARD_IA, GLACIER_IR, ... */
-    const char *content_type;
-    const char *const *metadata; /* name, value, name, value, ..., NULL (x-amz-meta-<name>) */
-} S3WriteOptions;
+/* The client's object settings (its defaults; fields may be NULL). */
+const S3WriteOptions *s3_client_defaults(const S3Client *c);
 
 typedef struct S3Head {
     int64_t size;
@@ -100,6 +107,30 @@ int s3_delete(S3Client *c, const char *bucket, const char *key, RtError *err);
 /* DeleteObjects in batches of 1000; any per-key failure is an error naming that key. */
 int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, size_t n,
                    size_t *deleted, RtError *err);
+
+/* In-progress multipart uploads (ListMultipartUploads), one page. */
+typedef struct S3Upload {
+    char *key;
+    char *upload_id;
+    double initiated; /* epoch seconds */
+    char *initiated_iso;
+    char *storage_class;
+} S3Upload;
+typedef struct S3UploadsPage {
+    S3Upload *items;
+    size_t n;
+    bool truncated;
+    char *next_key_marker, *next_upload_id_marker;
+} S3UploadsPage;
+void s3_uploads_page_free(S3UploadsPage *p);
+/* One page of the uploads under prefix, from (key_marker, upload_id_marker) on (NULL: from the
+ * start); max_uploads 0 = server default (1000). */
+int s3_list_uploads_page(S3Client *c, const char *bucket, const char *prefix,
+                         const char *key_marker, const char *upload_id_marker, int max_uploads,
+                         S3UploadsPage *out, RtError *err);
+/* AbortMultipartUpload; an upload that is already gone (NoSuchUpload) is *gone = true, RT_OK. */
+int s3_abort_upload(S3Client *c, const char *bucket, const char *key, const char *upload_id,
+                    bool *gone, RtError *err);
 
 typedef struct S3CopyOptions {
     S3WriteOptions write;

@@ -50,7 +50,13 @@ struct S3Client {
     S3CredsProvider *creds;
     RtHttp *http; /* for calls made from the client's owner thread (guarded by mu_http) */
     pthread_mutex_t mu_http;
+    char *def_sse, *def_kms, *def_sclass; /* the object settings (owned) */
+    S3WriteOptions defaults;              /* pointing at them */
 };
+
+/* A call's write options with the client's object settings filled in where the call gives none
+ * ("" in the call: none at all). Strings stay owned by the call and the client. */
+void s3_write_resolve(const S3Client *c, const S3WriteOptions *w, S3WriteOptions *out);
 
 typedef struct S3Req {
     const char *op; /* "put", "get", "head", "list", ... for messages */

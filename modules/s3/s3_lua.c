@@ -100,11 +100,30 @@ static void write_opts(lua_State *L, int idx, S3WriteOptions *w)
 
 static int l_client(lua_State *L)
 {
-    static const char *const allowed[] = {"region",       "endpoint",   "path_style",    "profile",
-                                          "max_attempts", "retry_base", "stall_timeout", NULL};
+    static const char *const allowed[] = {"region",        "endpoint",     "path_style",
+                                          "profile",       "max_attempts", "retry_base",
+                                          "stall_timeout", "defaults",     NULL};
     rt_lua_check_options(L, 1, "s3.client", allowed);
     S3ClientOptions o = {.path_style = -1};
     if (lua_istable(L, 1)) {
+        lua_getfield(L, 1, "defaults");
+        if (!lua_isnil(L, -1)) {
+            static const char *const dk[] = {"sse", "kms_key_id", "storage_class", NULL};
+            if (!lua_istable(L, -1))
+                rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage", NULL,
+                            "s3.client: defaults must be a table {sse, kms_key_id, storage_class}");
+            int d = lua_gettop(L);
+            rt_lua_check_options(L, d, "s3.client defaults", dk);
+            o.defaults.sse = rt_lua_opt_string(L, d, "sse", NULL);
+            o.defaults.kms_key_id = rt_lua_opt_string(L, d, "kms_key_id", NULL);
+            o.defaults.storage_class = rt_lua_opt_string(L, d, "storage_class", NULL);
+            if (o.defaults.sse && *o.defaults.sse && strcmp(o.defaults.sse, "AES256") != 0 &&
+                strcmp(o.defaults.sse, "aws:kms") != 0)
+                rt_lua_fail(L, RT_CLASS_USAGE, "s3.usage",
+                            "use sse = \"AES256\" or sse = \"aws:kms\"", "unknown sse '%s'",
+                            o.defaults.sse);
+        }
+        /* the defaults table stays on the stack (its strings live until the client copies them) */
         o.region = rt_lua_opt_string(L, 1, "region", NULL);
         o.endpoint = rt_lua_opt_string(L, 1, "endpoint", NULL);
         o.profile = rt_lua_opt_string(L, 1, "profile", NULL);
@@ -128,7 +147,22 @@ static int l_client(lua_State *L)
 static int l_info(lua_State *L)
 {
     S3Client *c = check_client(L);
+    lua_createtable(L, 0, 4);
+    const S3WriteOptions *d = s3_client_defaults(c);
     lua_createtable(L, 0, 3);
+    if (d->sse) {
+        lua_pushstring(L, d->sse);
+        lua_setfield(L, -2, "sse");
+    }
+    if (d->kms_key_id) {
+        lua_pushstring(L, d->kms_key_id);
+        lua_setfield(L, -2, "kms_key_id");
+    }
+    if (d->storage_class) {
+        lua_pushstring(L, d->storage_class);
+        lua_setfield(L, -2, "storage_class");
+    }
+    lua_setfield(L, -2, "defaults");
     lua_pushstring(L, s3_client_region(c));
     lua_setfield(L, -2, "region");
     lua_pushstring(L, s3_client_endpoint(c));
@@ -517,6 +551,86 @@ static int l_sync(lua_State *L)
     return 1;
 }
 
+/* c:uploads{bucket =, prefix =, page_size =} -> every in-progress multipart upload under
+ * prefix (all pages): {{key, upload_id, initiated, initiated_iso, storage_class}, ...} */
+static int l_uploads(lua_State *L)
+{
+    S3Client *c = check_client(L);
+    static const char *const allowed[] = {"bucket", "prefix", "page_size", NULL};
+    luaL_checktype(L, 2, LUA_TTABLE);
+    rt_lua_check_options(L, 2, "s3 uploads", allowed);
+    const char *bucket = req_opt(L, 2, "bucket", "s3 uploads");
+    const char *prefix = rt_lua_opt_string(L, 2, "prefix", "");
+    int page_size = (int)rt_lua_opt_integer(L, 2, "page_size", 0);
+    lua_newtable(L);
+    int t = lua_gettop(L);
+    lua_Integer n = 0;
+    /* the markers of the next page live in Lua strings, so a raise leaks nothing */
+    lua_pushnil(L); /* t+1 key marker */
+    lua_pushnil(L); /* t+2 upload id marker */
+    for (;;) {
+        S3UploadsPage pg;
+        RtError err;
+        rt_error_init(&err);
+        if (s3_list_uploads_page(c, bucket, prefix, lua_tostring(L, t + 1), lua_tostring(L, t + 2),
+                                 page_size, &pg, &err) != RT_OK)
+            return rt_lua_raise(L, &err);
+        for (size_t k = 0; k < pg.n; k++) {
+            const S3Upload *u = &pg.items[k];
+            lua_createtable(L, 0, 5);
+            lua_pushstring(L, u->key);
+            lua_setfield(L, -2, "key");
+            lua_pushstring(L, u->upload_id);
+            lua_setfield(L, -2, "upload_id");
+            lua_pushnumber(L, u->initiated);
+            lua_setfield(L, -2, "initiated");
+            lua_pushstring(L, u->initiated_iso ? u->initiated_iso : "");
+            lua_setfield(L, -2, "initiated_iso");
+            lua_pushstring(L, u->storage_class ? u->storage_class : "STANDARD");
+            lua_setfield(L, -2, "storage_class");
+            lua_rawseti(L, t, ++n);
+        }
+        bool more = pg.truncated;
+        const char *km = lua_tostring(L, t + 1), *um = lua_tostring(L, t + 2);
+        if (more && km && strcmp(km, pg.next_key_marker) == 0 &&
+            (um ? pg.next_upload_id_marker && strcmp(um, pg.next_upload_id_marker) == 0
+                : !pg.next_upload_id_marker)) {
+            s3_uploads_page_free(&pg);
+            return rt_lua_fail(L, RT_CLASS_FAILURE, "s3.bad_answer", NULL,
+                               "s3 list uploads s3://%s/%s: the store repeats the same page",
+                               bucket, prefix);
+        }
+        if (more) {
+            lua_pushstring(L, pg.next_key_marker);
+            lua_replace(L, t + 1);
+            if (pg.next_upload_id_marker)
+                lua_pushstring(L, pg.next_upload_id_marker);
+            else
+                lua_pushnil(L);
+            lua_replace(L, t + 2);
+        }
+        s3_uploads_page_free(&pg);
+        if (!more) break;
+    }
+    lua_settop(L, t);
+    return 1;
+}
+
+/* c:abort_upload(bucket, key, upload_id) -> true (aborted) or false (already gone) */
+static int l_abort_upload(lua_State *L)
+{
+    S3Client *c = check_client(L);
+    const char *bucket = check_str_arg(L, 2, "bucket");
+    const char *key = check_str_arg(L, 3, "key");
+    const char *id = check_str_arg(L, 4, "upload_id");
+    bool gone = false;
+    RtError err;
+    rt_error_init(&err);
+    if (s3_abort_upload(c, bucket, key, id, &gone, &err) != RT_OK) return rt_lua_raise(L, &err);
+    lua_pushboolean(L, !gone);
+    return 1;
+}
+
 int luaopen_s3(lua_State *L);
 
 int luaopen_s3(lua_State *L)
@@ -531,6 +645,8 @@ int luaopen_s3(lua_State *L)
                                        {"list", l_list},
                                        {"copy", l_copy},
                                        {"sync", l_sync},
+                                       {"uploads", l_uploads},
+                                       {"abort_upload", l_abort_upload},
                                        {"info", l_info},
                                        {"close", client_gc},
                                        {NULL, NULL}};

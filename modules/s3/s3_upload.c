@@ -8,9 +8,11 @@
  * 1000 parts (s3_part_size_for) so 10,000 parts reach past 5 TB.
  *
  * Every part carries Content-MD5 and its ETag is checked against our MD5 (except with SSE-KMS,
- * where ETags are not MD5s); the final ETag is checked against the multipart ETag rule
- * (md5 of the part md5s, "-N") and the object's size by a HEAD. Any failure, cancel or abort
- * runs AbortMultipartUpload, so no partial object ever appears under the key.
+ * where ETags are not MD5s); the final ETag (from the completion, or from a HEAD when the store
+ * answers the completion without one, as Ceph RGW may) is checked against the multipart ETag
+ * rule (md5 of the part md5s, "-N") and the object's size by a HEAD. Any failure, cancel or
+ * abort runs AbortMultipartUpload, so no partial object ever appears under the key; an object
+ * that fails the final checks is deleted.
  */
 #include "s3_internal.h"
 #include "s3_xml.h"
@@ -472,18 +474,9 @@ static int up_finish(void *self, RtError *err)
             et = s3_xml_get(sp, "ETag");
         u->final_etag = s3_etag_clean(et);
         free(et);
-        if (!u->final_etag)
+        if (!u->final_etag && !(r.body && r.body_len))
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
-                              "s3 upload %s: completion answered without an etag", u->name);
-        else if (!kms(u) && strchr(u->final_etag, '-') && strcmp(u->final_etag, expect) != 0)
-            rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
-                              "s3 upload %s: final etag %s differs from the expected %s", u->name,
-                              u->final_etag, expect);
-        else if (!strchr(u->final_etag, '-'))
-            /* Some S3-compatible stores (s3rver) do not use AWS's "md5-of-md5s-N" form; the
-             * per-part ETags were checked and the size is checked below. */
-            rt_debug("s3 upload %s: store etag %s is not in multipart form", u->name,
-                     u->final_etag);
+                              "s3 upload %s: completion answered with an empty body", u->name);
     }
     rt_http_response_free(&r);
     if (rc != RT_OK) return rc;
@@ -491,12 +484,46 @@ static int up_finish(void *self, RtError *err)
     S3Head hd;
     bool found;
     if (s3_head(u->c, u->bucket, u->key, &hd, &found, err) != RT_OK) return RT_ERR;
+    /* Some stores (Ceph RGW) complete with an empty or missing ETag: the object's own, from the
+     * HEAD, is checked instead, so the final ETag is never left unchecked. */
+    bool from_head = !u->final_etag || !*u->final_etag;
+    if (from_head && found && hd.etag && *hd.etag) {
+        free(u->final_etag);
+        u->final_etag = strdup(hd.etag);
+        rt_debug("s3 upload %s: completion gave no etag; the object's is %s", u->name,
+                 u->final_etag);
+    }
     if (!found || hd.size != (int64_t)u->bytes) {
         rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.size_mismatch",
                           "s3 upload %s: the object holds %lld bytes, %llu were sent", u->name,
                           (long long)(found ? hd.size : -1), (unsigned long long)u->bytes);
+    } else if (!u->final_etag || !*u->final_etag) {
+        rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.no_etag",
+                          "s3 upload %s: neither the completion nor a head gave the object's etag",
+                          u->name);
+        rt_error_hint(err, "the store gives no way to check what it assembled; the object was "
+                           "removed: use another endpoint or report it to the store's operator");
+    } else if (!kms(u) && strchr(u->final_etag, '-') && strcmp(u->final_etag, expect) != 0) {
+        rc = rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
+                          "s3 upload %s: final etag %s%s differs from the expected %s (the md5 of "
+                          "the parts' md5s)",
+                          u->name, u->final_etag, from_head ? " (from a head)" : "", expect);
+        rt_error_hint(err, "the store assembled other parts than were sent; the object was "
+                           "removed: check the store, then run again");
+    } else if (!strchr(u->final_etag, '-')) {
+        /* Some S3-compatible stores (s3rver) do not use AWS's "md5-of-md5s-N" form; the
+         * per-part ETags were checked and the size is checked above. */
+        rt_debug("s3 upload %s: store etag %s is not in multipart form", u->name, u->final_etag);
     }
     s3_head_free(&hd);
+    if (rc != RT_OK && found) {
+        /* What the store holds is not what was sent: never leave it looking complete. */
+        RtError de;
+        rt_error_init(&de);
+        if (s3_delete(u->c, u->bucket, u->key, &de) != RT_OK)
+            rt_warn("s3 upload %s: could not remove the object that failed its check: %s", u->name,
+                    de.message);
+    }
     if (rc == RT_OK)
         rt_info("uploaded %s bytes=%llu parts=%d", u->name, (unsigned long long)u->bytes, u->parts);
     return rc;
@@ -622,9 +649,11 @@ RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
     u->bucket = strdup(o->bucket);
     u->key = strdup(o->key);
     u->name = s3_object_name(o->bucket, o->key);
-    u->sse = dupn(o->write.sse);
-    u->kms = dupn(o->write.kms_key_id);
-    u->sclass = dupn(o->write.storage_class);
+    S3WriteOptions rw;
+    s3_write_resolve(c, &o->write, &rw);
+    u->sse = dupn(rw.sse);
+    u->kms = dupn(rw.kms_key_id);
+    u->sclass = dupn(rw.storage_class);
     u->ctype = dupn(o->write.content_type);
     size_t nm = 0;
     if (o->write.metadata)

@@ -56,7 +56,8 @@ static int hexval(int c)
 }
 
 /* verify.manifest_hmac{text=, salt=HEX, iter=N, passphrase= | passphrase_env= | passphrase_file=}
- * -> 64 hex digits. The passphrase defaults to BACKUP_ENCRYPTION_KEY. */
+ * -> hmac, key_check (64 hex digits each; hmac is nil without text). The passphrase defaults
+ * to BACKUP_ENCRYPTION_KEY. One key derivation gives both (see manifest.h). */
 static int l_manifest_hmac(lua_State *L)
 {
     static const char *const allowed[] = {
@@ -64,11 +65,11 @@ static int l_manifest_hmac(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "verify.manifest_hmac", allowed);
     lua_getfield(L, 1, "text");
-    size_t len;
+    size_t len = 0;
     const char *text = lua_tolstring(L, -1, &len);
-    if (!text)
+    if (!text && !lua_isnil(L, -1))
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
-                    "verify.manifest_hmac: text is required");
+                    "verify.manifest_hmac: text must be a string");
     const char *salt_hex = rt_lua_opt_string(L, 1, "salt", NULL);
     size_t sl = salt_hex ? strlen(salt_hex) : 0;
     uint8_t salt[64];
@@ -88,14 +89,18 @@ static int l_manifest_hmac(lua_State *L)
                     "verify.manifest_hmac: iter out of range");
     RtSecret *pass =
         rt_lua_opt_secret(L, 1, "passphrase", "BACKUP_ENCRYPTION_KEY", "verify.manifest_hmac");
-    char hex[65];
+    char hex[65], check[65];
     RtError err;
     rt_error_init(&err);
-    int rc = verify_manifest_hmac(pass, salt, sl / 2, (int)iter, text, len, hex, &err);
+    int rc = verify_manifest_auth(pass, salt, sl / 2, (int)iter, text, len, hex, check, &err);
     rt_secret_free(pass);
     if (rc != RT_OK) return rt_lua_raise(L, &err);
-    lua_pushstring(L, hex);
-    return 1;
+    if (text)
+        lua_pushstring(L, hex);
+    else
+        lua_pushnil(L);
+    lua_pushstring(L, check);
+    return 2;
 }
 
 /* verify.equal(a, b): constant-time string comparison (for digests and HMACs). */

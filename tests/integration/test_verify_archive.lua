@@ -93,7 +93,8 @@ T.case("a truncated archive is size-invalid, or truncated when the manifest is s
   write(p .. verify.MANIFEST_SUFFIX, verify.sign_manifest(m, {passphrase = PASS}))
   r = verify.archive{file = p, passphrase = PASS, history = false}
   T.eq(r.ok, false)
-  T.ok(r.reason == "truncated" or r.reason == "wrong-passphrase", "reason " .. tostring(r.reason))
+  -- (the manifest's key check proves the passphrase, so a stream that stops decrypting is damage)
+  T.ok(r.reason == "truncated" or r.reason == "checksum-mismatch", "reason " .. tostring(r.reason))
 end)
 
 T.case("a wrong passphrase is reported as such", function()

@@ -44,13 +44,19 @@ function M.aws(args)
   return "/usr/bin/aws --endpoint-url " .. M.q(os.getenv("AWS_ENDPOINT_URL")) .. " " .. args
 end
 
--- Starts the proxy in front of AWS_ENDPOINT_URL; returns {url, pid, rules, log}.
-function M.proxy(dir)
+-- s3rver's storage folder in the sandbox (the proxy reads its upload state)
+M.S3RVER_DATA = (os.getenv("SANDBOX_STATE") or "") .. "/s3/data"
+
+-- Starts the proxy in front of AWS_ENDPOINT_URL; returns {url, pid, rules, log}. With
+-- opts.uploads, it also answers ListMultipartUploads and AbortMultipartUpload from s3rver's
+-- upload state (a mock: see fault_proxy.py).
+function M.proxy(dir, opts)
+  opts = opts or {}
   local p = {rules = dir .. "/rules.json", log = dir .. "/proxy.log", ready = dir .. "/proxy.ready"}
   M.write(p.rules, "[]")
-  M.sh(string.format("python3 %s %s %s %s %s >%s 2>&1 &", M.q(M.dir .. "/fault_proxy.py"),
+  M.sh(string.format("python3 %s %s %s %s %s %s >%s 2>&1 &", M.q(M.dir .. "/fault_proxy.py"),
                      M.q(os.getenv("AWS_ENDPOINT_URL")), M.q(p.rules), M.q(p.log), M.q(p.ready),
-                     M.q(dir .. "/proxy.err")))
+                     opts.uploads and M.q(M.S3RVER_DATA) or "", M.q(dir .. "/proxy.err")))
   for _ = 1, 200 do
     local f = io.open(p.ready)
     if f then

@@ -96,20 +96,31 @@ return function(M)
 
   -- Adds the authentication block to manifest m and returns the manifest's text (canonical
   -- JSON, HMAC included). opts: passphrase / passphrase_env / passphrase_file, iter.
+  -- auth.key_check depends on the passphrase alone (modules/verify/manifest.h), so a check can
+  -- tell a wrong passphrase from an altered manifest; the HMAC covers it like every other field.
   function M.sign_manifest(m, opts)
     opts = opts or {}
+    local pass = {passphrase = opts.passphrase, passphrase_env = opts.passphrase_env,
+                  passphrase_file = opts.passphrase_file}
     m.auth = {alg = "hmac-sha256", kdf = "pbkdf2-hmac-sha256", domain = "clubio-dr/manifest/v1",
               iter = opts.iter or 10000, salt = random_hex(16)}
+    local _, check = M.manifest_hmac{salt = m.auth.salt, iter = m.auth.iter, passphrase = pass.passphrase,
+                                     passphrase_env = pass.passphrase_env, passphrase_file = pass.passphrase_file}
+    m.auth.key_check = check
     local unsigned = M.canonical_json(copy_without_hmac(m))
     m.auth.hmac = M.manifest_hmac{text = unsigned, salt = m.auth.salt, iter = m.auth.iter,
-                                  passphrase = opts.passphrase, passphrase_env = opts.passphrase_env,
-                                  passphrase_file = opts.passphrase_file}
+                                  passphrase = pass.passphrase, passphrase_env = pass.passphrase_env,
+                                  passphrase_file = pass.passphrase_file}
     return M.canonical_json(m)
   end
 
-  -- Parses and authenticates a manifest's text. Returns the manifest, or nil and a reason
-  -- ("incomplete": unreadable or unsigned; "wrong-passphrase": the HMAC does not match, which
-  -- is also what a tampered manifest looks like).
+  -- Parses and authenticates a manifest's text. Returns the manifest, or nil, a reason and why:
+  --   "incomplete"        unreadable, not a manifest, or unsigned;
+  --   "wrong-passphrase"  the key check does not match: the passphrase is not this archive's;
+  --   "manifest-altered"  the key check matches, the HMAC does not: the text was changed;
+  --   "wrong-passphrase-or-altered"  an older manifest without a key check whose HMAC does not
+  --                       match: the two cannot be told apart.
+  -- (A manifest altered in its key check itself reads as a wrong passphrase; it fails either way.)
   function M.check_manifest(text, opts)
     opts = opts or {}
     local ok, m = pcall(cjson.decode, text)
@@ -123,13 +134,36 @@ return function(M)
     if type(a) ~= "table" or type(a.hmac) ~= "string" or type(a.salt) ~= "string" then
       return nil, "incomplete", "the manifest is not signed"
     end
-    local want = M.manifest_hmac{text = M.canonical_json(copy_without_hmac(m)), salt = a.salt,
-                                 iter = a.iter, passphrase = opts.passphrase,
-                                 passphrase_env = opts.passphrase_env, passphrase_file = opts.passphrase_file}
-    if not M.equal(want, a.hmac) then
-      return nil, "wrong-passphrase", "the manifest's HMAC does not match (wrong passphrase, or the manifest was altered)"
+    local want, check = M.manifest_hmac{text = M.canonical_json(copy_without_hmac(m)), salt = a.salt,
+                                        iter = a.iter, passphrase = opts.passphrase,
+                                        passphrase_env = opts.passphrase_env, passphrase_file = opts.passphrase_file}
+    if a.key_check ~= nil then
+      if type(a.key_check) ~= "string" or not M.equal(check, a.key_check) then
+        return nil, "wrong-passphrase", "the passphrase is not the one this archive was made with (the manifest's key check does not match)"
+      end
+      if not M.equal(want, a.hmac) then
+        return nil, "manifest-altered", "the manifest was changed after the export signed it (the passphrase is right, the HMAC does not match)"
+      end
+    elseif not M.equal(want, a.hmac) then
+      return nil, "wrong-passphrase-or-altered",
+             "the manifest's HMAC does not match: a wrong passphrase or an altered manifest (this manifest has no key check, so the two cannot be told apart)"
     end
     return m
+  end
+
+  -- What a failed verification result (r.reason, r.message) means for the person running it:
+  -- {message, class, code, hint} for clubio.fail. A wrong passphrase is a configuration problem
+  -- (exit 3) about the key, not the archive; everything else is a verification failure (exit 4).
+  local FAILURE_HINTS = {
+    ["wrong-passphrase"] = "check BACKUP_ENCRYPTION_KEY: it is not the passphrase this archive was made with; the archive itself is not in question",
+    ["manifest-altered"] = "do not trust this archive: its manifest was changed after the export; use another export and find out who can write to the bucket",
+    ["wrong-passphrase-or-altered"] = "check BACKUP_ENCRYPTION_KEY first; if it is right, do not trust this archive (its manifest is too old to tell the two apart)",
+  }
+  function M.failure(r, default_hint)
+    local reason = tostring(r.reason)
+    return {message = string.format("%s: %s (%s)", tostring(r.archive or "archive"), reason, tostring(r.message)),
+            class = reason == "wrong-passphrase" and "config" or "verify", code = "verify." .. reason,
+            hint = FAILURE_HINTS[reason] or default_hint or "do not rely on this archive; run a new export and check the bucket"}
   end
 
   ---------------------------------------------------------------------------------------------
@@ -183,7 +217,8 @@ return function(M)
   -- Finds an archive and its manifest and authenticates the manifest, without reading the
   -- archive. o: bucket/key or file, manifest (text), client, passphrase options. Returns
   -- {where, size, manifest, source = function() -> pipe source}, or nil and a failure result
-  -- {ok = false, reason = "missing" | "incomplete" | "wrong-passphrase" | "size-invalid", message}.
+  -- {ok = false, reason = "missing" | "incomplete" | "wrong-passphrase" | "manifest-altered" |
+  -- "wrong-passphrase-or-altered" | "size-invalid", message}.
   function M.open_archive(o)
     local pipe = require "pipe"
     local where = o.file or ("s3://" .. tostring(o.bucket) .. "/" .. tostring(o.key))
@@ -205,7 +240,7 @@ return function(M)
       if not o.bucket or not o.key then
         clubio.fail{message = "give bucket and key, or file, for the archive", class = "usage", code = "usage.option"}
       end
-      local c = o.client or require("s3").client{}
+      local c = o.client or require("clubio.objects").client()
       local h = c:head(o.bucket, o.key)
       if not h then return bad("missing", "no archive at " .. where) end
       size = h.size
@@ -266,7 +301,13 @@ return function(M)
                                    crypto.sha256{label = "plain"}, M.sql_scan{label = "scan"}})
     if not ok then
       if clubio.is_error(r) and (r.class == "cancelled" or r.class == "timeout") then error(r, 0) end
-      return bad(classify(r), tostring(r))
+      local reason = classify(r)
+      -- the manifest's key check proved the passphrase: an archive that still does not decrypt
+      -- is damaged, not opened with the wrong key
+      if reason == "wrong-passphrase" and type(m.auth) == "table" and m.auth.key_check ~= nil then
+        return bad("checksum-mismatch", "the archive does not decrypt with the right passphrase: it is damaged or truncated (" .. tostring(r) .. ")")
+      end
+      return bad(reason, tostring(r))
     end
     if m.stored and m.stored.sha256 and r.stored.hex ~= m.stored.sha256 then
       return bad("checksum-mismatch", "the archive's SHA-256 differs from the manifest's")

@@ -115,7 +115,7 @@ return function(M)
                                 time.format(now, "%Y%m%dT%H%M%S"), ms,
                                 tostring(rec.what):gsub("[^%w_.-]", "_"), rand_hex(4))
       local put_ok, err = pcall(function()
-        local c = s3h.client or require("s3").client{}
+        local c = s3h.client or require("clubio.objects").client()
         c:put(s3h.bucket, key, {body = text, content_type = "application/json"})
       end)
       if put_ok then rec.history_key = "s3://" .. s3h.bucket .. "/" .. key
@@ -143,7 +143,7 @@ return function(M)
         require("clubio").fail{message = "verify.history: no S3 history configured", class = "usage", code = "usage.option",
                                hint = "pass s3 = {bucket = ..., prefix = ...} or set CLUBIO_DR_VERIFY_HISTORY_S3"}
       end
-      local c = h.client or require("s3").client{}
+      local c = h.client or require("clubio.objects").client()
       local keys = {}
       for o in c:list{bucket = h.bucket, prefix = h.prefix} do
         if o.key:match("%.json$") and (not opts.what or o.key:find("-" .. opts.what .. "-", 1, true)) then
