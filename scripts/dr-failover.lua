@@ -68,13 +68,31 @@ end
 log.info("failover", {primary = ctx.primary_url and dr.display(ctx.primary_url) or "unreachable",
                       dr = dr.display(ctx.dr_url), steps = #steps, site_files = table.concat(sites, ",")})
 local t0 = time.monotonic()
+-- resuming after measure-lag: the lag it measured is in the failover record on the DR side
+-- (written when replication stopped); before that point, the lag is measured now, at the resume
+local resumed_lag
+if from and not J.dry_run and (dr.index(steps, from) or 0) > (dr.index(steps, "measure-lag") or math.huge) then
+  local okr, rec = pcall(function()
+    local d <close> = dr.connect_dr(ctx)
+    return dr.failover_record(ctx, d)
+  end)
+  if okr and rec and type(rec.lag) == "table" then
+    resumed_lag = rec.lag
+  else
+    local oks, s = pcall(dr.status, ctx, {heartbeat = false})
+    if oks then resumed_lag = s end
+  end
+  if resumed_lag then ctx.results["measure-lag"] = resumed_lag end
+end
 dr.run_steps(J, ctx, steps, {from = from})
 local secs = time.monotonic() - t0
-if J.dry_run then return J:finish({steps = #steps}, "dry run: nothing was changed") end
+if J.dry_run then return J:finish({steps = #steps}, "dry run: nothing was changed; every check passed") end
 local lag = ctx.results["measure-lag"] or {}
 return J:finish({seconds = secs, dr = dr.display(ctx.dr_url), lag_bytes = lag.lag_bytes,
                  seconds_since_contact = lag.seconds_since_contact, primary_reachable = lag.primary_reachable,
                  results = ctx.results},
                 string.format("failed over to %s in %.1f s (lag at failover: %s; primary %s)", dr.display(ctx.dr_url), secs,
-                              lag.lag_bytes and job.bytes(lag.lag_bytes) or "unknown",
+                              lag.lag_bytes and job.bytes(lag.lag_bytes) or
+                                (lag.seconds_since_contact and string.format("%.1f s since the last contact", lag.seconds_since_contact)) or
+                                (lag.primary_reachable == false and "unknown (the primary did not answer)") or "unknown",
                               lag.primary_reachable and "fenced" or "not answering"))

@@ -1,6 +1,6 @@
 -- Keep the DR project in sync with the primary by logical replication; --status shows the lag
 --
--- clubio-dr run dr-setup [--resync] [--yes] [--json]   set up (or check) replication; idempotent
+-- clubio-dr run dr-setup [--resync [--discard-dr-writes]] [--yes] [--json]   set up (or check) replication; idempotent
 -- clubio-dr run dr-setup --status [--json]             replication lag (bytes and seconds)
 --
 -- Setup: the schema is copied first (pg_dump --schema-only | psql, passwords in PGPASSWORD, never
@@ -8,7 +8,11 @@
 -- publication on the primary (FOR ALL TABLES, or DR_TABLES) and a subscription on the DR side,
 -- and it waits for the initial copy. Re-running it checks everything, refreshes the
 -- publication (new tables get copied) and re-enables a disabled subscription. --resync truncates
--- the DR copies and copies them again (destructive on the DR side: asks, or --yes).
+-- the DR copies and copies them again (destructive on the DR side: asks, or --yes); after a
+-- failover (recorded on the DR side) it refuses, since the DR side may hold writes the primary
+-- lacks: fail back with dr-failback, or add --discard-dr-writes to throw them away. Unlogged and
+-- temporary tables are named and left out (logical replication cannot carry them). The DR
+-- database is left fenced (read-only by default) while it is a replica; dr-failover lifts it.
 --
 -- The subscription's connection string holds the primary's password: PostgreSQL keeps it in
 -- pg_subscription.subconninfo on the DR side (readable by superusers / the project owner only).
@@ -21,14 +25,19 @@
 local clubio, log, cjson = require "clubio", require "log", require "cjson"
 local job, dr = require "clubio.job", require "clubio.dr"
 
-local status_only, resync = false, false
+local status_only, resync, discard = false, false, false
 for _, a in ipairs{...} do
   if a == "--status" then status_only = true
   elseif a == "--resync" then resync = true
+  elseif a == "--discard-dr-writes" then discard = true
   else
     clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
-                hint = "usage: clubio-dr run dr-setup [--status] [--resync] [--yes] [--json] [--dry-run]"}
+                hint = "usage: clubio-dr run dr-setup [--status] [--resync [--discard-dr-writes]] [--yes] [--json] [--dry-run]"}
   end
+end
+if discard and not resync then
+  clubio.fail{message = "--discard-dr-writes goes with --resync", class = "usage",
+              hint = "clubio-dr run dr-setup --resync --discard-dr-writes (after a failover, `dr-failback` keeps those writes)"}
 end
 
 local ctx = dr.context()
@@ -70,8 +79,9 @@ end
 
 local J = job.new("dr-setup")
 if resync and not J.dry_run then
-  if not clubio.confirm(string.format("Truncate the replicated tables in the DR database %s and copy them again from %s?",
-                                      dr.display(ctx.dr_url), dr.display(ctx.primary_url))) then
+  if not clubio.confirm(string.format("Truncate the replicated tables in the DR database %s and copy them again from %s?%s",
+                                      dr.display(ctx.dr_url), dr.display(ctx.primary_url),
+                                      discard and " The writes the DR side took since its failover are LOST (--discard-dr-writes)" or "")) then
     clubio.fail{message = "dr-setup --resync: declined", class = "declined", code = "declined.step",
                 hint = "nothing was changed; re-run with --yes to confirm"}
   end
@@ -81,11 +91,11 @@ local r = J:step("replicate", {
                        dr.display(ctx.primary_url), ctx.cfg.subscription, dr.display(ctx.dr_url),
                        resync and " (after truncating the DR copies)" or ""),
   hint = "dr-setup is idempotent: fix the cause and run it again",
-}, function() return dr.setup(ctx, {resync = resync}) end)
+}, function() return dr.setup(ctx, {resync = resync, discard_dr_writes = discard}) end)
 if J.dry_run then return J:finish(nil, "dry run: nothing was changed") end
 local s = J:step("measure lag", {plan = "bytes behind on the primary's slot, heartbeat round trip"},
                  function() return dr.status(ctx) end)
 r.status = s
-return J:finish(r, string.format("replicating %d tables from %s to %s%s\n%s", #r.tables, r.primary, r.dr,
+return J:finish(r, string.format("replicating %d tables from %s to %s%s\n%s%s", #r.tables, r.primary, r.dr,
                                  #r.schema_copied > 0 and (" (schema copied for " .. #r.schema_copied .. ")") or "",
-                                 fmt_status(s)))
+                                 fmt_status(s), r.note and ("\nnote: " .. r.note) or ""))

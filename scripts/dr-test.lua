@@ -215,7 +215,7 @@ end
 local dr_digests
 if not failed then
   ok = item("execution", "verify application functionality", function()
-    local d <close> = dr.connect_dr(ctx)
+    local d <close> = dr.connect_dr(ctx, {as_app = true})
     local list = checks
     if not list then
       list = {}

@@ -137,9 +137,33 @@ function M:cleanup()
       time.sleep(0.1)
     end
   end)
+  -- the subscriptions left on either side (the failback's is on the primary), then every slot
+  -- of the test's database (a failover leaves the failback slot on the DR side; a database with
+  -- a logical slot cannot be dropped)
+  for _, u in ipairs{self.primary_url, self.dr_url} do
+    pcall(function()
+      local c <close> = pgdump.connect(u)
+      c:query("SET default_transaction_read_only = off")
+      for _, r in ipairs(c:query("SELECT subname FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())")) do
+        c:query('ALTER SUBSCRIPTION "' .. r.subname .. '" DISABLE')
+        c:query('ALTER SUBSCRIPTION "' .. r.subname .. '" SET (slot_name = NONE)')
+        c:query('DROP SUBSCRIPTION "' .. r.subname .. '"')
+      end
+    end)
+  end
   for _, u in ipairs{self.primary_admin, self.dr_admin} do
     pcall(function()
       local c <close> = pgdump.connect(u)
+      c:query("ALTER DATABASE " .. self.db .. " ALLOW_CONNECTIONS true")
+      c:query("ALTER DATABASE " .. self.db .. " RESET default_transaction_read_only")
+      for _ = 1, 100 do
+        local busy = false
+        for _, r in ipairs(c:query("SELECT slot_name, active FROM pg_replication_slots WHERE database = $1", {self.db})) do
+          if r.active == "t" then busy = true else c:query("SELECT pg_drop_replication_slot($1)", {r.slot_name}) end
+        end
+        if not busy then break end
+        time.sleep(0.1)
+      end
       c:query("DROP DATABASE IF EXISTS " .. self.db .. " WITH (FORCE)")
     end)
   end

@@ -38,7 +38,69 @@ local function getenv(name, default)
 end
 
 function M.ident(name) return '"' .. name:gsub('"', '""') .. '"' end
+
+-- The SQL that un-fences a database, as pasted into psql connected to it: a plain ALTER DATABASE
+-- ... RESET fails there ("cannot execute ALTER DATABASE in a read-only transaction"), since the
+-- fence makes every transaction read-only by default; BEGIN READ WRITE lifts that for this one.
+function M.unfence_sql(db)
+  return "BEGIN READ WRITE; ALTER DATABASE " .. M.ident(db) .. " RESET default_transaction_read_only; COMMIT;"
+end
 function M.literal(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
+
+-- DR_TABLES: names separated by commas or spaces; each is `table` or `schema.table`, and either
+-- part may be a quoted identifier ("Odd Schema"."Mixed Case Table", "" for a quote inside).
+-- Returns {"schema.table", ...} (unquoted text, as pg_namespace/pg_class spell it); unquoted
+-- parts are kept as written. A malformed list is a configuration error naming it.
+function M.parse_table_list(text)
+  local out, i, n = {}, 1, #text
+  local function bad(why)
+    clubio.fail{message = "DR_TABLES is malformed: " .. why, class = "config", code = "config.dr_tables",
+                hint = 'separate names with commas; quote odd names: DR_TABLES=\'orders, "Odd Schema"."Mixed Case Table"\''}
+  end
+  while i <= n do
+    local c = text:sub(i, i)
+    if c:match("[,%s]") then
+      i = i + 1
+    else
+      local parts = {}
+      while true do
+        local part
+        if text:sub(i, i) == '"' then
+          local buf, j = {}, i + 1
+          while true do
+            if j > n then bad("an unterminated quoted name") end
+            local ch = text:sub(j, j)
+            if ch == '"' then
+              if text:sub(j + 1, j + 1) == '"' then buf[#buf + 1] = '"'; j = j + 2 else break end
+            else
+              buf[#buf + 1] = ch; j = j + 1
+            end
+          end
+          part, i = table.concat(buf), j + 1
+          if part == "" then bad("an empty quoted name") end
+        else
+          local s, e = text:find('^[^,%s."]+', i)
+          if not s then bad("a name is missing near position " .. i) end
+          part, i = text:sub(s, e), e + 1
+        end
+        parts[#parts + 1] = part
+        if text:sub(i, i) == "." then i = i + 1 else break end
+      end
+      if #parts > 2 then bad("'" .. table.concat(parts, ".") .. "' has more than schema.table") end
+      if i <= n and not text:sub(i, i):match("[,%s]") then bad("unexpected character near position " .. i) end
+      out[#out + 1] = #parts == 2 and (parts[1] .. "." .. parts[2]) or ("public." .. parts[1])
+    end
+  end
+  return out
+end
+
+-- A Lua list as a PostgreSQL text[] literal (each element quoted: spaces, commas and quotes in
+-- names survive).
+function M.text_array(list)
+  local q = {}
+  for i, v in ipairs(list) do q[i] = '"' .. tostring(v):gsub('[\\"]', "\\%0") .. '"' end
+  return "{" .. table.concat(q, ",") .. "}"
+end
 
 -- "orders" -> "public"."orders"; "sales.orders" -> "sales"."orders"
 function M.qualify(name)
@@ -149,6 +211,7 @@ function M.config(overrides)
     role = getenv("DR_ROLE"),
     admin_database = getenv("DR_ADMIN_DATABASE", "postgres"),
     publication = getenv("DR_PUBLICATION", "clubio_dr"),
+    failback_publication = getenv("DR_FAILBACK_PUBLICATION", "clubio_dr_failback"),
     subscription = getenv("DR_SUBSCRIPTION"),
     tables = getenv("DR_TABLES"),
     primary_url = getenv("DR_PRIMARY_URL"),
@@ -162,6 +225,7 @@ function M.config(overrides)
     route53_zone = getenv("DR_ROUTE53_ZONE_ID"),
     route53_record = getenv("DR_ROUTE53_RECORD"),
     route53_value = getenv("DR_ROUTE53_VALUE"),
+    route53_primary_value = getenv("DR_ROUTE53_PRIMARY_VALUE"),
     route53_type = getenv("DR_ROUTE53_TYPE", "CNAME"),
     route53_ttl = tonumber(getenv("DR_ROUTE53_TTL", "60")),
     webhook_env = "DR_WEBHOOK_URL",
@@ -176,8 +240,7 @@ function M.config(overrides)
                 hint = "export NEON_PROJECT_ID_DR (the DR Neon project) or DR_TARGET_URL"}
   end
   if type(c.tables) == "string" then
-    local list = {}
-    for t in c.tables:gmatch("[^,%s]+") do list[#list + 1] = t end
+    local list = M.parse_table_list(c.tables)
     c.tables = #list > 0 and list or nil
   end
   return c
@@ -221,7 +284,9 @@ function M.context(cfg)
     if ok then ctx.primary_url = u else ctx.primary_error = tostring(u) end
   end
   local db = M.parse_url(ctx.dr_url).database or "db"
-  cfg.subscription = cfg.subscription or ("clubio_dr_" .. db:lower():gsub("[^%w_]", "_"))
+  cfg.subscription = cfg.subscription or ("clubio_dr_" .. db:lower():gsub("[^%w_]", "_")):sub(1, 63)
+  -- the failback's slot on the DR side (and its subscription on the primary)
+  cfg.failback_slot = cfg.failback_slot or ("clubio_drfb_" .. db:lower():gsub("[^%w_]", "_")):sub(1, 63)
   return ctx
 end
 
@@ -235,8 +300,13 @@ function M.try_primary(ctx, database)
   return c
 end
 
-function M.connect_dr(ctx)
-  return pgdump.connect(with_param(ctx.dr_url, "connect_timeout", tostring(ctx.cfg.connect_timeout)))
+-- The DR database is fenced (read-only by default) while it is a replica: clubio-dr's own
+-- sessions write all the same (subscription changes, heartbeats). opts.as_app: a session as the
+-- application gets it (the database's defaults), for checks of what the application can do.
+function M.connect_dr(ctx, opts)
+  local c = pgdump.connect(with_param(ctx.dr_url, "connect_timeout", tostring(ctx.cfg.connect_timeout)))
+  if not (opts and opts.as_app) then c:query("SET default_transaction_read_only = off") end
+  return c
 end
 
 -- ---- tables, schema, publication, subscription -------------------------------------------
@@ -244,26 +314,61 @@ end
 local USER_TABLES = [[
 SELECT format('%I.%I', n.nspname, c.relname) AS qname, n.nspname || '.' || c.relname AS name
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype = 'e')
 ORDER BY 2]]
 
+-- Permanent user tables: unlogged and temporary tables write no WAL, so logical replication
+-- can never carry them (FOR ALL TABLES skips them, FOR TABLE refuses them).
 function M.user_tables(conn)
   local out = {}
   for _, r in ipairs(conn:query(USER_TABLES)) do out[#out + 1] = r.name end
   return out
 end
 
--- The tables to replicate: cfg.tables (plus the heartbeat) or every user table of the primary.
-function M.wanted_tables(ctx, pconn)
-  if ctx.cfg.tables then
-    local list = {}
-    for _, t in ipairs(ctx.cfg.tables) do list[#list + 1] = select(2, M.qualify(t)) end
-    list[#list + 1] = M.HEARTBEAT
-    return list
+-- The unlogged and temporary tables of the database (temporary ones: any session's), which
+-- replication leaves out: {{name, kind = "unlogged"|"temporary"}}.
+function M.unreplicable_tables(conn)
+  local out = {}
+  for _, r in ipairs(conn:query([[
+      SELECT CASE WHEN c.relpersistence = 't' THEN c.relname ELSE n.nspname || '.' || c.relname END AS name,
+             CASE c.relpersistence WHEN 'u' THEN 'unlogged' ELSE 'temporary' END AS kind
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ('u', 't') AND n.nspname <> 'information_schema'
+        AND (c.relpersistence = 't' OR n.nspname !~ '^pg_')
+      ORDER BY 2, 1]])) do
+    out[#out + 1] = {name = r.name, kind = r.kind}
   end
-  return M.user_tables(pconn)
+  return out
+end
+
+-- A note naming the tables replication leaves out (nil when there are none).
+function M.left_out_note(list)
+  if not list or #list == 0 then return nil end
+  local names = {}
+  for _, t in ipairs(list) do names[#names + 1] = t.name .. " (" .. t.kind .. ")" end
+  return "not replicated: " .. table.concat(names, ", ") ..
+         " — unlogged and temporary tables write no WAL, so logical replication cannot carry them; " ..
+         "after a failover they are empty on the DR side (ALTER TABLE ... SET LOGGED to replicate one)"
+end
+
+-- The tables to replicate: cfg.tables (plus the heartbeat) or every permanent user table of the
+-- primary. Second result: the tables left out (unlogged, temporary), named for a note.
+function M.wanted_tables(ctx, pconn)
+  local skipped = M.unreplicable_tables(pconn)
+  if ctx.cfg.tables then
+    local unrep = {}
+    for _, t in ipairs(skipped) do unrep[t.name] = t end
+    local list, out_skipped = {}, {}
+    for _, t in ipairs(ctx.cfg.tables) do
+      local name = select(2, M.qualify(t))
+      if unrep[name] then out_skipped[#out_skipped + 1] = unrep[name] else list[#list + 1] = name end
+    end
+    list[#list + 1] = M.HEARTBEAT
+    return list, out_skipped
+  end
+  return M.user_tables(pconn), skipped
 end
 
 local function columns(conn, name)
@@ -287,25 +392,31 @@ end
 -- Copies the schema of `tables` (all of them when `all`) from the primary to the DR database:
 -- pg_dump --schema-only on the primary piped into psql --single-transaction on the DR side,
 -- both with the password in PGPASSWORD (never argv).
-function M.copy_schema(ctx, tables, all)
+-- back = true: from the DR database to the primary (failback), into a session that may write
+-- while the primary is fenced (read-only by default).
+function M.copy_schema(ctx, tables, all, back)
   local argv = {"pg_dump", "--schema-only", "--no-owner", "--no-privileges", "--no-publications",
                 "--no-subscriptions", "--no-password"}
   if not all then
     for _, t in ipairs(tables) do argv[#argv + 1] = "--table=" .. select(1, M.qualify(t)) end
   end
-  local ddl = run_child(argv, M.libpq_env(ctx.primary_url), nil, "pg_dump --schema-only of the primary")
+  local from, to = ctx.primary_url, ctx.dr_url
+  if back then from, to = ctx.dr_url, ctx.primary_url end
+  local ddl = run_child(argv, M.libpq_env(from), nil, "pg_dump --schema-only of the " .. (back and "DR" or "primary") .. " database")
+  local e = M.libpq_env(to)
+  e.PGOPTIONS = ((e.PGOPTIONS and (e.PGOPTIONS .. " ")) or "") .. "-c default_transaction_read_only=off"
   run_child({"psql", "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"},
-            M.libpq_env(ctx.dr_url), ddl, "applying the schema on the DR database")
+            e, ddl, "applying the schema on the " .. (back and "primary" or "DR") .. " database")
   return #ddl
 end
 
 local function missing_identity(conn, tables)
   local rows = conn:query([[
     SELECT n.nspname || '.' || c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'r' AND (n.nspname || '.' || c.relname) = ANY($1::text[])
+    WHERE c.relkind = 'r' AND c.relpersistence = 'p' AND (n.nspname || '.' || c.relname) = ANY($1::text[])
       AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
            (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))]],
-    {"{" .. table.concat(tables, ",") .. "}"})
+    {M.text_array(tables)})
   local out = {}
   for _, r in ipairs(rows) do out[#out + 1] = r.name end
   return out
@@ -353,16 +464,39 @@ function M.setup(ctx, opts)
     clubio.fail{message = "cannot reach the primary database: " .. perr, code = "dr.primary_unreachable",
                 hint = "dr-setup needs the primary; check NEON_PROJECT_ID_PRIMARY, DR_DATABASE and the Neon status"}
   end
-  if scalar(pconn, "SELECT current_setting('default_transaction_read_only') AS ro") == "on" then
+  if opts.fenced_ok then
+    -- re-establishing replication during a failback: both sides are fenced (read-only by default)
+    pconn:query("SET default_transaction_read_only = off")
+  elseif scalar(pconn, "SELECT current_setting('default_transaction_read_only') AS ro") == "on" then
     clubio.fail{message = "the primary database " .. M.display(ctx.primary_url) .. " is read-only (fenced by a failover?)",
                 code = "dr.primary_fenced", class = "config",
-                hint = "after a failover, fail back first; to take writes again: ALTER DATABASE ... RESET default_transaction_read_only"}
+                hint = "after a failover, fail back first (`clubio-dr run dr-failback`); to take writes again without it, in psql on that database: " ..
+                       M.unfence_sql(M.parse_url(ctx.primary_url).database or "DATABASE")}
   end
   local dconn <close> = M.connect_dr(ctx)
+  -- the DR database is fenced while it is a replica (below): this session writes all the same
+  dconn:query("SET default_transaction_read_only = off")
+  local record = M.failover_record(ctx, dconn)
+  if record and not opts.fenced_ok then
+    if opts.resync and not opts.discard_dr_writes then
+      clubio.fail{message = "the DR database has been failed over to (at " .. tostring(record.at) ..
+                            ") and may hold writes the primary does not have: --resync would truncate them",
+                  code = "dr.dr_written", class = "usage",
+                  hint = "fail back first (`clubio-dr run dr-failback`: the DR writes are copied to the primary); " ..
+                         "to throw them away instead: dr-setup --resync --discard-dr-writes (asks, or --yes)"}
+    elseif not opts.resync then
+      clubio.fail{message = "the DR database has been failed over to (at " .. tostring(record.at) .. "): it is not a replica now",
+                  code = "dr.failed_over", class = "usage",
+                  hint = "fail back first: `clubio-dr run dr-failback` (it re-establishes replication at its end)"}
+    end
+  end
   pconn:query(string.format([[CREATE TABLE IF NOT EXISTS %s (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(),
                                                             note text)]], M.HEARTBEAT))
-  local tables = M.wanted_tables(ctx, pconn)
+  local tables, skipped = M.wanted_tables(ctx, pconn)
   out.tables = tables
+  out.left_out = skipped
+  out.note = M.left_out_note(skipped)
+  if out.note then log.warn(out.note) end
   local bad = missing_identity(pconn, tables)
   if #bad > 0 then
     clubio.fail{message = "tables without a primary key or replica identity: " .. table.concat(bad, ", "),
@@ -411,8 +545,15 @@ function M.setup(ctx, opts)
     M.drop_subscription(ctx, dconn, pconn)
     sub = nil
   end
+  if record and opts.resync and opts.discard_dr_writes then
+    -- the writes taken on the DR side since the failover are given up: so is the way back
+    M.drop_failover_record(ctx, dconn)
+    out.discarded_failover = record.at
+  end
   if not sub then
-    if opts.resync then
+    if opts.fenced_ok then
+      -- failback: both sides hold the same rows already (checked by its drain); no copy
+    elseif opts.resync then
       dconn:query("TRUNCATE " .. table.concat(list, ", "))
       out.truncated = tables
     else
@@ -441,9 +582,9 @@ function M.setup(ctx, opts)
     -- a failing statement is logged by the server with its text, the password included: not
     -- this one, where the role may change the setting (superusers; elsewhere it stays as it is)
     local quiet = pcall(dconn.query, dconn, "SET log_min_error_statement = panic")
-    dconn:query(string.format("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (slot_name = %s, copy_data = true)",
+    dconn:query(string.format("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (slot_name = %s, copy_data = %s)",
                               M.ident(cfg.subscription), M.literal(M.conninfo(ctx.primary_url)),
-                              M.ident(cfg.publication), M.literal(cfg.subscription)))
+                              M.ident(cfg.publication), M.literal(cfg.subscription), opts.fenced_ok and "false" or "true"))
     if quiet then dconn:query("RESET log_min_error_statement") end
     out.subscription_created = true
   else
@@ -454,8 +595,25 @@ function M.setup(ctx, opts)
     dconn:query(string.format("ALTER SUBSCRIPTION %s REFRESH PUBLICATION", M.ident(cfg.subscription)))
   end
   out.sync_seconds, out.tables_synced = M.wait_sync(ctx, dconn, opts.sync_timeout)
+  -- a replica takes no writes: one would collide with the primary's next rows and stop the apply
+  -- worker (replication broken until someone removes it); the failover lifts the fence
+  out.dr_fenced = true
+  M.set_fence(dconn, true)
   pconn:close()
   return out
+end
+
+-- Fences (read-only by default) or un-fences the connection's database; true when it changed.
+-- Existing sessions keep their setting: callers end them when that matters.
+function M.set_fence(conn, on)
+  local r = conn:query([[SELECT current_database() AS db, EXISTS (SELECT 1 FROM pg_db_role_setting s
+                           JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = current_database() AND s.setrole = 0
+                           AND 'default_transaction_read_only=on' = ANY(s.setconfig)) AS fenced]])[1]
+  if (r.fenced == "t") == on then return false end
+  conn:query("BEGIN READ WRITE")
+  conn:query("ALTER DATABASE " .. M.ident(r.db) .. (on and " SET default_transaction_read_only = on" or " RESET default_transaction_read_only"))
+  conn:query("COMMIT")
+  return true
 end
 
 -- Drops the subscription on the DR side without touching the primary first (it may be gone),
@@ -496,6 +654,87 @@ function M.drop_subscription(ctx, dconn, pconn)
              {slot = slot, sql = "SELECT pg_drop_replication_slot('" .. slot .. "')"})
   end
   return out
+end
+
+-- ---- the failover record (on the DR side) ------------------------------------------------
+--
+-- When replication stops at a failover, the DR database gets a publication (DR_FAILBACK_PUBLICATION,
+-- clubio_dr_failback) and a logical replication slot (clubio_drfb_<db>) that keeps every change
+-- taken on the DR side from then on, and the publication's comment records the failover as JSON:
+-- {at, run, primary, exact, lsn, lag, tables}. `exact` is true when the primary was fenced and
+-- drained (the DR side then held exactly the primary's rows when the slot was made): the
+-- failback can send the primary only what changed since. The record lives in the DR database so
+-- it survives the loss of the machine that ran the failover; dr-setup --resync refuses to
+-- truncate a DR side that has one, and the failback removes it at its end.
+
+function M.failover_record(ctx, dconn)
+  local r = dconn:query([[SELECT obj_description(oid, 'pg_publication') AS note FROM pg_publication WHERE pubname = $1]],
+                        {ctx.cfg.failback_publication})[1]
+  if not r then return nil end
+  local ok, rec = pcall(cjson.decode, r.note or "")
+  if not ok or type(rec) ~= "table" then rec = {at = "unknown", exact = false} end
+  local slot = dconn:query([[SELECT active, wal_status FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()]],
+                           {ctx.cfg.failback_slot})[1]
+  rec.slot_present = slot ~= nil
+  rec.slot_lost = slot ~= nil and slot.wal_status == "lost"
+  return rec
+end
+
+function M.write_failover_record(ctx, dconn, rec)
+  local keep = {}
+  for k, v in pairs(rec) do if k ~= "slot_present" and k ~= "slot_lost" then keep[k] = v end end
+  dconn:query(string.format("COMMENT ON PUBLICATION %s IS %s", M.ident(ctx.cfg.failback_publication),
+                            M.literal(cjson.encode(keep))))
+end
+
+-- At the failover, once the DR side no longer applies the primary's changes and before it takes
+-- any write: the publication and slot that keep the DR side's changes for the failback. When the
+-- slot cannot be made (wal_level is not logical on the DR project: enable logical replication
+-- there too), the record says so and the failback copies everything.
+function M.capture_dr_writes(ctx, dconn, info)
+  local cfg = ctx.cfg
+  local rec = M.failover_record(ctx, dconn)
+  if rec then return rec end
+  local list = {}
+  if cfg.tables then
+    for _, t in ipairs(M.user_tables(dconn)) do
+      for _, w in ipairs(cfg.tables) do if select(2, M.qualify(w)) == t then list[#list + 1] = (M.qualify(t)) end end
+    end
+    list[#list + 1] = (M.qualify(M.HEARTBEAT))
+  end
+  dconn:query("BEGIN READ WRITE")
+  dconn:query(string.format("CREATE PUBLICATION %s %s", M.ident(cfg.failback_publication),
+                            cfg.tables and ("FOR TABLE " .. table.concat(list, ", ")) or "FOR ALL TABLES"))
+  dconn:query("COMMIT")
+  rec = {at = time.iso(time.now()), run = info.run, primary = info.primary, database = M.parse_url(ctx.dr_url).database,
+         exact = info.exact == true, why = info.why, lag = info.lag}
+  local ok, r = pcall(dconn.query, dconn, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text AS s", {cfg.failback_slot})
+  if ok then
+    rec.slot = cfg.failback_slot
+    rec.lsn = (r[1].s or ""):match(",([^)]+)%)")
+  else
+    rec.exact = false
+    rec.why = "no slot on the DR side: " .. (clubio.is_error(r) and r.message or tostring(r))
+    log.warn("the DR side cannot keep its changes for the failback (a full copy will be needed)", {error = rec.why,
+             hint = "enable logical replication on the DR project as on the primary"})
+  end
+  M.write_failover_record(ctx, dconn, rec)
+  return rec
+end
+
+-- Removes the record: the DR side's failback slot (when no one uses it) and the publication.
+function M.drop_failover_record(ctx, dconn)
+  local slot = dconn:query("SELECT active FROM pg_replication_slots WHERE slot_name = $1", {ctx.cfg.failback_slot})[1]
+  if slot then
+    if slot.active == "t" then
+      clubio.fail{message = "the failback slot " .. ctx.cfg.failback_slot .. " is in use on the DR side", code = "dr.slot_in_use",
+                  hint = "a failback subscription on the primary still reads it: drop it there first (dr-failback does)"}
+    end
+    dconn:query("SELECT pg_drop_replication_slot($1)", {ctx.cfg.failback_slot})
+  end
+  dconn:query("BEGIN READ WRITE")
+  dconn:query("DROP PUBLICATION IF EXISTS " .. M.ident(ctx.cfg.failback_publication))
+  dconn:query("COMMIT")
 end
 
 -- ---- lag ---------------------------------------------------------------------------------
@@ -728,12 +967,34 @@ end
 
 -- ---- the failover steps ------------------------------------------------------------------
 
+-- Replication must be set up for a failover to mean anything (else the DR database holds no
+-- copy of the primary); no subscription is fine after a failover (its record is on the DR side).
+function M.check_replicating(ctx, s)
+  if s.subscribed then return end
+  local d <close> = M.connect_dr(ctx)
+  if M.failover_record(ctx, d) then return end
+  clubio.fail{message = "replication is not set up: no subscription " .. ctx.cfg.subscription .. " on the DR database " ..
+                        M.display(ctx.dr_url) .. ", and no failover recorded there",
+              code = "dr.not_replicating", class = "config",
+              hint = "run `clubio-dr run dr-setup` first (check DR_DATABASE and DR_SUBSCRIPTION if it is set up)"}
+end
+
+-- The DR database for plans: its URL when known, else what the configuration names.
+function M.describe_dr(ctx)
+  if ctx.dr_url then return M.display(ctx.dr_url) end
+  local c = ctx.cfg or {}
+  if c.target_url then return M.display(c.target_url) end
+  return string.format("%s (project %s, branch %s)", c.database or "the sole database", tostring(c.dr_project or "?"),
+                       c.dr_branch or "default")
+end
+
 -- The provided steps, in order. Each is a fresh table: a site file may change them freely.
 function M.steps()
   return {
-    {name = "check-dr-health",
+    {name = "check-dr-health", rehearse = true,
      plan = "the DR project, branch and endpoint are ready through the Neon API, and its database answers",
      hint = "the DR project is not usable: check the Neon console/status for the DR project; nothing was changed",
+     dry = function(ctx) return M.steps()[1].run(ctx) end,  -- read-only: a dry run checks it too
      run = function(ctx)
        local out = {}
        if ctx.dr then
@@ -763,21 +1024,25 @@ function M.steps()
      end},
     {name = "measure-lag",
      plan = "replication lag now: bytes behind on the primary's slot, seconds since the DR side last heard from it (the RPO at failover)",
+     rehearse = true,
+     hint = "set up replication first (`clubio-dr run dr-setup`); without it the DR database holds no copy of the primary",
      dry = function(ctx)
        local s = M.status(ctx, {heartbeat = false})
        log.info("replication lag now", {bytes = s.lag_bytes, seconds_since_contact = s.seconds_since_contact,
                                         primary_reachable = s.primary_reachable, subscribed = s.subscribed})
+       M.check_replicating(ctx, s)
        return s
      end,
      run = function(ctx)
        local s = M.status(ctx, {heartbeat = false})
        ctx.primary_reachable = s.primary_reachable
-       if not s.subscribed then log.warn("no subscription " .. ctx.cfg.subscription .. " on the DR side (already stopped?)") end
+       M.check_replicating(ctx, s)
+       if not s.subscribed then log.warn("no subscription " .. ctx.cfg.subscription .. " on the DR side: failed over already") end
        log.info("replication lag", {bytes = s.lag_bytes, seconds_since_contact = s.seconds_since_contact,
                                     primary_reachable = s.primary_reachable})
        return s
      end},
-    {name = "fence-primary",
+    {name = "fence-primary", rehearse = true,
      plan = "when the primary answers: make its database read-only and end its client sessions, so no write is lost",
      hint = "if the primary cannot be fenced, stop the application's writers by hand, then re-run with --from stop-replication",
      run = function(ctx)
@@ -795,9 +1060,9 @@ function M.steps()
        pconn:close()
        ctx.fenced = db
        return {fenced = true, database = db, sessions_ended = n,
-               undo = "ALTER DATABASE " .. M.ident(db) .. " RESET default_transaction_read_only"}
+               undo = M.unfence_sql(db)}
      end},
-    {name = "stop-replication",
+    {name = "stop-replication", rehearse = true,
      plan = "wait for the DR side to apply everything the primary committed (when it answers), then disable and drop the subscription and the primary's slot",
      hint = "the subscription may still exist: `clubio-dr run dr-setup --status` shows it; re-run with --from stop-replication",
      run = function(ctx)
@@ -810,13 +1075,27 @@ function M.steps()
          if ok then out.drained, out.drain_seconds = true, secs
          elseif ctx.cfg.drain_timeout > 0 then error(secs, 0) end
        end
+       -- exact: the primary is fenced (read-only by default, whoever fenced it) and everything it
+       -- committed was applied here; then the DR side's changes from now on are all the failback needs
+       local fenced = pconn and scalar(pconn, "SELECT current_setting('default_transaction_read_only') AS ro") == "on"
        local d = M.drop_subscription(ctx, dconn, pconn)
        for k, v in pairs(d) do out[k] = v end
        if pconn then pconn:close() end
        out.stopped_at = time.iso(time.now())
+       -- a replica is fenced (dr-setup and the failback leave it read-only by default, so a stray
+       -- write cannot break replication): from here on it is the database the application uses
+       out.dr_unfenced = M.set_fence(dconn, false)
+       if sub or not M.failover_record(ctx, dconn) then
+         local rec = M.capture_dr_writes(ctx, dconn, {
+           run = ctx.job and ctx.job.run_id, primary = M.display(ctx.primary_url), lag = ctx.results["measure-lag"],
+           exact = out.drained == true and fenced == true,
+           why = not pconn and "the primary did not answer at the failover"
+                 or (not fenced and "the primary was not fenced") or (not out.drained and "the DR side was not drained") or nil})
+         out.failback = {slot = rec.slot, exact = rec.exact, why = rec.why}
+       end
        return out
      end},
-    {name = "sync-sequences",
+    {name = "sync-sequences", rehearse = true,
      plan = "advance every sequence on the DR side past the primary's last value (when it answers) and the table's max",
      hint = "fix the error above and re-run with --from sync-sequences (it is idempotent)",
      run = function(ctx)
@@ -827,11 +1106,11 @@ function M.steps()
        if pconn then pconn:close() end
        return {gap = gap, sequences = seqs}
      end},
-    {name = "verify-writes",
+    {name = "verify-writes", rehearse = true,
      plan = "connect to the DR database and write a heartbeat (a transaction rolled back)",
      hint = "the DR database does not take writes: check default_transaction_read_only and the role's rights",
      run = function(ctx)
-       local dconn <close> = M.connect_dr(ctx)
+       local dconn <close> = M.connect_dr(ctx, {as_app = true})
        local t0 = time.monotonic()
        dconn:query(string.format([[BEGIN; CREATE TABLE IF NOT EXISTS %s (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), note text);
          INSERT INTO %s (id, at, note) VALUES (2, now(), 'failover write check')
@@ -840,9 +1119,9 @@ function M.steps()
        if ro == "on" then clubio.fail{message = "the DR database is read-only", code = "dr.verify"} end
        return {writes = true, seconds = time.monotonic() - t0}
      end},
-    {name = "update-app-target",
+    {name = "update-app-target", rehearse = true,
      plan = function(ctx)
-       return "point the application at the DR database " .. M.display(ctx.dr_url) .. " through " ..
+       return "point the application at the DR database " .. M.describe_dr(ctx) .. " through " ..
               (ctx.cfg.app_target or "nothing (DR_APP_TARGET is not set: env-file:PATH or ssm:NAME)")
      end,
      hint = "update the application's DATABASE_URL by hand (the DR connection string is in the Neon console), then re-run with --from update-routing",
@@ -857,11 +1136,12 @@ function M.steps()
      end,
      hint = "update DNS or the load balancer by hand, then re-run with --from notify",
      run = function(ctx) return M.update_routing(ctx) end},
-    {name = "notify",
+    {name = "notify", rehearse = true,
      plan = "log the outcome and post it to DR_WEBHOOK_URL when set",
      run = function(ctx)
        local lag = ctx.results["measure-lag"] or {}
-       return M.notify(ctx, "clubio-dr: failed over to the DR project " .. tostring(ctx.cfg.dr_project),
+       return M.notify(ctx, (ctx.rehearsal and "clubio-dr: DR test rehearsal failed over to a temporary copy in the DR project "
+                             or "clubio-dr: failed over to the DR project ") .. tostring(ctx.cfg.dr_project),
                        {dr = M.display(ctx.dr_url), lag_bytes = lag.lag_bytes,
                         seconds_since_contact = lag.seconds_since_contact,
                         seconds = time.now() - ctx.started})
@@ -870,6 +1150,15 @@ function M.steps()
 end
 
 -- ---- site files --------------------------------------------------------------------------
+
+-- A folder? (io.open succeeds on a folder on Linux; reading it fails with EISDIR, 21.)
+local function is_dir(path)
+  local f = io.open(path, "r")
+  if not f then return false end
+  local _, _, code = f:read(1)
+  f:close()
+  return code == 21
+end
 
 function M.index(steps, name)
   for i, s in ipairs(steps) do if s.name == name then return i end end
@@ -929,20 +1218,35 @@ end
 --   {steps = {...}}                          the whole list, replacing the provided one
 --   {replace = {["name"] = step}, remove = {"name"}, order = {"name", ...},
 --    before = {["name"] = {step, ...}}, after = {["name"] = {step, ...}}}
-function M.load_site(steps, path)
+function M.load_site(steps, path, site_name)
   path = path or getenv("CLUBIO_DR_PATH")
+  site_name = site_name or "dr-site.lua"
   if not path then return steps, {} end
   local used = {}
   for entry in path:gmatch("[^:]+") do
     local file = entry
-    local f = io.open(entry .. "/dr-site.lua", "r")
-    if f then f:close(); file = entry .. "/dr-site.lua" end
-    local chunk, err = loadfile(file)
-    if not chunk then
-      if io.open(file, "r") == nil and file == entry then
-        log.debug("CLUBIO_DR_PATH entry has no dr-site.lua", {entry = entry})
+    if is_dir(entry) then
+      -- a folder of the path (it may hold only jobs.conf, or nothing yet): its site file or nothing
+      file = entry .. "/" .. site_name
+      local f = io.open(file, "r")
+      if not f then
+        log.debug("CLUBIO_DR_PATH folder has no " .. site_name, {entry = entry})
         goto continue
       end
+      f:close()
+    elseif site_name ~= "dr-site.lua" then
+      -- a file on the path is a failover site file; other step lists are only found in folders
+      goto continue
+    else
+      local f = io.open(entry, "r")
+      if not f then
+        log.debug("CLUBIO_DR_PATH entry does not exist", {entry = entry})
+        goto continue
+      end
+      f:close()
+    end
+    local chunk, err = loadfile(file)
+    if not chunk then
       clubio.fail{message = "cannot load the DR site file " .. file .. ": " .. tostring(err), class = "config",
                   code = "config.dr_site"}
     end
@@ -986,19 +1290,36 @@ end
 -- Runs the steps as steps of job J (journal with timings). opts.from: start at that step (the
 -- earlier ones are journaled as skipped). A failing step stops the run: the error says which
 -- step, what completed, and what to do next.
+--
+-- Under --dry-run the steps' read-only checks (their `dry`) all run and every problem is
+-- collected: a dry run of a failover that would fail says why and exits non-zero.
+-- ctx.rehearsal (dr-test on copies): only steps marked `rehearse = true` run; the others (e.g.
+-- Route53, or a site's step that acts on production) are journaled as skipped.
+-- opts.what names the procedure in errors ("failover", "failback").
 function M.run_steps(J, ctx, steps, opts)
   opts = opts or {}
+  local what = opts.what or "failover"
   local start = 1
   if opts.from then start = need(steps, opts.from) end
   ctx.completed = {}
+  local problems = {}
   for i, s in ipairs(steps) do
     if i < start then
       J:record({step = s.name, status = "skipped", reason = "--from " .. opts.from})
+    elseif ctx.rehearsal and not s.rehearse then
+      log.info("rehearsal: skipping " .. s.name .. " (it acts on production; a step runs in a rehearsal when marked rehearse = true)")
+      J:record({step = s.name, status = "skipped", reason = "rehearsal"})
     else
       local plan = s.plan
       if type(plan) == "function" then plan = plan(ctx) end
       local ok, res = pcall(J.step, J, s.name, {plan = plan, hint = s.hint, dry = s.dry and function() return s.dry(ctx) end},
                             function() return s.run(ctx) end)
+      if not ok and J.dry_run then
+        local msg = clubio.is_error(res) and res.message or tostring(res)
+        log.error(string.format("the %s would fail at step %d/%d '%s': %s", what, i, #steps, s.name, msg))
+        problems[#problems + 1] = {step = s.name, index = i, error = res, message = msg}
+        ok, res = true, nil
+      end
       if not ok then
         local e = res
         local msg = clubio.is_error(e) and e.message or tostring(e)
@@ -1006,7 +1327,7 @@ function M.run_steps(J, ctx, steps, opts)
         local hint = (clubio.is_error(e) and e.hint) or ""
         if s.hint and s.hint ~= hint then hint = hint ~= "" and (hint .. "; " .. s.hint) or s.hint end
         local nextstep = steps[i + 1] and steps[i + 1].name
-        clubio.fail{message = string.format("failover stopped at step %d/%d '%s': %s", i, #steps, s.name, msg),
+        clubio.fail{message = string.format("%s stopped at step %d/%d '%s': %s", what, i, #steps, s.name, msg),
                     code = "dr.step_failed", class = clubio.is_error(e) and e.class or "failure",
                     hint = string.format("%s%sdone so far: %s.%s", hint, hint ~= "" and "; " or "",
                                          #ctx.completed > 0 and table.concat(ctx.completed, ", ") or "nothing",
@@ -1016,7 +1337,16 @@ function M.run_steps(J, ctx, steps, opts)
       end
       ctx.results[s.name] = res
       ctx.completed[#ctx.completed + 1] = s.name
+      if opts.after_step then opts.after_step(ctx, s.name, res) end
     end
+  end
+  if #problems > 0 then
+    local p = problems[1]
+    local e = p.error
+    clubio.fail{message = string.format("dry run: the %s would fail at step %d/%d '%s': %s%s", what, p.index, #steps, p.step,
+                                        p.message, #problems > 1 and string.format(" (and %d more problems, logged above)", #problems - 1) or ""),
+                code = "dr.dry_run_failed", class = clubio.is_error(e) and e.class ~= "usage" and e.class or "failure",
+                hint = (clubio.is_error(e) and e.hint) or steps[p.index].hint or "fix it before failing over"}
   end
   return ctx.results
 end
