@@ -15,13 +15,15 @@ static int open_lock_file(const char *path, RtError *err)
     /* read-only is enough for flock(2), and lets any user who can read an old lock file left
      * by another (root's) run take it */
     int fd = open(path, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0600);
-    if (fd < 0) return rt_error_errno(err, "lock.open", errno, "cannot open the lock file %s", path);
+    if (fd < 0)
+        return rt_error_errno(err, "lock.open", errno, "cannot open the lock file %s", path);
     if (fd <= 2) {
         /* a descriptor that a child would take for stdin/out/err: move it up */
         int up = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         int e = errno;
         close(fd);
-        if (up < 0) return rt_error_errno(err, "lock.open", e, "cannot open the lock file %s", path);
+        if (up < 0)
+            return rt_error_errno(err, "lock.open", e, "cannot open the lock file %s", path);
         fd = up;
     }
     return fd;
