@@ -114,14 +114,28 @@ static bool parse_flag(int argc, char **argv, int *i)
     return true;
 }
 
+#define ABORT_GRACE      10
+#define ABORT_GRACE_TEXT "10"
+
 static void on_signal(int sig)
 {
     static volatile sig_atomic_t count;
     if (sig == SIGALRM) {
+        if (count > 1) _exit(130); /* the abort's time after a second signal is up */
         rt_cancel(RT_CLASS_TIMEOUT);
         return;
     }
-    if (++count > 1) _exit(130); /* a second Ctrl-C: stop now */
+    if (++count == 2) {
+        /* A second Ctrl-C/SIGTERM shortens the waits but does not skip the cleanup: exiting here
+         * would leave a multipart upload in progress (billed until a lifecycle rule removes it)
+         * and a partial file. The aborts get ABORT_GRACE seconds, then we exit regardless. */
+        static const char msg[] =
+            "clubio-dr: stopping: aborting what was started (at most " ABORT_GRACE_TEXT " s)\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        rt_cancel_hurry();
+        alarm(ABORT_GRACE); /* replaces the --timeout timer: the run is already cancelled */
+    }
     rt_cancel(RT_CLASS_CANCELLED);
 }
 

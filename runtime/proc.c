@@ -2,8 +2,13 @@
  * Child processes — see proc.h. posix_spawnp with an explicit environment: our environment
  * plus `env_set`, minus `env_unset`. No shell is involved, so no quoting bugs and no argv
  * secrets.
+ *
+ * Each child leads its own process group, so that stopping it also stops what it started
+ * (`sh -c 'producer; sleep 60'`: a SIGTERM to sh alone leaves the sleep holding our pipes).
+ * A terminal's Ctrl-C therefore reaches only us; our cancel path stops the children.
  */
 #include "proc.h"
+#include "io/cancel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -56,23 +62,33 @@ int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err)
     int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP);
+    posix_spawnattr_setpgroup(&attr, 0);
     char **env = build_env(spec);
     int rc = env ? 0 : ENOMEM;
     if (!rc && (pipes & RT_PROC_STDIN)) rc = pipe2(pin, O_CLOEXEC) ? errno : 0;
     if (!rc && (pipes & RT_PROC_STDOUT)) rc = pipe2(pout, O_CLOEXEC) ? errno : 0;
     if (!rc && (pipes & RT_PROC_STDERR)) rc = pipe2(perr, O_CLOEXEC) ? errno : 0;
     if (!rc) {
-        if (pipes & RT_PROC_STDIN) posix_spawn_file_actions_adddup2(&fa, pin[0], 0);
-        else posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-        if (pipes & RT_PROC_STDOUT) posix_spawn_file_actions_adddup2(&fa, pout[1], 1);
-        else if (pipes & RT_PROC_QUIET) posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+        if (pipes & RT_PROC_STDIN)
+            posix_spawn_file_actions_adddup2(&fa, pin[0], 0);
+        else
+            posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+        if (pipes & RT_PROC_STDOUT)
+            posix_spawn_file_actions_adddup2(&fa, pout[1], 1);
+        else if (pipes & RT_PROC_QUIET)
+            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
         if (pipes & RT_PROC_STDERR) posix_spawn_file_actions_adddup2(&fa, perr[1], 2);
         if (spec->cwd) posix_spawn_file_actions_addchdir_np(&fa, spec->cwd);
         /* dup2 onto itself clears FD_CLOEXEC in the child only (POSIX.1-2024, glibc >= 2.29) */
-        if (spec->inherit_fd > 2) posix_spawn_file_actions_adddup2(&fa, spec->inherit_fd, spec->inherit_fd);
-        rc = posix_spawnp(&out->pid, spec->argv[0], &fa, NULL, (char *const *)spec->argv, env);
+        if (spec->inherit_fd > 2)
+            posix_spawn_file_actions_adddup2(&fa, spec->inherit_fd, spec->inherit_fd);
+        rc = posix_spawnp(&out->pid, spec->argv[0], &fa, &attr, (char *const *)spec->argv, env);
     }
     posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&attr);
     free(env);
     if (pin[0] >= 0) close(pin[0]);
     if (pout[1] >= 0) close(pout[1]);
@@ -93,21 +109,75 @@ int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err)
     return RT_OK;
 }
 
-int rt_proc_wait(RtProc *p)
+static int decode_status(int status)
 {
-    if (p->pid <= 0) return -1;
-    int status;
-    while (waitpid(p->pid, &status, 0) < 0)
-        if (errno != EINTR) return -1;
-    p->pid = -1;
     if (WIFEXITED(status)) return WEXITSTATUS(status);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return -1;
 }
 
+/* waitpid without blocking: 1 reaped (status in *st), 0 still running, -1 error. */
+static int try_reap(RtProc *p, int *st)
+{
+    int status;
+    pid_t r;
+    while ((r = waitpid(p->pid, &status, WNOHANG)) < 0 && errno == EINTR) {
+    }
+    if (r < 0) {
+        p->pid = -1;
+        *st = -1;
+        return -1;
+    }
+    if (r == 0) return 0;
+    p->pid = -1;
+    *st = decode_status(status);
+    return 1;
+}
+
+static void nap(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+int rt_proc_wait(RtProc *p)
+{
+    if (p->pid <= 0) return -1;
+    /* Polled, not a blocking waitpid, so that a cancel (signal, --timeout) is seen within 50 ms
+     * even when the child never exits by itself; the nap grows from 1 ms so a child that is
+     * already exiting costs no latency. */
+    int st, ms = 1;
+    for (;;) {
+        if (try_reap(p, &st) != 0) return st;
+        if (rt_cancelled()) return rt_proc_terminate(p, RT_PROC_GRACE);
+        nap(ms);
+        if (ms < 50) ms *= 2;
+    }
+}
+
+int rt_proc_terminate(RtProc *p, double grace)
+{
+    if (p->pid <= 0) return -1;
+    rt_proc_kill(p, SIGTERM);
+    int st;
+    for (double waited = 0; waited < grace; waited += 0.02) {
+        if (rt_cancel_hurried() && waited >= 0.5) break; /* a second signal: 0.5 s is enough */
+        if (try_reap(p, &st) != 0) return st;
+        nap(20);
+    }
+    rt_proc_kill(p, SIGKILL);
+    int status;
+    pid_t pid = p->pid;
+    p->pid = -1;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) return -1;
+    return decode_status(status);
+}
+
 void rt_proc_kill(RtProc *p, int sig)
 {
-    if (p->pid > 0) kill(p->pid, sig);
+    /* the whole group: the child and whatever it started (see the top of this file) */
+    if (p->pid > 0 && kill(-p->pid, sig) != 0) kill(p->pid, sig);
 }
 
 void rt_proc_close_fds(RtProc *p)

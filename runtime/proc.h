@@ -11,10 +11,10 @@
 #include <sys/types.h>
 
 typedef struct RtProcSpec {
-    const char *const *argv; /* argv[0] is looked up in PATH; NULL-terminated */
-    const char *const *env_set; /* "NAME=value" entries added to/overriding our environment */
+    const char *const *argv;      /* argv[0] is looked up in PATH; NULL-terminated */
+    const char *const *env_set;   /* "NAME=value" entries added to/overriding our environment */
     const char *const *env_unset; /* names removed from the child's environment */
-    const char *cwd; /* may be NULL */
+    const char *cwd;              /* may be NULL */
     /* > 2: a descriptor of ours that the child inherits at the same number (every other one is
      * close-on-exec), e.g. a lock (lock.h) the child then holds for as long as it lives; 0: none */
     int inherit_fd;
@@ -31,9 +31,20 @@ typedef struct RtProc {
  * stdout/stderr inherited). */
 enum { RT_PROC_STDIN = 1, RT_PROC_STDOUT = 2, RT_PROC_STDERR = 4, RT_PROC_QUIET = 8 };
 
+/* Seconds a child has after SIGTERM to exit before it gets SIGKILL. */
+#define RT_PROC_GRACE 5.0
+
+/* The child leads a new process group (rt_proc_kill signals the group). */
 int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err);
-/* Waits for the child; returns its exit status (0..255) or 128+signal. */
+/* Waits for the child; returns its exit status (0..255) or 128+signal. If the process is
+ * cancelled (signal, --timeout) during the wait, the child is terminated as by
+ * rt_proc_terminate(p, RT_PROC_GRACE) instead of being waited for. */
 int rt_proc_wait(RtProc *p);
+/* SIGTERM to the child's group, up to `grace` seconds for the child to exit, then SIGKILL; reaps
+ * it and returns its status as rt_proc_wait does. Never blocks longer than grace (plus the
+ * kernel's SIGKILL). */
+int rt_proc_terminate(RtProc *p, double grace);
+/* Sends sig to the child's process group. */
 void rt_proc_kill(RtProc *p, int sig);
 void rt_proc_close_fds(RtProc *p);
 

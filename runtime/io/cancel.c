@@ -1,12 +1,18 @@
 /* Cancellation flag — see cancel.h. Written from signal handlers, so a lock-free atomic. */
 #include "cancel.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdatomic.h>
 #include <time.h>
 
 static atomic_int g_cancel; /* 0, or the RtErrorClass that cancelled */
+static atomic_int g_hurry;  /* a second signal came */
 
-bool rt_cancelled(void) { return atomic_load_explicit(&g_cancel, memory_order_relaxed) != 0; }
+bool rt_cancelled(void)
+{
+    return atomic_load_explicit(&g_cancel, memory_order_relaxed) != 0;
+}
 
 void rt_cancel(RtErrorClass reason)
 {
@@ -14,7 +20,21 @@ void rt_cancel(RtErrorClass reason)
     atomic_compare_exchange_strong(&g_cancel, &expected, (int)reason);
 }
 
-void rt_cancel_reset(void) { atomic_store(&g_cancel, 0); }
+void rt_cancel_reset(void)
+{
+    atomic_store(&g_cancel, 0);
+    atomic_store(&g_hurry, 0);
+}
+
+void rt_cancel_hurry(void)
+{
+    atomic_store(&g_hurry, 1);
+}
+
+bool rt_cancel_hurried(void)
+{
+    return atomic_load_explicit(&g_hurry, memory_order_relaxed) != 0;
+}
 
 int rt_cancel_error(RtError *err)
 {
@@ -43,4 +63,15 @@ bool rt_sleep_cancellable(double seconds)
         seconds -= step;
     }
     return !rt_cancelled();
+}
+
+int rt_wait_fd(int fd, short events, RtError *err)
+{
+    for (;;) {
+        if (rt_cancelled()) return rt_cancel_error(err);
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, 100);
+        if (r > 0) return RT_OK;
+        if (r < 0 && errno != EINTR) return RT_OK;
+    }
 }

@@ -32,7 +32,8 @@ static int fd_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
 {
     FdSrc *s = self;
     for (;;) {
-        if (rt_cancelled()) return rt_cancel_error(err);
+        /* a pipe or terminal may stay silent: wait where a cancel can end the wait */
+        if (rt_wait_fd(s->fd, POLLIN, err) != RT_OK) return RT_ERR;
         ssize_t n = read(s->fd, buf, cap);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return rt_error_errno(err, "read", errno, "cannot read %s", s->name);
@@ -175,7 +176,8 @@ typedef struct FileSink {
 static int write_all(int fd, const uint8_t *data, size_t len, const char *name, RtError *err)
 {
     while (len) {
-        if (rt_cancelled()) return rt_cancel_error(err);
+        /* a child or a pipe reader that stops reading must not hold a cancel up */
+        if (rt_wait_fd(fd, POLLOUT, err) != RT_OK) return RT_ERR;
         ssize_t n = write(fd, data, len);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
@@ -546,15 +548,17 @@ static int child_finish(Child *c, RtError *err)
                         c->status);
 }
 
+/* Stops the child (and its process group) on abort or cancel: SIGTERM, then SIGKILL if it is
+ * still there after RT_PROC_GRACE seconds, so that a child that ignores SIGTERM cannot hold the
+ * process up. */
 static void child_kill(Child *c)
 {
     if (!c->waited && c->proc.pid > 0) {
-        rt_proc_kill(&c->proc, SIGTERM);
         /* stdin/stdout only: stderr belongs to the reader thread until it is joined */
         if (c->proc.in_fd >= 0) close(c->proc.in_fd);
         if (c->proc.out_fd >= 0) close(c->proc.out_fd);
         c->proc.in_fd = c->proc.out_fd = -1;
-        c->status = rt_proc_wait(&c->proc);
+        c->status = rt_proc_terminate(&c->proc, RT_PROC_GRACE);
         c->waited = true;
     }
     atomic_store(&c->stop, true);
@@ -577,7 +581,10 @@ static int child_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *e
 {
     Child *c = self;
     for (;;) {
-        if (rt_cancelled()) return rt_cancel_error(err);
+        /* A child that stops writing (`sh -c 'echo x; sleep 60'`) would block a plain read until
+         * it exits: wait in poll, so that a signal or --timeout ends the wait; the abort then
+         * kills the child (child_kill). */
+        if (rt_wait_fd(c->proc.out_fd, POLLIN, err) != RT_OK) return RT_ERR;
         ssize_t n = read(c->proc.out_fd, buf, cap);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return rt_error_errno(err, "read", errno, "cannot read from %s", c->name);
