@@ -269,10 +269,39 @@ static RtSink *make_file_sink(FileSink *s)
     return k;
 }
 
+/* A character device or FIFO (`-o /dev/null`, `-o /dev/stdout`, a named pipe) is written in
+ * place: it cannot be replaced by a renamed temp file, nor does it hold anything to protect.
+ * A block device is only written with `overwrite` (--force), also in place. */
+static RtSink *device_sink(const char *path, RtError *err)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        rt_error_errno(err, "open", errno, "cannot open %s", path);
+        return NULL;
+    }
+    RtSink *k = rt_fd_sink(fd, path, err);
+    if (!k) {
+        close(fd);
+        return NULL;
+    }
+    ((FileSink *)k->self)->own = true;
+    k->name = "file_sink";
+    return k;
+}
+
 RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err)
 {
     if (strcmp(path, "-") == 0) return rt_fd_sink(1, "stdout", err);
     struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode) || (S_ISBLK(st.st_mode) && overwrite))
+            return device_sink(path, err);
+        if (S_ISDIR(st.st_mode)) {
+            rt_error_set(err, RT_CLASS_USAGE, "io.open", "%s is a directory, not a file", path);
+            rt_error_hint(err, "give the name of the file to write");
+            return NULL;
+        }
+    }
     if (!overwrite && lstat(path, &st) == 0) {
         rt_error_set(err, RT_CLASS_USAGE, "io.exists", "%s already exists", path);
         rt_error_hint(err, "choose another name or remove the file first");

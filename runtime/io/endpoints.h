@@ -17,7 +17,9 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err);
 
 /* Atomic file sink: writes "<dir>/.<name>.tmp-XXXXXX" (mode 0600), fsyncs and renames it to
  * `path` on finish; on abort removes the temp file, so a half-written file never appears under
- * the final name. Refuses to overwrite an existing file unless `overwrite`. */
+ * the final name. Refuses to overwrite an existing file unless `overwrite`. An existing
+ * character device or FIFO (/dev/null, a named pipe) is written in place, with or without
+ * `overwrite`; a block device only with `overwrite`; a directory is refused. */
 RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err);
 /* An open descriptor (stdout); finish flushes, the sink does not close it. */
 RtSink *rt_fd_sink(int fd, const char *name, RtError *err);

@@ -76,6 +76,27 @@ if grep -q "\"sha256\":\"$(sha256sum j.enc | cut -c1-64)\"" j.json &&
 # refuses to overwrite; --force replaces
 if "$BIN" encrypt --pass-env K -i in.1 -o j.enc 2>/dev/null; then fail "overwrote without --force"; else ok; fi
 check "--force" "$BIN" encrypt --force --pass-env K -i in.1 -o j.enc
+# a character device or a FIFO is written in place, no --force needed (issue 18 item 9: -o
+# /dev/null said "already exists"); /dev/null is still a device afterwards (not renamed over)
+check "decrypt -o /dev/null" "$BIN" decrypt --gunzip --pass-env K -i o2.text -o /dev/null
+check "encrypt -o /dev/null" "$BIN" encrypt --gzip --pass-env K -i in.text -o /dev/null
+if [ -c /dev/null ]; then ok; else fail "/dev/null is no longer a character device"; fi
+mkfifo fifo
+cat fifo >fifo.out &
+check "decrypt -o FIFO" "$BIN" decrypt --gunzip --pass-env K -i o2.text -o fifo
+wait
+check "FIFO reader got the plaintext" cmp -s fifo.out in.text
+# a wrong passphrase into a device: still the verify error (exit 4)
+if "$BIN" decrypt --gunzip --pass-env OTHER -i o2.text -o /dev/null 2>dn.err; then fail "wrong passphrase into /dev/null accepted"; else
+    [ $? -eq 4 ] && ok || fail "wrong passphrase into /dev/null: $(cat dn.err)"
+fi
+# a directory is refused with a usage error naming it; an existing regular file still needs --force
+mkdir outdir
+if "$BIN" decrypt --pass-env K -i o1.1 -o outdir 2>dir.err; then fail "wrote to a directory"; else
+    [ $? -eq 2 ] && grep -q "outdir is a directory" dir.err && ok || fail "-o DIR: $(cat dir.err)"
+fi
+if "$BIN" decrypt --pass-env K -i o1.1 -o j.enc 2>/dev/null; then fail "decrypt overwrote a file without --force"; else ok; fi
+rm -rf fifo fifo.out outdir dir.err dn.err
 
 # failures: one clear line, non-zero status, no output file and no temp file
 mkdir fails
