@@ -11,6 +11,8 @@
 local env, time, neon, clubio = require "env", require "time", require "neon", require "clubio"
 local job, branches, retention = require "clubio.job", require "clubio.branches", require "clubio.retention"
 
+require("clubio.args").parse(arg, {}) -- no arguments: an unknown option is a usage error
+
 local project = env.get("NEON_PROJECT_ID")
 local function days(name, default)
   local v = tonumber(env.get(name, tostring(default)))

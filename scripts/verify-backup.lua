@@ -5,6 +5,7 @@
 local env, time, neon, verify, clubio = require "env", require "time", require "neon", require "verify", require "clubio"
 local job, branches = require "clubio.job", require "clubio.branches"
 
+require("clubio.args").parse(arg, {}) -- no arguments: an unknown option is a usage error
 local n = neon.client{project_id = env.get("NEON_PROJECT_ID")}
 local max_age = tonumber(env.get("MAX_BACKUP_AGE_HOURS", "24"))
 local J = job.new("verify-backup")

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The real Neon CLI (npm neonctl) against neon-local: list, create (also at a past timestamp,
+# The real Neon CLI (npm neonctl) against neon-local: projects list, branches list, create (also at a past timestamp,
 # a real point-in-time branch), connection strings, reset, set-default, delete. The API key
 # reaches neonctl through NEON_API_KEY (never argv); NEON_API_HOST points at neon-local.
 set -u
@@ -20,6 +20,10 @@ tbl=nc_$u
 
 nc branches list -o json >/tmp/nc.$u.json 2>&1 && grep -q '"name": "main"' /tmp/nc.$u.json &&
     ok "branches list" || bad "branches list: $(cat /tmp/nc.$u.json)"
+
+# projects list asks /projects and /projects/shared (the API's shared projects)
+"$NC" --no-analytics projects list -o json </dev/null >/tmp/nc.$u.json 2>&1 &&
+    grep -q "\"$NEON_PROJECT_ID\"" /tmp/nc.$u.json && ok "projects list" || bad "projects list: $(cat /tmp/nc.$u.json)"
 
 main=$(nc connection-string main --ssl omit 2>/dev/null)
 [ "$main" = "$DATABASE_URL" ] && ok "connection-string of main is DATABASE_URL" || bad "connection-string main"

@@ -10,13 +10,17 @@ base backup is taken when a cluster is created, so that a branch at a past times
 real point-in-time recovery: base backup + archived WAL + recovery_target_time/lsn, then promote.
 Branches at the head are pg_basebackup copies of their parent.
 
-Paths and JSON shapes follow the real API v2 (see @neondatabase/api-client's api.gen.d.ts).
+Paths and JSON shapes follow the real API v2 (@neondatabase/api-client's public-v2-for-users.gen.yaml).
 Mutating calls answer at once with operations that run in a per-project worker thread; while a
 project has running operations, further mutations get 423 Locked, as on Neon.
 
 State lives in DIR (state.json, written atomically); the server survives its own restart. It
 binds 127.0.0.1 only. The API key comes from the NEON_LOCAL_API_KEY environment variable (never
 argv) or DIR/api_key.
+
+--record FILE appends every API exchange as a JSON line, which openapi_check.js checks against
+Neon's OpenAPI description (the contract; see README.md for what neon-local does as the API says
+and where it differs).
 
 TEST-ONLY: POST /_test/projects {"id": "name"} creates a project (branch main, database and role
 as for --project) so a test can own one; POST /_test/faults {"status": 423|429|5xx, "count": N, "path": "regex",
