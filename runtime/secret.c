@@ -2,6 +2,7 @@
  * RtSecret — see secret.h.
  */
 #include "secret.h"
+#include "log.h"
 #include "redact.h"
 
 #include <errno.h>
@@ -28,6 +29,16 @@ RtSecret *rt_secret_from_value(const char *data, size_t len, const char *origin,
     s->len = len;
     snprintf(s->origin, sizeof s->origin, "%s", origin ? origin : "a secret value");
     rt_redact_register(d, len);
+    if (rt_redact_short_unwarned(d, len)) {
+        if (len < RT_REDACT_MIN)
+            rt_warn("the secret from %s is shorter than %d characters and cannot be hidden in "
+                    "messages: use a longer one",
+                    s->origin, RT_REDACT_MIN);
+        else
+            rt_warn("the secret from %s is shorter than %d characters: messages hide it only where "
+                    "it stands as a whole word; use a longer one",
+                    s->origin, RT_REDACT_WHOLE_WORD);
+    }
     return s;
 }
 
@@ -58,7 +69,8 @@ RtSecret *rt_secret_from_file(const char *path, RtError *err)
     fclose(f);
     if (too_big) {
         OPENSSL_cleanse(buf, sizeof buf);
-        rt_error_set(err, RT_CLASS_CONFIG, "config.secret_file", "secret file %s is larger than 8 KiB", path);
+        rt_error_set(err, RT_CLASS_CONFIG, "config.secret_file",
+                     "secret file %s is larger than 8 KiB", path);
         return NULL;
     }
     if (n && buf[n - 1] == '\n') n--;

@@ -416,6 +416,23 @@ T.case("metrics: Prometheus text from the run records, and the textfile after ea
   T.match(m, '\nclubio_dr_verification_ok{job="verify%-hello"} 1\n')
 end)
 
+T.case("--log-level debug: the alerts' webhook URLs are printed in no form (query, path, userinfo)", function()
+  os.remove(HOOKLOG)
+  local slack = "http://hookuser:pw0rd-z@127.0.0.1:" .. port .. "/services/T000/B000/secret-slack-token?x=1"
+  local generic = "http://127.0.0.1:" .. port .. "/generic?code=Zx9SecretQuery"
+  local r = cli({"--log-level", "debug", "schedule", "--run", "broken"}, {SLACK_WEBHOOK_URL = slack, ALERT_WEBHOOK_URL = generic})
+  T.eq(r.status, 1)
+  local h = hooks()
+  T.eq(#h, 2, r.stdout .. r.stderr)
+  T.eq(h[1].path, "/services/T000/B000/secret-slack-token?x=1")
+  T.eq(h[2].path, "/generic?code=Zx9SecretQuery")
+  local out = r.stdout .. r.stderr
+  T.match(out, "debug http POST ", "the debug lines are there")
+  for _, form in ipairs{"secret%-slack%-token", "Zx9SecretQuery", "pw0rd%-z", "hookuser", "/services/T000/B000", "/generic%?"} do
+    T.no_match(out, form, form)
+  end
+end)
+
 T.case("SIGTERM stops the service after stopping its running child; the next start records the interrupted run", function()
   for _, f in ipairs{"slow.started", "slow.release", "slow.done", "slow.exit"} do os.remove(D .. "/" .. f) end
   -- a fresh state in which only `slow` exists and is due

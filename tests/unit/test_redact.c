@@ -73,5 +73,34 @@ static void test_long_input_truncates_safely(void)
     free(dup);
 }
 
+/* A secret shorter than RT_REDACT_WHOLE_WORD is hidden where it stands as a word, never inside
+ * another word (issue 18: "check NEON_API_KEY: *** must be a valid key", "*** passphrase"). */
+static void test_short_secrets_as_whole_words(void)
+{
+    rt_redact_register("key9", 4);
+    rt_redact_register("pass", 4);
+    CHECK_EQ_STR(red("key9"), "***");
+    CHECK_EQ_STR(red("the key is key9."), "the key is ***.");
+    CHECK_EQ_STR(red("NEON_API_KEY=key9 is set"), "NEON_API_KEY=*** is set");
+    CHECK_EQ_STR(red("(key9)"), "(***)");
+    CHECK_EQ_STR(red("'key9' \"key9\" key9/key9"), "'***' \"***\" ***/***");
+    /* inside words: left alone, so the message stays readable */
+    CHECK_EQ_STR(red("wrong passphrase"), "wrong passphrase");
+    CHECK_EQ_STR(red("bypass the passage"), "bypass the passage");
+    CHECK_EQ_STR(red("mykey9 key9x key9_a a_key9 2key9"), "mykey9 key9x key9_a a_key9 2key9");
+    CHECK_EQ_STR(red("key9\xc3\xa9"), "key9\xc3\xa9"); /* followed by a non-ASCII letter */
+    /* a short secret next to an occurrence inside a word */
+    CHECK_EQ_STR(red("passport pass"), "passport ***");
+    /* 8 characters and more: replaced wherever they occur, as before */
+    rt_redact_register("s3cr3tXY", 8);
+    CHECK_EQ_STR(red("as3cr3tXYz"), "a***z");
+    /* one warning per short value, none for long ones or values never registered */
+    CHECK(rt_redact_short_unwarned("key9", 4));
+    CHECK(!rt_redact_short_unwarned("key9", 4));
+    CHECK(!rt_redact_short_unwarned("s3cr3tXY", 8));
+    CHECK(rt_redact_short_unwarned("ab", 2)); /* too short to register: always worth a warning */
+    rt_redact_forget_all();
+}
+
 TEST_MAIN(test_urls, test_names_and_tokens, test_registered, test_errors_are_redacted_and_first_wins,
-          test_long_input_truncates_safely)
+          test_long_input_truncates_safely, test_short_secrets_as_whole_words)
