@@ -105,4 +105,40 @@ function M.write_textfile(runs, dir)
   return path
 end
 
+-- The DR replication's gauges (scripts/dr-health.lua writes them to clubio_dr_replication.prom
+-- on every run): `report` is its result ({status = clubio.dr.status(...), slot_present,
+-- slot_inactive_seconds, failed_over, healthy}). A gauge with no value (primary down, not set up)
+-- is left out rather than given a made-up one.
+function M.render_replication(subscription, report, now)
+  local s = report.status or {}
+  local l = string.format('subscription="%s"', esc(subscription))
+  local out = {}
+  local function g(name, help, v)
+    if v == nil then return end
+    if type(v) == "boolean" then v = v and 1 or 0 end
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " gauge"
+    out[#out + 1] = string.format("%s{%s} %s", name, l, num(v))
+  end
+  g("clubio_dr_replication_healthy", "1 if the last dr-health check found no problem, else 0.", report.healthy == true)
+  g("clubio_dr_replication_failed_over", "1 if the DR side has been failed over to (no replication until the failback).",
+    report.failed_over ~= nil)
+  g("clubio_dr_replication_subscription_enabled", "1 if the subscription exists and is enabled on the DR side.",
+    s.subscribed == true and s.enabled == true)
+  g("clubio_dr_replication_slot_present", "1 if the replication slot exists on the primary.", report.slot_present)
+  if report.slot_present then
+    g("clubio_dr_replication_slot_active", "1 if a walsender reads the replication slot.", s.slot_active == true)
+  end
+  g("clubio_dr_replication_slot_inactive_seconds", "Seconds the slot has been inactive (Neon removes it after about 40 h).",
+    report.slot_inactive_seconds or report.failback_slot_inactive_seconds)
+  g("clubio_dr_replication_lag_bytes", "Bytes of WAL the DR side has not confirmed (primary's WAL position minus the slot's).", s.lag_bytes)
+  g("clubio_dr_replication_lag_seconds", "Seconds for a heartbeat written on the primary to be applied on the DR side.", s.lag_seconds)
+  if s.seconds_since_contact then
+    g("clubio_dr_replication_last_contact_timestamp_seconds", "Unix time the DR side last heard from the primary.",
+      math.floor((now or os.time()) - s.seconds_since_contact))
+  end
+  g("clubio_dr_replication_checked_timestamp_seconds", "Unix time of the last dr-health check.", math.floor(now or os.time()))
+  return table.concat(out, "\n") .. "\n"
+end
+
 return M
