@@ -1,6 +1,7 @@
 -- The Neon scripts end to end on neon-local (real PostgreSQL clusters per branch, real PITR):
 -- backup-database (daily branch, idempotent, retention), verify-backup (fresh, stale, none),
--- pitr-recovery (exactly the rows as of T; bad, future and out-of-window timestamps), pitr-test and
+-- pitr-recovery (exactly the rows as of T, to the millisecond; bad, future and out-of-window
+-- timestamps), pitr-test and
 -- restore-from-backup (listing, declined confirmation, safety branch, data restored), plus a
 -- missing API key and an unreachable API. The test owns a neon-local project of its own, so
 -- resetting its main branch cannot disturb other tests that use clubio-primary.
@@ -101,6 +102,30 @@ T.case("pitr-recovery: a branch holding exactly the rows as of T", function()
   T.eq(count(MAIN_URL, "SELECT count(*) AS n FROM pitr_marks"), 140)
 end)
 
+T.case("pitr-recovery keeps the time's milliseconds: a row committed within the same second before T is there", function()
+  local c <close> = pgdump.connect(MAIN_URL)
+  c:query("CREATE TABLE pitr_ms (id int)")
+  -- commit in the second half of a second, and take T 0.1 s later in the same second: a point
+  -- cut to the whole second would be before the commit
+  while true do
+    local frac = time.now() % 1
+    if frac >= 0.5 and frac < 0.75 then break end
+    time.sleep(0.02)
+  end
+  c:query("INSERT INTO pitr_ms VALUES (1)")
+  time.sleep(0.1)
+  local at = time.iso(time.now(), true)
+  time.sleep(1.1)
+  c:query("INSERT INTO pitr_ms VALUES (2)")
+  local r = run{"pitr-recovery", at, "--json"}
+  T.eq(r.status, 0, r.stderr)
+  T.eq(r.doc.result.at, at)
+  local url = n:connection_uri{branch = r.doc.result.branch, database = "clubio", role = "app"}
+  T.eq(count(url, "SELECT count(*) AS n FROM pitr_ms WHERE id = 1"), 1)
+  T.eq(count(url, "SELECT count(*) AS n FROM pitr_ms"), 1)
+  n:delete_branch(r.doc.result.branch)
+end)
+
 T.case("pitr-test: a temporary branch as of T passes its checks, is removed, and is recorded", function()
   local hist = T.tmpdir() .. "/history.jsonl"
   local c <close> = pgdump.connect(MAIN_URL)
@@ -163,6 +188,9 @@ T.case("restore-from-backup --yes: main holds the backup's data; the safety bran
   T.eq(r.status, 0, r.stderr)
   local safety = r.doc.result.safety_branch
   T.match(safety, "^pre%-restore%-")
+  -- the restore kept main's data under the safety name (preserve_under_name, which the API
+  -- requires since main has children); as on Neon, that branch is now main's parent
+  T.eq(n:branch("main").parent_id, n:branch(safety).id)
   T.eq(count(MAIN_URL, "SELECT count(*) AS n FROM orders"), rows_in_backup)
   T.eq(count(MAIN_URL, "SELECT count(*) AS n FROM pg_tables WHERE tablename = 'pitr_marks'"), 0)
   -- the undo the script prints: restore main from the safety branch
