@@ -338,6 +338,7 @@ lua_State *rt_host_new(void)
                                        {"verify", luaopen_verify},
                                        {"http", luaopen_http},
                                        {"aws", luaopen_aws},
+                                       {"changes", luaopen_changes},
                                        {"cjson", luaopen_cjson},
                                        {"cjson.safe", luaopen_cjson_safe},
                                        {NULL, NULL}};

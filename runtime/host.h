@@ -55,6 +55,7 @@ int luaopen_neon(lua_State *L);
 int luaopen_verify(lua_State *L);
 int luaopen_http(lua_State *L);
 int luaopen_aws(lua_State *L);
+int luaopen_changes(lua_State *L);
 int luaopen_cjson(lua_State *L);
 int luaopen_cjson_safe(lua_State *L);
 

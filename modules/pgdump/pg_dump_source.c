@@ -85,6 +85,8 @@ typedef struct Dump {
     int jobs;
     PGconn *leader;
     char snapshot[80];
+    char *import_snapshot; /* opt->snapshot */
+    char *snapshot_xids;   /* pg_current_snapshot() of the dump's transaction */
     char server_version[32];
     char tool_version[128];
     int server_num;
@@ -159,9 +161,14 @@ int pgdump_parse_tool_major(const char *line)
 
 static PGresult *query(Dump *d, PGconn *c, const char *sql, RtError *err)
 {
-    PGresult *r = PQexec(c, sql);
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK) return r;
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(c, sql, 0, NULL, &cancelled);
+    if (!cancelled && r && PQresultStatus(r) == PGRES_TUPLES_OK) return r;
     PQclear(r);
+    if (cancelled) {
+        rt_cancel_error(err);
+        return NULL;
+    }
     char w[320];
     snprintf(w, sizeof w, "cannot dump %s", d->what);
     pgdump_conn_error(c, err, "pgdump.dump", w);
@@ -170,9 +177,11 @@ static PGresult *query(Dump *d, PGconn *c, const char *sql, RtError *err)
 
 static int exec(Dump *d, PGconn *c, const char *sql, RtError *err)
 {
-    PGresult *r = PQexec(c, sql);
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(c, sql, 0, NULL, &cancelled);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     PQclear(r);
+    if (cancelled) return rt_cancel_error(err);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return RT_OK;
     char w[320];
     snprintf(w, sizeof w, "cannot dump %s", d->what);
@@ -489,9 +498,12 @@ static int check_large_objects(Dump *d, RtError *err)
  * with a filter; this dump does not (yet): say so rather than drop them silently. */
 static void warn_extension_config(Dump *d)
 {
-    PGresult *r = PQexec(d->leader, "SELECT string_agg(c::regclass::text, ', ') FROM "
-                                    "pg_catalog.pg_extension, unnest(extconfig) c");
-    if (r && PQresultStatus(r) == PGRES_TUPLES_OK && !PQgetisnull(r, 0, 0))
+    bool cancelled = false; /* a cancel is reported by the next step */
+    PGresult *r = pgdump_exec_cancellable(d->leader,
+                                          "SELECT string_agg(c::regclass::text, ', ') FROM "
+                                          "pg_catalog.pg_extension, unnest(extconfig) c",
+                                          0, NULL, &cancelled);
+    if (!cancelled && r && PQresultStatus(r) == PGRES_TUPLES_OK && !PQgetisnull(r, 0, 0))
         rt_warn("pgdump: %s: data of extension configuration tables is not dumped: %s", d->what,
                 PQgetvalue(r, 0, 0));
     PQclear(r);
@@ -549,21 +561,25 @@ static bool item_push(Dump *d, Item *it, Block *b)
 static bool run_item(Dump *d, PGconn *c, Item *it)
 {
     const char *table = d->tables[it->table].qname;
-    PGresult *r = PQexec(c, it->query);
-    if (!r || PQresultStatus(r) != PGRES_COPY_OUT) {
+    /* Cancellable waits: a cancel or a stop (the source is being destroyed) asks the server to
+     * end the statement, and the worker returns without recording an error: the reader reports
+     * the cancel itself. */
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(c, it->query, 0, NULL, &cancelled);
+    if (cancelled || !r || PQresultStatus(r) != PGRES_COPY_OUT) {
         PQclear(r);
-        worker_fail(d, c, table);
+        if (!cancelled) worker_fail(d, c, table);
         return false;
     }
     PQclear(r);
     Block *b = NULL;
     for (;;) {
         char *row = NULL;
-        int n = PQgetCopyData(c, &row, 0);
+        int n = pgdump_get_copy_data(c, &row, &d->stop, &cancelled);
         if (n == -1) break;
         if (n < 0) {
             free(b);
-            worker_fail(d, c, table);
+            if (!cancelled) worker_fail(d, c, table);
             return false;
         }
         if (b && b->len + (size_t)n > b->cap) {
@@ -614,7 +630,7 @@ static bool run_item(Dump *d, PGconn *c, Item *it)
     while ((r = PQgetResult(c))) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK && ok) {
             ok = false;
-            worker_fail(d, c, table);
+            if (!cancelled) worker_fail(d, c, table);
         }
         PQclear(r);
     }
@@ -914,8 +930,8 @@ static int dump_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eo
                 rt_source_free(d->child);
                 d->child = NULL;
                 /* the snapshot is no longer needed */
-                PGresult *r = PQexec(d->leader, "COMMIT");
-                PQclear(r);
+                bool cancelled = false;
+                PQclear(pgdump_exec_cancellable(d->leader, "COMMIT", 0, NULL, &cancelled));
                 d->phase = PH_DONE;
             }
             if (n || !ceof) {
@@ -955,6 +971,7 @@ static void dump_results(void *self, RtResults *res)
     rt_results_str(res, "server_version", d->server_version);
     rt_results_str(res, "pg_dump_version", d->tool_version);
     rt_results_str(res, "snapshot", d->snapshot);
+    if (d->snapshot_xids) rt_results_str(res, "snapshot_xids", d->snapshot_xids);
 }
 
 static void dump_destroy(void *self)
@@ -993,6 +1010,8 @@ static void dump_destroy(void *self)
         free(d->url);
     }
     free(d->pg_dump);
+    free(d->import_snapshot);
+    free(d->snapshot_xids);
     pthread_mutex_destroy(&d->mu);
     pthread_cond_destroy(&d->cv);
     free(d);
@@ -1035,7 +1054,28 @@ RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err)
     if (exec(d, d->leader, SESSION_SQL, err) != RT_OK) goto fail;
     if (exec(d, d->leader, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", err) != RT_OK)
         goto fail;
-    PGresult *r = query(d, d->leader, "SELECT pg_catalog.pg_export_snapshot()", err);
+    if (opt->snapshot && *opt->snapshot) {
+        /* Import the given snapshot, then export it again from this transaction: the workers
+         * and pg_dump children import ours, which lives as long as the dump. */
+        char *lit = PQescapeLiteral(d->leader, opt->snapshot, strlen(opt->snapshot));
+        char sql[200];
+        snprintf(sql, sizeof sql, "SET TRANSACTION SNAPSHOT %s", lit ? lit : "''");
+        if (lit) PQfreemem(lit);
+        if (exec(d, d->leader, sql, err) != RT_OK) {
+            rt_error_hint(err, "the snapshot's exporter (a replication slot's connection) must "
+                               "stay open until the dump has started");
+            goto fail;
+        }
+        d->import_snapshot = xstrdup(opt->snapshot);
+    }
+    PGresult *r = query(d, d->leader,
+                        d->server_num >= 130000 ? "SELECT pg_catalog.pg_current_snapshot()::text"
+                                                : "SELECT pg_catalog.txid_current_snapshot()::text",
+                        err);
+    if (!r) goto fail;
+    d->snapshot_xids = xstrdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    r = query(d, d->leader, "SELECT pg_catalog.pg_export_snapshot()", err);
     if (!r) {
         rt_error_hint(err, "a dump needs a direct session (not a transaction-mode pooler)");
         goto fail;

@@ -16,6 +16,7 @@
 
 #include <libpq-fe.h>
 #include <openssl/evp.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,6 +35,12 @@ int pgdump_exec(PGconn *c, const char *sql, RtError *err);
  * is asked to cancel the statement and *cancelled is set (the caller reports the cancel). */
 PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
                                   const char *const *params, bool *cancelled);
+/* PQgetCopyData(c, row, 0) that a cancel (or *stop, if given) interrupts: the wait is in poll;
+ * on cancel the server is asked to cancel the COPY (once, *cancelled set) and reading goes on
+ * until it ends it, or returns -2 when the server has not within 5 s (or after a second
+ * signal): the connection is then unusable. Returns as PQgetCopyData: > 0 a row, -1 the end,
+ * -2 an error. */
+int pgdump_get_copy_data(PGconn *c, char **row, const atomic_bool *stop, bool *cancelled);
 
 /* ---- table digests ---------------------------------------------------------------------- */
 
@@ -77,12 +84,17 @@ typedef struct PgDumpOptions {
     PgLargeObjects large_objects;
     int64_t split_bytes; /* tables larger than this are split in ctid ranges (default 8 MiB) */
     bool row_digests;    /* also an order-independent set_sha256 per table (a hash per row) */
+    /* Dump as of this exported snapshot (e.g. a logical replication slot's, see
+     * modules/changes) instead of a new one; its exporter must stay open until the source is
+     * created. */
+    const char *snapshot;
 } PgDumpOptions;
 
 /* A source producing a plain-SQL dump that `psql -v ON_ERROR_STOP=1` restores into an empty
  * database. Connects, checks versions and exports the snapshot before returning. Results:
  * { tables = { ["schema.table"] = {rows, bytes, sha256 [, set_sha256]} }, server_version, snapshot,
- *   pg_dump_version, sequences }. */
+ *   snapshot_xids (pg_current_snapshot() as "xmin:xmax:xip,...": which transactions the dump
+ *   holds), pg_dump_version, sequences }. */
 RtSource *pgdump_dump_source(const PgDumpOptions *opt, RtError *err);
 
 /* Parses "pg_dump (PostgreSQL) 15.20 (Debian ...)" into major version 15 (0 if unknown). */

@@ -41,11 +41,12 @@ static int jobs_opt(lua_State *L, int idx, const char *what)
 }
 
 /* pgdump.dump{url=, jobs=2, label=, pg_dump=, large_objects="refuse"|"include"|"skip",
- * split_bytes=, row_digests=false} */
+ * split_bytes=, row_digests=false, snapshot=} */
 static int l_dump(lua_State *L)
 {
     static const char *const allowed[] = {"url",           "jobs",        "label",       "pg_dump",
-                                          "large_objects", "split_bytes", "row_digests", NULL};
+                                          "large_objects", "split_bytes", "row_digests", "snapshot",
+                                          NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.dump", allowed);
     PgDumpOptions o = {0};
@@ -54,6 +55,7 @@ static int l_dump(lua_State *L)
     o.pg_dump = rt_lua_opt_string(L, 1, "pg_dump", NULL);
     o.split_bytes = rt_lua_opt_integer(L, 1, "split_bytes", 0);
     o.row_digests = rt_lua_opt_boolean(L, 1, "row_digests", false);
+    o.snapshot = rt_lua_opt_string(L, 1, "snapshot", NULL);
     const char *lo = rt_lua_opt_string(L, 1, "large_objects", "refuse");
     if (!strcmp(lo, "skip"))
         o.large_objects = PG_LO_SKIP;

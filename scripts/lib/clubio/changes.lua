@@ -1,0 +1,241 @@
+-- The change archive in S3 (issue 16): configuration, segment keys and manifests, the chain,
+-- bases (exports that anchor it), and the checks of the source's tables.
+--
+--   local changes = require "clubio.changes"
+--   local cfg = changes.config()
+--   for _, s in ipairs(changes.list_segments(c, cfg)) do ... end
+--   local ok, problems = changes.verify_chain(c, cfg)
+--
+-- Layout in BACKUP_S3_BUCKET:
+--   <CHANGES_PREFIX><slot>/<seq, 10 digits>-<first commit LSN, 16 hex>.sql.gz.enc  a segment
+--   ….sql.gz.enc.manifest.json                                                    its manifest
+-- Bases are ordinary exports (EXPORT_PREFIX) whose manifest has a `changes` block:
+--   changes = {slot =, snapshot_xids = "xmin:xmax:xip,...", consistent_lsn = (first base only)}.
+--
+-- Which archived transactions a base already holds (exact, not "about the same time"): a
+-- transaction is in the base when its xid is visible in the base's snapshot (committed before
+-- the snapshot was taken: xid < xmin, or xid < xmax and not in xip). For the first base, taken
+-- from the slot's exported snapshot, that is the same as "commit LSN <= the slot's consistent
+-- point", which is recorded too.
+local env, time, pipe, log = require "env", require "time", require "pipe", require "log"
+local crypto, verify, pgdump, clubio = require "crypto", require "verify", require "pgdump", require "clubio"
+local cjson = require "cjson"
+local objects = require "clubio.objects"
+
+local M = {}
+M.KIND = "changes-segment"
+
+function M.config()
+  local interval = tonumber(env.get("ARCHIVE_INTERVAL", "10"))
+  if not interval or interval <= 0 then
+    clubio.fail{message = "ARCHIVE_INTERVAL must be a number of seconds > 0", class = "config", code = "config.env",
+                hint = "e.g. ARCHIVE_INTERVAL=10"}
+  end
+  local slot = env.get("CHANGES_SLOT", "clubio_changes")
+  if not slot:match("^[a-z0-9_]+$") then
+    clubio.fail{message = "CHANGES_SLOT '" .. slot .. "' is not a valid slot name", class = "config", code = "config.env",
+                hint = "lower-case letters, digits and underscores"}
+  end
+  local prefix = env.get("CHANGES_PREFIX", "changes/")
+  return {
+    url = env.get("CHANGES_DATABASE_URL", env.get("DATABASE_URL", "")),
+    slot = slot,
+    publication = env.get("CHANGES_PUBLICATION", "clubio_changes"),
+    prefix = prefix,
+    folder = prefix .. slot .. "/",
+    export_prefix = env.get("EXPORT_PREFIX", "database/"),
+    bucket = env.get("BACKUP_S3_BUCKET"),
+    interval = interval,
+    max_bytes = tonumber(env.get("CHANGES_MAX_BYTES", tostring(64 << 20))),
+    level = tonumber(env.get("GZIP_LEVEL", "4")),
+  }
+end
+
+function M.segment_key(cfg, seq, lsn)
+  local hi, lo = lsn:match("^(%x+)/(%x+)$")
+  return string.format("%s%010d-%08X%08X.sql.gz.enc", cfg.folder, seq, tonumber(hi, 16), tonumber(lo, 16))
+end
+
+-- Every segment under the slot's folder, by sequence number: {seq, key, size, has_manifest}.
+function M.list_segments(c, cfg)
+  local segs, manifests = {}, {}
+  for obj in c:list{bucket = cfg.bucket, prefix = cfg.folder} do
+    local seq = obj.key:match("/(%d%d%d%d%d%d%d%d%d%d)%-%x+%.sql%.gz%.enc$")
+    if seq then
+      segs[#segs + 1] = {seq = tonumber(seq), key = obj.key, size = obj.size}
+    elseif obj.key:match("%.manifest%.json$") then
+      manifests[obj.key:gsub("%.manifest%.json$", "")] = true
+    end
+  end
+  table.sort(segs, function(a, b) return a.seq < b.seq or (a.seq == b.seq and a.key < b.key) end)
+  for _, s in ipairs(segs) do s.has_manifest = manifests[s.key] == true end
+  return segs
+end
+
+-- The signed manifest of a segment or export: m, or nil, reason, why.
+function M.read_manifest(c, bucket, key)
+  local mkey = key .. verify.MANIFEST_SUFFIX
+  if not c:head(bucket, mkey) then return nil, "incomplete", "no manifest (" .. mkey .. ")" end
+  return verify.check_manifest(c:get(bucket, mkey))
+end
+
+-- The newest segment with a manifest (the chain's end), as {seg, manifest}, or nil.
+function M.chain_end(c, cfg)
+  local segs = M.list_segments(c, cfg)
+  for i = #segs, 1, -1 do
+    if segs[i].has_manifest then
+      local m, reason, why = M.read_manifest(c, cfg.bucket, segs[i].key)
+      if not m then clubio.fail(verify.failure({archive = "s3://" .. cfg.bucket .. "/" .. segs[i].key, reason = reason, message = why})) end
+      return {seg = segs[i], manifest = m}, segs
+    end
+  end
+  return nil, segs
+end
+
+-- Tables the archive cannot carry UPDATEs and DELETEs for: no primary key and replica identity
+-- DEFAULT, or identity NOTHING. (Unlogged and temporary tables are never published.)
+function M.tables_without_identity(db)
+  return (db:query([[
+    SELECT format('%I.%I', n.nspname, c.relname) AS name
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
+      AND (c.relreplident = 'n'
+           OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                                                    WHERE i.indrelid = c.oid AND i.indisprimary)))
+    ORDER BY 1]]))
+end
+
+function M.refuse_without_identity(db)
+  local bad = M.tables_without_identity(db)
+  if #bad > 0 then
+    local names = {}
+    for i, r in ipairs(bad) do names[i] = r.name end
+    clubio.fail{message = "tables without a primary key or replica identity cannot be archived: " .. table.concat(names, ", "),
+                class = "config", code = "changes.no-identity",
+                hint = "add a primary key, or run ALTER TABLE <name> REPLICA IDENTITY FULL for each (their UPDATEs and DELETEs would otherwise fail on the source once it publishes them)"}
+  end
+end
+
+-- Roles other than the built-in ones (a restore onto a new server can create them).
+function M.roles(db)
+  local out = {}
+  for _, r in ipairs(db:query("SELECT rolname FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' AND oid >= 16384 ORDER BY 1")) do
+    out[#out + 1] = r.rolname
+  end
+  return out
+end
+
+-- Takes a base: an export (dump -> gzip -> encrypt -> S3, manifest last) as of `snapshot` (the
+-- slot's exported snapshot) or of a new snapshot, recording which transactions it holds.
+function M.take_base(c, cfg, opts)
+  local started = time.now()
+  local key = string.format("%sclubio-db-%s.sql.gz.enc", cfg.export_prefix, time.format(started, "%Y%m%d-%H%M%S"))
+  if c:head(cfg.bucket, key) then -- two bases in one second
+    time.sleep(1.1)
+    started = time.now()
+    key = string.format("%sclubio-db-%s.sql.gz.enc", cfg.export_prefix, time.format(started, "%Y%m%d-%H%M%S"))
+  end
+  local roles
+  do
+    local db <close> = pgdump.connect(cfg.url)
+    roles = M.roles(db)
+  end
+  local r = pipe.run{
+    pgdump.dump{url = cfg.url, jobs = tonumber(env.get("DUMP_JOBS", "2")), snapshot = opts.snapshot, label = "dump"},
+    crypto.sha256{label = "plain"},
+    crypto.gzip{level = cfg.level},
+    crypto.encrypt{},
+    crypto.sha256{label = "stored"},
+    c:upload{bucket = cfg.bucket, key = key, content_type = "application/octet-stream",
+             metadata = {["clubio-format"] = "plain-sql+gzip+openssl-enc-aes-256-cbc-pbkdf2",
+                         ["clubio-version"] = clubio.version}, label = "upload"},
+  }
+  local tables = {}
+  for name, t in pairs(r.dump.tables or {}) do tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes} end
+  local m = {
+    format = verify.FORMAT, format_version = verify.FORMAT_VERSION,
+    tool = {name = "clubio-dr", version = clubio.version},
+    archive = {bucket = cfg.bucket, key = key, layers = {"plain-sql", "gzip", "openssl-enc-aes-256-cbc"},
+               cipher = {name = "aes-256-cbc", kdf = "pbkdf2-hmac-sha256", iter = 10000, salted = true}},
+    source = {server_version = r.dump.server_version},
+    snapshot_time = r.dump.snapshot_time or time.iso(started, true),
+    created_at = time.iso(time.now()),
+    plain = {bytes = r.plain.bytes, sha256 = r.plain.hex},
+    stored = {bytes = r.stored.bytes, sha256 = r.stored.hex},
+    tables = tables,
+    roles = roles,
+    changes = {slot = cfg.slot, snapshot_xids = r.dump.snapshot_xids, consistent_lsn = opts.consistent_lsn,
+               reason = opts.reason},
+  }
+  c:put(cfg.bucket, key .. verify.MANIFEST_SUFFIX, {body = verify.sign_manifest(m), content_type = "application/json"})
+  log.info("base export written", {key = key, reason = opts.reason, bytes = r.stored.bytes})
+  return {key = key, manifest = m}
+end
+
+-- Exports usable as bases (their manifest records the snapshot's transactions), newest first.
+function M.list_bases(c, cfg)
+  local out = {}
+  for _, e in ipairs(require("clubio.exports").list(c, cfg.bucket, cfg.export_prefix)) do
+    if e.has_manifest then
+      local m = M.read_manifest(c, cfg.bucket, e.key)
+      if m and m.changes and m.changes.snapshot_xids then
+        out[#out + 1] = {key = e.key, manifest = m, time = time.parse(m.snapshot_time)}
+      end
+    end
+  end
+  table.sort(out, function(a, b) return a.time > b.time end)
+  return out
+end
+
+-- Checks every segment's manifest and the chain (sequence numbers without a gap, each
+-- manifest's `prev` equal to the previous segment's stored SHA-256 and key). With deep = true,
+-- also downloads each segment and checks its stored and plain SHA-256s and sizes.
+-- Returns the manifests in order and a list of problems ({seq, key, reason, message}).
+function M.verify_chain(c, cfg, opts)
+  opts = opts or {}
+  local segs = M.list_segments(c, cfg)
+  local problems, chain = {}, {}
+  local prev
+  for _, s in ipairs(segs) do
+    local function bad(reason, message) problems[#problems + 1] = {seq = s.seq, key = s.key, reason = reason, message = message} end
+    if not s.has_manifest then
+      -- the newest segment may be in flight (uploaded, manifest not yet written)
+      if s ~= segs[#segs] or opts.strict then bad("incomplete", "segment without a manifest") end
+    else
+      local m, reason, why = M.read_manifest(c, cfg.bucket, s.key)
+      if not m then
+        bad(reason, why)
+      elseif m.kind ~= M.KIND or m.seq ~= s.seq or m.archive.key ~= s.key then
+        bad("manifest-mismatch", "the manifest does not describe this segment")
+      else
+        if prev and m.seq ~= prev.seq + 1 then
+          bad("missing", string.format("segments %d to %d are missing", prev.seq + 1, m.seq - 1))
+        elseif prev and (not m.prev or m.prev.sha256 ~= prev.stored.sha256 or m.prev.key ~= prev.archive.key) then
+          bad("chain-broken", "its previous-segment hash does not match segment " .. prev.seq)
+        elseif not prev and m.prev and opts.from_start then
+          bad("missing", "the segments before " .. m.seq .. " are missing")
+        end
+        if s.size ~= m.stored.bytes then
+          bad("size-mismatch", string.format("%d bytes stored, the manifest says %d", s.size, m.stored.bytes))
+        elseif opts.deep then
+          local ok, r = pcall(pipe.run, {c:download{bucket = cfg.bucket, key = s.key}, crypto.sha256{label = "stored"},
+                                         crypto.decrypt{}, crypto.gunzip{}, crypto.sha256{label = "plain"}, pipe.count{}})
+          if not ok then
+            bad("corrupt", tostring(type(r) == "table" and r.message or r))
+          elseif r.stored.hex ~= m.stored.sha256 or r.plain.hex ~= m.plain.sha256 then
+            bad("checksum-mismatch", "the segment's bytes do not match its manifest")
+          end
+        end
+        chain[#chain + 1] = m
+        prev = m
+      end
+    end
+  end
+  return chain, problems
+end
+
+-- LSN helpers
+function M.lsn(s) return s and require("changes").lsn(s) or 0 end
+
+return M
