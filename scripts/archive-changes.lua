@@ -167,7 +167,8 @@ elseif not bases[1] then
 else
   base_tables = bases[1].manifest.tables
 end
-cap:start{skip_through = skip_through}
+-- (replication itself starts in the loop below, which retries while a killed archiver's walsender
+-- still holds the slot)
 log.info("archiving changes", {slot = cfg.slot, to = where, interval = cfg.interval, next_segment = seq + 1})
 
 -- A schema change: a relation whose definition differs from the recorded one, or one the base
@@ -231,25 +232,30 @@ local function one_segment(first_lsn)
 end
 
 local backoff = 1
+local started = false
 local function failed(err, what)
   -- a failed segment was not confirmed: the slot sends its transactions again
   if type(err) == "table" and err.class and err.class ~= "failure" then error(err, 0) end
   seq = prev and prev.seq or 0
   log.warn(what .. "; reconnecting", {error = tostring(type(err) == "table" and err.message or err), retry_in = backoff})
-  if cap then pcall(cap.close, cap); cap = nil end
+  if cap then pcall(cap.close, cap); cap, started = nil, false end
   time.sleep(backoff)
   backoff = math.min(backoff * 2, 60)
 end
 while true do
+  if cap and not started then
+    local ok, err = pcall(cap.start, cap, {skip_through = skip_through})
+    if ok then started = true else failed(err, "cannot start replication") end
+  end
   if not cap then
     local ok, err = pcall(function()
       local c2 = open_capture()
       c2:start{skip_through = skip_through}
-      cap = c2
+      cap, started = c2, true
     end)
     if not ok then failed(err, "cannot restart replication") end
   end
-  if cap then
+  if cap and started then
     local ok, err = pcall(function()
       local lsn = cap:wait(args["--once"] and 2 or cfg.interval)
       if lsn then one_segment(lsn) end

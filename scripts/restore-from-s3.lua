@@ -1,14 +1,23 @@
--- Restore an S3 export into a database: download -> decrypt -> gunzip -> parallel restore, checked against the manifest
+-- Restore from S3 alone: an export, or any point in time (an export + the change archive), checked against the manifests
 --
--- clubio-dr run restore-from-s3                      list the 10 latest exports
--- clubio-dr run restore-from-s3 TARGET_URL KEY       restore s3://$BACKUP_S3_BUCKET/KEY into TARGET_URL
--- clubio-dr run restore-from-s3 - KEY                the target URL from RESTORE_TARGET_URL (keeps
---                                                    its password out of the process list)
+-- clubio-dr run restore-from-s3                        list the 10 latest exports
+-- clubio-dr run restore-from-s3 TARGET_URL KEY         restore s3://$BACKUP_S3_BUCKET/KEY into TARGET_URL
+-- clubio-dr run restore-from-s3 --to TIME TARGET_URL   restore the database as of TIME (ISO 8601, UTC)
+-- clubio-dr run restore-from-s3 --to latest TARGET_URL   … as of the last archived transaction
+--   TARGET_URL "-" takes it from RESTORE_TARGET_URL (keeps its password out of the process list)
+--   --keep-owners    keep ownership and grants (the target has the source's roles)
+--   --create-roles   create the source's missing roles (no password, NOLOGIN), then keep owners
 --
--- Nothing is written to disk: the archive streams from S3 into the database. The target must
--- be empty. Afterwards every table is read back from the target and its row count and data
--- digest compared with the archive and its manifest
+-- Nothing is written to disk: archives stream from S3 into the database. The target must be
+-- empty. By default ownership and privileges are left out (as pg_restore --no-owner
+-- --no-privileges): a server built after a complete loss does not have the source's roles, and
+-- everything then belongs to the restoring user.
+-- KEY: every table is read back from the target and compared with the archive and its manifest
 -- (exit status 4 on a mismatch). KEY may also be a file name under EXPORT_PREFIX, or "latest".
+-- --to: the newest base (an export whose manifest records its snapshot) at or before TIME, then
+-- the change archive's transactions committed at or before TIME (those the base holds and any
+-- archived twice skipped), each segment checked against its signed manifest before it is
+-- committed, then the sequences' values recorded with the last segment. See docs/changes.md.
 local env, pipe = require "env", require "pipe"
 local s3, crypto, pgdump, verify = require "s3", require "crypto", require "pgdump", require "verify"
 local clubio, log = require "clubio", require "log"
@@ -17,7 +26,21 @@ local job, exports = require "clubio.job", require "clubio.exports"
 local bucket = env.get("BACKUP_S3_BUCKET")
 local prefix = env.get("EXPORT_PREFIX", "database/")
 local c = require("clubio.objects").client()
-local target, key = ...
+local args = require("clubio.args").parse(arg, {
+  options = {["--to"] = "TIME", ["--keep-owners"] = true, ["--create-roles"] = true},
+  min = 0, max = 2,
+})
+local target, key = args[1], args[2]
+local keep_owners = args["--keep-owners"] or args["--create-roles"]
+if args["--to"] then
+  if not target or key then
+    clubio.fail{message = "restore-from-s3 --to TIME takes one TARGET_URL", class = "usage",
+                hint = "clubio-dr run restore-from-s3 --to 2026-01-15T10:30:00Z -   (target in RESTORE_TARGET_URL)"}
+  end
+  if target == "-" then target = env.get("RESTORE_TARGET_URL") end
+  return require("clubio.changes_restore").run{client = c, target = target, to = args["--to"],
+                                               keep_owners = keep_owners, create_roles = args["--create-roles"]}
+end
 
 if not target then
   local list = exports.list(c, bucket, prefix)
@@ -71,10 +94,12 @@ local r = J:step("restore " .. where .. " into " .. dst.display, {
   plan = "download -> decrypt -> gunzip -> restore (" .. env.get("RESTORE_JOBS", "2") .. " connections); the target must be empty",
   hint = "the target database is partial: drop and recreate it before trying again",
 }, function()
-  return pipe.run{c:download{bucket = bucket, key = key}, crypto.sha256{label = "stored"}, crypto.decrypt{},
-                  crypto.gunzip{}, verify.sql_scan_filter{label = "scan", row_digests = true},
-                  pgdump.restore{url = target, jobs = tonumber(env.get("RESTORE_JOBS", "2")), label = "restore"},
-                  progress = "restore"}
+  if args["--create-roles"] then require("clubio.changes_restore").create_roles(target, manifest.roles) end
+  local stages = {c:download{bucket = bucket, key = key}, crypto.sha256{label = "stored"}, crypto.decrypt{},
+                  crypto.gunzip{}, verify.sql_scan_filter{label = "scan", row_digests = true}, progress = "restore"}
+  if not keep_owners then stages[#stages + 1] = require("changes").no_owner{} end
+  stages[#stages + 1] = pgdump.restore{url = target, jobs = tonumber(env.get("RESTORE_JOBS", "2")), label = "restore"}
+  return pipe.run(stages)
 end)
 if J.dry_run then return J:finish(nil, "dry run: nothing was restored") end
 

@@ -2,11 +2,16 @@
 -- schedule: 0 6 * * *
 --
 -- clubio-dr run verify-export [KEY] [--json]
+-- clubio-dr run verify-export --changes [--deep]   verify the change archive's chain instead
 --
 -- Without KEY, verifies the latest export under EXPORT_PREFIX. Streams the archive through
 -- decrypt -> gunzip -> SQL scan; nothing is written. Exit status 4 when the archive is missing,
 -- incomplete (no manifest), stale (older than MAX_EXPORT_AGE_HOURS, default 32 days) or does
 -- not match its manifest.
+-- --changes: every segment manifest of the change archive (CHANGES_PREFIX, CHANGES_SLOT) is
+-- authenticated and the chain checked (sequence numbers without a gap, each segment's
+-- previous-segment hash); --deep also downloads every segment and checks its SHA-256s.
+local args = require("clubio.args").parse(arg, {options = {["--changes"] = true, ["--deep"] = true}, min = 0, max = 1})
 local env, time = require "env", require "time"
 local verify, clubio = require "verify", require "clubio"
 local job, exports = require "clubio.job", require "clubio.exports"
@@ -17,7 +22,24 @@ local max_age = tonumber(env.get("MAX_EXPORT_AGE_HOURS", tostring(32 * 24)))
 local c = require("clubio.objects").client()
 local J = job.new("verify-export")
 
-local key = ...
+if args["--changes"] then
+  local lib = require "clubio.changes"
+  local cfg = lib.config()
+  local chain, problems = J:step("verify the change archive s3://" .. bucket .. "/" .. cfg.folder,
+    {plan = "authenticate every segment manifest and check the chain" .. (args["--deep"] and "; download every segment" or "")},
+    function() return lib.verify_chain(c, cfg, {deep = args["--deep"]}) end)
+  if J.dry_run then return J:finish(nil, "dry run: nothing was verified") end
+  if #problems > 0 then
+    local p = problems[1]
+    clubio.fail{message = string.format("the change archive is not intact: segment %d (%s): %s", p.seq, p.reason, p.message),
+                class = "verify", code = "verify." .. p.reason,
+                hint = "a restore past that segment is not possible; keep the archiver running and take a new base export"}
+  end
+  return J:finish({segments = #chain, first = chain[1] and chain[1].first_time, last = chain[#chain] and chain[#chain].last_time},
+                  string.format("ok: %d segments of the change archive, chain intact%s", #chain, args["--deep"] and ", every byte checked" or ""))
+end
+
+local key = args[1]
 local fresh
 if not key then
   local list = exports.list(c, bucket)

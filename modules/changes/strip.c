@@ -53,6 +53,7 @@ static int ev_statement(void *ud, const char *sql, size_t len, size_t content, b
         return RT_OK;
     }
     sb_addn(&st->pending, sql, len);
+    if (is_copy) sb_addc(&st->pending, '\n'); /* the splitter takes the newline ending it */
     return RT_OK;
 }
 

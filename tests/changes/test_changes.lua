@@ -1,0 +1,247 @@
+-- The change archive end to end on the sandbox (real PostgreSQL with wal_level=logical, s3rver):
+-- archive-changes runs as a service under a write load of inserts, updates (rows whose large
+-- TOASTed value is left unchanged), deletes, truncates, a REPLICA IDENTITY FULL table and
+-- sequence use; it is killed with SIGKILL mid-load and restarted. Then:
+--   - restore-from-s3 --to latest into a fresh server (a throwaway initdb cluster with none of
+--     the source's roles): every table and sequence identical to the source;
+--   - restore --to a point between two known transactions: exactly that state;
+--   - a table without a primary key or replica identity is refused, naming it;
+--   - a corrupt or a missing segment is detected by archive-changes --verify and verify-export --changes.
+package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. os.getenv("CLUBIO_DR_TEST_DIR") .. "/scripts/?.lua;" .. package.path
+local T = require "testing"
+local U = require "scriptutil"
+local env, proc, time, cjson, pgdump, s3 = require "env", require "proc", require "time", require "cjson", require "pgdump", require "s3"
+
+local ADMIN = env.get("SANDBOX_PG_ADMIN_URL")
+local BUCKET = env.get("BACKUP_S3_BUCKET")
+local TAG = U.TAG
+local SRC_DB = "chg_src_" .. TAG
+local base_url = ADMIN:gsub("/postgres$", "/")
+local SRC = base_url .. SRC_DB
+local dir = T.tmpdir()
+local ENV = {
+  CHANGES_DATABASE_URL = SRC, CHANGES_SLOT = "chg_" .. TAG, CHANGES_PUBLICATION = "chg_pub_" .. TAG,
+  CHANGES_PREFIX = "test-changes-" .. TAG .. "/", EXPORT_PREFIX = "test-changes-" .. TAG .. "/database/",
+  ARCHIVE_INTERVAL = "1", DATABASE_URL = SRC,
+}
+
+local function sh(cmd, ...)
+  local r = proc.run{argv = {"sh", "-c", cmd, "sh", ...}, env = ENV}
+  if r.status ~= 0 then error("command failed: " .. cmd .. ": " .. r.stderr, 2) end
+  return r.stdout
+end
+
+local admin <close> = pgdump.connect(ADMIN)
+admin:query("CREATE DATABASE " .. SRC_DB)
+local src = pgdump.connect(SRC)
+src:query([[
+  CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, qty int, blob text);
+  CREATE TABLE kv (k text PRIMARY KEY, v jsonb, note text);
+  CREATE TABLE full_t (a int, b text);
+  ALTER TABLE full_t REPLICA IDENTITY FULL;
+  CREATE TABLE scratch (id int PRIMARY KEY, t text);
+  CREATE SEQUENCE counter_seq;
+  INSERT INTO items (name, qty) SELECT 'seed' || g, g FROM generate_series(1, 50) g;
+  INSERT INTO kv VALUES ('a', '{"x": 1}', E'tab\there'), ('b''q', 'null', NULL);
+  INSERT INTO full_t VALUES (1, 'one'), (1, 'one'), (2, NULL);
+  ALTER TABLE items OWNER TO app;
+  GRANT SELECT ON kv TO app;
+]])
+
+-- A big value that TOAST stores out of line (random hex compresses poorly).
+local BIG = "(SELECT string_agg(md5(random()::text || g), '') FROM generate_series(1, 300) g)"
+local round = 0
+local function load(n)
+  for _ = 1, n do
+    round = round + 1
+    src:query(string.format([[
+      BEGIN;
+      INSERT INTO items (name, qty, blob) VALUES ('r%d', %d, %s), (E'multi\nline %d', NULL, NULL);
+      UPDATE items SET qty = qty + 1 WHERE blob IS NOT NULL AND id %% 3 = %d;
+      DELETE FROM items WHERE id = (SELECT min(id) FROM items WHERE name LIKE 'seed%%');
+      INSERT INTO kv VALUES ('k%d', '{"round": %d}', 'back\slash') ON CONFLICT (k) DO UPDATE SET v = excluded.v;
+      SELECT nextval('counter_seq');
+      COMMIT;]], round, round, BIG, round, round % 3, round % 7, round))
+    if round % 5 == 0 then
+      src:query("UPDATE full_t SET b = 'round " .. round .. "' WHERE a = 2; DELETE FROM full_t WHERE a = 1 AND b = 'one' AND ctid = (SELECT min(ctid) FROM full_t WHERE a = 1); INSERT INTO full_t VALUES (1, 'one')")
+      src:query("INSERT INTO scratch SELECT g, 'x' FROM generate_series(100001, 100020) g; TRUNCATE scratch; INSERT INTO scratch VALUES (" .. round .. ", 'kept')")
+      src:query("UPDATE kv SET note = NULL WHERE k = 'a'; DELETE FROM kv WHERE k = 'k" .. (round - 3) .. "'")
+    end
+  end
+end
+
+local TABLES = {"public.items", "public.kv", "public.full_t", "public.scratch"}
+local function state(db)
+  local s = {}
+  for _, t in ipairs(TABLES) do
+    local d = db:table_digest(t)
+    s[t] = string.format("%d rows %s", d.rows, d.set_sha256)
+  end
+  return s
+end
+local function sequences(db)
+  local out = {}
+  for _, r in ipairs(db:query("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1", nil, {typed = true})) do
+    out[r.sequencename] = r.last_value
+  end
+  return out
+end
+
+local LOG = dir .. "/archiver.log"
+local function start_archiver()
+  return sh([[nohup "$1" run archive-changes >>"$2" 2>&1 </dev/null & echo $!]], U.BIN, LOG):match("%d+")
+end
+local function archiver_log()
+  local f = io.open(LOG)
+  local t = f and f:read("a") or ""
+  if f then f:close() end
+  return t
+end
+local function wait_for(what, fn, seconds)
+  local deadline = time.monotonic() + (seconds or 120)
+  while time.monotonic() < deadline do
+    if fn() then return end
+    time.sleep(0.2)
+  end
+  error("timed out waiting for " .. what .. "\n" .. archiver_log())
+end
+local function run(args, extra)
+  local e = {}
+  for k, v in pairs(ENV) do e[k] = v end
+  for k, v in pairs(extra or {}) do e[k] = v end
+  return U.run(args, e)
+end
+-- waits until the archive holds every transaction committed so far
+local function wait_archived()
+  local mark = src:query("INSERT INTO scratch VALUES (-" .. round .. ", 'mark') RETURNING now()::text AS t")[1].t
+  mark = time.parse((mark:gsub(" ", "T"):gsub("%+00$", "Z")))
+  wait_for("the archive to reach the last commit", function()
+    local r = run{"archive-changes", "--status", "--json"}
+    local st = r.doc and r.doc.status
+    return st and st.last_segment and time.parse(st.last_segment.last_commit) >= mark
+  end)
+end
+
+local pid1 = start_archiver()
+wait_for("the first base and the start of archiving", function() return archiver_log():find("archiving changes", 1, true) end)
+
+load(15)
+wait_archived()
+-- the point: right after a known transaction, before the next
+local before = state(src)
+src:query("SELECT pg_sleep(0.05)")
+local point = src:query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS t")[1].t
+src:query("SELECT pg_sleep(0.05)")
+
+load(10)
+proc.run{argv = {"kill", "-9", pid1}}
+load(10) -- while no archiver runs: the slot keeps it
+local pid2 = start_archiver()
+load(10)
+wait_archived()
+load(3)
+wait_archived()
+proc.run{argv = {"kill", "-TERM", pid2}}
+wait_for("the archiver to stop", function() return proc.run{argv = {"kill", "-0", pid2}}.status ~= 0 end, 30)
+local final = state(src)
+local final_seq = sequences(src)
+
+T.case("the archiver survives kill -9: restarted, it resumed from the slot", function()
+  local log = archiver_log()
+  local n = 0
+  for _ in log:gmatch("archiving changes") do n = n + 1 end
+  T.eq(n, 2, "service starts")
+  T.ok(log:find("segment archived", 1, true), "segments archived")
+  local r = run{"archive-changes", "--verify", "--json"}
+  T.eq(r.status, 0, r.stderr)
+  T.ok(r.doc.segments >= 3, "segments: " .. tostring(r.doc.segments))
+end)
+
+-- a fresh server: a throwaway cluster with none of the source's roles
+local fresh = T.tmpdir() -- its own folder: the server runs as postgres when we are root
+local PGBIN = env.get("SANDBOX_PG_BIN")
+local port = U.closed_port()
+local as_pg = proc.run{argv = {"id", "-u"}}.stdout:match("^0") and "runuser -u postgres -- " or ""
+if as_pg ~= "" then sh("chown postgres: \"$1\"", fresh) end
+sh(as_pg .. "\"$1/initdb\" -D \"$2/data\" -U postgres -A trust >/dev/null && " ..
+   as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -l \"$2/log\" -w -o \"-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off\" start >/dev/null",
+   PGBIN, fresh, port)
+local FRESH = "postgresql://postgres@127.0.0.1:" .. port .. "/"
+local fresh_admin <close> = pgdump.connect(FRESH .. "postgres")
+
+T.case("restore --to latest into a fresh server with no roles: every table and sequence identical", function()
+  -- items is owned by app, kv granted to it: roles the fresh server does not have
+  fresh_admin:query("CREATE DATABASE r_latest")
+  local r = run({"restore-from-s3", "--to", "latest", "-", "--json"}, {RESTORE_TARGET_URL = FRESH .. "r_latest"})
+  T.eq(r.status, 0, r.stderr .. r.stdout)
+  T.ok(r.doc.result.transactions > 0, "transactions replayed")
+  local db <close> = pgdump.connect(FRESH .. "r_latest")
+  local got = state(db)
+  for _, t in ipairs(TABLES) do T.eq(got[t], final[t], t) end
+  local seqs = sequences(db)
+  for name, v in pairs(final_seq) do T.eq(seqs[name], v, "sequence " .. name) end
+end)
+
+T.case("restore --to a point between two known transactions: exactly that state", function()
+  admin:query("CREATE DATABASE chg_point_" .. TAG)
+  local r = run({"restore-from-s3", "--to", point, "-", "--json"}, {RESTORE_TARGET_URL = base_url .. "chg_point_" .. TAG})
+  T.eq(r.status, 0, r.stderr)
+  local db <close> = pgdump.connect(base_url .. "chg_point_" .. TAG)
+  local got = state(db)
+  for _, t in ipairs(TABLES) do T.eq(got[t], before[t], t) end
+  T.ok(got["public.items"] ~= final["public.items"], "the point is not the end")
+end)
+
+T.case("a table without a primary key or replica identity is refused, named", function()
+  src:query("CREATE TABLE no_key (a int)")
+  local r = run{"archive-changes", "--once"}
+  T.eq(r.status, 3, r.stderr)
+  T.match(r.stderr, "public%.no_key")
+  T.match(r.stderr, "REPLICA IDENTITY FULL")
+  src:query("DROP TABLE no_key")
+end)
+
+T.case("a corrupt or missing segment is detected by verification", function()
+  local c = s3.client{}
+  local keys = {}
+  for obj in c:list{bucket = BUCKET, prefix = ENV.CHANGES_PREFIX} do
+    if obj.key:match("%.sql%.gz%.enc$") then keys[#keys + 1] = obj.key end
+  end
+  table.sort(keys)
+  T.ok(#keys >= 3, "segments")
+  -- one byte changed, same size: only the bytes tell
+  local k = keys[2]
+  local body = c:get(BUCKET, k)
+  local pos = #body // 2
+  c:put(BUCKET, k, {body = body:sub(1, pos - 1) .. string.char((body:byte(pos) + 1) % 256) .. body:sub(pos + 1)})
+  T.eq(run{"archive-changes", "--verify"}.status, 0, "a same-size change needs --deep")
+  local r = run{"archive-changes", "--verify", "--deep"}
+  T.eq(r.status, 4, r.stderr)
+  T.match(r.stderr, "segment 2")
+  r = run{"verify-export", "--changes", "--deep"}
+  T.eq(r.status, 4, r.stderr)
+  c:put(BUCKET, k, {body = body})
+  r = run{"archive-changes", "--verify", "--deep"}
+  T.eq(r.status, 0, r.stderr)
+  -- a missing segment breaks the chain
+  c:delete(BUCKET, k .. ".manifest.json")
+  c:delete(BUCKET, k)
+  r = run{"archive-changes", "--verify"}
+  T.eq(r.status, 4, r.stderr)
+  T.match(r.stderr, "missing")
+  r = run{"verify-export", "--changes"}
+  T.eq(r.status, 4, r.stderr)
+end)
+
+-- cleanup: the slot, the databases, the fresh server, the objects
+src:close()
+pcall(admin.query, admin, "SELECT pg_drop_replication_slot('" .. ENV.CHANGES_SLOT .. "')")
+pcall(admin.query, admin, "DROP DATABASE " .. SRC_DB)
+pcall(admin.query, admin, "DROP DATABASE chg_point_" .. TAG)
+fresh_admin:close()
+proc.run{argv = {"sh", "-c", as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -m immediate stop >/dev/null; rm -rf \"$2\"", "sh", PGBIN, fresh}}
+local c = s3.client{}
+local doomed = {}
+for obj in c:list{bucket = BUCKET, prefix = "test-changes-" .. TAG .. "/"} do doomed[#doomed + 1] = obj.key end
+for _, k in ipairs(doomed) do c:delete(BUCKET, k) end
+return T.finish()
