@@ -66,12 +66,18 @@ T.case("a branch at a past timestamp holds exactly the rows as of that time (rea
   psql(huri, "INSERT INTO " .. tbl .. " VALUES (99)")
   T.eq(psql(main_uri, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "0")
 
+  -- branches run with logical replication on (the change archiver and DR need slots), and a
+  -- restore removes the branch's replication slots, as Neon's does
+  T.eq(psql(huri, "SHOW wal_level"), "logical")
+  T.ok(tonumber(psql(huri, "SHOW max_replication_slots")) >= 10, "slots to spare")
+  psql(huri, "SELECT pg_create_logical_replication_slot('slot_" .. uniq .. "', 'pgoutput')")
   -- reset to parent: the branch's data becomes main's again, on the same endpoint
   local port = huri:match(":(%d+)/")
   local r = n:restore_branch{branch = h.name, preserve_under_name = "head-old-" .. uniq}
   T.ok(r.last_reset_at ~= nil, "last_reset_at set")
   T.eq(n:connection_uri{branch = h.id}:match(":(%d+)/"), port)
   T.eq(psql(huri, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "0")
+  T.eq(psql(huri, "SELECT count(*) FROM pg_replication_slots"), "0", "the restore removed the slot")
   local old = n:branch("head-old-" .. uniq)
   T.ok(old, "the old data was preserved under its new name")
   T.eq(psql(n:connection_uri{branch = old.id}, "SELECT count(*) FROM " .. tbl .. " WHERE i = 99"), "1")
