@@ -59,7 +59,7 @@ end
 local say = S.output
 
 local function due_jobs(jobs, now)
-  S.sweep()
+  if not clubio.flags.dry_run then S.sweep() end
   local runs = S.read_runs()
   local out = {}
   for _, j in ipairs(jobs) do
@@ -167,7 +167,9 @@ while true do
   else
     say("error", "jobs not reloaded (keeping the previous list): " .. tostring(fresh))
   end
-  for _, d in ipairs(due_jobs(jobs, time.now())) do
+  local due = due_jobs(jobs, time.now())
+  if #due == 0 then say("debug", "nothing is due") end
+  for _, d in ipairs(due) do
     local key = d.job.name .. "@" .. d.at
     if not skipped[key] then
       local rec = S.run_job(d.job, {scheduled = d.at, trigger = "schedule", due = true})
