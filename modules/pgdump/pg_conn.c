@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void pgdump_describe(const char *url, char *out, size_t cap)
 {
@@ -65,6 +66,43 @@ int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *wha
     return RT_ERR;
 }
 
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* PQconnectdbParams, but a cancel (signal, --timeout) ends the wait: PQconnectStartParams and
+ * PQconnectPoll in poll() slices of 100 ms. libpq leaves connect_timeout to the caller in this
+ * mode, so `limit` seconds is enforced here (*timed_out set). Returns NULL when cancelled (the
+ * connection attempt is dropped) or out of memory. Name resolution inside PQconnectStartParams
+ * still blocks: a host name that takes long to resolve delays the cancel. */
+static PGconn *connect_cancellable(const char *const *keys, const char *const *vals, double limit,
+                                   bool *timed_out)
+{
+    PGconn *c = PQconnectStartParams(keys, vals, 0);
+    if (!c || PQstatus(c) == CONNECTION_BAD) return c;
+    double deadline = mono_now() + limit;
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        if (rt_cancelled()) {
+            PQfinish(c);
+            return NULL;
+        }
+        if (mono_now() > deadline) {
+            *timed_out = true;
+            return c;
+        }
+        struct pollfd p = {.fd = PQsocket(c),
+                           .events = st == PGRES_POLLING_READING ? POLLIN : POLLOUT};
+        int r = poll(&p, 1, 100);
+        if (r < 0 && errno != EINTR) break;
+        if (r > 0) st = PQconnectPoll(c);
+    }
+    return c;
+}
+
 PGconn *pgdump_connect(const char *url, const char *application_name, RtError *err)
 {
     if (!url || !*url) {
@@ -101,8 +139,26 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
     vals[n++] = application_name ? application_name : "clubio-dr";
     keys[n] = NULL;
     vals[n] = NULL;
-    PGconn *c = PQconnectdbParams(keys, vals, 0);
+    double limit = 15;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(keys[i], "connect_timeout") && atof(vals[i]) > 0) limit = atof(vals[i]);
+    bool timed_out = false;
+    PGconn *c = connect_cancellable(keys, vals, limit, &timed_out);
     PQconninfoFree(opts);
+    if (!c && rt_cancelled()) {
+        rt_cancel_error(err);
+        return NULL;
+    }
+    if (timed_out) {
+        char what[256];
+        pgdump_describe(url, what, sizeof what);
+        rt_error_set(err, RT_CLASS_FAILURE, "pgdump.connect",
+                     "cannot connect to %s: no answer within %g s (connect_timeout)", what, limit);
+        rt_error_hint(err, "check that the server is running and reachable");
+        err->retryable = true;
+        PQfinish(c);
+        return NULL;
+    }
     if (!c || PQstatus(c) != CONNECTION_OK) {
         char what[256];
         pgdump_describe(url, what, sizeof what);
@@ -136,6 +192,7 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
                   : PQsendQuery(c, sql)))
         return NULL;
     PGresult *last = NULL;
+    double give_up = 0;
     for (;;) {
         while (PQisBusy(c)) {
             if (!*cancelled && rt_cancelled()) {
@@ -144,7 +201,10 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
                 if (cn) PQcancel(cn, eb, sizeof eb);
                 PQfreeCancel(cn);
                 *cancelled = true;
+                give_up = mono_now() + 5;
             }
+            /* a server that does not answer the cancel (network gone) is not waited for */
+            if (*cancelled && (mono_now() > give_up || rt_cancel_hurried())) return last;
             struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
             if (poll(&p, 1, 200) < 0 && errno != EINTR) break;
             if (!PQconsumeInput(c)) break;
@@ -162,6 +222,28 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
         if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) break;
     }
     return last;
+}
+
+int pgdump_get_copy_data(PGconn *c, char **row, const atomic_bool *stop, bool *cancelled)
+{
+    double give_up = 0;
+    for (;;) {
+        int n = PQgetCopyData(c, row, 1);
+        if (n != 0) return n;
+        if (!*cancelled && (rt_cancelled() || (stop && atomic_load(stop)))) {
+            PGcancel *cn = PQgetCancel(c);
+            char eb[128];
+            if (cn) PQcancel(cn, eb, sizeof eb);
+            PQfreeCancel(cn);
+            *cancelled = true;
+            give_up = mono_now() + 5;
+        }
+        /* a server that does not answer the cancel (network gone) is not waited for */
+        if (*cancelled && (mono_now() > give_up || rt_cancel_hurried())) return -2;
+        struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&p, 1, 100) < 0 && errno != EINTR) return -2;
+        if (!PQconsumeInput(c)) return -2;
+    }
 }
 
 int pgdump_exec(PGconn *c, const char *sql, RtError *err)
@@ -221,12 +303,17 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
     memset(out, 0, sizeof *out);
     /* the column list the dump uses: no dropped or generated columns */
     const char *params[1] = {table};
-    PGresult *r =
-        PQexecParams(c,
-                     "SELECT coalesce(string_agg(quote_ident(attname), ', ' ORDER BY attnum), '') "
-                     "FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
-                     "AND NOT attisdropped AND attgenerated = ''",
-                     1, NULL, params, NULL, NULL, 0);
+    bool cancelled = false;
+    PGresult *r = pgdump_exec_cancellable(
+        c,
+        "SELECT coalesce(string_agg(quote_ident(attname), ', ' ORDER BY attnum), '') "
+        "FROM pg_catalog.pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+        "AND NOT attisdropped AND attgenerated = ''",
+        1, params, &cancelled);
+    if (cancelled) {
+        PQclear(r);
+        return rt_cancel_error(err);
+    }
     if (!r || PQresultStatus(r) != PGRES_TUPLES_OK) {
         PQclear(r);
         char w[300];
@@ -241,8 +328,12 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
     }
     snprintf(q, qlen, "COPY (SELECT %s FROM %s) TO STDOUT", PQgetvalue(r, 0, 0), table);
     PQclear(r);
-    r = PQexec(c, q);
+    r = pgdump_exec_cancellable(c, q, 0, NULL, &cancelled);
     free(q);
+    if (cancelled) {
+        PQclear(r);
+        return rt_cancel_error(err);
+    }
     if (!r || PQresultStatus(r) != PGRES_COPY_OUT) {
         PQclear(r);
         char w[300];
@@ -256,10 +347,11 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
     int rc = RT_OK;
     for (;;) {
         char *row = NULL;
-        int n = PQgetCopyData(c, &row, 0);
+        int n = pgdump_get_copy_data(c, &row, NULL, &cancelled);
         if (n == -1) break;
         if (n < 0) {
-            rc = pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
+            rc = cancelled ? rt_cancel_error(err)
+                           : pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
             break;
         }
         EVP_DigestUpdate(md, row, (size_t)n);
@@ -271,9 +363,11 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
     pgdump_digest_final_hex(md, out->sha256);
     EVP_MD_CTX_free(md);
     pgdump_set_digest_hex(&set, out->set_sha256);
+    if (rc != RT_OK && cancelled) return rc; /* the COPY may still be open: the caller drops c */
     while ((r = PQgetResult(c))) {
         if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == RT_OK)
-            rc = pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
+            rc = cancelled ? rt_cancel_error(err)
+                           : pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
         PQclear(r);
     }
     return rc;

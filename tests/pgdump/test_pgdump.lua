@@ -454,6 +454,128 @@ T.case("connections: parameters, NULLs, typed values, close", function()
   T.match(err.message, "closed")
 end)
 
+-- Cancellation of the other libpq waits (issue 18, item 2): a connection that gets no answer, a
+-- table digest whose COPY is silent, a dump blocked on a lock. Each runs in its own clubio-dr
+-- that gets SIGTERM (or its --timeout); the run must end with 130 (124), well before the wait
+-- would have ended by itself (60 s or more), and leave no statement on the server. The outer
+-- limit (40 s, then SIGKILL) only guards against a hang; the measured time is printed.
+local function interrupted(name, script_text, how, args)
+  local path = tmp .. "/" .. name .. ".lua"
+  local f = assert(io.open(path, "w"))
+  f:write(script_text)
+  f:close()
+  local flags = how == "timeout" and "--timeout 2" or ""
+  -- sh's parent is this clubio-dr; the guard kills the run only if it hangs
+  local r = proc.run{argv = {"sh", "-c", [[
+bin=$(readlink /proc/$PPID/exe); script=$1; flags=$2; shift 2
+t0=$(date +%s.%N)
+"$bin" $flags run "$script" "$@" & pid=$!
+sleep 1.5
+[ -n "$flags" ] || kill -TERM $pid
+t1=$(date +%s.%N)
+( sleep 40; kill -KILL $pid 2>/dev/null ) & guard=$!
+wait $pid; st=$?
+kill $guard 2>/dev/null
+echo "status=$st after=$(echo "$(date +%s.%N) - $t1" | bc)"]], "sh", path, flags, table.unpack(args or {})}}
+  io.stderr:write(string.format("  %s: %s", name, r.stdout))
+  return tonumber(r.stdout:match("status=(%d+)")), r.stderr
+end
+
+local function no_statement_left(marker)
+  local left
+  for _ = 1, 100 do
+    left = admin:query("SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE '%" .. marker ..
+                       "%' AND pid <> pg_backend_pid()")[1].n
+    if left == "0" then return end
+    proc.run{argv = {"sleep", "0.05"}}
+  end
+  T.eq(left, "0", "statements left running on the server (" .. marker .. ")")
+end
+
+T.case("SIGTERM and --timeout during a connection the server never answers: 130 and 124", function()
+  -- a TCP listener that accepts and never speaks: libpq waits for the server's first message
+  local portf = tmp .. "/silent.port"
+  proc.run{argv = {"sh", "-c", [[python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+open(sys.argv[1] + ".tmp", "w").write("%d %d" % (s.getsockname()[1], __import__("os").getpid()))
+__import__("os").rename(sys.argv[1] + ".tmp", sys.argv[1])
+conns = []
+while True: conns.append(s.accept())
+' "$1" >/dev/null 2>&1 &]], "sh", portf}}
+  local port, pid
+  for _ = 1, 200 do
+    local pf = io.open(portf)
+    if pf then port, pid = pf:read("n", "n"); pf:close(); break end
+    proc.run{argv = {"sleep", "0.05"}}
+  end
+  T.ok(port, "the silent listener started")
+  local silent = string.format("postgresql://u:pw@127.0.0.1:%d/db?connect_timeout=120", port)
+  local script = 'require("pgdump").connect(arg[1])\nprint("connected")\n'
+  local st, err = interrupted("connect-term", script, "term", {silent})
+  T.eq(st, 130, err)
+  T.match(err, "cancelled")
+  st, err = interrupted("connect-timeout", script, "timeout", {silent})
+  T.eq(st, 124, err)
+  -- connect_timeout is ours to enforce in this mode (libpq leaves it to the caller)
+  local e = T.raises(pgdump.connect, silent:gsub("120$", "1"))
+  T.match(e.message, "no answer within 1 s")
+  T.no_match(tostring(e.message), "pw@")
+  proc.run{argv = {"kill", tostring(pid)}}
+end)
+
+T.case("SIGTERM during a table digest whose COPY is silent: 130, the statement is cancelled", function()
+  admin:query("CREATE OR REPLACE VIEW public.clubio_slow_rows AS SELECT g AS a FROM generate_series(1, 2) g, " ..
+              "LATERAL (SELECT pg_sleep(CASE WHEN g = 2 THEN 90 ELSE 0 END)) s")
+  local script = 'local db <close> = require("pgdump").connect(arg[1])\n' ..
+                 'db:table_digest("public.clubio_slow_rows")\nprint("digest returned")\n'
+  local st, err = interrupted("digest-term", script, "term", {ADMIN})
+  T.eq(st, 130, err)
+  no_statement_left("clubio_slow_rows")
+  admin:query("DROP VIEW public.clubio_slow_rows")
+end)
+
+T.case("SIGTERM and --timeout during a dump blocked by another session's lock: 130 and 124", function()
+  local src = fresh("pgdump_locked")
+  local db <close> = pgdump.connect(src)
+  db:query("CREATE TABLE held (id int); INSERT INTO held SELECT generate_series(1, 1000)")
+  local out = tmp .. "/locked-out"
+  proc.run{argv = {"mkdir", "-p", out}}
+  local script = string.format([[
+local pipe, pgdump = require "pipe", require "pgdump"
+pipe.run{pgdump.dump{url = arg[1], jobs = 2}, pipe.file_sink(%q)}
+print("dump returned")
+]], out .. "/dump.sql")
+  for _, how in ipairs{"term", "timeout"} do
+    -- a session holds the table's lock (and a marker statement) for 90 s
+    proc.run{argv = {"sh", "-c", [[psql -X -q -c "BEGIN" -c "LOCK TABLE held IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(90) AS clubio_lock_holder" >/dev/null 2>&1 &]]},
+             env = pg_env("pgdump_locked")}
+    local held
+    for _ = 1, 100 do
+      held = admin:query("SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database " ..
+                         "WHERE d.datname = 'pgdump_locked' AND l.mode = 'AccessExclusiveLock' AND l.granted")[1].n
+      if held ~= "0" then break end
+      proc.run{argv = {"sleep", "0.05"}}
+    end
+    T.ok(held ~= "0", "the lock is held")
+    local st, err = interrupted("dump-locked-" .. how, script, how, {src})
+    T.eq(st, how == "term" and 130 or 124, err)
+    T.eq(#proc.run{argv = {"ls", "-A", out}}.stdout, 0, "nothing left in the output folder")
+    admin:query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%clubio_lock_holder%' " ..
+                "AND pid <> pg_backend_pid()")
+    no_statement_left("clubio_lock_holder")
+  end
+  -- the dump's own sessions are gone too (their statements were cancelled or the connections closed)
+  local left
+  for _ = 1, 100 do
+    left = admin:query("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = 'pgdump_locked' " ..
+                       "AND application_name LIKE 'clubio-dr pgdump%'")[1].n
+    if left == "0" then break end
+    proc.run{argv = {"sleep", "0.05"}}
+  end
+  T.eq(left, "0", "dump sessions left on the server")
+end)
+
 admin:close()
 proc.run{argv = {"rm", "-rf", tmp}}
 return T.finish()
