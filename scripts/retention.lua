@@ -204,7 +204,9 @@ if want.uploads then
     for _, p in ipairs(prefixes) do
       local ok, ups = pcall(c.uploads, c, {bucket = bucket, prefix = p.prefix})
       if not ok then
-        if clubio.is_error(ups) and ups.code == "s3.not_implemented" then
+        -- a store without the call, or credentials without s3:ListBucketMultipartUploads: said
+        -- loudly, but the sweep is a safety net, not a reason to fail the rest of retention
+        if clubio.is_error(ups) and (ups.code == "s3.not_implemented" or ups.code == "s3.access_denied") then
           unsupported = tostring(ups)
           return found
         end
@@ -222,8 +224,8 @@ if want.uploads then
   local where = "s3://" .. bucket .. "/{" .. table.concat(names, ",") .. "}"
   local ups = J:step("list in-progress multipart uploads", {plan = where, dry = list_uploads}, list_uploads)
   if unsupported then
-    log.warn("this S3 store cannot list multipart uploads; rely on the bucket's AbortIncompleteMultipartUpload " ..
-             "lifecycle rule (README)", {error = unsupported})
+    log.warn("this S3 store cannot list multipart uploads (or these credentials may not: s3:ListBucketMultipartUploads); " ..
+             "rely on the bucket's AbortIncompleteMultipartUpload lifecycle rule (README)", {error = unsupported})
   end
   local stale, listed = {}, {}
   for _, u in ipairs(ups) do

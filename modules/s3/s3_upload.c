@@ -378,9 +378,16 @@ static int single_put(Upload *u, RtError *err)
     char hex[33];
     s3_md5(data, len, md);
     crypto_hex(md, 16, hex);
-    if (etag && !kms(u) && strcmp(etag, hex) != 0) {
+    /* An empty ETag (some stores) leaves the check to Content-MD5, which the store verified. */
+    if (etag && *etag && !kms(u) && strcmp(etag, hex) != 0) {
         free(etag);
-        /* Content-MD5 made the store check the bytes, so this is a store that answers oddly. */
+        /* Content-MD5 made the store check the bytes, so this is a store that answers oddly:
+         * what it holds is not known to be what was sent, so it does not stay. */
+        RtError de;
+        rt_error_init(&de);
+        if (s3_delete(u->c, u->bucket, u->key, &de) != RT_OK)
+            rt_warn("s3 upload %s: could not remove the object that failed its check: %s", u->name,
+                    de.message);
         return rt_error_set(err, RT_CLASS_VERIFY, "s3.etag_mismatch",
                             "s3 upload %s: the etag does not match the md5 of the bytes sent",
                             u->name);
