@@ -16,6 +16,8 @@
 -- (scripts/lib/clubio/objects.lua), DUMP_JOBS (2), GZIP_LEVEL (4: libdeflate level 4 is smaller than
 -- `gzip -6` on SQL dumps at about 40% less CPU; see modules/crypto/README.md).
 -- If the manifest cannot be written, the archive is deleted: no archive is left without one.
+-- Unfinished multipart uploads under the prefix (a killed export's) are reported at the end;
+-- `clubio-dr run retention uploads` aborts them.
 require("clubio.args").parse(arg, {})
 local env, time, pipe = require "env", require "time", require "pipe"
 local crypto, pgdump, verify = require "crypto", require "pgdump", require "verify"
@@ -101,6 +103,18 @@ J:step("check the uploaded object", {plan = "head " .. where .. ": size and meta
 end)
 
 if J.dry_run then return J:finish({key = key, dry_run = true}, "dry run: nothing was exported") end
+
+-- an earlier export killed mid-upload (SIGKILL, the OOM killer) leaves an upload that nothing
+-- else reports; say so (a store that cannot list uploads says nothing)
+local listed, ups = pcall(c.uploads, c, {bucket = bucket, prefix = prefix})
+if listed then
+  local n = 0
+  for _, u in ipairs(ups) do if u.key ~= key then n = n + 1 end end
+  if n > 0 then
+    log.warn(string.format("%d unfinished multipart upload(s) under s3://%s/%s (an export that was killed?); " ..
+                           "`clubio-dr run retention uploads` aborts those older than RETENTION_STALE_UPLOAD_HOURS", n, bucket, prefix))
+  end
+end
 local result = {bucket = bucket, key = key, manifest = manifest_key, plain_bytes = r.plain.bytes,
                 stored_bytes = r.stored.bytes, tables = 0, rows = 0, seconds = r.seconds}
 for _, t in pairs(r.dump.tables or {}) do result.tables = result.tables + 1; result.rows = result.rows + (t.rows or 0) end

@@ -110,6 +110,11 @@ T.case("kill -9 of export-database mid-upload leaves an upload; the sweep lists 
   T.match(key, "clubio%-db%-%d+%-%d+%.sql%.gz%.enc$")
   T.eq(direct:head(B, key), nil, "no object under the key")
 
+  -- the next export notices it
+  local r0 = run({"export-database"}, {DATABASE_URL = DB})
+  T.eq(r0.status, 0, r0.stderr)
+  T.match(r0.stderr, "1 unfinished multipart upload%(s%) under s3://[^\n]*retention uploads")
+
   -- a dry run lists it; with the default limit (24 h) a fresh upload is kept
   local r = run({"retention", "uploads", "--dry-run"})
   T.eq(r.status, 0, r.stderr)
