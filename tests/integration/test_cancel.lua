@@ -240,6 +240,43 @@ s3_case("SIGTERM while a child source is silent: the S3 multipart upload is abor
 s3_case("--timeout 2 while a child source is silent: the S3 multipart upload is aborted", nil, "--timeout 2", 124)
 s3_case("a second SIGTERM during the abort still leaves no upload behind", "TERM", nil, 130, true)
 
+-- The other waits: an S3 request the server holds without answering (libcurl's progress callback
+-- sees the flag), time.sleep, and proc.run of a child that ignores SIGTERM (it gets SIGKILL after
+-- the grace, with what it started).
+local function simple_case(what, name, script_text, sig, flags, want, before)
+  T.case(what, function()
+    if before then before() end
+    local h = launch(name, script_text, flags)
+    local since = h.t0 + 2
+    if sig then
+      time.sleep(1.5)
+      since = time.monotonic()
+      signal(h, sig)
+    end
+    local rc, err = finish(h, since, what)
+    T.eq(rc, want, "exit status (stderr: " .. err .. ")")
+    T.no_match(err, "returned")
+    no_leftover_child()
+  end)
+end
+
+simple_case("SIGTERM during an S3 request the server holds: 130", "http-stall", string.format([[
+local s3 = require "s3"
+local c = s3.client{endpoint = %q, stall_timeout = 120, max_attempts = 1}
+c:head(%q, %q)
+print("head returned")
+]], outer.url, B, RUN .. "/stalled"), "TERM", nil, 130, function()
+  U.write(outer.rules, '[{"method": "HEAD", "match": "stalled", "action": "stall", "seconds": 200}]')
+  U.write(outer.log, "")
+end)
+simple_case("--timeout 2 during time.sleep(300): 124", "sleep-timeout",
+            'require("time").sleep(300)\nprint("sleep returned")\n', nil, "--timeout 2", 124)
+simple_case("SIGTERM during proc.run of a child that ignores SIGTERM: 130 (it is killed)", "proc-stubborn",
+            string.format([[
+require("proc").run{argv = {"sh", "-c", "trap '' TERM; sleep %s; sleep %s"}}
+print("proc.run returned")
+]], SLEEP, SLEEP), "TERM", nil, 130)
+
 U.stop(inner)
 U.stop(outer)
 os.execute("rm -rf " .. U.q(tmp))
