@@ -112,8 +112,10 @@ local function run(args, extra)
   return U.run(args, e)
 end
 -- waits until the archive holds every transaction committed so far
+local marks = 0
 local function wait_archived()
-  local mark = src:query("INSERT INTO scratch VALUES (-" .. round .. ", 'mark') RETURNING now()::text AS t")[1].t
+  marks = marks + 1
+  local mark = src:query("INSERT INTO scratch VALUES (-" .. marks .. ", 'mark') RETURNING now()::text AS t")[1].t
   mark = time.parse((mark:gsub(" ", "T"):gsub("%+00$", "Z")))
   wait_for("the archive to reach the last commit", function()
     local r = run{"archive-changes", "--status", "--json"}
@@ -138,6 +140,14 @@ proc.run{argv = {"kill", "-9", pid1}}
 load(10) -- while no archiver runs: the slot keeps it
 local pid2 = start_archiver()
 load(10)
+wait_archived()
+-- DDL is not carried: the archiver sees the relation change and takes a new base
+src:query("ALTER TABLE kv ADD COLUMN extra int DEFAULT 7")
+src:query("INSERT INTO kv (k, v, extra) VALUES ('after-ddl', '{}', 42)")
+wait_archived()
+wait_for("the new base", function() return archiver_log():find("base export written", 1, true) and
+                                        select(2, archiver_log():gsub("base export written", "")) >= 2 end)
+load(5)
 wait_archived()
 load(3)
 wait_archived()
@@ -168,6 +178,12 @@ sh(as_pg .. "\"$1/initdb\" -D \"$2/data\" -U postgres -A trust >/dev/null && " .
    PGBIN, fresh, port)
 local FRESH = "postgresql://postgres@127.0.0.1:" .. port .. "/"
 local fresh_admin <close> = pgdump.connect(FRESH .. "postgres")
+
+T.case("a schema change is detected and a new base is taken", function()
+  local log = archiver_log()
+  T.match(log, "schema change of published tables: taking a new base export[^\n]*public%.kv")
+  T.match(log, "reason=schema change: public%.kv")
+end)
 
 T.case("restore --to latest into a fresh server with no roles: every table and sequence identical", function()
   -- items is owned by app, kv granted to it: roles the fresh server does not have
