@@ -1,30 +1,34 @@
--- The quarterly DR test: fail over to the DR project, measure RTO and RPO, fail back, write a report
+-- The DR test, safe to schedule: rehearse the failover on copies, measure RTO and RPO, write a report
 -- schedule: 0 4 1 */3 *
 --
--- clubio-dr run dr-test [--yes] [--json] [--keep-snapshot] [--report-dir DIR] [--checks FILE]
+-- clubio-dr run dr-test [--json] [--checks FILE] [--report-dir DIR]
+-- clubio-dr run dr-test --production [--keep-snapshot] [--checks FILE] [--report-dir DIR]   (on a terminal only)
 --
--- The runbook document's "Monthly DR Test Checklist", run end to end (the document schedules the
--- DR failover test quarterly, hence the schedule):
---   pre-test      notify, record the current state (replication lag, row counts), check the DR side
---   execution     snapshot (a backup branch of the primary), simulate the primary's failure, run the
---                 failover (the dr-failover steps, with the site file's changes), verify the
---                 application (SQL checks) and the data (row counts and digests, primary at cutover
---                 vs DR)
+-- The runbook document's DR test checklist end to end (the document schedules the DR failover
+-- test quarterly, hence the schedule):
+--   pre-test      notify, record the current state (replication lag, read-only), check the DR side
+--   execution     the copies (below), simulate the failure, run the failover (the dr-failover steps,
+--                 with the site file's changes), verify the application (SQL checks) and the data
+--                 (row counts and digests of what replication carries, at cutover vs DR)
 --   post-test     measure RTO and RPO against the objectives (RTO 4 h, RPO 1 h), restore normal
---                 operations (re-open and un-fence the primary, point the application back, copy
---                 the DR side again and re-create replication), write the report (Markdown + JSON)
+--                 operations, write the report (Markdown + JSON)
 --
--- Simulated failure: the primary's database stops accepting connections (ALTER DATABASE ...
--- ALLOW_CONNECTIONS false, and its sessions and replication sender are ended). Neon (and
--- neon-local) cannot stop one database's compute without stopping every database of the
--- branch, so this is the failure of the application's database as the application and the DR
--- side see it: connections refused, replication cut mid-stream. The failover then runs its
--- "primary unreachable" path (no fencing, no drain, the slot left behind, sequences advanced with
--- DR_SEQUENCE_GAP). Restoring normal operations re-opens the database.
+-- By default it REHEARSES on copies, so production keeps serving and nothing of it changes:
+--   - a branch of the primary (dr-test-YYYYMMDD-HHMMSS, with its own compute) plays the primary;
+--   - a temporary database in the DR project (drt_YYYYMMDD_HHMMSS_<db>) plays the DR database,
+--     replicated from the branch as dr-setup does;
+--   - the application target is a scratch env file beside the report; Route53 is not touched,
+--     and of a site file's steps only those marked `rehearse = true` run.
+-- The failure is simulated on the branch, the failover runs against the copies, and at the end
+-- the branch, the temporary database and their slots are removed. Nothing is asked: it is safe
+-- for the scheduler (examples/jobs.conf runs it so).
 --
--- Destructive on both sides (the primary's database is closed for the duration; the DR copies
--- are truncated and copied again): asks first, or --yes. Meant for the sandbox or a staging
--- pair, or a maintenance window.
+-- --production runs the real thing on the production pair: the primary's database is closed
+-- (ALTER DATABASE ... ALLOW_CONNECTIONS false), the application is failed over to the DR
+-- project, then failed back with the dr-failback steps (every write taken on the DR side in
+-- between reaches the primary). It needs a terminal and the primary's project id typed as the
+-- confirmation (--yes does not answer it, and a scheduled run never can). Keeps a snapshot
+-- branch of the primary (deleted at the end unless --keep-snapshot).
 --
 -- Checks (--checks FILE or DR_TEST_CHECKS): a Lua file returning a list of
 --   {name = "orders readable", sql = "SELECT count(*) FROM orders", min_rows = 1}
@@ -34,6 +38,8 @@
 -- Report: --report-dir DIR, DR_TEST_REPORT_DIR, else $XDG_STATE_HOME/clubio-dr/dr-tests
 -- (~/.local/state/clubio-dr/dr-tests): dr-test-YYYYMMDD-HHMMSS.md and .json.
 local clubio, log, cjson, time, proc = require "clubio", require "log", require "cjson", require "time", require "proc"
+local args = require("clubio.args").parse(arg, {options = {["--production"] = true, ["--keep-snapshot"] = true,
+                                                           ["--report-dir"] = "DIR", ["--checks"] = "FILE"}})
 local job, dr = require "clubio.job", require "clubio.dr"
 
 local OBJECTIVES = {rto_seconds = 4 * 3600, rpo_seconds = 3600}
@@ -45,22 +51,13 @@ local SCENARIOS = {
   {scenario = "Complete data loss", rto = "8 hours", rpo = "24 hours", procedure = "Restore from S3 archive", script = "restore-from-s3"},
 }
 
-local args = {...}
-local keep_snapshot, report_dir, checks_file = false, os.getenv("DR_TEST_REPORT_DIR"), os.getenv("DR_TEST_CHECKS")
-local i = 1
-while i <= #args do
-  local a = args[i]
-  if a == "--keep-snapshot" then keep_snapshot = true
-  elseif a == "--report-dir" or a == "--checks" then
-    local v = args[i + 1]
-    if not v then clubio.fail{message = a .. " needs a value", class = "usage"} end
-    if a == "--report-dir" then report_dir = v else checks_file = v end
-    i = i + 1
-  else
-    clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
-                hint = "usage: clubio-dr run dr-test [--yes] [--json] [--keep-snapshot] [--report-dir DIR] [--checks FILE]"}
-  end
-  i = i + 1
+local production = args["--production"] == true
+local keep_snapshot = args["--keep-snapshot"] == true
+local report_dir = args["--report-dir"] or os.getenv("DR_TEST_REPORT_DIR")
+local checks_file = args["--checks"] or os.getenv("DR_TEST_CHECKS")
+if keep_snapshot and not production then
+  clubio.fail{message = "--keep-snapshot goes with --production", class = "usage",
+              hint = "a rehearsal makes no snapshot: its copies are removed at the end"}
 end
 if not report_dir or report_dir == "" then
   local base = os.getenv("XDG_STATE_HOME")
@@ -82,26 +79,46 @@ if checks_file and checks_file ~= "" then
   end
 end
 
-local ctx = dr.context()
-local cfg = ctx.cfg
+local prod = dr.context()        -- the production pair: only read in a rehearsal
+local cfg = prod.cfg
 local J = job.new("dr-test")
 local stamp = time.format(time.now(), "%Y%m%d-%H%M%S")
 local report = {job = "dr-test", run = J.run_id, started = time.iso(time.now()), objectives = OBJECTIVES,
+                mode = production and "production" or "rehearsal",
                 primary_project = cfg.primary_project, dr_project = cfg.dr_project,
-                primary = dr.display(ctx.primary_url), dr = dr.display(ctx.dr_url),
+                primary = dr.display(prod.primary_url), dr = dr.display(prod.dr_url),
                 checklist = {}, measured = {}, passed = {}, notes = {}}
 
 if J.dry_run then
-  for _, s in ipairs{"notify stakeholders", "record the current state", "verify the DR environment is ready",
-                     "create a snapshot", "simulate the primary's failure", "run the failover", "verify application functionality",
-                     "verify data integrity", "measure RTO and RPO", "restore normal operations", "write the report"} do
-    J:step(s, {plan = s}, function() end)
-  end
+  local list = production and {"notify stakeholders", "record the current state", "verify the DR environment is ready",
+                               "create a snapshot", "simulate the primary's failure", "run the failover", "verify application functionality",
+                               "verify data integrity", "measure RTO and RPO", "restore normal operations (failback)", "write the report"}
+    or {"notify stakeholders", "record the current state", "verify the DR environment is ready", "create the copies",
+        "simulate the primary's failure (on the branch)", "run the failover (on the copies)", "verify application functionality",
+        "verify data integrity", "measure RTO and RPO", "remove the copies", "write the report"}
+  for _, s in ipairs(list) do J:step(s, {plan = s}, function() end) end
   return J:finish(nil, "dry run: nothing was changed")
 end
-if not clubio.confirm(string.format("Run the DR test: close the primary database %s, fail over to %s, then fail back " ..
-                                    "(the DR copies are copied again)?", report.primary, report.dr)) then
-  clubio.fail{message = "dr-test declined", class = "declined", code = "declined.step", hint = "re-run with --yes to confirm"}
+
+if production then
+  -- the confirmation a schedule cannot give: a person at a terminal typing the project's id
+  if os.getenv("CLUBIO_DR_JOB") or not clubio.interactive then
+    J:record({step = "production DR test", status = "declined", start = time.iso(time.now()),
+              error = "needs a terminal (a scheduled run never has one)"})
+    clubio.fail{message = "dr-test --production fails the production pair over and back: it needs a person at a terminal",
+                class = "declined", code = "declined.production",
+                hint = "run it by hand on a terminal (--yes does not answer this); scheduled runs use the default rehearsal on copies"}
+  end
+  local want = tostring(cfg.primary_project or dr.parse_url(prod.primary_url).database)
+  io.stderr:write(string.format("This closes the production database %s, fails the application over to %s, then fails it back.\n" ..
+                                "Type the primary's project id (%s) to go on: ", report.primary, report.dr, want))
+  io.stderr:flush()
+  local line = io.stdin:read("l")
+  if not line or line:gsub("^%s+", ""):gsub("%s+$", "") ~= want then
+    J:record({step = "production DR test", status = "declined", start = time.iso(time.now())})
+    clubio.fail{message = "dr-test --production: not confirmed", class = "declined", code = "declined.production",
+                hint = "nothing was changed; the confirmation is the primary's project id, typed exactly"}
+  end
 end
 
 -- One checklist item: a job step (journal, timings) and a line of the report.
@@ -116,25 +133,21 @@ local function item(phase, name, fn, opts)
   return ok, res
 end
 
-local function counts(conn, tables)
-  local out = {}
-  for _, t in ipairs(tables) do
-    out[t] = tonumber(dr.scalar(conn, "SELECT count(*) AS n FROM " .. (dr.qualify(t))))
-  end
-  return out
-end
-
 local failed = false
 local tables, failure, fo_results
+-- the pair the failover runs on: the copies in a rehearsal, production with --production
+local ctx = prod
+local copies = {}
 
 -- ---- pre-test ---------------------------------------------------------------------------------
 item("pre-test", "notify stakeholders", function()
-  local r = dr.notify(ctx, "clubio-dr: DR test starting", {primary = report.primary, dr = report.dr})
+  local r = dr.notify(prod, "clubio-dr: DR test starting (" .. report.mode .. ")", {primary = report.primary, dr = report.dr})
   return {summary = r.webhook and "webhook posted" or "logged (no DR_WEBHOOK_URL)"}
 end)
 
 local ok = item("pre-test", "record the current state", function()
-  local s = dr.status(ctx)
+  -- read-only in a rehearsal: no heartbeat is written on the production primary
+  local s = dr.status(prod, {heartbeat = production})
   if not s.subscribed or not s.enabled then
     clubio.fail{message = "replication is not set up for " .. report.dr, code = "dr.not_replicating",
                 hint = "run `clubio-dr run dr-setup` first"}
@@ -143,18 +156,24 @@ local ok = item("pre-test", "record the current state", function()
     clubio.fail{message = "the initial copy is still running (" .. s.syncing .. " tables)", code = "dr.not_replicating",
                 hint = "wait for `clubio-dr run dr-setup --status` to show 0 tables copying"}
   end
-  local p <close> = assert(dr.try_primary(ctx))
-  tables = {}
-  for _, t in ipairs(dr.wanted_tables(ctx, p)) do if t ~= dr.HEARTBEAT then tables[#tables + 1] = t end end
-  report.before = {status = s, rows = counts(p, tables)}
-  return {summary = string.format("%d tables; lag %s, heartbeat %.3f s", #tables, s.lag_bytes and job.bytes(s.lag_bytes) or "?",
-                                  s.lag_seconds or -1)}
-end, {plan = "replication lag, tables and row counts"})
+  local p <close> = assert(dr.try_primary(prod))
+  local skipped
+  tables, skipped = dr.wanted_tables(prod, p)
+  local list = {}
+  for _, t in ipairs(tables) do if t ~= dr.HEARTBEAT then list[#list + 1] = t end end
+  tables = list
+  local note = dr.left_out_note(skipped)
+  if note then report.notes[#report.notes + 1] = note .. "; the integrity check compares only what replication carries" end
+  report.before = {status = s, tables = #tables}
+  return {summary = string.format("%d tables replicated%s; lag %s", #tables,
+                                  #skipped > 0 and string.format(" (%d left out: unlogged or temporary)", #skipped) or "",
+                                  s.lag_bytes and job.bytes(s.lag_bytes) or "?")}
+end, {plan = "replication lag and the replicated tables"})
 if not ok then failed = true end
 
 if not failed then
   ok = item("pre-test", "verify the DR environment is ready", function()
-    local r = dr.steps()[1].run(ctx)
+    local r = dr.steps()[1].run(prod)
     return {summary = string.format("branch %s, endpoint %s", tostring(r.branch), tostring(r.endpoint_state))}
   end)
   failed = not ok
@@ -162,22 +181,59 @@ end
 
 -- ---- execution --------------------------------------------------------------------------------
 local snapshot
-if not failed and ctx.primary then
+if not failed and production and prod.primary then
   ok = item("execution", "create a snapshot", function()
     snapshot = "dr-test-" .. stamp
-    local b = ctx.primary:create_branch{name = snapshot, parent = cfg.primary_branch, endpoint = false}
+    local b = prod.primary:create_branch{name = snapshot, parent = cfg.primary_branch, endpoint = false}
     report.snapshot = {branch = snapshot, id = b.id, project = cfg.primary_project}
     return {summary = "branch " .. snapshot .. " of project " .. cfg.primary_project}
   end, {plan = "a backup branch of the primary, the way back if the test goes wrong"})
   failed = not ok
 end
 
+if not failed and not production then
+  ok = item("execution", "create the copies", function()
+    if not prod.primary or cfg.primary_url then
+      clubio.fail{message = "a rehearsal needs the primary as a Neon project (to branch it); DR_PRIMARY_URL is set",
+                  class = "config", code = "dr.rehearsal",
+                  hint = "unset DR_PRIMARY_URL and set NEON_PROJECT_ID_PRIMARY, or run dr-test --production on a terminal"}
+    end
+    local branch = "dr-test-" .. stamp
+    prod.primary:create_branch{name = branch, parent = cfg.primary_branch}
+    copies.branch = branch
+    local purl = dr.branch_url(prod.primary, cfg, branch)
+    -- the temporary DR database, made from the DR side's admin database
+    local db = ("drt_" .. stamp:gsub("-", "_") .. "_" .. (dr.parse_url(prod.dr_url).database or "db"):lower():gsub("[^%w_]", "_")):sub(1, 63)
+    local admin <close> = require("pgdump").connect(dr.with_database(prod.dr_url, cfg.admin_database))
+    admin:query("CREATE DATABASE " .. dr.ident(db))
+    copies.dr_database = db
+    local rcfg = setmetatable({subscription = ("clubio_drt_" .. stamp:gsub("-", "_")):sub(1, 63),
+                               failback_slot = ("clubio_drtfb_" .. stamp:gsub("-", "_")):sub(1, 63),
+                               app_target = "env-file:" .. report_dir .. "/dr-test-" .. stamp .. ".app.env",
+                               route53_zone = false, route53_record = false, route53_value = false,
+                               primary_url = false, target_url = false},
+                              {__index = cfg})
+    proc.run{argv = {"mkdir", "-p", report_dir}, check = true}
+    copies.app_env = report_dir .. "/dr-test-" .. stamp .. ".app.env"
+    ctx = {cfg = rcfg, results = {}, started = time.now(), rehearsal = true, primary = prod.primary, dr = prod.dr,
+           primary_url = purl, dr_url = dr.with_database(prod.dr_url, db)}
+    local r = dr.setup(ctx, {})
+    report.copies = {branch = branch, dr_database = db, app_target = copies.app_env}
+    return {summary = string.format("branch %s of the primary, database %s in the DR project, %d tables replicated in %.1f s",
+                                    branch, db, r.tables_synced or 0, r.sync_seconds or 0)}
+  end, {plan = "a branch of the primary (its own compute), a temporary database in the DR project replicated from it, " ..
+               "a scratch application target: production is only read"})
+  failed = not ok
+end
+
 if not failed then
   ok = item("execution", "simulate the primary's failure", function()
     local p <close> = assert(dr.try_primary(ctx))
+    p:query("BEGIN READ WRITE")
     local hb = p:query(string.format([[INSERT INTO %s (id, at, note) VALUES (1, now(), $1)
          ON CONFLICT (id) DO UPDATE SET at = excluded.at, note = excluded.note
          RETURNING extract(epoch FROM at)::float8 AS at]], dr.HEARTBEAT), {"dr-test " .. J.run_id}, {typed = true})[1]
+    p:query("COMMIT")
     local db = dr.scalar(p, "SELECT current_database() AS d")
     p:close()
     -- from another database of the branch: a database cannot close itself
@@ -188,17 +244,19 @@ if not failed then
     failure.at = tonumber(failure.at)
     local n = dr.scalar(admin, [[SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
                                 WHERE datname = $1 AND pid <> pg_backend_pid()]], {db})
-    report.failure = {mode = "database closed (ALLOW_CONNECTIONS false), sessions and replication ended",
+    report.failure = {mode = "database closed (ALLOW_CONNECTIONS false), sessions and replication ended" ..
+                             (production and "" or " — on the branch, not production"),
                       at = time.iso(failure.at, true), sessions_ended = tonumber(n)}
-    return {summary = "database " .. db .. " closed; " .. n .. " sessions ended"}
-  end, {plan = "close the primary's database to every connection (the replication sender too)"})
+    return {summary = "database " .. db .. (production and "" or (" of branch " .. copies.branch)) .. " closed; " .. n .. " sessions ended"}
+  end, {plan = production and "close the primary's database to every connection (the replication sender too)"
+                          or "close the branch's database to every connection (the replication sender too)"})
   failed = not ok
 end
-
 if not failed then
   ok = item("execution", "run the failover", function()
     local steps = dr.load_site(dr.steps())
-    local FJ = job.new("dr-failover")
+    -- a rehearsal's failover is journaled under its own name: it is not a failover of production
+    local FJ = job.new(production and "dr-failover" or "dr-test-failover")
     local ok2, err = pcall(dr.run_steps, FJ, ctx, steps, {})
     report.failover = {run = FJ.run_id, steps = {}}
     for _, s in ipairs(FJ.steps) do
@@ -259,6 +317,7 @@ if failure and not failed then
   ok = item("execution", "verify data integrity", function()
     local d <close> = dr.connect_dr(ctx)
     dr_digests = {}
+    -- only what replication carries: unlogged and temporary tables were left out (and noted)
     for _, t in ipairs(tables) do dr_digests[t] = d:table_digest((dr.qualify(t))) end
     -- the primary at cutover: re-opened for reading only (still fenced: read-only by default)
     local admin <close> = assert(dr.try_primary(ctx, cfg.admin_database))
@@ -306,35 +365,71 @@ if failure and failure.recovered then
   end)
 end
 
--- Always attempted once the failure was simulated: the primary must not stay closed.
-if failure then
+
+-- Always attempted once the failure was simulated: the primary must not stay closed, the copies
+-- must not stay behind.
+if failure and production then
   local okr = item("post-test", "restore normal operations", function()
-    local done = {}
     local admin <close> = assert(dr.try_primary(ctx, cfg.admin_database))
+    -- re-opened still fenced: the failback un-fences it once the DR side's writes are in
+    admin:query("ALTER DATABASE " .. dr.ident(failure.database) .. " SET default_transaction_read_only = on")
     admin:query("ALTER DATABASE " .. dr.ident(failure.database) .. " ALLOW_CONNECTIONS true")
-    admin:query("ALTER DATABASE " .. dr.ident(failure.database) .. " RESET default_transaction_read_only")
-    done[#done + 1] = "primary re-opened"
-    local t = dr.update_app_target(ctx, ctx.primary_url)
-    done[#done + 1] = t.skipped and "application target not configured" or "application pointed back at the primary"
-    if os.getenv("DR_ROUTE53_PRIMARY_VALUE") then
-      dr.update_routing(ctx, os.getenv("DR_ROUTE53_PRIMARY_VALUE"))
-      done[#done + 1] = "routing pointed back"
-    elseif cfg.route53_zone then
-      report.notes[#report.notes + 1] = "traffic routing was not pointed back (set DR_ROUTE53_PRIMARY_VALUE)"
+    if report.passed.integrity then
+      -- every table matched at cutover and the primary stayed closed, then fenced: what the DR
+      -- side took since is all the primary lacks
+      local d <close> = dr.connect_dr(ctx)
+      local rec = dr.failover_record(ctx, d)
+      if rec and rec.slot_present then
+        rec.exact, rec.why = true, "dr-test: every table matched at cutover"
+        dr.write_failover_record(ctx, d, rec)
+      end
     end
-    local r = dr.setup(ctx, {resync = true})
-    done[#done + 1] = string.format("replication re-created (%d tables copied in %.1f s)", r.tables_synced or 0, r.sync_seconds or 0)
-    report.after = {status = dr.status(ctx)}
+    local fb = require "clubio.dr_failback"
+    local steps = dr.load_site(fb.steps(), nil, "dr-failback-site.lua")
+    local BJ = job.new("dr-failback")
+    ctx.results = {}
+    dr.run_steps(BJ, ctx, steps, {what = "failback"})
+    local mode = (ctx.results["check-primary"] or {}).mode
+    report.failback = {run = BJ.run_id, mode = mode}
+    return {summary = "failed back (" .. tostring(mode) .. "): the primary takes writes, the application points at it, replication runs again"}
+  end, {plan = "re-open the primary (fenced), then the dr-failback steps: the DR side's writes to the primary, application and traffic back, replication again",
+        hint = "finish by hand: ALTER DATABASE ... ALLOW_CONNECTIONS true (from another database), then `clubio-dr run dr-failback --yes`"})
+  report.passed.restored = okr
+  if not okr then failed = true end
+elseif not production and copies.branch then
+  local okr = item("post-test", "remove the copies", function()
+    local done = {}
+    if copies.dr_database then
+      -- the temporary DR database: its failback slot (made by the failover), then the database
+      pcall(function()
+        local d <close> = dr.connect_dr(ctx)
+        for _, r in ipairs(d:query("SELECT subname FROM pg_subscription WHERE subdbid = " .. dr.THIS_DB)) do
+          d:query("ALTER SUBSCRIPTION " .. dr.ident(r.subname) .. " DISABLE")
+          d:query("ALTER SUBSCRIPTION " .. dr.ident(r.subname) .. " SET (slot_name = NONE)")
+          d:query("DROP SUBSCRIPTION " .. dr.ident(r.subname))
+        end
+      end)
+      local admin <close> = require("pgdump").connect(dr.with_database(prod.dr_url, cfg.admin_database))
+      for _, r in ipairs(admin:query("SELECT slot_name FROM pg_replication_slots WHERE database = $1", {copies.dr_database})) do
+        admin:query("SELECT pg_drop_replication_slot($1)", {r.slot_name})
+      end
+      admin:query("DROP DATABASE IF EXISTS " .. dr.ident(copies.dr_database) .. " WITH (FORCE)")
+      done[#done + 1] = "database " .. copies.dr_database .. " dropped"
+    end
+    -- the branch, its compute and its slot
+    prod.primary:delete_branch(copies.branch)
+    done[#done + 1] = "branch " .. copies.branch .. " deleted"
+    if copies.app_env then os.remove(copies.app_env) end
     return {summary = table.concat(done, "; ")}
-  end, {plan = "re-open and un-fence the primary, point the application back, copy the DR side again, re-create replication",
-        hint = "finish by hand: ALTER DATABASE ... ALLOW_CONNECTIONS true; ALTER DATABASE ... RESET default_transaction_read_only; " ..
-               "point the application at the primary; clubio-dr run dr-setup --resync --yes"})
+  end, {plan = "drop the temporary DR database (and its slot), delete the branch, remove the scratch application target",
+        hint = "remove them by hand: the branch " .. tostring(copies.branch) .. " of the primary project, the database " ..
+               tostring(copies.dr_database) .. " of the DR project"})
   report.passed.restored = okr
   if not okr then failed = true end
 end
 if snapshot and not keep_snapshot and (not failure or report.passed.restored) then
   item("post-test", "delete the snapshot", function()
-    ctx.primary:delete_branch(snapshot)
+    prod.primary:delete_branch(snapshot)
     return {summary = "branch " .. snapshot .. " deleted (--keep-snapshot keeps it)"}
   end)
 end
@@ -373,6 +468,10 @@ local function markdown()
   w(string.format("Result: **%s**. Primary `%s` (project %s), DR `%s` (project %s). Started %s, finished %s.",
                   report.ok and "PASSED" or "FAILED", report.primary, tostring(report.primary_project), report.dr,
                   tostring(report.dr_project), report.started, report.finished))
+  w("")
+  w(report.mode == "production" and "Mode: **production** (the production pair failed over and back)."
+    or string.format("Mode: **rehearsal** on copies (branch `%s` of the primary, database `%s` in the DR project, removed " ..
+                     "afterwards); production kept serving.", tostring((report.copies or {}).branch), tostring((report.copies or {}).dr_database)))
   w("")
   w("## Objectives")
   w("")
@@ -460,5 +559,5 @@ if not report.ok then
                                               ": the objectives were not met"),
               class = "verify", code = "dr.test_failed", hint = "the report is " .. base .. ".md"}
 end
-return J:finish(report, string.format("DR test passed: RTO %s (objective 4 h), RPO %s (objective 1 h); report %s.md",
+return J:finish(report, string.format("DR test passed (" .. report.mode .. "): RTO %s (objective 4 h), RPO %s (objective 1 h); report %s.md",
                                       dur(report.measured.rto_seconds), dur(report.measured.rpo_seconds), base))

@@ -266,6 +266,9 @@ local function neon_uri(client, cfg, branch)
   return M.with_database(base, cfg.database)
 end
 
+-- The connection URI of `branch` of a Neon project (by name or id), for cfg.database.
+function M.branch_url(client, cfg, branch) return neon_uri(client, cfg, branch) end
+
 -- The context steps share. The primary may be unreachable (API or database): then
 -- ctx.primary_url is nil and ctx.primary_error says why; the DR side must answer.
 function M.context(cfg)
