@@ -385,7 +385,8 @@ end
 local function run_child(argv, e, stdin, what)
   local r = proc.run{argv = argv, env = e, stdin = stdin}
   if r.status ~= 0 then
-    local last = (r.stderr or ""):gsub("%s+$", ""):match("([^\n]*)$") or ""
+    local err = (r.stderr or ""):gsub("%s+$", "")
+    local last = err:match("ERROR:%s*([^\n]*)") or err:match("([^\n]*)$") or ""
     clubio.fail{message = what .. " failed (status " .. r.status .. "): " .. log.redact(last),
                 code = "dr.schema", hint = "fix the error above; nothing was committed on the DR side (one transaction)"}
   end
@@ -406,6 +407,15 @@ function M.copy_schema(ctx, tables, all, back)
   local from, to = ctx.primary_url, ctx.dr_url
   if back then from, to = ctx.dr_url, ctx.primary_url end
   local ddl = run_child(argv, M.libpq_env(from), nil, "pg_dump --schema-only of the " .. (back and "DR" or "primary") .. " database")
+  if not all then
+    -- pg_dump --table leaves out the tables' schemas: made first when missing
+    local schemas, seen = {}, {}
+    for _, t in ipairs(tables) do
+      local sch = t:match("^([^.]+)%.")
+      if sch and not seen[sch] then seen[sch] = true; schemas[#schemas + 1] = "CREATE SCHEMA IF NOT EXISTS " .. M.ident(sch) .. ";" end
+    end
+    ddl = table.concat(schemas, "\n") .. "\n" .. ddl
+  end
   local e = M.libpq_env(to)
   e.PGOPTIONS = ((e.PGOPTIONS and (e.PGOPTIONS .. " ")) or "") .. "-c default_transaction_read_only=off"
   run_child({"psql", "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f", "-"},
