@@ -38,6 +38,8 @@ local key = string.format("%sclubio-db-%s.sql.gz.enc", prefix, time.format(start
 local where = "s3://" .. bucket .. "/" .. key
 local src = job.describe_url(url)
 local c = objects.client{defaults = settings}
+-- A base for the change archive (docs/changes.md) when its slot exists before the snapshot.
+local changes_slot = not J.dry_run and require("clubio.changes").slot_for_export(url) or nil
 
 local r = J:step("dump, compress, encrypt and upload", {
   plan = string.format("pg_dump of %s (%d jobs) -> gzip -%d -> aes-256-cbc -> %s (%s)",
@@ -88,6 +90,7 @@ verify.protect(function() return J:step("write the manifest", {plan = "s3://" ..
     plain = {bytes = r.plain.bytes, sha256 = r.plain.hex},
     stored = {bytes = r.stored.bytes, sha256 = r.stored.hex},
     tables = tables,
+    changes = changes_slot and r.dump.snapshot_xids and {slot = changes_slot, snapshot_xids = r.dump.snapshot_xids} or nil,
   }
   local text = verify.sign_manifest(m)
   c:put(bucket, manifest_key, {body = text, content_type = "application/json"})

@@ -149,6 +149,12 @@ wait_for("the new base", function() return archiver_log():find("base export writ
                                         select(2, archiver_log():gsub("base export written", "")) >= 2 end)
 load(5)
 wait_archived()
+-- a scheduled export taken while the slot exists is a base too (it records its snapshot)
+local export = run{"export-database", "--json"}
+assert(export.status == 0, export.stderr)
+local export_key = export.doc.result.key
+load(3)
+wait_archived()
 load(3)
 wait_archived()
 proc.run{argv = {"kill", "-TERM", pid2}}
@@ -191,6 +197,7 @@ T.case("restore --to latest into a fresh server with no roles: every table and s
   local r = run({"restore-from-s3", "--to", "latest", "-", "--json"}, {RESTORE_TARGET_URL = FRESH .. "r_latest"})
   T.eq(r.status, 0, r.stderr .. r.stdout)
   T.ok(r.doc.result.transactions > 0, "transactions replayed")
+  T.eq(r.doc.result.base, export_key, "the newest base: the export-database export")
   local db <close> = pgdump.connect(FRESH .. "r_latest")
   local got = state(db)
   for _, t in ipairs(TABLES) do T.eq(got[t], final[t], t) end

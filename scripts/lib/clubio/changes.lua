@@ -173,13 +173,24 @@ function M.take_base(c, cfg, opts)
   return {key = key, manifest = m}
 end
 
+-- The change archive's slot name if it exists on the database at url (an export taken now is
+-- then a base: the slot holds every transaction its snapshot does not), else nil. Never raises.
+function M.slot_for_export(url)
+  local slot = env.get("CHANGES_SLOT", "clubio_changes")
+  local ok, rows = pcall(function()
+    local db <close> = pgdump.connect(url)
+    return db:query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()", {slot})
+  end)
+  return ok and rows[1] and slot or nil
+end
+
 -- Exports usable as bases (their manifest records the snapshot's transactions), newest first.
 function M.list_bases(c, cfg)
   local out = {}
   for _, e in ipairs(require("clubio.exports").list(c, cfg.bucket, cfg.export_prefix)) do
     if e.has_manifest then
       local m = M.read_manifest(c, cfg.bucket, e.key)
-      if m and m.changes and m.changes.snapshot_xids then
+      if m and m.changes and m.changes.snapshot_xids and m.changes.slot == cfg.slot then
         out[#out + 1] = {key = e.key, manifest = m, time = time.parse(m.snapshot_time)}
       end
     end
