@@ -197,7 +197,7 @@ end)
 
 if J.dry_run then
   return J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
-                   recovery_point = time.iso(at, true)},
+                   recovery_point = time.iso(at, at % 1 ~= 0)},
                   string.format("dry run: %d bad row(s) in %s (first %s); would recover %s as of %s; nothing was changed",
                                 W.bad, W.qtable, time.iso(W.first), src.name, time.iso(at)))
 end
@@ -280,7 +280,7 @@ next steps:
     recovery, src.name, recovery, src.name, src.name, recovery, src.name, recovery, src.name, recovery, recovery, project)
 end
 J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
-          recovery_point = time.iso(at, true), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
+          recovery_point = time.iso(at, at % 1 ~= 0), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
           recovered_rows = V.total, recovered_bad = V.bad, changed_since = V.changed_since, other_changes = V.other_changes, promoted = promoted,
           connection = job.describe_url(uri_of(rec)).display}, next_steps)
 return 0
