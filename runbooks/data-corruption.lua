@@ -279,6 +279,11 @@ next steps:
      or make it the default:  neonctl branches set-default %s --project-id %s]],
     recovery, src.name, recovery, src.name, src.name, recovery, src.name, recovery, src.name, recovery, recovery, project)
 end
+-- a new default branch, or the branch restore suggested above (it removes the branch's
+-- replication slots), leaves the DR replica behind: say so, with the command
+local dr_note = require("clubio.dr").after_branch_restore{branch = promoted and recovery or src.name, promoted = promoted,
+                                                          planned = not promoted}
+if dr_note.affected ~= false then next_steps = next_steps .. "\n  replication: " .. dr_note.message end
 J:finish({table = W.qtable, branch = src.name, bad_rows = W.bad, first_bad = time.iso(W.first), last_bad = time.iso(W.last),
           recovery_point = time.iso(at, at % 1 ~= 0), chosen_by = chosen_by, safety_branch = safety, recovery_branch = recovery,
           recovered_rows = V.total, recovered_bad = V.bad, changed_since = V.changed_since, other_changes = V.other_changes, promoted = promoted,

@@ -53,6 +53,10 @@ J:step("restore " .. main.name .. " from " .. source .. ", keeping its data as "
   n:restore_branch{branch = main.id, source = src.id, preserve_under_name = safety}
 end)
 if J.dry_run then return J:finish(nil, "dry run: nothing was changed") end
-return J:finish({branch = main.name, source = source, safety_branch = safety},
+-- the restore removed the branch's replication slots: the DR replica's state, and the command
+local dr_note = require("clubio.dr").after_branch_restore{branch = main.name}
+if dr_note.affected ~= false then require("log").warn(dr_note.message) end
+return J:finish({branch = main.name, source = source, safety_branch = safety, dr_replication = dr_note},
                 string.format("%s restored from %s; the previous data is in the safety branch %s\n" ..
-                              "undo with: clubio-dr run restore-from-backup %s --yes", main.name, source, safety, safety))
+                              "undo with: clubio-dr run restore-from-backup %s --yes", main.name, source, safety, safety) ..
+                (dr_note.affected ~= false and ("\nreplication: " .. dr_note.message) or ""))

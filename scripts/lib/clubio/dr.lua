@@ -669,6 +669,57 @@ function M.drop_subscription(ctx, dconn, pconn)
   return out
 end
 
+-- ---- after a branch restore ------------------------------------------------------------------
+
+-- Neon's branch restore removes the restored branch's logical replication slots (the new data
+-- has none), so a DR replica of that branch stops for good; making another branch the default
+-- leaves the replica following the old one. restore-from-backup and data-corruption call this
+-- after such a change: opts.branch (the branch restored or made default), opts.promoted (made
+-- the default), opts.planned (a restore the caller tells the operator to make next). Returns {affected, message, command}; never raises — the restore's own outcome
+-- must not depend on it.
+M.RESYNC_COMMAND = "clubio-dr run dr-setup --resync --yes"
+function M.after_branch_restore(opts)
+  opts = opts or {}
+  local generic = {affected = nil, command = M.RESYNC_COMMAND,
+                   message = "a Neon branch restore removes the branch's logical replication slots: whatever replicated from " ..
+                             "it (clubio-dr's DR replica, a change archive) must be set up again; for the DR replica: " .. M.RESYNC_COMMAND}
+  local ok, res = pcall(function()
+    local okc, cfg = pcall(M.config)
+    if not okc then return generic end  -- no DR pair configured here
+    if cfg.primary_branch and opts.branch and cfg.primary_branch ~= opts.branch and not opts.promoted then
+      return {affected = false, message = "the DR replica follows branch " .. cfg.primary_branch .. ", not " .. opts.branch .. ": not affected"}
+    end
+    local ctx = M.context(cfg)
+    local s = M.status(ctx, {heartbeat = false})
+    if not s.subscribed then return {affected = false, message = "no DR replication is set up: nothing to re-establish"} end
+    local cmd = M.RESYNC_COMMAND
+    if opts.promoted then
+      if cfg.primary_branch and cfg.primary_branch ~= opts.branch then cmd = "DR_PRIMARY_BRANCH=" .. opts.branch .. " " .. cmd end
+      return {affected = true, command = cmd,
+              message = string.format("the default branch is now %s: the DR replica (subscription %s) still follows the old one; " ..
+                                      "re-establish it from %s (the DR copies are copied again): %s", opts.branch, cfg.subscription,
+                                      opts.branch, cmd)}
+    end
+    if opts.planned then
+      return {affected = true, command = cmd,
+              message = string.format("restoring %s removes its replication slots (Neon): afterwards re-establish the DR replica " ..
+                                      "(subscription %s; the DR copies are copied again): %s", opts.branch, cfg.subscription, cmd)}
+    end
+    if s.primary_reachable and s.slot_active ~= nil then
+      return {affected = false, message = "the DR replication slot " .. cfg.subscription .. " is still on the primary: not affected"}
+    end
+    return {affected = true, command = cmd,
+            message = string.format("Neon's branch restore removed the replication slot %s: the DR replica of %s is broken " ..
+                                    "(and behind the restored data); re-establish it (the DR copies are copied again): %s",
+                                    cfg.subscription, M.display(ctx.primary_url), cmd)}
+  end)
+  if not ok then
+    generic.message = generic.message .. " (the DR state could not be checked: " .. log.redact(tostring(clubio.is_error(res) and res.message or res)) .. ")"
+    return generic
+  end
+  return res
+end
+
 -- ---- the failover record (on the DR side) ------------------------------------------------
 --
 -- When replication stops at a failover, the DR database gets a publication (DR_FAILBACK_PUBLICATION,
