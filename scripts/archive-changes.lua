@@ -138,7 +138,8 @@ db:close()
 -- where the chain stands
 local last, segs = lib.chain_end(c, cfg)
 local seq = last and last.manifest.seq or 0
-local prev = last and {key = last.manifest.archive.key, sha256 = last.manifest.stored.sha256, seq = last.manifest.seq} or nil
+local prev = last and {key = last.manifest.archive.key, sha256 = last.manifest.stored.sha256, seq = last.manifest.seq,
+                      last_time = last.manifest.last_time} or nil
 local skip_through = last and last.manifest.last_lsn or nil
 for _, s in ipairs(segs) do -- segments uploaded without a manifest (a crash in between): not part of the chain
   if not s.has_manifest and s.seq > seq then c:delete(cfg.bucket, s.key); log.warn("removed an unfinished segment", {key = s.key}) end
@@ -217,7 +218,7 @@ local function one_segment(first_lsn)
   c:put(cfg.bucket, key .. verify.MANIFEST_SUFFIX, {body = verify.sign_manifest(m), content_type = "application/json"})
   -- durably in S3 with its manifest: only now may the server forget these transactions
   cap:confirm(s.end_lsn)
-  prev = {key = key, sha256 = r.stored.hex, seq = seq}
+  prev = {key = key, sha256 = r.stored.hex, seq = seq, last_time = s.last_time}
   skip_through = s.last_lsn
   log.info("segment archived", {key = key, transactions = s.transactions, changes = s.changes, bytes = r.stored.bytes,
                                 last_commit = s.last_time})

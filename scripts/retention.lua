@@ -190,6 +190,23 @@ if want.exports then
   local s = retention.summary(ds)
   report.targets.exports = {bucket = bucket, prefix = prefix, keep = s.keep, delete = s.delete, deleted = deleted,
                             storage_class_changed = moved, backups = entries(ds, label)}
+  -- the change archive: its segments back to the oldest export kept that is a base (docs/changes.md)
+  local kept = {}
+  for _, d in ipairs(ds) do if d.keep then kept[#kept + 1] = d.backup.key end end
+  local changes = require "clubio.changes"
+  local ccfg = changes.config()
+  local segs = J:step("list change archive segments", {plan = "s3://" .. bucket .. "/" .. ccfg.folder,
+                      dry = function() return changes.retention_decisions(c, ccfg, kept) end},
+                      function() return changes.retention_decisions(c, ccfg, kept) end)
+  if #segs > 0 then
+    show("segment", segs, label)
+    local sdeleted = apply("change archive segments", segs, label, function(b)
+      c:delete(bucket, b.key .. ".manifest.json")
+      c:delete(bucket, b.key)
+    end)
+    local ss = retention.summary(segs)
+    report.targets.changes = {bucket = bucket, prefix = ccfg.folder, keep = ss.keep, delete = ss.delete, deleted = sdeleted}
+  end
 end
 
 -- ---- stale multipart uploads -----------------------------------------------------------------

@@ -246,6 +246,52 @@ function M.verify_chain(c, cfg, opts)
   return chain, problems
 end
 
+-- How far before a base's snapshot time a transaction it does not hold can have its commit time
+-- (a commit's time is taken a moment before it becomes visible). Restores read, and retention
+-- keeps, the segments from this long before the base on. Generous; the skip rule is exact.
+M.BASE_MARGIN = 300
+
+-- Retention of the change archive (used by the retention script): segments are kept back to
+-- the oldest base that the exports' retention keeps; older ones are deleted. `kept` lists the
+-- keys of the exports kept. Returns decisions as retention.decide makes them ({keep, reason,
+-- backup = {key, time, verified}}), oldest first. Nothing is deleted while no kept export is
+-- a base of this slot.
+function M.retention_decisions(c, cfg, kept)
+  local oldest
+  for _, key in ipairs(kept) do
+    local m = M.read_manifest(c, cfg.bucket, key)
+    if m and m.changes and m.changes.slot == cfg.slot and m.changes.snapshot_xids then
+      local t = time.parse(m.snapshot_time)
+      if not oldest or t < oldest.time then oldest = {key = key, time = t} end
+    end
+  end
+  local out = {}
+  local reached = false -- commit times grow with the sequence number: past the first kept, all are
+  for _, s in ipairs(M.list_segments(c, cfg)) do
+    if reached then
+      out[#out + 1] = {backup = {key = s.key, time = 0, verified = s.has_manifest}, keep = true,
+                       reason = "needed from the oldest retained base on"}
+      goto continue
+    end
+    local m = oldest and s.has_manifest and M.read_manifest(c, cfg.bucket, s.key)
+    local last = m and time.parse(m.last_time)
+    local d = {backup = {key = s.key, time = last or 0, verified = m and true or false}, keep = true}
+    if not oldest then
+      d.reason = "no retained export is a base of slot " .. cfg.slot
+    elseif not last then
+      d.reason = "no manifest (in flight, or to check by hand)"
+    elseif last < oldest.time - M.BASE_MARGIN then
+      d.keep, d.reason = false, "older than the oldest retained base " .. oldest.key
+    else
+      d.reason = "needed from the oldest retained base on"
+      reached = true
+    end
+    out[#out + 1] = d
+    ::continue::
+  end
+  return out
+end
+
 -- LSN helpers
 function M.lsn(s) return s and require("changes").lsn(s) or 0 end
 

@@ -8,10 +8,7 @@ local job = require "clubio.job"
 
 local M = {}
 
--- How far before a base's snapshot time a transaction it does not hold can have its commit
--- time (the commit time is taken a moment before the commit is visible): segments ending
--- earlier than this are not downloaded. Generous; the skip rule itself is exact.
-local BASE_MARGIN = 300
+local BASE_MARGIN = lib.BASE_MARGIN
 
 -- Creates the roles (no password, NOLOGIN) that the target server does not have.
 function M.create_roles(target, roles)
@@ -50,7 +47,10 @@ function M.plan(c, cfg, to)
       segs[#segs + 1] = m
     end
   end
-  if first_index and first_index == 1 and chain[1].seq ~= 1 and time.parse(chain[1].first_time) > from then
+  -- the chain must reach back to the base: the oldest segment kept is the first ever, or the
+  -- one before it (removed by retention) ended before the base
+  local head = chain[1]
+  if first_index == 1 and head.seq ~= 1 and not (head.prev and head.prev.last_time and time.parse(head.prev.last_time) < from) then
     fail_verify("the change archive does not reach back to the base " .. base.key .. " (its oldest segment is #" .. chain[1].seq .. ")",
                 "choose a point after a newer base")
   end
