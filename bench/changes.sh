@@ -73,7 +73,7 @@ done
 cpu() { awk '{print $14 + $15}' "/proc/$ARCH_PID/stat"; }
 CPU0=$(cpu)
 
-"$PGBENCH" -n -q -c 2 -j 1 -T "$SECS" -f "$WORK/small.sql@19" -f "$WORK/bulk.sql@1" bench_src >"$WORK/pgbench.log" 2>&1 &
+"$PGBENCH" -n -c 2 -j 1 -T "$SECS" -f "$WORK/small.sql@19" -f "$WORK/bulk.sql@1" bench_src >"$WORK/pgbench.log" 2>&1 &
 LOAD=$!
 : >"$WORK/rpo"
 while kill -0 "$LOAD" 2>/dev/null; do

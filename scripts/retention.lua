@@ -204,8 +204,9 @@ if want.exports then
       c:delete(bucket, b.key .. ".manifest.json")
       c:delete(bucket, b.key)
     end)
-    local ss = retention.summary(segs)
-    report.targets.changes = {bucket = bucket, prefix = ccfg.folder, keep = ss.keep, delete = ss.delete, deleted = sdeleted}
+    local keep = 0
+    for _, d in ipairs(segs) do if d.keep then keep = keep + 1 end end
+    report.targets.changes = {bucket = bucket, prefix = ccfg.folder, keep = keep, delete = #segs - keep, deleted = sdeleted}
   end
 end
 

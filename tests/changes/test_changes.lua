@@ -224,6 +224,13 @@ T.case("a table without a primary key or replica identity is refused, named", fu
   src:query("DROP TABLE no_key")
 end)
 
+T.case("retention keeps the segments back to the oldest retained base", function()
+  local r = run({"retention", "--dry-run", "exports"}, {RETENTION_DAYS = "30"})
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stdout, "keep%s+segment%s+%S+0000000001%-%x+%.sql%.gz%.enc%s+needed from the oldest retained base on")
+  T.no_match(r.stdout, "DELETE%s+segment")
+end)
+
 T.case("a corrupt or missing segment is detected by verification", function()
   local c = s3.client{}
   local keys = {}
