@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -173,13 +175,31 @@ typedef struct FileSink {
  * for the last stretch only (it took 0.2 s at the end of a 427 MB dump). */
 #define FLUSH_AFTER ((uint64_t)16 << 20)
 
+/* How much of `want` bytes a write to the pipe fd takes without blocking, once poll said
+ * POLLOUT. A blocking write to a pipe waits until all of it is in, so a reader that stops would
+ * hold a cancel up for ever. POLLOUT means one free page slot at least, so PIPE_BUF bytes always
+ * go in; beyond that, the slots not in use: the pipe's capacity less the queued bytes, counting
+ * a partial page at each end as a whole one. Not a pipe: all of it (a file never blocks; our
+ * children's pipes are non-blocking, see rt_child_sink). */
+static size_t pipe_room(int fd, bool is_pipe, size_t want)
+{
+    if (!is_pipe || want <= PIPE_BUF) return want;
+    int cap = fcntl(fd, F_GETPIPE_SZ), queued = 0;
+    if (cap <= 0 || ioctl(fd, FIONREAD, &queued) != 0) return PIPE_BUF;
+    long page = 4096, free_slots = cap / page - (queued + page - 1) / page - 1;
+    size_t room = free_slots > 1 ? (size_t)free_slots * (size_t)page : PIPE_BUF;
+    return want < room ? want : room;
+}
+
 static int write_all(int fd, const uint8_t *data, size_t len, const char *name, RtError *err)
 {
+    struct stat st;
+    bool is_pipe = fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
     while (len) {
         /* a child or a pipe reader that stops reading must not hold a cancel up */
         if (rt_wait_fd(fd, POLLOUT, err) != RT_OK) return RT_ERR;
-        ssize_t n = write(fd, data, len);
-        if (n < 0 && errno == EINTR) continue;
+        ssize_t n = write(fd, data, pipe_room(fd, is_pipe, len));
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
         if (n < 0) {
             if (errno == EPIPE)
                 return rt_error_set(err, RT_CLASS_FAILURE, "io.epipe",
@@ -669,6 +689,9 @@ RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
 {
     Child *c = child_start(spec, RT_PROC_STDIN | (quiet ? RT_PROC_QUIET : 0), err);
     if (!c) return NULL;
+    /* our end only (the child's is another file description): a child that stops reading makes
+     * write return EAGAIN, and write_all waits where a cancel is seen */
+    fcntl(c->proc.in_fd, F_SETFL, fcntl(c->proc.in_fd, F_GETFL) | O_NONBLOCK);
     RtSink *k = rt_sink_new();
     if (!k) {
         child_destroy(c);

@@ -7,17 +7,20 @@
 #include "io/cancel.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
+#include "proc.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* A transform filter that doubles every byte and, on flush, appends "END" — its output is
  * larger than its input, so with small buffers it hits "output full" constantly. */
 typedef struct Doubler {
-    int flushed; /* bytes of "END" written */
+    int flushed;    /* bytes of "END" written */
     size_t pending; /* 1 if the second copy of a byte still has to be written */
     uint8_t pending_byte;
 } Doubler;
@@ -31,14 +34,16 @@ static int doubler_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtErro
         d->pending = 0;
     }
     if (!in) {
-        while (!d->pending && d->flushed < 3 && rt_buf_space(out)) out->data[out->used++] = "END"[d->flushed++];
+        while (!d->pending && d->flushed < 3 && rt_buf_space(out))
+            out->data[out->used++] = "END"[d->flushed++];
         *done = d->flushed == 3 && !d->pending;
         return RT_OK;
     }
     while (!d->pending && rt_buf_remain(in) && rt_buf_space(out)) {
         uint8_t c = in->data[in->pos++];
         out->data[out->used++] = c;
-        if (rt_buf_space(out)) out->data[out->used++] = c;
+        if (rt_buf_space(out))
+            out->data[out->used++] = c;
         else {
             d->pending = 1;
             d->pending_byte = c;
@@ -133,7 +138,8 @@ static bool run_doubler(size_t n, size_t bufsize, int depth)
     ok = ok && memcmp(out + 2 * n, "END", 3) == 0;
     const RtResults *r = rt_pipe_results(p);
     ok = ok && rt_results_as_int(rt_results_get(r, "bytes_in")) == (int64_t)n;
-    ok = ok && rt_results_as_int(rt_results_get(rt_results_get(r, "count"), "bytes")) == (int64_t)(2 * n + 3);
+    ok = ok && rt_results_as_int(rt_results_get(rt_results_get(r, "count"), "bytes")) ==
+                   (int64_t)(2 * n + 3);
     rt_pipe_free(p);
     free(in);
     return ok;
@@ -259,6 +265,107 @@ static void test_cancel(void)
     rt_cancel_reset();
 }
 
+/* Sets the cancel flag after 300 ms, as a signal handler would while the pipe waits. */
+static void *cancel_later(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {0, 300 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    rt_cancel(RT_CLASS_TIMEOUT);
+    return NULL;
+}
+
+/* A child that writes, then stays silent: the source waits in poll, not in read, so the cancel
+ * ends the wait (before, the run waited for the child's `sleep`); the file sink leaves nothing
+ * and the child, with what it started, is stopped and reaped. */
+static void test_cancel_silent_child_source(void)
+{
+    make_tmpdir();
+    char dst[128];
+    snprintf(dst, sizeof dst, "%s/out", tmpdir);
+    const char *argv[] = {"sh", "-c", "echo x; sleep 300", NULL};
+    RtProcSpec spec = {.argv = argv};
+    RtError err;
+    rt_error_init(&err);
+    RtPipe *p = rt_pipe_new(NULL);
+    rt_pipe_set_source(p, rt_child_source(&spec, &err), NULL);
+    rt_pipe_set_sink(p, rt_file_sink(dst, false, &err), NULL);
+    pthread_t t;
+    pthread_create(&t, NULL, cancel_later, NULL);
+    CHECK_EQ_INT(rt_pipe_run(p, &err), RT_ERR);
+    CHECK_EQ_INT(err.klass, RT_CLASS_TIMEOUT);
+    pthread_join(t, NULL);
+    rt_pipe_free(p);
+    CHECK_EQ_INT(count_dir_entries(tmpdir), 0);
+    rmdir(tmpdir);
+    rt_cancel_reset();
+}
+
+/* A child sink that never reads: the writer waits in poll for room in the pipe, so the cancel
+ * ends the wait; the abort kills the child. */
+static void test_cancel_child_sink_not_reading(void)
+{
+    const char *argv[] = {"sh", "-c", "sleep 300", NULL};
+    RtProcSpec spec = {.argv = argv};
+    uint8_t *data = pattern(4 << 20);
+    RtError err;
+    rt_error_init(&err);
+    RtPipe *p = rt_pipe_new(NULL);
+    rt_pipe_set_source(p, rt_mem_source(data, 4 << 20, &err), NULL);
+    rt_pipe_set_sink(p, rt_child_sink(&spec, true, &err), NULL);
+    pthread_t t;
+    pthread_create(&t, NULL, cancel_later, NULL);
+    CHECK_EQ_INT(rt_pipe_run(p, &err), RT_ERR);
+    CHECK_EQ_INT(err.klass, RT_CLASS_TIMEOUT);
+    pthread_join(t, NULL);
+    rt_pipe_free(p);
+    free(data);
+    rt_cancel_reset();
+}
+
+/* stdout into a pipe nobody reads (`clubio-dr decrypt | a stuck psql`): writes never exceed the
+ * room in the pipe, so the cancel ends the wait instead of a write blocked for ever. */
+static void test_cancel_stdout_pipe_not_read(void)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0);
+    uint8_t *data = pattern(4 << 20);
+    RtError err;
+    rt_error_init(&err);
+    RtPipe *p = rt_pipe_new(NULL);
+    rt_pipe_set_source(p, rt_mem_source(data, 4 << 20, &err), NULL);
+    rt_pipe_set_sink(p, rt_fd_sink(fds[1], "stdout", &err), NULL);
+    pthread_t t;
+    pthread_create(&t, NULL, cancel_later, NULL);
+    CHECK_EQ_INT(rt_pipe_run(p, &err), RT_ERR);
+    CHECK_EQ_INT(err.klass, RT_CLASS_TIMEOUT);
+    pthread_join(t, NULL);
+    rt_pipe_free(p);
+    close(fds[0]);
+    close(fds[1]);
+    free(data);
+    rt_cancel_reset();
+}
+
+/* rt_proc_terminate: a child that ignores SIGTERM is killed after the grace; the status says
+ * SIGKILL. A child that exits on SIGTERM reports 128 + 15. */
+static void test_proc_terminate(void)
+{
+    const char *stubborn[] = {"sh", "-c", "trap '' TERM; while :; do sleep 1; done", NULL};
+    RtProcSpec spec = {.argv = stubborn};
+    RtProc pr;
+    RtError err;
+    rt_error_init(&err);
+    CHECK_EQ_INT(rt_proc_spawn(&spec, 0, &pr, &err), RT_OK);
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* let sh install its trap */
+    CHECK_EQ_INT(rt_proc_terminate(&pr, 0.3), 128 + 9);
+    const char *plain[] = {"sleep", "300", NULL};
+    spec.argv = plain;
+    CHECK_EQ_INT(rt_proc_spawn(&spec, 0, &pr, &err), RT_OK);
+    CHECK_EQ_INT(rt_proc_terminate(&pr, 5), 128 + 15);
+}
+
 static void test_bad_pipes(void)
 {
     RtError err;
@@ -295,5 +402,7 @@ static void test_duplicate_labels(void)
 }
 
 TEST_MAIN(test_sizes_and_buffers, test_file_roundtrip_atomic, test_error_mid_pipe_aborts_sink,
-          test_child_failure_is_an_error, test_child_sink, test_cancel, test_bad_pipes,
+          test_child_failure_is_an_error, test_child_sink, test_cancel,
+          test_cancel_silent_child_source, test_cancel_child_sink_not_reading,
+          test_cancel_stdout_pipe_not_read, test_proc_terminate, test_bad_pipes,
           test_duplicate_labels)
