@@ -23,25 +23,30 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 WORK=$(mktemp -d /tmp/clubio-bench-changes-XXXXXX)
 chmod 755 "$WORK"
-STATE=$WORK/sandbox
+# BENCH_SANDBOX=STATE uses a running sandbox instead of starting one (its own objects and slot)
+STATE=${BENCH_SANDBOX:-$WORK/sandbox}
 ARCH_PID=
 cleanup() {
     [ -n "$ARCH_PID" ] && kill "$ARCH_PID" 2>/dev/null || true
-    "$ROOT/tests/sandbox/sandbox.sh" stop "$STATE" >/dev/null 2>&1 || true
+    [ -n "${CHANGES_SLOT:-}" ] && [ -n "${BENCH_SANDBOX:-}" ] &&
+        psql -X -q -d postgres -c "SELECT pg_drop_replication_slot('$CHANGES_SLOT')" >/dev/null 2>&1 || true
+    [ -z "${BENCH_SANDBOX:-}" ] && "$ROOT/tests/sandbox/sandbox.sh" stop "$STATE" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
 
-"$ROOT/tests/sandbox/sandbox.sh" start "$STATE" >/dev/null
+[ -n "${BENCH_SANDBOX:-}" ] || "$ROOT/tests/sandbox/sandbox.sh" start "$STATE" >/dev/null
 . "$STATE/env.sh"
 export PGHOST=127.0.0.1 PGPORT=$SANDBOX_PG_PORT PGUSER=postgres PGPASSWORD=$SANDBOX_PG_ADMIN_PW
 BASE=${SANDBOX_PG_ADMIN_URL%/postgres}
 export CHANGES_DATABASE_URL=$BASE/bench_src DATABASE_URL=$BASE/bench_src ARCHIVE_INTERVAL=2
-export CHANGES_PREFIX=bench-changes/ EXPORT_PREFIX=bench-changes/database/
+RUN=$(date +%s)
+export CHANGES_PREFIX=bench-changes-$RUN/ EXPORT_PREFIX=bench-changes-$RUN/database/ CHANGES_SLOT=bench_changes_$RUN
 PGBENCH=${SANDBOX_PG_BIN:-/usr/lib/postgresql/15/bin}/pgbench
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-psql -X -q -d postgres -c "CREATE DATABASE bench_src"
+newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+newdb bench_src
 psql -X -q -d bench_src -v ON_ERROR_STOP=1 <<'EOF'
 CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, qty int, note text);
 CREATE TABLE events (id bigserial PRIMARY KEY, item bigint, kind text, payload jsonb, at timestamptz DEFAULT now());
@@ -105,8 +110,6 @@ local cfg = lib.config()
 local c = require("clubio.objects").client()
 local chain = lib.verify_chain(c, cfg)
 local n, ch = 0, 0
-local out = assert(io.open(arg and arg[1] or "'"$WORK"'/all.sql", "wb"))
-out:close()
 for i, m in ipairs(chain) do
   n, ch = n + 1, ch + m.changes
   pipe.run{c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.decrypt{}, crypto.gunzip{},
@@ -120,7 +123,6 @@ read -r NSEG NCHANGES <"$WORK/counts"
 ls "$WORK"/seg*.sql | sort -V | xargs cat >"$WORK/all.sql"
 BASEKEY=$(cat "$WORK/base")
 
-newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 now() { date +%s.%N; }
 
 # psql -f onto the base
@@ -134,7 +136,7 @@ PSQL_S=$(echo "$t1 - $t0" | bc)
 # ours: restore-from-s3 --to latest; its replay step's time
 newdb bench_ours
 RESTORE_TARGET_URL=$BASE/bench_ours "$BIN" run restore-from-s3 --to latest - --json >"$WORK/ours.json" 2>"$WORK/ours.log"
-OURS_S=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["result"]; print("%.3f" % (r["seconds"] - r["base_seconds"]))' "$WORK/ours.json")
+OURS_S=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["result"]; print("%.3f" % r["replay_seconds"])' "$WORK/ours.json")
 
 # same result
 same=yes

@@ -101,8 +101,9 @@ typedef struct Rp {
     int64_t cur_changes;
     /* pending work on the server */
     SBuf sql;
-    char *copy_header; /* the COPY open on the server */
-    bool copy_open;
+    char *copy_header; /* the run of inserts under way ("COPY ... FROM stdin;") */
+    bool copy_open;    /* ... streaming through a COPY on the server */
+    int64_t run_rows;
     SBuf copybuf;
     /* this segment */
     int64_t applied, skipped_base, skipped_dup, skipped_after, changes;
@@ -173,18 +174,101 @@ static int ensure_begun(Rp *p, RtError *err)
     return exec_ok(p, "BEGIN", err);
 }
 
-static int start_copy(Rp *p, const char *header, RtError *err)
+/* A run of inserts into one table (COPY blocks of consecutive transactions with the same header)
+ * is held back until it ends or grows: a short run goes into the statement batch as one
+ * INSERT ... VALUES (no round trip of its own), a long one streams through a real COPY. */
+#define SHORT_RUN_ROWS  64
+#define SHORT_RUN_BYTES (64 * 1024)
+
+static int open_copy(Rp *p, RtError *err)
 {
-    if (p->copy_open && !strcmp(p->copy_header, header)) return RT_OK; /* merge the run */
-    if (end_copy(p, err) != RT_OK || flush_sql(p, err) != RT_OK) return RT_ERR;
-    free(p->copy_header);
-    p->copy_header = strdup(header);
-    if (!p->copy_header) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
-    PGresult *res = PQexec(p->r->conn, header);
+    if (flush_sql(p, err) != RT_OK) return RT_ERR;
+    PGresult *res = PQexec(p->r->conn, p->copy_header);
     int st = PQresultStatus(res);
     PQclear(res);
-    if (st != PGRES_COPY_IN) return server_error(p, err, header);
+    if (st != PGRES_COPY_IN) return server_error(p, err, p->copy_header);
     p->copy_open = true;
+    return flush_copy_data(p, err);
+}
+
+/* COPY text rows -> INSERT INTO <table> (<cols>) VALUES (E'...', NULL, ...), ...; appended to the
+ * batch. COPY's backslash escapes mean the same in an E'' literal; only quotes need one. */
+static void rows_to_insert(Rp *p)
+{
+    const char *h = p->copy_header;
+    size_t hl = strlen(h);
+    sb_add(&p->sql, "INSERT INTO ");
+    sb_addn(&p->sql, h + 5, hl - 5 - 12);
+    sb_add(&p->sql, " VALUES ");
+    const char *q = p->copybuf.p, *end = p->copybuf.p + p->copybuf.len;
+    bool first_row = true;
+    while (q < end) {
+        const char *eol = memchr(q, '\n', (size_t)(end - q));
+        if (!eol) eol = end;
+        sb_add(&p->sql, first_row ? "(" : ",\n(");
+        first_row = false;
+        const char *f = q;
+        for (;;) {
+            const char *tab = memchr(f, '\t', (size_t)(eol - f));
+            const char *fe = tab ? tab : eol;
+            if (fe - f == 2 && f[0] == '\\' && f[1] == 'N') {
+                sb_add(&p->sql, "NULL");
+            } else {
+                sb_add(&p->sql, "E'");
+                const char *k = f;
+                for (const char *c = f; c < fe; c++) {
+                    if (*c != '\'') continue;
+                    sb_addn(&p->sql, k, (size_t)(c - k));
+                    sb_add(&p->sql, "\\'");
+                    k = c + 1;
+                }
+                sb_addn(&p->sql, k, (size_t)(fe - k));
+                sb_addc(&p->sql, '\'');
+            }
+            if (!tab) break;
+            sb_addc(&p->sql, ',');
+            f = tab + 1;
+        }
+        sb_addc(&p->sql, ')');
+        q = eol + 1;
+    }
+    sb_add(&p->sql, ";\n");
+    p->copybuf.len = 0;
+}
+
+static int end_run(Rp *p, RtError *err)
+{
+    if (!p->copy_header) return RT_OK;
+    int rc = RT_OK;
+    if (p->copy_open)
+        rc = end_copy(p, err);
+    else if (p->run_rows > 0)
+        rows_to_insert(p);
+    free(p->copy_header);
+    p->copy_header = NULL;
+    p->run_rows = 0;
+    if (rc == RT_OK && p->sql.len >= (1u << 20)) rc = flush_sql(p, err);
+    return rc;
+}
+
+static int start_copy(Rp *p, const char *header, RtError *err)
+{
+    if (p->copy_header && !strcmp(p->copy_header, header)) return RT_OK; /* merge the run */
+    if (end_run(p, err) != RT_OK) return RT_ERR;
+    p->copy_header = strdup(header);
+    if (!p->copy_header) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    return RT_OK;
+}
+
+static int add_row(Rp *p, const char *s, size_t len, RtError *err)
+{
+    sb_addn(&p->copybuf, s, len);
+    sb_addc(&p->copybuf, '\n');
+    if (p->copybuf.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    p->run_rows++;
+    if (p->copy_open) return p->copybuf.len >= 256 * 1024 ? flush_copy_data(p, err) : RT_OK;
+    if (p->run_rows >= SHORT_RUN_ROWS || p->copybuf.len >= SHORT_RUN_BYTES)
+        return open_copy(p, err);
     return RT_OK;
 }
 
@@ -267,7 +351,7 @@ static int on_line(Rp *p, char *s, size_t len, RtError *err)
         if (!strncmp(s, "--", 2)) return RT_OK;
         if (!p->include) return RT_OK;
         p->cur_changes++;
-        if (end_copy(p, err) != RT_OK) return RT_ERR;
+        if (end_run(p, err) != RT_OK) return RT_ERR;
         sb_addn(&p->sql, s, len);
         sb_addc(&p->sql, '\n');
         if (p->sql.len >= (1u << 20)) return flush_sql(p, err);
@@ -279,11 +363,7 @@ static int on_line(Rp *p, char *s, size_t len, RtError *err)
         }
         if (!p->include) return RT_OK;
         p->cur_changes++;
-        sb_addn(&p->copybuf, s, len);
-        sb_addc(&p->copybuf, '\n');
-        if (p->copybuf.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
-        if (p->copybuf.len >= 256 * 1024) return flush_copy_data(p, err);
-        return RT_OK;
+        return add_row(p, s, len, err);
     }
     return RT_OK;
 }
@@ -344,7 +424,7 @@ static int rp_finish(void *self, RtError *err)
     Rp *p = self;
     if (p->line.len) return malformed(p, err, "it ends inside a line");
     if (p->state != S_OUT) return malformed(p, err, "it ends inside a transaction");
-    if (end_copy(p, err) != RT_OK || flush_sql(p, err) != RT_OK) return RT_ERR;
+    if (end_run(p, err) != RT_OK || flush_sql(p, err) != RT_OK) return RT_ERR;
     if (p->expect) {
         char hex[65];
         pgdump_digest_final_hex(p->md, hex);

@@ -64,7 +64,7 @@ local function load(n)
       COMMIT;]], round, round, BIG, round, round % 3, round % 7, round))
     if round % 5 == 0 then
       src:query("UPDATE full_t SET b = 'round " .. round .. "' WHERE a = 2; DELETE FROM full_t WHERE a = 1 AND b = 'one' AND ctid = (SELECT min(ctid) FROM full_t WHERE a = 1); INSERT INTO full_t VALUES (1, 'one')")
-      src:query("INSERT INTO scratch SELECT g, 'x' FROM generate_series(100001, 100020) g; TRUNCATE scratch; INSERT INTO scratch VALUES (" .. round .. ", 'kept')")
+      src:query("INSERT INTO scratch SELECT g, 'x' FROM generate_series(100001, 100100) g; TRUNCATE scratch; INSERT INTO scratch VALUES (" .. round .. ", 'kept')")
       src:query("UPDATE kv SET note = NULL WHERE k = 'a'; DELETE FROM kv WHERE k = 'k" .. (round - 3) .. "'")
     end
   end

@@ -107,6 +107,7 @@ function M.run(o)
   local rp <close> = changes.replayer{url = target}
   local applied_segments, last_m = 0, nil
   local base_seconds = rb.seconds or 0
+  local replay_started = time.monotonic()
   J:step(string.format("replay %d segments", #segs), {
     plan = string.format("transactions committed at or before %s, not in the base", to_text or "the last archived one"),
     hint = "the target holds the base and every segment before the failing one: drop it and restore again",
@@ -131,6 +132,7 @@ function M.run(o)
     end
   end)
 
+  local replay_seconds = time.monotonic() - replay_started
   J:step("set the sequences", {plan = "setval from the last replayed segment's record"}, function()
     if not last_m then return end
     local db <close> = pgdump.connect(target)
@@ -143,7 +145,8 @@ function M.run(o)
   local result = {target = dst.display, base = base.key, base_snapshot_time = bm.snapshot_time, to = to_text or "latest",
                   segments = applied_segments, transactions = tot.applied, changes = tot.changes,
                   skipped_in_base = tot.skipped_base, skipped_duplicates = tot.skipped_dup,
-                  last_commit = tot.last_time, seconds = time.monotonic() - started, base_seconds = base_seconds}
+                  last_commit = tot.last_time, seconds = time.monotonic() - started, base_seconds = base_seconds,
+                  replay_seconds = replay_seconds}
   return J:finish(result, string.format("restored %s as of %s: base %s + %d transactions from %d segments (last commit %s) in %.1f s",
                                          dst.display, to_text or "the last archived transaction", base.key, tot.applied,
                                          applied_segments, tostring(tot.last_time or bm.snapshot_time), result.seconds))
