@@ -8,6 +8,8 @@ BIN=${1:?usage: bench/run.sh path/to/clubio-dr [SIZE_MB]}
 MB=${2:-}
 rc=0
 python3 "$HERE/startup.py" "$BIN" || rc=1
+echo "== compress_levels"
+python3 "$HERE/compress_levels.py" "$BIN" || rc=1
 for b in "$HERE"/*.sh; do
     [ "$(basename "$b")" = run.sh ] && continue
     echo "== $(basename "$b" .sh)"

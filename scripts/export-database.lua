@@ -13,8 +13,9 @@
 -- Environment: DATABASE_URL, BACKUP_S3_BUCKET, BACKUP_ENCRYPTION_KEY (required);
 -- EXPORT_PREFIX (database/), S3_SSE (aws:kms; "none" to omit), S3_SSE_KMS_KEY_ID,
 -- S3_STORAGE_CLASS (STANDARD_IA) — applied to the archive and its manifest alike
--- (scripts/lib/clubio/objects.lua), DUMP_JOBS (2), GZIP_LEVEL (4: libdeflate level 4 is smaller than
--- `gzip -6` on SQL dumps at about 40% less CPU; see modules/crypto/README.md).
+-- (scripts/lib/clubio/objects.lua), DUMP_JOBS (2), GZIP_LEVEL (6: the lowest libdeflate level no
+-- larger than `gzip -6` on text-heavy, numeric, JSON and bytea dumps; 4 is faster but up to 2%
+-- larger; see modules/crypto/README.md).
 -- If the manifest cannot be written, the archive is deleted: no archive is left without one.
 -- Unfinished multipart uploads under the prefix (a killed export's) are reported at the end;
 -- `clubio-dr run retention uploads` aborts them.
@@ -30,7 +31,7 @@ env.get("BACKUP_ENCRYPTION_KEY") -- fail early, naming it, before anything start
 local prefix = env.get("EXPORT_PREFIX", "database/")
 local settings = objects.settings()
 local jobs = tonumber(env.get("DUMP_JOBS", "2"))
-local level = tonumber(env.get("GZIP_LEVEL", "4"))
+local level = tonumber(env.get("GZIP_LEVEL", "6"))
 
 local J = job.new("export-database")
 local started = time.now()

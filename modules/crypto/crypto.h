@@ -32,15 +32,16 @@
 #include <stdint.h>
 
 #define CRYPTO_PBKDF2_ITER_DEFAULT 10000 /* openssl enc -pbkdf2's default */
-/* libdeflate level 4 (greedy hash chains): on SQL dumps its output is 1-3% smaller than
- * `gzip -6`'s at less than a quarter of gzip's CPU and ~60% of libdeflate -6's (bench/crypto.sh,
- * bench/pgdump.sh); on binaries and tarballs it can be up to ~1.5% bigger than gzip -6: pass
- * level 5 or 6 there (5 was no bigger than gzip -6 on every corpus we tried). */
-#define CRYPTO_GZIP_LEVEL_DEFAULT 4
+/* libdeflate level 6 (lazy matching): the lowest level whose archives are no larger than
+ * `gzip -6`'s on every dump shape of bench/compress_levels.py (text-heavy 0.998, numeric 0.942,
+ * JSON 0.962, bytea 0.891, mixed 0.961), at 30-50% of the CPU of `gzip -6 | openssl enc`.
+ * Level 4 is a quarter cheaper but 1.9% larger on text-heavy and 1.7% on JSON data; level 5
+ * still 0.6% larger on text (modules/crypto/README.md). */
+#define CRYPTO_GZIP_LEVEL_DEFAULT 6
 #define CRYPTO_GZIP_BLOCK_DEFAULT (1024 * 1024)
 
 typedef struct CryptoGzipOptions {
-    int level;         /* 1..12 (libdeflate levels; 1..9 roughly as gzip's); 0 = 4 */
+    int level;         /* 1..12 (libdeflate levels; 1..9 roughly as gzip's); 0 = 6 */
     int threads;       /* worker threads; 0 = online CPUs, at most 16 */
     size_t block_size; /* bytes of input per gzip member; 0 = 1 MiB */
 } CryptoGzipOptions;

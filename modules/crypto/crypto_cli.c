@@ -41,7 +41,7 @@ static const char HELP_ENCRYPT[] =
     "                        (a device or FIFO, e.g. /dev/null, is written in place)\n"
     "  --force               overwrite an existing output file\n"
     "  --gzip                gzip-compress before encrypting (parallel, multi-member)\n"
-    "  --level N             gzip level 1..12 (default 4; 10-12 are slow)\n"
+    "  --level N             gzip level 1..12 (default 6; 10-12 are slow)\n"
     "  --threads N           gzip worker threads (default: online CPUs)\n"
     "  --iter N              PBKDF2 iterations (default 10000, openssl's default)\n"
     "  --pass-env NAME       passphrase from environment variable NAME\n"

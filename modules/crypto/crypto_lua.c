@@ -28,7 +28,7 @@ static int opt_int_range(lua_State *L, int idx, const char *key, int def, int lo
     return (int)v;
 }
 
-/* crypto.gzip{level = 4, threads = N, block_size = 1048576, label = ...} */
+/* crypto.gzip{level = 6, threads = N, block_size = 1048576, label = ...} */
 static int l_gzip(lua_State *L)
 {
     static const char *const allowed[] = {"level", "threads", "block_size", "label", NULL};
