@@ -127,6 +127,10 @@ end
 env.get("BACKUP_ENCRYPTION_KEY")
 local db = pgdump.connect(cfg.url)
 lib.refuse_without_identity(db)
+local lo = db:query("SELECT count(*) AS n FROM pg_catalog.pg_largeobject_metadata", nil, {typed = true})[1].n
+if lo > 0 then
+  log.warn(string.format("the database has %d large objects: logical replication does not carry them, the change archive will not hold their changes", lo))
+end
 if not db:query("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", {cfg.publication})[1] then
   local rows = db:query("SELECT pg_catalog.quote_ident($1) AS q", {cfg.publication})
   db:query("CREATE PUBLICATION " .. rows[1].q .. " FOR ALL TABLES")

@@ -144,6 +144,7 @@ wait_archived()
 -- DDL is not carried: the archiver sees the relation change and takes a new base
 src:query("ALTER TABLE kv ADD COLUMN extra int DEFAULT 7")
 src:query("INSERT INTO kv (k, v, extra) VALUES ('after-ddl', '{}', 42)")
+local in_ddl_window = src:query("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS t")[1].t
 wait_archived()
 wait_for("the new base", function() return archiver_log():find("base export written", 1, true) and
                                         select(2, archiver_log():gsub("base export written", "")) >= 2 end)
@@ -213,6 +214,14 @@ T.case("restore --to a point between two known transactions: exactly that state"
   local got = state(db)
   for _, t in ipairs(TABLES) do T.eq(got[t], before[t], t) end
   T.ok(got["public.items"] ~= final["public.items"], "the point is not the end")
+end)
+
+T.case("a point between a schema change and the next base: refused with the reason", function()
+  admin:query("CREATE DATABASE chg_ddl_" .. TAG)
+  local r = run({"restore-from-s3", "--to", in_ddl_window, "-"}, {RESTORE_TARGET_URL = base_url .. "chg_ddl_" .. TAG})
+  T.eq(r.status, 1, r.stderr)
+  T.match(r.stderr, "the schema of public%.kv changed at")
+  admin:query("DROP DATABASE chg_ddl_" .. TAG)
 end)
 
 T.case("a table without a primary key or replica identity is refused, named", function()

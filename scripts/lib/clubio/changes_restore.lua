@@ -112,12 +112,21 @@ function M.run(o)
     plan = string.format("transactions committed at or before %s, not in the base", to_text or "the last archived one"),
     hint = "the target holds the base and every segment before the failing one: drop it and restore again",
   }, function()
+    local ddl -- the latest schema change replayed so far: past it, the base lacks the new schema
     for _, m in ipairs(segs) do
-      local r = pipe.run{c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.sha256{label = "stored"},
+      if m.schema_change and time.parse(m.last_time) > base.time then ddl = m end
+      local ok, r = pcall(pipe.run, {c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.sha256{label = "stored"},
                          crypto.decrypt{}, crypto.gunzip{},
                          rp:sink{stop_time = stop_text,
                                  base_snapshot = bm.changes.snapshot_xids, base_lsn = bm.changes.consistent_lsn,
-                                 expect_sha256 = m.plain.sha256, label = "replay"}}
+                                 expect_sha256 = m.plain.sha256, label = "replay"}})
+      if not ok then
+        if ddl and type(r) == "table" and r.class == "failure" then
+          r.hint = string.format("the schema of %s changed at %s, after base %s was taken; choose a point before that, or after the next base export",
+                                 table.concat(ddl.schema_change, ", "), ddl.first_time, base.key)
+        end
+        error(r, 0)
+      end
       if r.stored.hex ~= m.stored.sha256 then
         fail_verify("segment " .. m.archive.key .. " differs from its manifest", "verify the chain", "verify.checksum-mismatch")
       end
