@@ -22,25 +22,9 @@
 local clubio, log, cjson, time = require "clubio", require "log", require "cjson", require "time"
 local job, dr, fb = require "clubio.job", require "clubio.dr", require "clubio.dr_failback"
 
-local args = {...}
-local from, list_only, full, status_only
-local i = 1
-while i <= #args do
-  local a = args[i]
-  if a == "--from" then
-    from = args[i + 1]
-    if not from then clubio.fail{message = "--from needs a step name", class = "usage", hint = "see the steps with --steps"} end
-    i = i + 1
-  elseif a:match("^%-%-from=") then from = a:sub(8)
-  elseif a == "--steps" then list_only = true
-  elseif a == "--full" then full = true
-  elseif a == "--status" then status_only = true
-  else
-    clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
-                hint = "usage: clubio-dr run dr-failback [--dry-run] [--yes] [--json] [--full] [--from STEP] [--steps] [--status]"}
-  end
-  i = i + 1
-end
+local args = require("clubio.args").parse(arg, {options = {["--from"] = "STEP", ["--steps"] = true, ["--full"] = true,
+                                                           ["--status"] = true}})
+local from, list_only, full, status_only = args["--from"], args["--steps"], args["--full"], args["--status"]
 
 local steps, sites = dr.load_site(fb.steps(), nil, "dr-failback-site.lua")
 if list_only then

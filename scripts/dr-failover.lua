@@ -16,23 +16,8 @@
 local clubio, log, cjson, time = require "clubio", require "log", require "cjson", require "time"
 local job, dr = require "clubio.job", require "clubio.dr"
 
-local args = {...}
-local from, list_only
-local i = 1
-while i <= #args do
-  local a = args[i]
-  if a == "--from" then
-    from = args[i + 1]
-    if not from then clubio.fail{message = "--from needs a step name", class = "usage", hint = "see the steps with --steps"} end
-    i = i + 1
-  elseif a:match("^%-%-from=") then from = a:sub(8)
-  elseif a == "--steps" then list_only = true
-  else
-    clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
-                hint = "usage: clubio-dr run dr-failover [--dry-run] [--yes] [--json] [--from STEP] [--steps]"}
-  end
-  i = i + 1
-end
+local args = require("clubio.args").parse(arg, {options = {["--from"] = "STEP", ["--steps"] = true}})
+local from, list_only = args["--from"], args["--steps"]
 
 local steps, sites = dr.load_site(dr.steps())
 if list_only then

@@ -25,16 +25,9 @@
 local clubio, log, cjson = require "clubio", require "log", require "cjson"
 local job, dr = require "clubio.job", require "clubio.dr"
 
-local status_only, resync, discard = false, false, false
-for _, a in ipairs{...} do
-  if a == "--status" then status_only = true
-  elseif a == "--resync" then resync = true
-  elseif a == "--discard-dr-writes" then discard = true
-  else
-    clubio.fail{message = "unknown argument '" .. a .. "'", class = "usage",
-                hint = "usage: clubio-dr run dr-setup [--status] [--resync [--discard-dr-writes]] [--yes] [--json] [--dry-run]"}
-  end
-end
+local args = require("clubio.args").parse(arg, {options = {["--status"] = true, ["--resync"] = true,
+                                                           ["--discard-dr-writes"] = true}})
+local status_only, resync, discard = args["--status"] == true, args["--resync"] == true, args["--discard-dr-writes"] == true
 if discard and not resync then
   clubio.fail{message = "--discard-dr-writes goes with --resync", class = "usage",
               hint = "clubio-dr run dr-setup --resync --discard-dr-writes (after a failover, `dr-failback` keeps those writes)"}
