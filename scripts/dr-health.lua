@@ -23,7 +23,7 @@
 -- contact, seconds inactive), written atomically on every run, healthy or not.
 --
 -- Environment: as dr-setup (NEON_PROJECT_ID_PRIMARY, NEON_PROJECT_ID_DR, NEON_API_KEY,
--- DR_DATABASE, ...); the state folder (CLUBIO_DR_STATE_DIR) keeps when a slot was first seen
+-- DR_DATABASE, ...; without NEON_PROJECT_ID_DR or DR_TARGET_URL there is nothing to check: exit 0); the state folder (CLUBIO_DR_STATE_DIR) keeps when a slot was first seen
 -- inactive (PostgreSQL before 17 does not say).
 local clubio, log, cjson, time = require "clubio", require "log", require "cjson", require "time"
 local args = require("clubio.args").parse(arg, {options = {["--textfile"] = "DIR"}})
@@ -46,6 +46,12 @@ local LIMITS = {
   removal_hours = num_env("DR_HEALTH_SLOT_REMOVAL_HOURS", 40),
 }
 
+-- a scheduler installed without a DR pair runs this job too (scripts = "all"): nothing to check
+-- is not a failure to alert on every hour
+if (os.getenv("NEON_PROJECT_ID_DR") or "") == "" and (os.getenv("DR_TARGET_URL") or "") == "" then
+  log.info("no DR pair configured (NEON_PROJECT_ID_DR or DR_TARGET_URL): nothing to check")
+  return job.new("dr-health"):finish({configured = false}, "no DR pair configured: nothing to check")
+end
 local ctx = dr.context()
 local J = job.new("dr-health")
 local now = time.now()
