@@ -950,8 +950,9 @@ class Server:
                              "plan": "free"}
             if p == "/users/me/organizations":
                 return 200, {"organizations": []}
-            if p == "/projects" and method == "GET":
-                return 200, self.page([self.public(x) for x in self.db["projects"].values()], q, "projects")
+            if p == "/projects" and method == "GET":  # ProjectListItem has active_time
+                out = self.page([dict(self.public(x), active_time=0) for x in self.db["projects"].values()], q, "projects")
+                return 200, dict(out, applications={}, integrations={})
             if p == "/projects/shared" and method == "GET":  # nothing is shared with neon-local's user
                 return 200, self.page([], q, "projects")
             if len(parts) < 2 or parts[0] != "projects":
