@@ -3,7 +3,8 @@
 -- `schedule --once` started together run a due job once for its fire time, whether the job is
 -- still running (the lock is held) or already done (the records are read again under the lock);
 -- the service and `--once` together run it once; a scheduler killed with SIGKILL while its job
--- runs leaves the job holding the lock, and a new scheduler does not start it a second time.
+-- runs leaves the job holding the lock, and a new scheduler does not start it a second time
+-- while it lives, nor for that fire time once it has finished (its outcome is in its result file).
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
 local proc, env, time = require "proc", require "env", require "time"
@@ -45,6 +46,11 @@ local function wait_until(what, pred)
   error("gave up waiting for " .. what)
 end
 local function count(path) return #(read(path) or "") end
+-- a scheduler's exit status, once its line is written (the file exists a moment before)
+local function exit_of(dir, i)
+  local e = read(dir .. "/exit." .. i)
+  return e and e:match("\n$") and e or nil
+end
 
 write(SITE .. "/scripts/quick.lua", [[
 -- Count a run (a test job)
@@ -52,8 +58,10 @@ local f = io.open(os.getenv("MARK_DIR") .. "/quick.count", "a"); f:write("x"); f
 return 0
 ]])
 write(SITE .. "/scripts/hold.lua", [[
--- Count a run, then wait until released (a test job)
+-- Count a run, then wait until released (a test job; it ends with Job:finish, which prints the
+-- final document that the scheduler records)
 local time = require "time"
+local J = require("clubio.job").new("hold")
 local d = os.getenv("MARK_DIR")
 local f = io.open(d .. "/hold.count", "a"); f:write("x"); f:close()
 f = io.open(d .. "/hold.started", "w"); f:write("1"); f:close()
@@ -63,7 +71,7 @@ for _ = 1, 2400 do
   time.sleep(0.05)
 end
 f = io.open(d .. "/hold.done", "a"); f:write("x"); f:close()
-return 0
+return J:finish({bytes = 4242}, "held and released")
 ]])
 for _, j in ipairs{"quick", "hold"} do
   write(SITE .. "/" .. j .. ".conf", string.format(
@@ -138,7 +146,7 @@ T.case("three --once started together, the job still running: it runs once, the 
   -- the two that did not get the lock end (skipped) while the job waits to be released
   local ended = wait_until("two schedulers to end", function()
     local e = {}
-    for i = 1, 3 do if read(out .. "/exit." .. i) then e[#e + 1] = i end end
+    for i = 1, 3 do if exit_of(out, i) then e[#e + 1] = i end end
     return #e >= 2 and e or nil
   end)
   -- the third has the lock: its job starts (the others may have ended before it did), and is
@@ -149,13 +157,13 @@ T.case("three --once started together, the job still running: it runs once, the 
   T.eq(#ended, 2, "one scheduler still runs the job: " .. outputs(out, 3))
   T.eq(started, 1, "started once")
   for _, i in ipairs(ended) do
-    T.eq(read(out .. "/exit." .. i), "0\n", outputs(out, 3))
+    T.eq(exit_of(out, i), "0\n", outputs(out, 3))
     -- "by run ID (pid ...)", or "another scheduler is starting a run" when it came before the
     -- holder's "running" record
     T.match(read(out .. "/out." .. i), "skipped: locked")
   end
   wait_until("the third scheduler to end", function()
-    for i = 1, 3 do if not read(out .. "/exit." .. i) then return nil end end
+    for i = 1, 3 do if not exit_of(out, i) then return nil end end
     return true
   end)
   T.eq(count(MARK .. "/hold.count"), 1, "ran once: " .. outputs(out, 3))
@@ -178,10 +186,10 @@ T.case("three --once started together, a quick job: at most once per fire time, 
     owned_dir(out)
     start(3, vars, {"schedule", "--once"}, out)
     wait_until("the schedulers to end", function()
-      for i = 1, 3 do if not read(out .. "/exit." .. i) then return nil end end
+      for i = 1, 3 do if not exit_of(out, i) then return nil end end
       return true
     end)
-    for i = 1, 3 do T.eq(read(out .. "/exit." .. i), "0\n", outputs(out, 3)) end
+    for i = 1, 3 do T.eq(exit_of(out, i), "0\n", outputs(out, 3)) end
     T.eq(count(MARK .. "/quick.count"), 1, "round " .. round .. ": " .. outputs(out, 3))
     local n = by_status(runs_of(st, "quick"))
     T.eq(n.ok, 1, "one run recorded")
@@ -201,7 +209,7 @@ T.case("the service and two --once together: the job runs once for its fire time
                                " 2>&1 </dev/null) >/dev/null 2>&1 & echo $!"}, check = true}.stdout:match("%d+")
   start(2, vars, {"schedule", "--once"}, out)
   wait_until("the --once runs to end", function()
-    return read(out .. "/exit.1") and read(out .. "/exit.2")
+    return exit_of(out, 1) and exit_of(out, 2)
   end)
   -- the service has looked at the job once it has run it, skipped it (held, or run meanwhile),
   -- or found nothing due (the --once runs were first)
@@ -228,7 +236,7 @@ T.case("a scheduler killed with SIGKILL while its job runs: the job is not start
   T.eq(first.status, "running")
   local pid = tostring(math.tointeger(first.pid))
   proc.run{argv = {"kill", "-KILL", pid}, check = true}
-  T.eq(wait_until("the scheduler to be killed", function() return read(out .. "/exit.1") end), "137\n")
+  T.eq(wait_until("the scheduler to be killed", function() return exit_of(out, 1) end), "137\n")
   T.eq(read(MARK .. "/hold.done"), nil, "the job still runs")
   -- the lock is held by the job's process now (the scheduler is gone)
   T.eq(proc.lock(st .. "/locks/hold.lock"), nil, "the orphaned job holds the lock")
@@ -248,18 +256,52 @@ T.case("a scheduler killed with SIGKILL while its job runs: the job is not start
   wait_until("the job to end", function() return read(MARK .. "/hold.done") end)
   local l = wait_until("the lock to be free", function() return proc.lock(st .. "/locks/hold.lock") end)
   l:release()
-  -- the next scheduler records the killed scheduler's run as interrupted (its outcome is
-  -- unknown), and runs the fire time again now that nothing of the first run is alive
+  -- the next scheduler records the outcome the orphaned job left in its result file: it ran for
+  -- this fire time, which is not run a second time
   r = proc.run{argv = cmd(vars, {"schedule", "--once"})}
   T.eq(r.status, 0, r.stdout .. r.stderr)
+  T.match(r.stdout, "nothing is due")
+  T.match(r.stderr, "recorded the outcome of a run whose scheduler stopped")
   local rs = runs_of(st, "hold")
+  T.eq(rs[#rs].run_id, first.run_id)
+  T.eq(rs[#rs].status, "ok")
+  T.eq(rs[#rs].exit, 0)
+  T.eq(rs[#rs].bytes, 4242, "the child's own result")
+  T.match(rs[#rs].note, "its scheduler %(pid " .. pid .. "%) stopped during the run")
+  T.eq(count(MARK .. "/hold.count"), 1, "at most once per fire time")
+  T.eq(count(MARK .. "/hold.done"), 1)
+end)
+
+T.case("a scheduler and its job both killed: the run is interrupted, and its fire time runs again", function()
+  local st, vars, MARK = scenario("both-killed", "hold")
+  local out = D .. "/both-killed"
+  owned_dir(out)
+  start(1, vars, {"schedule", "--once"}, out)
+  wait_until("the job to start", function() return read(MARK .. "/hold.started") end)
+  local first = runs_of(st, "hold")[1]
+  local pid = tostring(math.tointeger(first.pid))
+  -- the scheduler, then its child's process group (`sh` has exec'd `timeout`, which leads it)
+  local kids = proc.run{argv = {"pgrep", "-P", pid}}.stdout
+  proc.run{argv = {"kill", "-KILL", pid}, check = true}
+  for k in kids:gmatch("%d+") do proc.run{argv = {"kill", "-KILL", "--", "-" .. k}} end
+  wait_until("the lock to be free", function()
+    local l = proc.lock(st .. "/locks/hold.lock")
+    if l then l:release() end
+    return l
+  end)
+  T.eq(read(MARK .. "/hold.done"), nil, "the job did not finish")
+  write(MARK .. "/hold.release", "1")
+  local r = proc.run{argv = cmd(vars, {"schedule", "--once"})}
+  T.eq(r.status, 0, r.stdout .. r.stderr)
+  T.match(r.stderr, "recorded an interrupted run")
   local by_id = {}
-  for _, x in ipairs(rs) do by_id[x.run_id] = x end
+  for _, x in ipairs(runs_of(st, "hold")) do by_id[x.run_id] = x end
   T.eq(by_id[first.run_id].status, "interrupted")
   T.match(by_id[first.run_id].error, "stopped during the run")
+  local rs = runs_of(st, "hold")
   T.eq(rs[#rs].status, "ok")
-  T.eq(count(MARK .. "/hold.count"), 2, "run again only after the first had ended")
-  T.eq(count(MARK .. "/hold.done"), 2)
+  T.ok(rs[#rs].run_id ~= first.run_id)
+  T.eq(count(MARK .. "/hold.count"), 2, "run again for its fire time")
 end)
 
 proc.run{argv = {"rm", "-rf", D}}

@@ -8,7 +8,8 @@
 --   local rec = S.run_job(job, {scheduled = T})     -- lock, run (retries), record, alert, metrics
 --
 -- State lives in CLUBIO_DR_STATE_DIR, else $XDG_STATE_HOME/clubio-dr, else
--- ~/.local/state/clubio-dr: runs.jsonl (one JSON object per finished run) and locks/NAME.lock.
+-- ~/.local/state/clubio-dr: runs.jsonl (one JSON object per finished run), locks/NAME.lock and
+-- results/RUN_ID.json (a running child's final document).
 --
 -- Due: a job is due when its latest fire time T <= now has no run recorded for T or later
 -- (each missed fire time is caught up once, not once per missed fire). A job with no recorded
@@ -22,9 +23,10 @@
 -- is held is skipped ("locked"), not queued: the holder's run covers the same fire time. Under
 -- the lock the run records are read again: a fire time that another scheduler has run in the
 -- meantime is not run a second time, and a run still "running" in the records (its lock is free,
--- so its processes are gone) is recorded as "interrupted". A run whose scheduler was killed
--- ends without its outcome recorded; it counts as interrupted, and its fire time is run again
--- once its last process has ended, never while it lives.
+-- so its processes are gone) gets its outcome recorded: the child's final JSON document, which
+-- it writes to results/RUN_ID.json rather than to our pipe, so that it survives a scheduler
+-- killed with SIGKILL (the fire time is then covered); without one (the child was stopped too)
+-- the run is "interrupted" and its fire time runs again, never while a process of it lives.
 local clubio, log, time, proc, cjson = require "clubio", require "log", require "time", require "proc", require "cjson"
 local cron = require "clubio.cron"
 
@@ -313,6 +315,36 @@ end
 
 -- ---- locks -------------------------------------------------------------------------------
 
+local function last_json_object(text)
+  local found
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) == "{" then
+      local ok, v = pcall(cjson.decode, line)
+      if ok and type(v) == "table" then found = v end
+    end
+  end
+  return found
+end
+
+-- Where a run's child writes its final JSON document (its stdout): a file, not our pipe, so
+-- that the outcome of a run whose scheduler was killed is still there for the next one.
+function M.result_path(run_id) return M.state_dir() .. "/results/" .. tostring(run_id):gsub("[^%w._-]", "_") .. ".json" end
+
+-- Bytes a run moved, from its result (export: stored_bytes; others: bytes/size).
+local function result_bytes(res)
+  if type(res) ~= "table" then return nil end
+  for _, k in ipairs{"stored_bytes", "bytes", "size"} do
+    if type(res[k]) == "number" then return res[k] end
+  end
+  return nil
+end
+
+local STATUS = {[0] = "ok", [124] = "timeout", [130] = "cancelled", [143] = "cancelled", [137] = "killed"}
+local function status_of(exit)
+  local st = STATUS[exit] or (exit == 4 and "verify_failed" or "failed")
+  return st == "killed" and "failed" or st
+end
+
 function M.lock_path(job_or_lock)
   local name = type(job_or_lock) == "table" and job_or_lock.lock or job_or_lock
   return M.state_dir() .. "/locks/" .. tostring(name):gsub("[^%w._-]", "_") .. ".lock"
@@ -341,10 +373,13 @@ function M.acquire(job)
   return nil, "locked: another scheduler is starting a run of " .. job.lock
 end
 
--- Records as interrupted the "running" runs of `lock`, whose lock the caller holds: a run's
+-- Records the outcome of the "running" runs of `lock`, whose lock the caller holds: a run's
 -- processes hold its lock until the last of them ends, so a run still "running" in the records
--- while we hold its lock has ended without its outcome written (its scheduler was stopped or
--- killed). Reads the records afresh: the holder before us may have finished a moment ago.
+-- while we hold its lock has ended without its outcome written by its scheduler (stopped or
+-- killed). A child that finished its work (its scheduler was killed, not the child) left its
+-- final document in its result file: that outcome is recorded, and covers the fire time. A
+-- child that was stopped left none (or a cancel): the run is "interrupted", and its fire time
+-- runs again. Reads the records afresh: the holder before us may have finished a moment ago.
 local function close_dead_runs(lock)
   local seen = {}
   for _, r in ipairs(M.read_runs()) do
@@ -352,11 +387,27 @@ local function close_dead_runs(lock)
       seen[r.run_id] = true
       local rec = {}
       for k, v in pairs(r) do rec[k] = v end
-      rec.status, rec.finished_at = "interrupted", time.now()
-      rec.error = "the run ended without a record: its scheduler (pid " .. tostring(math.tointeger(r.pid) or r.pid) ..
-                  ") stopped during the run"
-      M.append_run(rec)
-      log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
+      rec.finished_at = time.now()
+      rec.finished = time.iso(rec.finished_at)
+      local rpath = M.result_path(r.run_id)
+      local doc = last_json_object(read_file(rpath) or "")
+      local exit = doc and (doc.ok == true and 0 or (type(doc.error) == "table" and math.tointeger(doc.error.exit)))
+      local pid = tostring(math.tointeger(r.pid) or r.pid)
+      if exit and exit ~= 130 and exit ~= 143 then
+        rec.status, rec.exit = status_of(exit), exit
+        if doc.ok == true then rec.result, rec.bytes = doc.result, result_bytes(doc.result) else
+          rec.error, rec.hint, rec.error_class = doc.error.message, doc.error.hint, doc.error.class
+        end
+        rec.note = "its scheduler (pid " .. pid .. ") stopped during the run; the outcome is the child's own"
+        M.append_run(rec)
+        log.warn("recorded the outcome of a run whose scheduler stopped", {job = r.job, run = r.run_id, status = rec.status})
+      else
+        rec.status = "interrupted"
+        rec.error = "the run ended without a record: its scheduler (pid " .. pid .. ") stopped during the run"
+        M.append_run(rec)
+        log.warn("recorded an interrupted run", {job = r.job, run = r.run_id})
+      end
+      os.remove(rpath)
     end
   end
 end
@@ -387,26 +438,19 @@ local function say(level, msg, fields)
   out(level, msg, fields)
 end
 
-local function last_json_object(text)
-  local found
-  for line in text:gmatch("[^\n]+") do
-    if line:sub(1, 1) == "{" then
-      local ok, v = pcall(cjson.decode, line)
-      if ok and type(v) == "table" then found = v end
-    end
-  end
-  return found
-end
-
-local STATUS = {[0] = "ok", [124] = "timeout", [130] = "cancelled", [143] = "cancelled", [137] = "killed"}
-
 -- One attempt: the child `clubio-dr --json --timeout T run SCRIPT ARGS` under coreutils
--- `timeout` (a second guard should the child not stop by itself). ARGS are read as typed after
+-- `timeout` (a second guard should the child not stop by itself), its stdout to the run's
+-- result file, its stderr (log lines) to us. ARGS are read as typed after
 -- `run SCRIPT` (no `--`): a jobs file's `--yes` is the host's flag, an unknown option the
 -- script's usage error. Returns {exit, seconds, result, error}.
 function M.attempt(job, run_id, attempt, lock)
   local me = M.self()
-  local argv = {"timeout", "--kill-after=30", tostring(math.ceil(job.timeout + 30)), me.bin, "--json", "--no-progress",
+  -- the child's stdout (its final JSON document) goes to the run's result file: `sh` opens it
+  -- and execs the command (our arguments are "$@": no shell parsing of them)
+  local rpath = M.result_path(run_id)
+  mkdir_p(rpath:match("^(.*)/"))
+  local argv = {"sh", "-c", 'out=$1; shift; exec "$@" > "$out"', "sh", rpath,
+                "timeout", "--kill-after=30", tostring(math.ceil(job.timeout + 30)), me.bin, "--json", "--no-progress",
                 "--timeout", tostring(job.timeout), "run", job.script}
   for _, a in ipairs(job.args) do argv[#argv + 1] = a end
   local env = {CLUBIO_DR_JOB = job.name, CLUBIO_DR_RUN_ID = run_id, CLUBIO_DR_ATTEMPT = tostring(attempt)}
@@ -415,6 +459,8 @@ function M.attempt(job, run_id, attempt, lock)
   -- the child inherits the job's lock: it stays held while the child lives, even if we are killed
   local r = proc.run{argv = argv, env = env, stdin = "", lock = lock}
   local secs = time.monotonic() - t0
+  r.stdout = read_file(rpath) or ""
+  os.remove(rpath)
   -- the child's log lines (JSON with --json) become ours, tagged with the job
   for line in r.stderr:gmatch("[^\n]+") do
     local ok, l = pcall(cjson.decode, line)
@@ -441,15 +487,6 @@ function M.attempt(job, run_id, attempt, lock)
              or (r.stderr:match("([^\n]+)\n*$") or ("exited with status " .. r.status))
   end
   return out
-end
-
--- Bytes a run moved, from its result (export: stored_bytes; others: bytes/size).
-local function result_bytes(res)
-  if type(res) ~= "table" then return nil end
-  for _, k in ipairs{"stored_bytes", "bytes", "size"} do
-    if type(res[k]) == "number" then return res[k] end
-  end
-  return nil
 end
 
 -- Runs a job now: lock, attempts with retries, record, alerts, metrics. opts: scheduled (the
@@ -499,10 +536,9 @@ function M.run_job(job, opts)
     rec = {job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
            lock = job.lock, trigger = opts.trigger or "schedule", scheduled_at = scheduled, scheduled = time.iso(scheduled),
            started_at = started, started = time.iso(started), finished_at = finished, finished = time.iso(finished),
-           seconds = finished - started, status = STATUS[a.exit] or (a.exit == 4 and "verify_failed" or "failed"),
+           seconds = finished - started, status = status_of(a.exit),
            exit = a.exit, attempts = attempts, error = a.error, hint = a.hint, bytes = result_bytes(a.result),
            verification = job.verification or nil, result = a.result}
-    if rec.status == "killed" then rec.status = "failed" end
     M.append_run(rec)
   end)
   -- the outcome is recorded before the lock is let go: whoever takes it next sees it
