@@ -207,17 +207,20 @@ T.case("the service and two --once together: the job runs once for its fire time
   owned_dir(out)
   local svc = proc.run{argv = {"sh", "-c", "(exec " .. shell_words(cmd(vars, {"--log-level", "debug", "schedule"})) .. " > " .. q(out .. "/svc.out") ..
                                " 2>&1 </dev/null) >/dev/null 2>&1 & echo $!"}, check = true}.stdout:match("%d+")
-  start(2, vars, {"schedule", "--once"}, out)
-  wait_until("the --once runs to end", function()
-    return exit_of(out, 1) and exit_of(out, 2)
+  local ok, err = pcall(function()
+    start(2, vars, {"schedule", "--once"}, out)
+    wait_until("the --once runs to end", function()
+      return exit_of(out, 1) and exit_of(out, 2)
+    end)
+    -- the service has looked at the job once it has run it, skipped it (held, or run meanwhile),
+    -- or found nothing due (the --once runs were first)
+    wait_until("the service to deal with the job", function()
+      local s = read(out .. "/svc.out") or ""
+      return s:match("quick ok in") or s:match("skipped: ") or s:match("nothing is due")
+    end)
   end)
-  -- the service has looked at the job once it has run it, skipped it (held, or run meanwhile),
-  -- or found nothing due (the --once runs were first)
-  wait_until("the service to deal with the job", function()
-    local s = read(out .. "/svc.out") or ""
-    return s:match("quick ok in") or s:match("skipped: ") or s:match("nothing is due")
-  end)
-  proc.run{argv = {"kill", "-TERM", svc}, check = true}
+  proc.run{argv = {"kill", "-TERM", svc}, check = true} -- stopped even when a wait gave up
+  if not ok then error(err, 0) end
   wait_until("the service to stop", function()
     local stat = read("/proc/" .. svc .. "/stat")
     return not stat or stat:match("^%d+ %b() Z")
