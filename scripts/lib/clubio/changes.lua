@@ -47,7 +47,7 @@ function M.config()
     bucket = env.get("BACKUP_S3_BUCKET"),
     interval = interval,
     max_bytes = tonumber(env.get("CHANGES_MAX_BYTES", tostring(64 << 20))),
-    level = tonumber(env.get("GZIP_LEVEL", "4")),
+    level = tonumber(env.get("GZIP_LEVEL", "6")), -- as export-database
   }
 end
 
