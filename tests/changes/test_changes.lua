@@ -88,8 +88,13 @@ local function sequences(db)
 end
 
 local LOG = dir .. "/archiver.log"
+local running -- the archiver's pid while one runs: stopped however this script ends
+local guard <close> = setmetatable({}, {__close = function()
+  if running then proc.run{argv = {"kill", "-9", running}} end
+end})
 local function start_archiver()
-  return sh([[nohup "$1" run archive-changes >>"$2" 2>&1 </dev/null & echo $!]], U.BIN, LOG):match("%d+")
+  running = sh([[nohup "$1" run archive-changes >>"$2" 2>&1 </dev/null & echo $!]], U.BIN, LOG):match("%d+")
+  return running
 end
 local function archiver_log()
   local f = io.open(LOG)
@@ -160,6 +165,7 @@ load(3)
 wait_archived()
 proc.run{argv = {"kill", "-TERM", pid2}}
 wait_for("the archiver to stop", function() return proc.run{argv = {"kill", "-0", pid2}}.status ~= 0 end, 30)
+running = nil
 local final = state(src)
 local final_seq = sequences(src)
 
