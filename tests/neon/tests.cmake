@@ -8,8 +8,9 @@ set_tests_properties(neon_local_restart PROPERTIES LABELS integration TIMEOUT 30
 set_tests_properties(neon_client neon_neonctl PROPERTIES RESOURCE_LOCK neon_primary_default)
 # The contract: every exchange recorded by neon-local (the scripts run here, and every test so
 # far) checked against Neon's OpenAPI description. It sets up DR replication on the shared
-# projects, so it takes the DR tests' lock; it runs after the other Neon tests when they are in
-# the same run, so that their exchanges are checked too.
+# projects, so it takes the DR tests' lock; it runs after the other tests that call Neon (the
+# DR tests' dr-test among them) when they are in the same run, so that their exchanges are
+# checked too.
 clubio_sandbox_test(neon_contract integration $<TARGET_FILE:clubio-dr> run ${CMAKE_CURRENT_LIST_DIR}/test_neon_contract.lua)
 set_tests_properties(neon_contract PROPERTIES RESOURCE_LOCK dr_replication TIMEOUT 1800
-  DEPENDS "neon_client;neon_neonctl;integration_test_scripts_neon")
+  DEPENDS "neon_client;neon_neonctl;integration_test_scripts_neon;scripts_test_data_corruption;scripts_test_daily_backup_failure;verify_test_restore_neon;dr_test_dr_aws;dr_test_dr_failover;dr_test_dr_lib;dr_test_dr_site;dr_test_dr_test")
