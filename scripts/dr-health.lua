@@ -102,7 +102,16 @@ if J.dry_run then
   return J:finish(nil, "dry run: nothing was checked")
 end
 local s = J:step("check replication", {plan = "slot, subscription, lag and last contact of " .. ctx.cfg.subscription}, function()
-  return dr.status(ctx, {wait = LIMITS.lag_seconds})
+  local st = dr.status(ctx, {heartbeat = false})
+  -- the heartbeat only when something can carry it: a missing or inactive slot would make it
+  -- wait the whole limit for nothing
+  if st.subscribed and st.enabled and st.slot_active then
+    local p <close> = assert(dr.try_primary(ctx))
+    local d <close> = dr.connect_dr(ctx)
+    local okh, secs = pcall(dr.heartbeat_lag, p, d, LIMITS.lag_seconds)
+    if okh then st.lag_seconds = secs else st.heartbeat_error = tostring(clubio.is_error(secs) and secs.message or secs) end
+  end
+  return st
 end)
 report.status = s
 local failed_over

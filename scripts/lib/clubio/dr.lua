@@ -1174,14 +1174,26 @@ function M.steps()
      plan = "connect to the DR database and write a heartbeat (a transaction rolled back)",
      hint = "the DR database does not take writes: check default_transaction_read_only and the role's rights",
      run = function(ctx)
+       local out = {}
+       do
+         -- the replica's fence goes with replication (stop-replication lifts it); a site that checks
+         -- writes before replication stops sees it still on, and the check writes through it
+         local tool <close> = M.connect_dr(ctx)
+         local sub = tool:query("SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = " .. M.THIS_DB, {ctx.cfg.subscription})[1]
+         if not sub then out.unfenced = M.set_fence(tool, false) or nil else out.fenced_until_replication_stops = true end
+       end
        local dconn <close> = M.connect_dr(ctx, {as_app = true})
        local t0 = time.monotonic()
-       dconn:query(string.format([[BEGIN; CREATE TABLE IF NOT EXISTS %s (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), note text);
+       dconn:query(string.format([[BEGIN%s; CREATE TABLE IF NOT EXISTS %s (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), note text);
          INSERT INTO %s (id, at, note) VALUES (2, now(), 'failover write check')
-         ON CONFLICT (id) DO UPDATE SET at = excluded.at, note = excluded.note; ROLLBACK]], M.HEARTBEAT, M.HEARTBEAT))
+         ON CONFLICT (id) DO UPDATE SET at = excluded.at, note = excluded.note; ROLLBACK]],
+         out.fenced_until_replication_stops and " READ WRITE" or "", M.HEARTBEAT, M.HEARTBEAT))
        local ro = scalar(dconn, "SELECT current_setting('transaction_read_only') AS ro")
-       if ro == "on" then clubio.fail{message = "the DR database is read-only", code = "dr.verify"} end
-       return {writes = true, seconds = time.monotonic() - t0}
+       if ro == "on" and not out.fenced_until_replication_stops then
+         clubio.fail{message = "the DR database is read-only", code = "dr.verify"}
+       end
+       out.writes, out.seconds = true, time.monotonic() - t0
+       return out
      end},
     {name = "update-app-target", rehearse = true,
      plan = function(ctx)
