@@ -102,5 +102,6 @@ static void test_short_secrets_as_whole_words(void)
     rt_redact_forget_all();
 }
 
-TEST_MAIN(test_urls, test_names_and_tokens, test_registered, test_errors_are_redacted_and_first_wins,
-          test_long_input_truncates_safely, test_short_secrets_as_whole_words)
+TEST_MAIN(test_urls, test_names_and_tokens, test_registered,
+          test_errors_are_redacted_and_first_wins, test_long_input_truncates_safely,
+          test_short_secrets_as_whole_words)
