@@ -18,6 +18,14 @@ proc.run{argv = {"chmod", "755", D, SITE, SITE .. "/scripts"}, check = true}
 
 -- as root, every scheduler runs as nobody: setpriv execs (no fork), so a pid is the scheduler's
 local ROOT = proc.run{argv = {"id", "-u"}}.stdout:match("%d+") == "0"
+if ROOT then
+  -- nobody may not reach the build folder (a checkout under /root is mode 700): the schedulers
+  -- run an installed copy of this build, in a folder everyone can read
+  local build = BIN:match("^(.*)/[^/]+$")
+  proc.run{argv = {"cmake", "--install", build, "--prefix", D .. "/inst"}, check = true}
+  proc.run{argv = {"chmod", "-R", "a+rX", D .. "/inst"}, check = true}
+  BIN = D .. "/inst/bin/clubio-dr"
+end
 local AS = ROOT and {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"} or {}
 local function owned_dir(path)
   proc.run{argv = {"mkdir", "-p", path}, check = true}
