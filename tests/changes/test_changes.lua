@@ -278,6 +278,26 @@ T.case("a corrupt or missing segment is detected by verification", function()
   T.eq(r.status, 4, r.stderr)
 end)
 
+T.case("a branch restore removes the slot: restore-from-backup's note says so and names the restart", function()
+  -- what restore-from-backup and data-corruption print after a branch restore (dr.after_branch_restore)
+  local probe = dir .. "/after_restore.lua"
+  U.write(probe, [[local r = require("clubio.dr").after_branch_restore{branch = "main"}
+print(require("cjson").encode{changes = r.changes or false, affected = r.affected == true, message = r.message})]])
+  local r = run{probe}
+  T.eq(r.status, 0, r.stderr)
+  local d = require("cjson").decode(r.stdout)
+  T.eq(d.changes.affected, false, "the slot is still there")
+  -- as Neon's branch restore does: the slot is gone
+  admin:query("SELECT pg_drop_replication_slot($1)", {ENV.CHANGES_SLOT})
+  r = run{probe}
+  T.eq(r.status, 0, r.stderr)
+  d = require("cjson").decode(r.stdout)
+  T.eq(d.changes.affected, true)
+  T.eq(d.affected, true)
+  T.match(d.message, "change archive's slot " .. ENV.CHANGES_SLOT .. " is gone")
+  T.match(d.message, "clubio%-dr run archive%-changes")
+end)
+
 -- cleanup: the slot, the databases, the fresh server, the objects
 src:close()
 pcall(admin.query, admin, "SELECT pg_drop_replication_slot('" .. ENV.CHANGES_SLOT .. "')")

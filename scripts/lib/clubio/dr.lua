@@ -678,7 +678,50 @@ end
 -- the default), opts.planned (a restore the caller tells the operator to make next). Returns {affected, message, command}; never raises — the restore's own outcome
 -- must not depend on it.
 M.RESYNC_COMMAND = "clubio-dr run dr-setup --resync --yes"
+-- The change archive (archive-changes) after a branch restore: its slot lives on the restored
+-- branch too. nil when no change archive is kept here (no segments under its prefix); else
+-- {affected, command, message}. A restart of archive-changes makes a new slot and takes a new
+-- base export from the slot's snapshot, so the archive is exact again from that base on.
+local function changes_after_restore(opts)
+  local ok, res = pcall(function()
+    local lib = require "clubio.changes"
+    local cfg = lib.config()
+    if #lib.list_segments(require("clubio.objects").client(), cfg) == 0 then return nil end
+    local cmd = "clubio-dr run archive-changes   (or restart its service: it makes a new slot and takes a new base)"
+    if opts.planned then
+      return {affected = true, command = cmd,
+              message = string.format("the restore also removes the change archive's slot %s: afterwards restart the archiver: %s",
+                                      cfg.slot, cmd)}
+    end
+    if lib.slot_for_export(cfg.url) then
+      return {affected = false, message = "the change archive's slot " .. cfg.slot .. " is still there: not affected"}
+    end
+    return {affected = true, command = cmd,
+            message = string.format("the change archive's slot %s is gone (a branch restore removes slots): restart the archiver; " ..
+                                    "until its new base is in S3, restore-from-s3 --to cannot reach past the restore: %s", cfg.slot, cmd)}
+  end)
+  if ok then return res end
+  return nil -- no change archive configured here (no bucket, no database): nothing to say
+end
+
 function M.after_branch_restore(opts)
+  opts = opts or {}
+  local res = M.dr_after_branch_restore(opts)
+  local ch = changes_after_restore(opts)
+  if ch then
+    res.changes = ch
+    if ch.affected then
+      if res.affected == false then
+        res = {affected = true, command = ch.command, message = ch.message, changes = ch, dr = res}
+      else
+        res.message = res.message .. "; " .. ch.message
+      end
+    end
+  end
+  return res
+end
+
+function M.dr_after_branch_restore(opts)
   opts = opts or {}
   local generic = {affected = nil, command = M.RESYNC_COMMAND,
                    message = "a Neon branch restore removes the branch's logical replication slots: whatever replicated from " ..
