@@ -77,15 +77,20 @@ T.case("table_digests: equal to the dump's and the archive scan's; sha256 ordere
     T.eq(r.scan.tables[name].sha256, t.sha256, name .. " scan's ordered digest = dump's")
   end
   -- move one row to the end of the heap without changing it: the ordered digest changes, the
-  -- set digest does not
-  do
-    local db <close> = pgdump.connect(url)
-    db:query("UPDATE users SET name = name WHERE id = 1")
-  end
-  local d2 = verify.table_digests(url, {tables = {"public.users"}})
+  -- set digest does not. A table of its own, made here, so that no earlier update or pruning
+  -- left a free slot that the moved row could take (it must land after the others)
+  local db <close> = pgdump.connect(url)
+  db:query("CREATE TABLE moved (id int PRIMARY KEY, v text)")
+  db:query("INSERT INTO moved SELECT g, 'v' || g FROM generate_series(1, 3) g")
+  local before = verify.table_digests(url, {tables = {"public.moved"}})
+  db:query("UPDATE moved SET v = v WHERE id = 1")
+  local order = db:query("SELECT string_agg(id::text, ',' ORDER BY ctid) AS ids FROM moved")
+  T.eq(order[1].ids, "2,3,1", "the updated row is physically last")
+  local d2 = verify.table_digests(url, {tables = {"public.moved"}})
+  db:query("DROP TABLE moved")
   T.eq(d2.table_count, 1)
-  T.ok(d2.tables["public.users"].sha256 ~= d.tables["public.users"].sha256, "ordered digest follows physical order")
-  T.eq(d2.tables["public.users"].set_sha256, d.tables["public.users"].set_sha256)
+  T.ok(d2.tables["public.moved"].sha256 ~= before.tables["public.moved"].sha256, "ordered digest follows physical order")
+  T.eq(d2.tables["public.moved"].set_sha256, before.tables["public.moved"].set_sha256)
 end)
 
 T.case("queries go to the history when asked, and only then", function()
