@@ -219,6 +219,36 @@ T.case("gauges from the running archiver and from --status; --status fails over 
   T.ok(gauge(prom(), "slot_inactive_seconds") >= 0.4)
 end)
 
+T.case("archive-changes as the scheduler's service job: started with the scheduler, stopped with it", function()
+  local conf, out, promf = dir .. "/jobs.conf", dir .. "/sched.out", dir .. "/prom/clubio_dr_changes.prom"
+  U.write(conf, 'return {scripts = false, jobs = {["archive-changes"] = {script = "archive-changes", service = true}}}')
+  os.remove(promf)
+  local spid = sh([[CLUBIO_DR_SCHEDULE="$3" nohup "$1" schedule > "$2" 2>&1 </dev/null & echo $!]], U.BIN, out, conf):match("%d+")
+  running = spid -- killed however this case ends; its supervisor then stops the archiver
+  local function sched_out() local f = io.open(out); local t = f and f:read("a") or ""; if f then f:close() end; return t end
+  wait_for("the archiver under the scheduler", function() return sched_out():find("archiving changes", 1, true) end)
+  -- its gauges: the slot active again
+  wait_for("the archiver's gauges", function()
+    local f = io.open(promf)
+    local t = f and f:read("a") or ""
+    if f then f:close() end
+    return t:find('clubio_dr_changes_slot_active{slot="' .. ENV.CHANGES_SLOT .. '"} 1', 1, true)
+  end)
+  local r = run({"schedule", "--list", "--json"}, {CLUBIO_DR_SCHEDULE = conf})
+  T.eq(r.status, 0, r.stderr)
+  local row = cjson.decode(r.stdout)[1]
+  T.eq(row.name, "archive-changes")
+  T.eq(row.state, "running")
+  proc.run{argv = {"kill", "-TERM", spid}, check = true}
+  wait_for("the scheduler to stop", function() return proc.run{argv = {"kill", "-0", spid}}.status ~= 0 end, 60)
+  running = nil
+  T.match(sched_out(), "service archive%-changes stopped")
+  local recs = require("clubio.schedule").read_runs(dir .. "/state/runs.jsonl")
+  T.eq(recs[#recs].job, "archive-changes")
+  T.eq(recs[#recs].status, "stopped")
+  T.eq(proc.run{argv = {"kill", "-0", tostring(math.tointeger(recs[#recs].service_pid))}}.status ~= 0, true, "the archiver is gone")
+end)
+
 -- a fresh server: a throwaway cluster with none of the source's roles
 local fresh = T.tmpdir() -- its own folder: the server runs as postgres when we are root
 local PGBIN = env.get("SANDBOX_PG_BIN")
