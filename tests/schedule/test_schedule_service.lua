@@ -3,7 +3,8 @@
 -- status and the service is started again; exits in a row alert through the webhook; a second
 -- scheduler on the same state stands by instead of starting a second instance, and takes over
 -- when the first stops; SIGTERM to a scheduler stops its service with SIGTERM; cron jobs beside
--- a service still run; --list shows the service's state; jobs-file mistakes of services.
+-- a service still run; --list shows the service's state; jobs-file mistakes of services; and
+-- proc.spawn, which the scheduler starts its supervisors with.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
 local proc, env, cjson, time = require "proc", require "env", require "cjson", require "time"
@@ -109,6 +110,33 @@ local function list_svc()
   T.eq(r.status, 0, r.stderr)
   for _, row in ipairs(cjson.decode(r.stdout)) do if row.name == "svc" then return row end end
 end
+
+T.case("proc.spawn: runs while we go on; poll, wait with a limit, terminate with a grace, garbage collection", function()
+  local c = proc.spawn{argv = {"sh", "-c", 'echo "$X" > "$1"; exit 3', "sh", D .. "/spawned"}, env = {X = "from env"}}
+  T.ok(math.type(c:pid()) == "integer")
+  T.eq(c:wait(60), 3)
+  T.eq(c:poll(), 3, "the status stays")
+  T.eq(c:pid(), nil, "reaped")
+  T.eq(read(D .. "/spawned"), "from env\n")
+  -- a child that runs on: wait gives up at its limit and leaves it running
+  local s = proc.spawn{argv = {"sleep", "60"}}
+  T.eq(s:wait(0.05), nil)
+  T.eq(s:poll(), nil)
+  T.eq(s:terminate(5), 128 + 15, "SIGTERM")
+  -- one that ignores SIGTERM gets SIGKILL after the grace
+  local k = proc.spawn{argv = {"sh", "-c", "trap '' TERM; touch \"$1\"; while :; do sleep 0.05; done", "sh", D .. "/trapped"}}
+  wait_until("the trap to be set", function() return read(D .. "/trapped") end)
+  T.eq(k:terminate(0.2), 128 + 9, "SIGKILL after the grace")
+  -- a handle that is collected stops its child
+  local pid
+  do
+    local g <close> = proc.spawn{argv = {"sleep", "60"}}
+    pid = tostring(g:pid())
+  end
+  T.ok(not alive(pid), "stopped when closed")
+  T.raises(function() proc.spawn{argv = {"true"}, stdin = "x"} end)
+  T.raises(function() proc.spawn{argv = {"no-such-command-here"}} end)
+end)
 
 T.case("jobs file: a service takes no schedule, timeout or retries; service must be a boolean", function()
   local function conf(text)
