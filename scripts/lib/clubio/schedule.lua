@@ -142,8 +142,9 @@ local function check_job(name, j, where)
                      "alert_window", "stop_timeout"} do
     local v = j[k]
     if v ~= nil and (type(v) ~= "number" or v < 0 or ((k == "timeout" or k == "alert_exits") and v <= 0)) then
-      fail(string.format("%s: job '%s': %s must be a number of %s >= 0, got %s", where, name, k,
-                         (k == "retries" or k == "alert_exits") and "attempts" or "seconds", tostring(v)))
+      fail(string.format("%s: job '%s': %s must be a number of %s %s 0, got %s", where, name, k,
+                         (k == "retries" or k == "alert_exits") and "attempts" or "seconds",
+                         (k == "timeout" or k == "alert_exits") and ">" or ">=", tostring(v)))
     end
   end
   if j.args ~= nil then
