@@ -254,6 +254,27 @@ T.case("a failing application check fails the rehearsal; the scratch database is
   T.eq(scratch_databases(), before_any)
 end)
 
+T.case("a segment altered in S3 (same size): the restore fails, so does the test; the scratch database is dropped", function()
+  local c = s3.client{}
+  local last
+  for obj in c:list{bucket = BUCKET, prefix = ENV.CHANGES_PREFIX} do
+    if obj.key:match("%.sql%.gz%.enc$") and (not last or obj.key > last) then last = obj.key end
+  end
+  local body = c:get(BUCKET, last)
+  local pos = #body // 2
+  c:put(BUCKET, last, {body = body:sub(1, pos - 1) .. string.char((body:byte(pos) + 1) % 256) .. body:sub(pos + 1)})
+  -- and a scratch database a killed run left two days ago: removed on the way
+  admin:query("CREATE DATABASE clubio_drt_loss_20200101_000000")
+  local r = run{"dr-test", "--scenario", "complete-loss"}
+  c:put(BUCKET, last, {body = body})
+  T.eq(r.status, 4, r.all)
+  T.match(r.stderr, "failed at 'restore from S3 alone': restore%-from%-s3 %-%-to latest failed %(status %d%)")
+  T.match(r.stderr, "stale scratch database")
+  local md = read(r.stderr:match("the report is (%S+%.md)"))
+  T.match(md, "%- %[x%] post%-test: remove the scratch database")
+  T.eq(scratch_databases(), before_any)
+end)
+
 T.case("the archiver stopped (slot inactive): fails before the loss", function()
   proc.run{argv = {"kill", "-TERM", archiver}}
   wait_for("the archiver to stop", function() return not alive(archiver) end, 30)

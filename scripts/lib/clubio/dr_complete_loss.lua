@@ -396,6 +396,17 @@ function M.run(o)
         local name = M.SCRATCH_PREFIX .. stamp:gsub("-", "_")
         scratch = {name = name, server = server_url}
         local admin <close> = pgdump.connect(server_url)
+        -- what a killed run left (a restored copy of the source): older than a day, so never a
+        -- run still going
+        for _, r in ipairs(admin:query("SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE $1",
+                                       {M.SCRATCH_PREFIX:gsub("_", "\\_") .. "%"})) do
+          local y, mo, d, h, mi, se = r.datname:match("_(%d%d%d%d)(%d%d)(%d%d)_(%d%d)(%d%d)(%d%d)$")
+          local at = y and time.parse(string.format("%s-%s-%sT%s:%s:%sZ", y, mo, d, h, mi, se))
+          if at and time.now() - at > 86400 then
+            admin:query("DROP DATABASE IF EXISTS " .. r.datname .. " WITH (FORCE)")
+            log.warn("dropped a stale scratch database a killed dr-test left", {database = r.datname})
+          end
+        end
         local v = admin:query("SELECT current_setting('server_version_num')::int AS v", nil, {typed = true})[1].v
         if v < 140000 then fail("the target server runs PostgreSQL " .. v // 10000 .. ": restores need 14 or later", nil, "config", "config.server") end
         admin:query("CREATE DATABASE " .. name)
