@@ -32,6 +32,7 @@ local ENV = {
   CHANGES_PREFIX = "test-drl-" .. TAG .. "/", EXPORT_PREFIX = "test-drl-" .. TAG .. "/database/", ARCHIVE_INTERVAL = "1",
   DR_TEST_REPORT_DIR = REPORTS, CLUBIO_DR_JOURNAL = dir .. "/journal.jsonl",
   DR_TEST_RESTORE_SERVER_URL = ADMIN, RESTORE_TEST_SERVER_URL = false, DR_TEST_RESTORE_URL = false,
+  CLUBIO_DR_BIN = false, -- as an operator runs it: dr-test finds its own binary for the restore
   -- Neon is gone
   NEON_API_HOST = "http://127.0.0.1:" .. U.closed_port(), NEON_API_KEY = "neon-is-gone", NEON_PROJECT_ID = "gone",
 }

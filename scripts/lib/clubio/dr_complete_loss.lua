@@ -47,8 +47,12 @@ end
 local function self_bin()
   local bin = os.getenv("CLUBIO_DR_BIN")
   if bin and bin ~= "" then return bin end
-  local r = proc.run{argv = {"readlink", "/proc/self/exe"}}
-  return r.status == 0 and (r.stdout:gsub("%s+$", "")) or "clubio-dr"
+  -- our pid from our own /proc/self (a child's /proc/self would be the child)
+  local f = io.open("/proc/self/stat", "r")
+  local pid = f and f:read("l"):match("^(%d+)")
+  if f then f:close() end
+  local r = pid and proc.run{argv = {"readlink", "/proc/" .. pid .. "/exe"}}
+  return r and r.status == 0 and (r.stdout:gsub("%s+$", "")) or "clubio-dr"
 end
 
 -- url with its database replaced (keeps user, password, host, port and parameters)
