@@ -9,8 +9,8 @@
 -- --scenario region-failure (the default) is the failover test below. --scenario complete-loss
 -- rehearses the runbook document's "Complete data loss" (Neon itself lost; RTO 8 h, RPO 24 h)
 -- with the change archive, from S3 alone (scripts/lib/clubio/dr_complete_loss.lua):
---   before the loss  the archiver holds the slot and the chain in S3 is intact (else it fails:
---                    no archiver, no rehearsal); the source's tables are digested (read only);
+--   before the loss  an archiver holds the slot, within CHANGES_MAX_LAG_BYTES, and the chain in
+--                    S3 is intact (else it fails: no current archive, no rehearsal); the source's tables are digested (read only);
 --                    --marker writes one row to public.clubio_dr_marker, the only write to the
 --                    source (the first time it creates that table, and waits for the new base
 --                    export the archiver then takes); --wait: the loss strikes once the marker is

@@ -289,6 +289,23 @@ T.case("the archiver stopped (slot inactive): fails before the loss", function()
   T.eq(scratch_databases(), before_any)
 end)
 
+T.case("an archiver too far behind: fails before the loss", function()
+  -- the slot is inactive now: the lag check comes first only when the slot is held, so hold it
+  -- with a (silent) archiver and a lag limit of one byte after a write it has not confirmed yet
+  archiver = sh([[ARCHIVE_INTERVAL=3600 nohup "$1" run archive-changes >>"$2" 2>&1 </dev/null & echo $!]], U.BIN, ALOG):match("%d+")
+  wait_for("the archiver to hold the slot", function()
+    return admin:query("SELECT active FROM pg_replication_slots WHERE slot_name = $1", {ENV.CHANGES_SLOT}, {typed = true})[1].active
+  end, 60)
+  src:query("INSERT INTO items (name, qty) SELECT 'late ' || g, g FROM generate_series(1, 100) g")
+  local r = run({"dr-test", "--scenario", "complete-loss"}, {CHANGES_MAX_LAG_BYTES = "1"})
+  T.eq(r.status, 4, r.all)
+  T.match(r.stderr, "the archiver is [%d.]+ %a+ behind the source %(limit 1 B, CHANGES_MAX_LAG_BYTES%)")
+  T.eq(scratch_databases(), before_any)
+end)
+proc.run{argv = {"kill", "-TERM", archiver}}
+wait_for("the archiver to stop", function() return not alive(archiver) end, 30)
+archiver = nil
+
 -- cleanup: the slot, the databases, the objects
 src:close()
 pcall(admin.query, admin, "SELECT pg_drop_replication_slot('" .. ENV.CHANGES_SLOT .. "')")

@@ -6,8 +6,8 @@
 --                                          server_url = URL, keep = bool, checks = {...}}
 --
 -- Before the loss (the source is only read, except the opt-in marker):
---   - the change archive is current: its slot exists and an archiver holds it (active), the chain
---     of segments in S3 is intact, a base export exists;
+--   - the change archive is current: its slot exists and an archiver holds it (active) at most
+--     CHANGES_MAX_LAG_BYTES behind, the chain of segments in S3 is intact, a base export exists;
 --   - the source's tables are digested (rows and order-independent digests);
 --   - with marker = true, one row of public.clubio_dr_marker is written (the table is created the
 --     first time, and then the archiver takes a new base export for it, once: that is waited for);
@@ -288,6 +288,12 @@ function M.run(o)
       fail("no archiver is running: slot " .. cfg.slot .. " is inactive, the change archive is not current",
            "start the archiver (clubio-dr run archive-changes) and run the test again", "verify", "changes.inactive")
     end
+    local limit = tonumber(env.get("CHANGES_MAX_LAG_BYTES", tostring(1 << 30)))
+    if (s.lag_bytes or 0) > limit then
+      fail(string.format("the archiver is %s behind the source (limit %s, CHANGES_MAX_LAG_BYTES): the change archive is not current",
+                         job.bytes(s.lag_bytes), job.bytes(limit)),
+           "see clubio-dr run archive-changes --status and the archiver's log", "verify", "changes.lag")
+    end
     local chain, problems = lib.verify_chain(c, cfg)
     if #problems > 0 then
       local p = problems[1]
@@ -450,6 +456,7 @@ function M.run(o)
       m.restore_seconds, m.base_seconds, m.replay_seconds = restored.seconds, restored.base_seconds, restored.replay_seconds
       m.base, m.transactions, m.segments = restored.base, restored.transactions, restored.segments
       m.restored_last_commit = restored.last_commit or restored.base_snapshot_time
+      if not restored.last_commit then report.notes[#report.notes + 1] = "no archived transaction after the base: the restore's last commit is the base's snapshot time" end
       return {summary = string.format("base %s + %d transactions from %d segments, last commit %s (%.1f s)", restored.base,
                                       math.floor(restored.transactions or 0), math.floor(restored.segments or 0), tostring(m.restored_last_commit), restored.seconds or 0)}
     end, {plan = "clubio-dr run restore-from-s3 --to latest - (no Neon setting, no source URL in its environment)",
