@@ -334,30 +334,7 @@ if not failed then
       list = {}
       for _, t in ipairs(tables) do list[#list + 1] = {name = t .. " answers", sql = "SELECT * FROM " .. (dr.qualify(t)) .. " LIMIT 1"} end
     end
-    local results, bad = {}, 0
-    for n, c in ipairs(list) do
-      local r = {name = c.name or ("check " .. n)}
-      local okc, rows = pcall(function()
-        if c.write then d:query("BEGIN") end
-        local rows = d:query(c.sql, c.params)
-        if c.write then d:query("ROLLBACK") end
-        return rows
-      end)
-      if not okc then
-        pcall(d.query, d, "ROLLBACK")
-        r.ok, r.error = false, log.redact(clubio.is_error(rows) and rows.message or tostring(rows))
-      else
-        r.rows = #rows
-        r.ok = true
-        if c.min_rows and #rows < c.min_rows then r.ok, r.error = false, string.format("%d rows, expected at least %d", #rows, c.min_rows) end
-        if c.expect ~= nil then
-          local first = rows[1] and select(2, next(rows[1]))
-          if tostring(first) ~= tostring(c.expect) then r.ok, r.error = false, string.format("got %s, expected %s", tostring(first), tostring(c.expect)) end
-        end
-      end
-      if not r.ok then bad = bad + 1 end
-      results[#results + 1] = r
-    end
+    local results, bad = require("clubio.dr_checks").run(d, list)
     report.checks = results
     if bad > 0 then
       clubio.fail{message = string.format("%d of %d application checks failed on the DR database", bad, #results), class = "verify",

@@ -90,34 +90,6 @@ local function same(a, b)
   return a and b and not a.missing and not b.missing and a.rows == b.rows and a.set_sha256 == b.set_sha256
 end
 
--- SQL checks ({name, sql, params, min_rows, expect, write}) against conn: results, failures.
-function M.run_checks(conn, list)
-  local results, bad = {}, 0
-  for n, c in ipairs(list) do
-    local r = {name = c.name or ("check " .. n)}
-    local okc, rows = pcall(function()
-      if c.write then conn:query("BEGIN") end
-      local rows = conn:query(c.sql, c.params)
-      if c.write then conn:query("ROLLBACK") end
-      return rows
-    end)
-    if not okc then
-      pcall(conn.query, conn, "ROLLBACK")
-      r.ok, r.error = false, log.redact(clubio.is_error(rows) and rows.message or tostring(rows))
-    else
-      r.rows, r.ok = #rows, true
-      if c.min_rows and #rows < c.min_rows then r.ok, r.error = false, string.format("%d rows, expected at least %d", #rows, c.min_rows) end
-      if c.expect ~= nil then
-        local first = rows[1] and select(2, next(rows[1]))
-        if tostring(first) ~= tostring(c.expect) then r.ok, r.error = false, string.format("got %s, expected %s", tostring(first), tostring(c.expect)) end
-      end
-    end
-    if not r.ok then bad = bad + 1 end
-    results[#results + 1] = r
-  end
-  return results, bad
-end
-
 local function dur(s)
   if not s then return "not measured" end
   if s < 120 then return string.format("%.1f s", s) end
@@ -486,7 +458,7 @@ function M.run(o)
         end
       end
       if o.checks then
-        local results, bad = M.run_checks(db, o.checks)
+        local results, bad = require("clubio.dr_checks").run(db, o.checks)
         report.checks = results
         if bad > 0 then problems[#problems + 1] = string.format("%d of %d application checks failed on the restore", bad, #results) end
       end
