@@ -77,12 +77,18 @@ local function user_tables(db)
   return out
 end
 
+-- Every table's rows and order-independent digest, from one snapshot (a consistent picture of a
+-- source that is being written to).
 local function digests(db, tables)
   local out = {}
+  db:query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
   for _, t in ipairs(tables) do
+    db:query("SAVEPOINT d")
     local ok, d = pcall(db.table_digest, db, t)
+    db:query(ok and "RELEASE SAVEPOINT d" or "ROLLBACK TO SAVEPOINT d")
     out[t] = ok and {rows = d.rows, set_sha256 = d.set_sha256} or {missing = true}
   end
+  db:query("COMMIT")
   return out
 end
 
