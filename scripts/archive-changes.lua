@@ -147,14 +147,14 @@ if not db:query("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", {c
   log.info("created publication " .. cfg.publication .. " FOR ALL TABLES")
 end
 local have_slot = slot_row(db) ~= nil
-db:close()
+-- the epoch (see clubio.changes): a new one with a new slot, else the one the server keeps
+local epoch = have_slot and lib.read_epoch(db, cfg.publication) or nil
 
 -- where the chain stands
 local last, segs = lib.chain_end(c, cfg)
 local seq = last and last.manifest.seq or 0
 local prev = last and {key = last.manifest.archive.key, sha256 = last.manifest.stored.sha256, seq = last.manifest.seq,
                       last_time = last.manifest.last_time} or nil
-local skip_through = last and last.manifest.last_lsn or nil
 for _, s in ipairs(segs) do -- segments uploaded without a manifest (a crash in between): not part of the chain
   if not s.has_manifest and s.seq > seq then c:delete(cfg.bucket, s.key); log.warn("removed an unfinished segment", {key = s.key}) end
 end
@@ -168,20 +168,37 @@ end
 
 local cap = open_capture()
 local bases = lib.list_bases(c, cfg)
+if have_slot and not epoch and bases[1] and bases[1].manifest.changes.epoch then
+  -- the comment was lost (or the publication made again): the newest base's epoch is the slot's
+  epoch = bases[1].manifest.changes.epoch
+  lib.write_epoch(db, cfg.publication, epoch)
+end
 if not have_slot then
+  epoch = lib.new_epoch()
   local info = cap:create_slot()
-  log.info("created replication slot " .. cfg.slot, {consistent_point = info.consistent_point})
+  lib.write_epoch(db, cfg.publication, epoch)
+  log.info("created replication slot " .. cfg.slot, {consistent_point = info.consistent_point, epoch = epoch})
   -- the first base is the slot's own snapshot: exactly the transactions before its consistent point
-  local b = lib.take_base(c, cfg, {snapshot = info.snapshot, consistent_lsn = info.consistent_point, reason = "slot created"})
+  local b = lib.take_base(c, cfg, {snapshot = info.snapshot, consistent_lsn = info.consistent_point, reason = "slot created",
+                                   epoch = epoch})
   base_tables = b.manifest.tables
   known = {}
 elseif not bases[1] then
   -- a slot without a base (e.g. the first base failed): any snapshot taken now is exact too,
   -- since the slot still holds every transaction after it
-  local b = lib.take_base(c, cfg, {reason = "no base for the slot"})
+  local b = lib.take_base(c, cfg, {reason = "no base for the slot", epoch = epoch})
   base_tables = b.manifest.tables
 else
   base_tables = bases[1].manifest.tables
+end
+db:close()
+-- what this slot's stream already archived (a segment stored before the crash that kept it from
+-- being confirmed comes again): only within the same epoch, since another slot's LSNs (a rebuilt
+-- server, a restored branch) may start below the ones the archive has passed
+local skip_through = last and last.manifest.epoch == epoch and last.manifest.last_lsn or nil
+if last and last.manifest.epoch ~= epoch then
+  log.info("a new epoch of the change archive: the chain goes on, a restore replays each epoch from its own bases",
+           {epoch = epoch, previous_epoch = last.manifest.epoch or "none"})
 end
 -- (replication itself starts in the loop below, which retries while a killed archiver's walsender
 -- still holds the slot)
@@ -219,7 +236,7 @@ local function one_segment(first_lsn)
     tool = {name = "clubio-dr", version = clubio.version},
     archive = {bucket = cfg.bucket, key = key, layers = {"plain-sql", "gzip", "openssl-enc-aes-256-cbc"},
                cipher = {name = "aes-256-cbc", kdf = "pbkdf2-hmac-sha256", iter = 10000, salted = true}},
-    slot = cfg.slot, seq = seq,
+    slot = cfg.slot, seq = seq, epoch = epoch,
     first_lsn = s.first_lsn, last_lsn = s.last_lsn, end_lsn = s.end_lsn,
     first_time = s.first_time, last_time = s.last_time,
     transactions = s.transactions, changes = s.changes, tables = s.tables, sequences = s.sequences,
@@ -243,7 +260,7 @@ local function one_segment(first_lsn)
   end
   if #changed > 0 then
     log.warn("schema change of published tables: taking a new base export", {tables = table.concat(changed, ", ")})
-    local b = lib.take_base(c, cfg, {reason = "schema change: " .. table.concat(changed, ", ")})
+    local b = lib.take_base(c, cfg, {reason = "schema change: " .. table.concat(changed, ", "), epoch = epoch})
     base_tables = b.manifest.tables
   end
 end

@@ -256,7 +256,7 @@ local port = U.closed_port()
 local as_pg = proc.run{argv = {"id", "-u"}}.stdout:match("^0") and "runuser -u postgres -- " or ""
 if as_pg ~= "" then sh("chown postgres: \"$1\"", fresh) end
 sh(as_pg .. "\"$1/initdb\" -D \"$2/data\" -U postgres -A trust >/dev/null && " ..
-   as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -l \"$2/log\" -w -o \"-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off\" start >/dev/null",
+   as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -l \"$2/log\" -w -o \"-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off -c wal_level=logical\" start >/dev/null",
    PGBIN, fresh, port)
 local FRESH = "postgresql://postgres@127.0.0.1:" .. port .. "/"
 local fresh_admin <close> = pgdump.connect(FRESH .. "postgres")
@@ -279,6 +279,42 @@ T.case("restore --to latest into a fresh server with no roles: every table and s
   for _, t in ipairs(TABLES) do T.eq(got[t], final[t], t) end
   local seqs = sequences(db)
   for name, v in pairs(final_seq) do T.eq(seqs[name], v, "sequence " .. name) end
+end)
+
+T.case("a rebuilt server under the same slot name: a new epoch, nothing skipped, each restore replays its own", function()
+  -- the source is lost; r_latest (restored above, on another server) takes its place, and the
+  -- archiver is pointed at it with the same slot, publication and prefix. That server's LSNs
+  -- are far below the ones the archive has passed: a skip by LSN across servers would drop
+  -- its transactions
+  local REB = FRESH .. "r_latest"
+  local e = {CHANGES_DATABASE_URL = REB, DATABASE_URL = REB}
+  local c = s3.client{}
+  local last_key
+  for obj in c:list{bucket = BUCKET, prefix = ENV.CHANGES_PREFIX} do
+    if obj.key:match("/%d+%-%x+%.sql%.gz%.enc%.manifest%.json$") and (not last_key or obj.key > last_key) then last_key = obj.key end
+  end
+  local old = cjson.decode(c:get(BUCKET, last_key))
+  local db <close> = pgdump.connect(REB)
+  local changes = require "changes"
+  T.ok(changes.lsn(db:query("SELECT pg_current_wal_lsn()::text AS l")[1].l) < changes.lsn(old.last_lsn),
+       "the rebuilt server's LSNs are below the archive's")
+  local r = run({"archive-changes", "--once"}, e)
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stderr, "a new epoch of the change archive")
+  db:query("INSERT INTO scratch VALUES (900001, 'after the rebuild'); SELECT nextval('counter_seq')")
+  r = run({"archive-changes", "--once"}, e)
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stderr, "segment archived")
+  fresh_admin:query("CREATE DATABASE r_rebuilt")
+  r = run({"restore-from-s3", "--to", "latest", "-", "--json"}, {RESTORE_TARGET_URL = FRESH .. "r_rebuilt"})
+  T.eq(r.status, 0, r.stderr .. r.stdout)
+  local got_db <close> = pgdump.connect(FRESH .. "r_rebuilt")
+  local want, got = state(db), state(got_db)
+  for _, t in ipairs(TABLES) do T.eq(got[t], want[t], t) end
+  T.eq(got_db:query("SELECT t FROM scratch WHERE id = 900001")[1].t, "after the rebuild")
+  local ws, gs = sequences(db), sequences(got_db)
+  for name, v in pairs(ws) do T.eq(gs[name], v, "sequence " .. name) end
+  db:query("SELECT pg_drop_replication_slot($1)", {ENV.CHANGES_SLOT})
 end)
 
 T.case("restore --to a point between two known transactions: exactly that state", function()

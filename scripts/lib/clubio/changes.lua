@@ -166,22 +166,52 @@ function M.take_base(c, cfg, opts)
     tables = tables,
     roles = roles,
     changes = {slot = cfg.slot, snapshot_xids = r.dump.snapshot_xids, consistent_lsn = opts.consistent_lsn,
-               reason = opts.reason},
+               reason = opts.reason, epoch = opts.epoch},
   }
   c:put(cfg.bucket, key .. verify.MANIFEST_SUFFIX, {body = verify.sign_manifest(m), content_type = "application/json"})
   log.info("base export written", {key = key, reason = opts.reason, bytes = r.stored.bytes})
   return {key = key, manifest = m}
 end
 
--- The change archive's slot name if it exists on the database at url (an export taken now is
--- then a base: the slot holds every transaction its snapshot does not), else nil. Never raises.
+-- The epoch: one per creation of the slot. LSNs, and so the archive's "already archived"
+-- positions, mean something only within one slot's stream: a slot made again on a rebuilt
+-- server, or on a Neon branch restored to an earlier point, starts over at LSNs the archive has
+-- already passed. Every base and segment records its epoch; the archiver skips only what its own
+-- epoch archived, and a restore replays only the segments of its base's epoch. The current epoch
+-- is kept on the server, as the publication's comment, where export-database finds it too.
+-- (Archives from before epochs have none: nil, which matches only nil.)
+local EPOCH_COMMENT = "clubio-dr change archive epoch "
+
+function M.new_epoch()
+  return crypto.random_hex(8)
+end
+
+function M.read_epoch(db, publication)
+  local row = db:query("SELECT pg_catalog.obj_description(oid, 'pg_publication') AS c FROM pg_catalog.pg_publication " ..
+                       "WHERE pubname = $1", {publication})[1]
+  local c = row and row.c
+  if not c or c:sub(1, #EPOCH_COMMENT) ~= EPOCH_COMMENT then return nil end
+  return c:sub(#EPOCH_COMMENT + 1):match("^%x+$")
+end
+
+function M.write_epoch(db, publication, epoch)
+  local q = db:query("SELECT pg_catalog.quote_ident($1) AS q", {publication})[1].q
+  db:query("COMMENT ON PUBLICATION " .. q .. " IS '" .. EPOCH_COMMENT .. epoch .. "'")
+end
+
+-- The change archive's slot name and epoch if the slot exists on the database at url (an export
+-- taken now is then a base: the slot holds every transaction its snapshot does not), else nil.
+-- Never raises.
 function M.slot_for_export(url)
   local slot = env.get("CHANGES_SLOT", "clubio_changes")
-  local ok, rows = pcall(function()
+  local publication = env.get("CHANGES_PUBLICATION", "clubio_changes")
+  local ok, rows, epoch = pcall(function()
     local db <close> = pgdump.connect(url)
-    return db:query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()", {slot})
+    local r = db:query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()", {slot})
+    return r, M.read_epoch(db, publication)
   end)
-  return ok and rows[1] and slot or nil
+  if ok and rows[1] then return slot, epoch end
+  return nil
 end
 
 -- Exports usable as bases (their manifest records the snapshot's transactions), newest first.
