@@ -37,8 +37,8 @@ function M.plan(c, cfg, to)
     fail_verify(to and ("no base export at or before " .. time.iso(to, true)) or "no base export for the change archive",
                 "a base is an export taken by archive-changes (or export-database) whose manifest records its snapshot; choose a later time")
   end
-  local chain, problems = lib.verify_chain(c, cfg)
   local from = base.time - BASE_MARGIN
+  local chain, problems, read = lib.verify_chain(c, cfg, {from_time = from, to_time = to})
   local segs = {}
   local first_index
   -- only the segments of the base's epoch (clubio.changes): another slot's LSNs and transactions
@@ -66,7 +66,7 @@ function M.plan(c, cfg, to)
                   "verify." .. p.reason)
     end
   end
-  return base, segs, chain
+  return base, segs, chain, read.read
 end
 
 function M.run(o)
@@ -83,7 +83,7 @@ function M.run(o)
   local J = job.new("restore-from-s3")
   local dst = job.describe_url(target)
   local started = time.monotonic()
-  local base, segs = J:step("choose the base and the segments", {plan = "read the manifests in s3://" .. cfg.bucket}, function()
+  local base, segs, _, manifests_read = J:step("choose the base and the segments", {plan = "read the manifests in s3://" .. cfg.bucket}, function()
     return M.plan(c, cfg, to)
   end)
   if J.dry_run then return J:finish(nil, "dry run: nothing was restored") end
@@ -158,7 +158,7 @@ function M.run(o)
                   segments = applied_segments, transactions = tot.applied, changes = tot.changes,
                   skipped_in_base = tot.skipped_base, skipped_duplicates = tot.skipped_dup,
                   last_commit = tot.last_time, seconds = time.monotonic() - started, base_seconds = base_seconds,
-                  replay_seconds = replay_seconds}
+                  replay_seconds = replay_seconds, manifests_read = manifests_read}
   return J:finish(result, string.format("restored %s as of %s: base %s + %d transactions from %d segments (last commit %s) in %.1f s",
                                          dst.display, to_text or "the last archived transaction", base.key, tot.applied,
                                          applied_segments, tostring(tot.last_time or bm.snapshot_time), result.seconds))
