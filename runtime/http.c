@@ -6,6 +6,7 @@
 
 #include "io/cancel.h"
 #include "log.h"
+#include "timestamp.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -333,22 +334,4 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     }
     rt_debug("http %s %s -> %ld (%.2f s)", m, where, resp->status, resp->seconds);
     return RT_OK;
-}
-
-double rt_http_parse_date(const char *s)
-{
-    static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    char mon[4] = {0};
-    int d, y, hh, mm, ss;
-    const char *comma = strchr(s, ',');
-    if (comma) s = comma + 1;
-    if (sscanf(s, " %d %3s %d %d:%d:%d", &d, mon, &y, &hh, &mm, &ss) != 6) return 0;
-    int m = -1;
-    for (int i = 0; i < 12; i++)
-        if (strcmp(mon, months[i]) == 0) m = i;
-    if (m < 0) return 0;
-    struct tm tm = {
-        .tm_year = y - 1900, .tm_mon = m, .tm_mday = d, .tm_hour = hh, .tm_min = mm, .tm_sec = ss};
-    return (double)timegm(&tm);
 }

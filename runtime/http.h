@@ -89,7 +89,6 @@ const char *rt_http_header(const RtHttpResponse *r, const char *name);
 int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const char *what,
                RtError *err);
 
-/* Parses an HTTP date (RFC 7231 IMF-fixdate) to epoch seconds; 0 if unparseable. */
-double rt_http_parse_date(const char *s);
+/* HTTP dates: rt_http_parse_date in timestamp.h. */
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "runtime/io/cancel.h"
 #include "runtime/log.h"
+#include "runtime/timestamp.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -801,7 +802,7 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
             ob->etag = s3_etag_clean(et);
             free(et);
             ob->last_modified_iso = s3_xml_get(it, "LastModified");
-            ob->last_modified = s3_parse_iso8601(ob->last_modified_iso);
+            ob->last_modified = rt_iso8601_epoch(ob->last_modified_iso);
             ob->storage_class = s3_xml_get(it, "StorageClass");
         }
         cur = p;
@@ -1315,7 +1316,7 @@ int s3_list_uploads_page(S3Client *c, const char *bucket, const char *prefix,
                 goto done;
             }
             u->initiated_iso = s3_xml_get(it, "Initiated");
-            u->initiated = u->initiated_iso ? s3_parse_iso8601(u->initiated_iso) : 0;
+            u->initiated = u->initiated_iso ? rt_iso8601_epoch(u->initiated_iso) : 0;
             u->storage_class = s3_xml_get(it, "StorageClass");
         }
         char *tr = s3_xml_get(root, "IsTruncated");

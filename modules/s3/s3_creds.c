@@ -19,6 +19,7 @@
 #include "runtime/log.h"
 #include "runtime/redact.h"
 #include "runtime/secret.h"
+#include "runtime/timestamp.h"
 
 #include <ctype.h>
 #include <openssl/crypto.h>
@@ -67,24 +68,6 @@ static const char *env_nonempty(const char *name)
 {
     const char *v = getenv(name);
     return v && *v ? v : NULL;
-}
-
-double s3_parse_iso8601(const char *s)
-{
-    int y, mo, d, h, mi;
-    double sec;
-    if (!s || sscanf(s, "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &sec) != 6) return 0;
-    struct tm tm = {
-        .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi};
-    double t = (double)timegm(&tm) + sec;
-    /* A numeric offset ("+00:00") after the seconds. */
-    const char *tz = strpbrk(s + 10, "Z+-");
-    if (tz && (*tz == '+' || *tz == '-')) {
-        int oh = 0, om = 0;
-        if (sscanf(tz + 1, "%d:%d", &oh, &om) >= 1)
-            t -= (*tz == '+' ? 1 : -1) * (oh * 3600 + om * 60);
-    }
-    return t;
 }
 
 char *s3_json_string(const char *json, const char *name)
@@ -249,7 +232,7 @@ static int creds_from_json(const char *json, const char *what, S3Creds *out, RtE
     out->secret_key = s3_json_string(json, "SecretAccessKey");
     out->token = s3_json_string(json, "Token");
     char *exp = s3_json_string(json, "Expiration");
-    out->expires = s3_parse_iso8601(exp);
+    out->expires = rt_iso8601_epoch(exp);
     free(exp);
     if (!out->access_key || !out->secret_key) {
         s3_creds_clear(out);
@@ -318,7 +301,7 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
             out->secret_key = s3_xml_get(all, "SecretAccessKey");
             out->token = s3_xml_get(all, "SessionToken");
             char *exp = s3_xml_get(all, "Expiration");
-            out->expires = s3_parse_iso8601(exp);
+            out->expires = rt_iso8601_epoch(exp);
             free(exp);
             if (!out->access_key || !out->secret_key) {
                 s3_creds_clear(out);

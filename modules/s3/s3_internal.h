@@ -31,7 +31,6 @@ const char *s3_creds_source(S3CredsProvider *p);
 char *s3_config_region(const char *profile);
 /* Small JSON helper for the credential endpoints: the string (or number) value of "name". */
 char *s3_json_string(const char *json, const char *name);
-double s3_parse_iso8601(const char *s); /* 0 if unparseable */
 
 /* ---- client and requests (s3.c) ---- */
 struct S3Client {
