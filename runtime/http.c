@@ -19,6 +19,7 @@
 struct RtHttp {
     CURL *curl;
     RtHttpOptions opts;
+    char errbuf[CURL_ERROR_SIZE]; /* curl's description of the last transport failure */
 };
 
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
@@ -238,6 +239,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
 
     CURL *c = h->curl;
     curl_easy_reset(c);
+    h->errbuf[0] = 0;
     BodyCtx bc = {.x = {.req = req, .resp = resp, .cap = req->max_body ? req->max_body : 1 << 20},
                   .curl = c};
     ReadCtx rc = {.p = req->body, .left = req->body_len};
@@ -283,6 +285,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(h->opts.stall_timeout + 0.5));
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
     if (h->opts.verbose) curl_easy_setopt(c, CURLOPT_VERBOSE, 1L);
 
     const char *m = req->method ? req->method : "GET";
@@ -320,6 +323,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         return rt_error_set(err, RT_CLASS_FAILURE, "http.aborted",
                             "transfer of %s stopped by its receiver", what);
     if (rc_ != CURLE_OK) {
+        if (!h->errbuf[0]) snprintf(h->errbuf, sizeof h->errbuf, "%s", curl_easy_strerror(rc_));
         rt_debug("http %s %s failed: %s", m, where, curl_easy_strerror(rc_));
         rt_error_set(err, RT_CLASS_FAILURE, "http.transport", "%s: %s (%s)", what,
                      curl_easy_strerror(rc_), host);
@@ -334,4 +338,9 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     }
     rt_debug("http %s %s -> %ld (%.2f s)", m, where, resp->status, resp->seconds);
     return RT_OK;
+}
+
+const char *rt_http_error_detail(const RtHttp *h)
+{
+    return h->errbuf;
 }
