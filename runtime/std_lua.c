@@ -7,6 +7,9 @@
  *   proc    proc.run{argv = {"pg_dump", "--version"}}    child processes, no shell; proc.lock(path)
  *   secret  secret.env("BACKUP_ENCRYPTION_KEY")          secret values that print as ***
  *   clubio  clubio.flags.dry_run, clubio.confirm(...)    host flags, errors, confirmation
+ *
+ * Bindings only: the C cores are log.c, timestamp.c (ISO 8601, YYYYMMDD, HTTP dates), proc.c
+ * (spawning, and rt_proc_communicate for proc.run's capture), lock.c, secret.c and flags.c.
  */
 #include "host.h"
 #include "io/cancel.h"
@@ -16,7 +19,6 @@
 #include "redact.h"
 #include "timestamp.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
