@@ -156,6 +156,13 @@ int rt_proc_wait(RtProc *p)
     }
 }
 
+int rt_proc_poll(RtProc *p)
+{
+    if (p->pid <= 0) return -1; /* never waitpid(-1): that would reap someone else's child */
+    int st;
+    return try_reap(p, &st) == 0 ? RT_PROC_RUNNING : st;
+}
+
 int rt_proc_terminate(RtProc *p, double grace)
 {
     if (p->pid <= 0) return -1;

@@ -40,6 +40,10 @@ int rt_proc_spawn(const RtProcSpec *spec, int pipes, RtProc *out, RtError *err);
  * cancelled (signal, --timeout) during the wait, the child is terminated as by
  * rt_proc_terminate(p, RT_PROC_GRACE) instead of being waited for. */
 int rt_proc_wait(RtProc *p);
+/* Reaps the child if it has exited, never blocking: its status as rt_proc_wait returns it, or
+ * RT_PROC_RUNNING while it runs (-1 when there is no child to reap). */
+#define RT_PROC_RUNNING (-2)
+int rt_proc_poll(RtProc *p);
 /* SIGTERM to the child's group, up to `grace` seconds for the child to exit, then SIGKILL; reaps
  * it and returns its status as rt_proc_wait does. Never blocks longer than grace (plus the
  * kernel's SIGKILL). */

@@ -442,6 +442,126 @@ static int l_proc_lock(lua_State *L)
     return 1;
 }
 
+/* proc.spawn{argv, env, unset_env, cwd, lock} -> a child handle, without waiting: stdin is
+ * /dev/null, stdout and stderr are ours (a service's log goes where the caller's goes). The
+ * child leads its own process group. child:poll() -> status or nil while it runs;
+ * child:wait(seconds) -> status, or nil when the seconds pass or a cancel (signal, --timeout)
+ * arrives first: the child is then left running, for the caller to stop with
+ * child:terminate([grace]) (SIGTERM to its group, SIGKILL after grace seconds, default 5; returns
+ * the status); child:kill(sig); child:pid(). Garbage collection or a to-be-closed variable
+ * terminates a child still running, so a handle never leaks one. */
+#define CHILD_MT "clubio.child"
+
+typedef struct Child {
+    RtProc p;
+    int status; /* once reaped; -1 before */
+} Child;
+
+static Child *check_child(lua_State *L)
+{
+    return luaL_checkudata(L, 1, CHILD_MT);
+}
+
+static void child_reap(Child *c)
+{
+    if (c->p.pid <= 0) return;
+    int st = rt_proc_poll(&c->p);
+    if (st != RT_PROC_RUNNING) c->status = st;
+}
+
+static int push_status(lua_State *L, Child *c)
+{
+    if (c->p.pid > 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, c->status);
+    return 1;
+}
+
+static int l_proc_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const allowed[] = {"argv", "env", "unset_env", "cwd", "lock", NULL};
+    rt_lua_check_options(L, 1, "proc.spawn", allowed);
+    RtProcSpec spec;
+    rt_lua_proc_spec(L, 1, &spec, "proc.spawn");
+    if (lua_getfield(L, 1, "lock") != LUA_TNIL) {
+        int *fd = luaL_testudata(L, -1, LOCK_MT);
+        if (!fd || *fd < 0)
+            return rt_lua_fail(L, RT_CLASS_USAGE, "usage.lock", "pass lock = proc.lock(path)",
+                               "proc.spawn: lock must be a held lock from proc.lock");
+        spec.inherit_fd = *fd;
+    }
+    lua_pop(L, 1);
+    /* the handle exists (closed) before the child does: a raise in between leaks nothing */
+    Child *c = lua_newuserdatauv(L, sizeof *c, 0);
+    c->p = (RtProc){.pid = -1, .in_fd = -1, .out_fd = -1, .err_fd = -1};
+    c->status = -1;
+    luaL_setmetatable(L, CHILD_MT);
+    RtError err;
+    rt_error_init(&err);
+    if (rt_proc_spawn(&spec, 0, &c->p, &err) != RT_OK) return rt_lua_raise(L, &err);
+    return 1;
+}
+
+static int child_poll(lua_State *L)
+{
+    Child *c = check_child(L);
+    child_reap(c);
+    return push_status(L, c);
+}
+
+static int child_wait(lua_State *L)
+{
+    Child *c = check_child(L);
+    double limit = luaL_optnumber(L, 2, -1), start = rt_monotonic();
+    int ms = 1;
+    for (;;) {
+        child_reap(c);
+        if (c->p.pid <= 0 || rt_cancelled()) break;
+        if (limit >= 0 && rt_monotonic() - start >= limit) break;
+        struct timespec ts = {0, (long)ms * 1000000L};
+        nanosleep(&ts, NULL);
+        if (ms < 50) ms *= 2;
+    }
+    return push_status(L, c);
+}
+
+static int child_terminate(lua_State *L)
+{
+    Child *c = check_child(L);
+    double grace = luaL_optnumber(L, 2, RT_PROC_GRACE);
+    if (c->p.pid > 0) c->status = rt_proc_terminate(&c->p, grace);
+    return push_status(L, c);
+}
+
+static int child_kill(lua_State *L)
+{
+    Child *c = check_child(L);
+    int sig = (int)luaL_checkinteger(L, 2);
+    child_reap(c);
+    rt_proc_kill(&c->p, sig);
+    return 0;
+}
+
+static int child_pid(lua_State *L)
+{
+    Child *c = check_child(L);
+    child_reap(c);
+    if (c->p.pid > 0)
+        lua_pushinteger(L, c->p.pid);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static int child_gc(lua_State *L)
+{
+    Child *c = check_child(L);
+    if (c->p.pid > 0) c->status = rt_proc_terminate(&c->p, RT_PROC_GRACE);
+    return 0;
+}
+
 static int lock_release(lua_State *L)
 {
     int *fd = luaL_checkudata(L, 1, LOCK_MT);
@@ -471,7 +591,20 @@ int luaopen_proc(lua_State *L)
         lua_setfield(L, -2, "__tostring");
     }
     lua_pop(L, 1);
-    static const luaL_Reg f[] = {{"run", l_proc_run}, {"lock", l_proc_lock}, {NULL, NULL}};
+    if (luaL_newmetatable(L, CHILD_MT)) {
+        static const luaL_Reg m[] = {
+            {"poll", child_poll}, {"wait", child_wait}, {"terminate", child_terminate},
+            {"kill", child_kill}, {"pid", child_pid},   {NULL, NULL}};
+        luaL_newlib(L, m);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, child_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, child_gc);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    static const luaL_Reg f[] = {
+        {"run", l_proc_run}, {"lock", l_proc_lock}, {"spawn", l_proc_spawn}, {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
 }

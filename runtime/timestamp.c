@@ -128,7 +128,9 @@ char *rt_iso8601(double epoch, bool millis, char buf[32])
     struct tm tm;
     gmtime_r(&t, &tm);
     if (millis) {
-        int ms = (int)((epoch - (double)t) * 1000);
+        /* floor to the millisecond, with half a microsecond of slack: a time given as
+         * ".606" is stored as .60599999… in a double and must print as .606 again */
+        int ms = (int)((epoch - (double)t) * 1000 + 5e-4);
         if (ms > 999) ms = 999;
         snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);

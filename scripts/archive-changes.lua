@@ -1,7 +1,8 @@
 -- Archive every committed transaction to S3 within seconds (logical decoding -> encrypted SQL segments)
 --
 -- clubio-dr run archive-changes              run as a service until SIGTERM/Ctrl-C
--- clubio-dr run archive-changes --status     slot lag (bytes, seconds), last segment, RPO now
+-- clubio-dr run archive-changes --status     slot lag (bytes, seconds), retained WAL, last segment, RPO
+--                                            now; fails (exit 4, one line) over a limit
 -- clubio-dr run archive-changes --verify     check the chain of segments in S3 (--deep: download each)
 -- clubio-dr run archive-changes --drop       remove the replication slot (asks, or --yes)
 -- clubio-dr run archive-changes --once       archive what is waiting (one segment at most), then exit
@@ -21,10 +22,16 @@
 -- create the publication), BACKUP_S3_BUCKET, BACKUP_ENCRYPTION_KEY; ARCHIVE_INTERVAL (10 s),
 -- CHANGES_MAX_BYTES (64 MiB of SQL per segment), CHANGES_SLOT (clubio_changes),
 -- CHANGES_PUBLICATION (clubio_changes), CHANGES_PREFIX (changes/), EXPORT_PREFIX (database/),
--- S3_SSE, S3_SSE_KMS_KEY_ID, S3_STORAGE_CLASS (as exports), CHANGES_MAX_LAG_BYTES (1 GiB: the
--- --status check fails above it).
+-- S3_SSE, S3_SSE_KMS_KEY_ID, S3_STORAGE_CLASS (as exports); --status's limits:
+-- CHANGES_MAX_LAG_BYTES (1 GiB), CHANGES_MAX_LAG_SECONDS (300), CHANGES_MAX_INACTIVE_HOURS (4; Neon
+-- removes a slot inactive for about 40 h).
+-- Metrics: with --textfile DIR or CLUBIO_DR_TEXTFILE_DIR, DIR/clubio_dr_changes.prom (node-exporter
+-- textfile: slot present/active/inactive seconds, lag bytes/seconds, retained WAL, RPO now, last
+-- segment age), written by the running archiver after each segment (at least once a minute while
+-- idle) and by every --status.
 local args = require("clubio.args").parse(arg, {
-  options = {["--status"] = true, ["--drop"] = true, ["--verify"] = true, ["--deep"] = true, ["--once"] = true},
+  options = {["--status"] = true, ["--drop"] = true, ["--verify"] = true, ["--deep"] = true, ["--once"] = true,
+             ["--textfile"] = "DIR"},
   min = 0, max = 0,
 })
 local env, time, pipe, log, cjson = require "env", require "time", require "pipe", require "log", require "cjson"
@@ -39,6 +46,18 @@ if cfg.url == "" then env.get("DATABASE_URL") end -- names the missing variable
 local c = objects.client()
 local where = "s3://" .. cfg.bucket .. "/" .. cfg.folder
 
+local textdir = args["--textfile"] or os.getenv("CLUBIO_DR_TEXTFILE_DIR")
+if textdir == "" then textdir = nil end
+-- The gauges, from a status and the limits (metrics failures are logged, never fatal to the archiver).
+local function write_gauges(st, problems, now)
+  if not textdir then return nil end
+  local path = textdir .. "/clubio_dr_changes.prom"
+  local ok, err = pcall(require("clubio.schedule").write_atomic, path,
+                        require("clubio.metrics").render_changes(st, #problems == 0, now))
+  if not ok then log.warn("metrics textfile not written: " .. tostring(type(err) == "table" and err.message or err)) end
+  return ok and path or nil
+end
+
 local function slot_row(db)
   return db:query([[SELECT slot_name, active, confirmed_flush_lsn::text AS confirmed,
                            pg_catalog.pg_current_wal_lsn()::text AS current,
@@ -49,48 +68,39 @@ end
 
 ---------------------------------------------------------------------------------------------
 if args["--status"] then
+  local limits = lib.limits()
   local db <close> = pgdump.connect(cfg.url)
-  local s = slot_row(db)
-  local last = lib.chain_end(c, cfg)
   local now = time.now()
-  local out = {slot = cfg.slot, exists = s ~= nil, active = s and s.active or false,
-               lag_bytes = s and s.lag_bytes or nil, confirmed_lsn = s and s.confirmed or nil,
-               current_lsn = s and s.current or nil, wal_status = s and s.wal_status or nil}
-  if last then
-    local m = last.manifest
-    out.last_segment = {key = m.archive.key, seq = m.seq, last_commit = m.last_time, written_at = m.created_at,
-                        transactions = m.transactions}
-    out.lag_seconds = now - time.parse(m.created_at)
-  end
-  -- RPO now: nothing is at risk when the slot has nothing unconfirmed; else what was committed
-  -- since the last archived commit (at most the time since that segment was written)
-  if s and last then
-    out.rpo_seconds = (s.lag_bytes or 0) > 0 and (now - time.parse(last.manifest.last_time)) or 0
-  end
-  local limit = tonumber(env.get("CHANGES_MAX_LAG_BYTES", tostring(1 << 30)))
+  local out = lib.status(db, cfg, lib.last_of(lib.chain_end(c, cfg)), now)
+  local problems = lib.problems(out, limits)
+  out.limits = limits
+  out.textfile = write_gauges(out, problems, now)
   if clubio.flags.json then
-    io.stdout:write(cjson.encode({ok = true, status = out}), "\n")
+    io.stdout:write(cjson.encode({ok = #problems == 0, status = out}), "\n")
   else
-    print(string.format("slot %s: %s%s", cfg.slot, s and (s.active and "active" or "inactive (no archiver running)") or "missing",
-                        s and (", WAL " .. tostring(s.wal_status)) or ""))
-    if s then print(string.format("lag: %s behind the server (%s confirmed, %s now)", job.bytes(s.lag_bytes or 0), s.confirmed, s.current)) end
-    if last then
-      print(string.format("last segment: %s (#%d, last commit %s, written %.0f s ago)", last.manifest.archive.key,
-                          last.manifest.seq, last.manifest.last_time, out.lag_seconds))
+    print(string.format("slot %s: %s%s", cfg.slot, out.exists and (out.active and "active" or "inactive (no archiver running)") or "missing",
+                        out.exists and (", WAL " .. tostring(out.wal_status)) or ""))
+    if out.exists then
+      print(string.format("lag: %s behind the server (%s confirmed, %s now), %.1f s", job.bytes(out.lag_bytes or 0),
+                          out.confirmed_lsn, out.current_lsn, out.lag_seconds or 0))
+      print(string.format("WAL kept for the slot: %s%s", job.bytes(out.retained_bytes or 0),
+                          out.inactive_seconds and string.format(" (inactive for %.1f h; Neon removes it after about %d h)",
+                                                                 out.inactive_seconds / 3600, limits.removal_hours) or ""))
+    end
+    local ls = out.last_segment
+    if ls then
+      print(string.format("last segment: %s (#%d, last commit %s, written %.0f s ago)", ls.key, ls.seq, ls.last_commit,
+                          out.last_segment_age_seconds))
     else
       print("last segment: none yet")
     end
     if out.rpo_seconds then print(string.format("RPO now: %.1f s", out.rpo_seconds)) end
   end
-  if not s then
-    clubio.fail{message = "replication slot " .. cfg.slot .. " does not exist", class = "verify", code = "changes.no-slot",
-                hint = "start the archiver (clubio-dr run archive-changes) to create it"}
-  end
-  if (s.lag_bytes or 0) > limit then
-    clubio.fail{message = string.format("slot %s is %s behind (limit %s): the server keeps that WAL", cfg.slot,
-                                        job.bytes(s.lag_bytes), job.bytes(limit)),
-                class = "verify", code = "changes.lag",
-                hint = "start or fix the archiver; if it cannot run for long, drop the slot (--drop) before the server's disk fills"}
+  if #problems > 0 then
+    local p = problems[1]
+    local msg = p.message
+    if #problems > 1 then msg = msg .. string.format(" (and %d more: %s)", #problems - 1, problems[2].code) end
+    clubio.fail{message = msg, class = "verify", code = p.code, hint = p.hint}
   end
   return 0
 end
@@ -137,18 +147,19 @@ if not db:query("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", {c
   log.info("created publication " .. cfg.publication .. " FOR ALL TABLES")
 end
 local have_slot = slot_row(db) ~= nil
-db:close()
+-- the epoch (see clubio.changes): a new one with a new slot, else the one the server keeps
+local epoch = have_slot and lib.read_epoch(db, cfg.publication) or nil
 
 -- where the chain stands
 local last, segs = lib.chain_end(c, cfg)
 local seq = last and last.manifest.seq or 0
 local prev = last and {key = last.manifest.archive.key, sha256 = last.manifest.stored.sha256, seq = last.manifest.seq,
                       last_time = last.manifest.last_time} or nil
-local skip_through = last and last.manifest.last_lsn or nil
 for _, s in ipairs(segs) do -- segments uploaded without a manifest (a crash in between): not part of the chain
   if not s.has_manifest and s.seq > seq then c:delete(cfg.bucket, s.key); log.warn("removed an unfinished segment", {key = s.key}) end
 end
 local known = last and last.manifest.schema or {}
+local last_seg = lib.last_of(last)
 local base_tables
 
 local function open_capture()
@@ -157,20 +168,37 @@ end
 
 local cap = open_capture()
 local bases = lib.list_bases(c, cfg)
+if have_slot and not epoch and bases[1] and bases[1].manifest.changes.epoch then
+  -- the comment was lost (or the publication made again): the newest base's epoch is the slot's
+  epoch = bases[1].manifest.changes.epoch
+  lib.write_epoch(db, cfg.publication, epoch)
+end
 if not have_slot then
+  epoch = lib.new_epoch()
   local info = cap:create_slot()
-  log.info("created replication slot " .. cfg.slot, {consistent_point = info.consistent_point})
+  lib.write_epoch(db, cfg.publication, epoch)
+  log.info("created replication slot " .. cfg.slot, {consistent_point = info.consistent_point, epoch = epoch})
   -- the first base is the slot's own snapshot: exactly the transactions before its consistent point
-  local b = lib.take_base(c, cfg, {snapshot = info.snapshot, consistent_lsn = info.consistent_point, reason = "slot created"})
+  local b = lib.take_base(c, cfg, {snapshot = info.snapshot, consistent_lsn = info.consistent_point, reason = "slot created",
+                                   epoch = epoch})
   base_tables = b.manifest.tables
   known = {}
 elseif not bases[1] then
   -- a slot without a base (e.g. the first base failed): any snapshot taken now is exact too,
   -- since the slot still holds every transaction after it
-  local b = lib.take_base(c, cfg, {reason = "no base for the slot"})
+  local b = lib.take_base(c, cfg, {reason = "no base for the slot", epoch = epoch})
   base_tables = b.manifest.tables
 else
   base_tables = bases[1].manifest.tables
+end
+db:close()
+-- what this slot's stream already archived (a segment stored before the crash that kept it from
+-- being confirmed comes again): only within the same epoch, since another slot's LSNs (a rebuilt
+-- server, a restored branch) may start below the ones the archive has passed
+local skip_through = last and last.manifest.epoch == epoch and last.manifest.last_lsn or nil
+if last and last.manifest.epoch ~= epoch then
+  log.info("a new epoch of the change archive: the chain goes on, a restore replays each epoch from its own bases",
+           {epoch = epoch, previous_epoch = last.manifest.epoch or "none"})
 end
 -- (replication itself starts in the loop below, which retries while a killed archiver's walsender
 -- still holds the slot)
@@ -208,7 +236,7 @@ local function one_segment(first_lsn)
     tool = {name = "clubio-dr", version = clubio.version},
     archive = {bucket = cfg.bucket, key = key, layers = {"plain-sql", "gzip", "openssl-enc-aes-256-cbc"},
                cipher = {name = "aes-256-cbc", kdf = "pbkdf2-hmac-sha256", iter = 10000, salted = true}},
-    slot = cfg.slot, seq = seq,
+    slot = cfg.slot, seq = seq, epoch = epoch,
     first_lsn = s.first_lsn, last_lsn = s.last_lsn, end_lsn = s.end_lsn,
     first_time = s.first_time, last_time = s.last_time,
     transactions = s.transactions, changes = s.changes, tables = s.tables, sequences = s.sequences,
@@ -223,6 +251,7 @@ local function one_segment(first_lsn)
   -- durably in S3 with its manifest: only now may the server forget these transactions
   cap:confirm(s.end_lsn)
   prev = {key = key, sha256 = r.stored.hex, seq = seq, last_time = s.last_time}
+  last_seg = {key = key, seq = seq, last_time = s.last_time, created_at = m.created_at, transactions = s.transactions}
   skip_through = s.last_lsn
   log.info("segment archived", {key = key, transactions = s.transactions, changes = s.changes, bytes = r.stored.bytes,
                                 last_commit = s.last_time})
@@ -231,8 +260,26 @@ local function one_segment(first_lsn)
   end
   if #changed > 0 then
     log.warn("schema change of published tables: taking a new base export", {tables = table.concat(changed, ", ")})
-    local b = lib.take_base(c, cfg, {reason = "schema change: " .. table.concat(changed, ", ")})
+    local b = lib.take_base(c, cfg, {reason = "schema change: " .. table.concat(changed, ", "), epoch = epoch})
     base_tables = b.manifest.tables
+  end
+end
+
+-- the gauges, from the running archiver: a connection of its own (opened when first needed,
+-- again after an error), after each segment and at least once a minute
+local mdb, gauges_at = nil, -math.huge
+local function gauges()
+  if not textdir then return end
+  gauges_at = time.monotonic()
+  local ok, err = pcall(function()
+    if not mdb then mdb = pgdump.connect(cfg.url) end
+    local now = time.now()
+    local st = lib.status(mdb, cfg, last_seg, now)
+    write_gauges(st, lib.problems(st, lib.limits()), now)
+  end)
+  if not ok then
+    log.warn("gauges not written: " .. tostring(type(err) == "table" and err.message or err))
+    if mdb then pcall(mdb.close, mdb); mdb = nil end
   end
 end
 
@@ -264,6 +311,7 @@ while true do
     local ok, err = pcall(function()
       local lsn = cap:wait(args["--once"] and 2 or cfg.interval)
       if lsn then one_segment(lsn) end
+      if lsn or time.monotonic() - gauges_at >= 60 then gauges() end
     end)
     if ok then
       backoff = 1
@@ -274,4 +322,5 @@ while true do
   end
 end
 cap:close()
+if mdb then mdb:close() end
 return 0

@@ -3,6 +3,30 @@
 --
 -- clubio-dr run dr-test [--json] [--checks FILE] [--report-dir DIR]
 -- clubio-dr run dr-test --production [--keep-snapshot] [--checks FILE] [--report-dir DIR]   (on a terminal only)
+-- clubio-dr run dr-test --scenario complete-loss [--marker [--wait]] [--server-url URL | --target-url URL] [--keep]
+--                       [--checks FILE] [--report-dir DIR] [--json]
+--
+-- --scenario region-failure (the default) is the failover test below. --scenario complete-loss
+-- rehearses the runbook document's "Complete data loss" (Neon itself lost; RTO 8 h, RPO 24 h)
+-- with the change archive, from S3 alone (scripts/lib/clubio/dr_complete_loss.lua):
+--   before the loss  an archiver holds the slot, within CHANGES_MAX_LAG_BYTES, and the chain in
+--                    S3 is intact (else it fails: no current archive, no rehearsal); the source's tables are digested (read only);
+--                    --marker writes one row to public.clubio_dr_marker, the only write to the
+--                    source (the first time it creates that table, and waits for the new base
+--                    export the archiver then takes); --wait: the loss strikes once the marker is
+--                    in S3 (the restore then holds it; the time it was at risk is reported)
+--   the loss         `clubio-dr run restore-from-s3 --to latest -` runs with no Neon setting and
+--                    no source URL in its environment, into a scratch database it creates on
+--                    --server-url / DR_TEST_RESTORE_SERVER_URL / RESTORE_TEST_SERVER_URL (a role
+--                    with CREATEDB; dropped at the end unless --keep), or into an existing empty
+--                    database --target-url / DR_TEST_RESTORE_URL (never dropped); then checks it
+--                    (the marker, --checks, every table's digests)
+--   measured         RTO = create + restore (base + replay) + check, wall time; RPO = the marker's
+--                    commit (without --marker: the loss, an upper bound) minus the restore's last
+--                    commit, 0 when the restore holds the marker; against 8 h and 24 h
+--   after            the source is read again: when it did not change and the restore holds the
+--                    marker, every table must equal it; report dr-test-complete-loss-*.md/.json
+-- A URL with a password is refused on the command line: put it in the environment variable.
 --
 -- The runbook document's DR test checklist end to end (the document schedules the DR failover
 -- test quarterly, hence the schedule):
@@ -39,8 +63,30 @@
 -- (~/.local/state/clubio-dr/dr-tests): dr-test-YYYYMMDD-HHMMSS.md and .json.
 local clubio, log, cjson, time, proc = require "clubio", require "log", require "cjson", require "time", require "proc"
 local args = require("clubio.args").parse(arg, {options = {["--production"] = true, ["--keep-snapshot"] = true,
-                                                           ["--report-dir"] = "DIR", ["--checks"] = "FILE"}})
-local job, dr = require "clubio.job", require "clubio.dr"
+                                                           ["--report-dir"] = "DIR", ["--checks"] = "FILE",
+                                                           ["--scenario"] = "NAME", ["--marker"] = true, ["--wait"] = true, ["--keep"] = true,
+                                                           ["--target-url"] = "URL", ["--server-url"] = "URL"}})
+local scenario = args["--scenario"] or "region-failure"
+if scenario ~= "region-failure" and scenario ~= "complete-loss" then
+  clubio.fail{message = "dr-test: unknown scenario '" .. scenario .. "'", class = "usage", code = "usage.argument",
+              hint = "--scenario region-failure (the default: failover to the DR project) or --scenario complete-loss (restore from S3 alone)"}
+end
+for _, o in ipairs(scenario == "complete-loss" and {"--production", "--keep-snapshot"} or {"--marker", "--wait", "--keep", "--target-url", "--server-url"}) do
+  if args[o] then
+    clubio.fail{message = "dr-test: " .. o .. " does not go with --scenario " .. scenario, class = "usage", code = "usage.argument",
+                hint = "see clubio-dr help dr-test"}
+  end
+end
+if args["--wait"] and not args["--marker"] then
+  clubio.fail{message = "dr-test: --wait goes with --marker (it waits for the marker to be archived)", class = "usage",
+              code = "usage.argument", hint = "clubio-dr run dr-test --scenario complete-loss --marker --wait"}
+end
+if scenario == "complete-loss" then
+  local cl = require "clubio.dr_complete_loss"
+  cl.check_argv_url("--target-url", args["--target-url"], "DR_TEST_RESTORE_URL")
+  cl.check_argv_url("--server-url", args["--server-url"], "DR_TEST_RESTORE_SERVER_URL")
+end
+local job = require "clubio.job"
 
 local OBJECTIVES = {rto_seconds = 4 * 3600, rpo_seconds = 3600}
 -- The runbook document's DR scenarios; this test exercises "Region failure".
@@ -79,6 +125,15 @@ if checks_file and checks_file ~= "" then
   end
 end
 
+if scenario == "complete-loss" then
+  -- Neon is "gone": no DR context, no Neon client; the source is the change archive's
+  return require("clubio.dr_complete_loss").run{report_dir = report_dir, checks = checks, marker = args["--marker"] == true,
+                                                wait = args["--wait"] == true,
+                                                target_url = args["--target-url"], server_url = args["--server-url"],
+                                                keep = args["--keep"] == true}
+end
+
+local dr = require "clubio.dr"
 local prod = dr.context()        -- the production pair: only read in a rehearsal
 local cfg = prod.cfg
 local J = job.new("dr-test")
@@ -279,30 +334,7 @@ if not failed then
       list = {}
       for _, t in ipairs(tables) do list[#list + 1] = {name = t .. " answers", sql = "SELECT * FROM " .. (dr.qualify(t)) .. " LIMIT 1"} end
     end
-    local results, bad = {}, 0
-    for n, c in ipairs(list) do
-      local r = {name = c.name or ("check " .. n)}
-      local okc, rows = pcall(function()
-        if c.write then d:query("BEGIN") end
-        local rows = d:query(c.sql, c.params)
-        if c.write then d:query("ROLLBACK") end
-        return rows
-      end)
-      if not okc then
-        pcall(d.query, d, "ROLLBACK")
-        r.ok, r.error = false, log.redact(clubio.is_error(rows) and rows.message or tostring(rows))
-      else
-        r.rows = #rows
-        r.ok = true
-        if c.min_rows and #rows < c.min_rows then r.ok, r.error = false, string.format("%d rows, expected at least %d", #rows, c.min_rows) end
-        if c.expect ~= nil then
-          local first = rows[1] and select(2, next(rows[1]))
-          if tostring(first) ~= tostring(c.expect) then r.ok, r.error = false, string.format("got %s, expected %s", tostring(first), tostring(c.expect)) end
-        end
-      end
-      if not r.ok then bad = bad + 1 end
-      results[#results + 1] = r
-    end
+    local results, bad = require("clubio.dr_checks").run(d, list)
     report.checks = results
     if bad > 0 then
       clubio.fail{message = string.format("%d of %d application checks failed on the DR database", bad, #results), class = "verify",

@@ -40,7 +40,8 @@ local where = "s3://" .. bucket .. "/" .. key
 local src = job.describe_url(url)
 local c = objects.client{defaults = settings}
 -- A base for the change archive (docs/changes.md) when its slot exists before the snapshot.
-local changes_slot = not J.dry_run and require("clubio.changes").slot_for_export(url) or nil
+local changes_slot, changes_epoch
+if not J.dry_run then changes_slot, changes_epoch = require("clubio.changes").slot_for_export(url) end
 
 local r = J:step("dump, compress, encrypt and upload", {
   plan = string.format("pg_dump of %s (%d jobs) -> gzip -%d -> aes-256-cbc -> %s (%s)",
@@ -91,7 +92,7 @@ verify.protect(function() return J:step("write the manifest", {plan = "s3://" ..
     plain = {bytes = r.plain.bytes, sha256 = r.plain.hex},
     stored = {bytes = r.stored.bytes, sha256 = r.stored.hex},
     tables = tables,
-    changes = changes_slot and r.dump.snapshot_xids and {slot = changes_slot, snapshot_xids = r.dump.snapshot_xids} or nil,
+    changes = changes_slot and r.dump.snapshot_xids and {slot = changes_slot, snapshot_xids = r.dump.snapshot_xids, epoch = changes_epoch} or nil,
   }
   local text = verify.sign_manifest(m)
   c:put(bucket, manifest_key, {body = text, content_type = "application/json"})

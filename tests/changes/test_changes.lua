@@ -23,7 +23,9 @@ local ENV = {
   CHANGES_DATABASE_URL = SRC, CHANGES_SLOT = "chg_" .. TAG, CHANGES_PUBLICATION = "chg_pub_" .. TAG,
   CHANGES_PREFIX = "test-changes-" .. TAG .. "/", EXPORT_PREFIX = "test-changes-" .. TAG .. "/database/",
   ARCHIVE_INTERVAL = "1", DATABASE_URL = SRC,
+  CLUBIO_DR_TEXTFILE_DIR = dir .. "/prom", CLUBIO_DR_STATE_DIR = dir .. "/state",
 }
+proc.run{argv = {"mkdir", "-p", dir .. "/prom", dir .. "/state"}, check = true}
 
 local function sh(cmd, ...)
   local r = proc.run{argv = {"sh", "-c", cmd, "sh", ...}, env = ENV}
@@ -180,6 +182,73 @@ T.case("the archiver survives kill -9: restarted, it resumed from the slot", fun
   T.ok(r.doc.segments >= 3, "segments: " .. tostring(r.doc.segments))
 end)
 
+T.case("gauges from the running archiver and from --status; --status fails over the seconds and inactive limits", function()
+  local function prom() local f = assert(io.open(dir .. "/prom/clubio_dr_changes.prom")); local t = f:read("a"); f:close(); return t end
+  local function gauge(text, name) return tonumber(text:match("\nclubio_dr_changes_" .. name .. '{slot="' .. ENV.CHANGES_SLOT .. '"} (%S+)')) end
+  -- as the running archiver last wrote them
+  local p = prom()
+  T.eq(gauge(p, "slot_present"), 1, p)
+  T.eq(gauge(p, "slot_active"), 1, p)
+  T.eq(gauge(p, "healthy"), 1, p)
+  for _, g in ipairs{"lag_bytes", "lag_seconds", "retained_wal_bytes", "rpo_seconds", "last_segment_age_seconds"} do
+    T.ok(gauge(p, g) and gauge(p, g) >= 0, g .. " in " .. p)
+  end
+  T.ok(gauge(p, "retained_wal_bytes") >= gauge(p, "lag_bytes"), "the server keeps at least the unconfirmed WAL")
+  -- no archiver runs now: WAL written after it (a commit elsewhere) waits, and the archive is
+  -- behind by at least the pause since its last commit
+  admin:query("SELECT txid_current()")
+  time.sleep(1.1)
+  local r = run({"archive-changes", "--status"}, {CHANGES_MAX_LAG_SECONDS = "1"})
+  T.eq(r.status, 4, r.stdout .. r.stderr)
+  T.match(r.stderr, "the change archive is %d+ s behind %(limit 1 s%): no archiver is running")
+  p = prom()
+  T.eq(gauge(p, "slot_active"), 0, p)
+  T.eq(gauge(p, "healthy"), 0, p)
+  T.ok(gauge(p, "lag_seconds") > 1, p)
+  T.ok(gauge(p, "lag_bytes") > 0, p)
+  -- within the default limits it passes, and says how much WAL the slot keeps
+  r = run{"archive-changes", "--status"}
+  T.eq(r.status, 0, r.stdout .. r.stderr)
+  T.match(r.stdout, "WAL kept for the slot: ")
+  -- inactive since the first --status that saw it: over the limit (0.36 s here) it fails, with
+  -- the time left before Neon would remove the slot
+  time.sleep(0.4)
+  r = run({"archive-changes", "--status"}, {CHANGES_MAX_INACTIVE_HOURS = "0.0001"})
+  T.eq(r.status, 4, r.stdout .. r.stderr)
+  T.match(r.stderr, "slot " .. ENV.CHANGES_SLOT .. " has been inactive for [%d.]+ h %(limit 0.0001 h%), keeping .* of WAL: Neon removes a slot inactive for about 40 h")
+  T.ok(gauge(prom(), "slot_inactive_seconds") >= 0.4)
+end)
+
+T.case("archive-changes as the scheduler's service job: started with the scheduler, stopped with it", function()
+  local conf, out, promf = dir .. "/jobs.conf", dir .. "/sched.out", dir .. "/prom/clubio_dr_changes.prom"
+  U.write(conf, 'return {scripts = false, jobs = {["archive-changes"] = {script = "archive-changes", service = true}}}')
+  os.remove(promf)
+  local spid = sh([[CLUBIO_DR_SCHEDULE="$3" nohup "$1" schedule > "$2" 2>&1 </dev/null & echo $!]], U.BIN, out, conf):match("%d+")
+  running = spid -- killed however this case ends; its supervisor then stops the archiver
+  local function sched_out() local f = io.open(out); local t = f and f:read("a") or ""; if f then f:close() end; return t end
+  wait_for("the archiver under the scheduler", function() return sched_out():find("archiving changes", 1, true) end)
+  -- its gauges: the slot active again
+  wait_for("the archiver's gauges", function()
+    local f = io.open(promf)
+    local t = f and f:read("a") or ""
+    if f then f:close() end
+    return t:find('clubio_dr_changes_slot_active{slot="' .. ENV.CHANGES_SLOT .. '"} 1', 1, true)
+  end)
+  local r = run({"schedule", "--list", "--json"}, {CLUBIO_DR_SCHEDULE = conf})
+  T.eq(r.status, 0, r.stderr)
+  local row = cjson.decode(r.stdout)[1]
+  T.eq(row.name, "archive-changes")
+  T.eq(row.state, "running")
+  proc.run{argv = {"kill", "-TERM", spid}, check = true}
+  wait_for("the scheduler to stop", function() return proc.run{argv = {"kill", "-0", spid}}.status ~= 0 end, 60)
+  running = nil
+  T.match(sched_out(), "service archive%-changes stopped")
+  local recs = require("clubio.schedule").read_runs(dir .. "/state/runs.jsonl")
+  T.eq(recs[#recs].job, "archive-changes")
+  T.eq(recs[#recs].status, "stopped")
+  T.eq(proc.run{argv = {"kill", "-0", tostring(math.tointeger(recs[#recs].service_pid))}}.status ~= 0, true, "the archiver is gone")
+end)
+
 -- a fresh server: a throwaway cluster with none of the source's roles
 local fresh = T.tmpdir() -- its own folder: the server runs as postgres when we are root
 local PGBIN = env.get("SANDBOX_PG_BIN")
@@ -187,7 +256,7 @@ local port = U.closed_port()
 local as_pg = proc.run{argv = {"id", "-u"}}.stdout:match("^0") and "runuser -u postgres -- " or ""
 if as_pg ~= "" then sh("chown postgres: \"$1\"", fresh) end
 sh(as_pg .. "\"$1/initdb\" -D \"$2/data\" -U postgres -A trust >/dev/null && " ..
-   as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -l \"$2/log\" -w -o \"-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off\" start >/dev/null",
+   as_pg .. "\"$1/pg_ctl\" -D \"$2/data\" -l \"$2/log\" -w -o \"-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off -c wal_level=logical\" start >/dev/null",
    PGBIN, fresh, port)
 local FRESH = "postgresql://postgres@127.0.0.1:" .. port .. "/"
 local fresh_admin <close> = pgdump.connect(FRESH .. "postgres")
@@ -210,6 +279,42 @@ T.case("restore --to latest into a fresh server with no roles: every table and s
   for _, t in ipairs(TABLES) do T.eq(got[t], final[t], t) end
   local seqs = sequences(db)
   for name, v in pairs(final_seq) do T.eq(seqs[name], v, "sequence " .. name) end
+end)
+
+T.case("a rebuilt server under the same slot name: a new epoch, nothing skipped, each restore replays its own", function()
+  -- the source is lost; r_latest (restored above, on another server) takes its place, and the
+  -- archiver is pointed at it with the same slot, publication and prefix. That server's LSNs
+  -- are far below the ones the archive has passed: a skip by LSN across servers would drop
+  -- its transactions
+  local REB = FRESH .. "r_latest"
+  local e = {CHANGES_DATABASE_URL = REB, DATABASE_URL = REB}
+  local c = s3.client{}
+  local last_key
+  for obj in c:list{bucket = BUCKET, prefix = ENV.CHANGES_PREFIX} do
+    if obj.key:match("/%d+%-%x+%.sql%.gz%.enc%.manifest%.json$") and (not last_key or obj.key > last_key) then last_key = obj.key end
+  end
+  local old = cjson.decode(c:get(BUCKET, last_key))
+  local db <close> = pgdump.connect(REB)
+  local changes = require "changes"
+  T.ok(changes.lsn(db:query("SELECT pg_current_wal_lsn()::text AS l")[1].l) < changes.lsn(old.last_lsn),
+       "the rebuilt server's LSNs are below the archive's")
+  local r = run({"archive-changes", "--once"}, e)
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stderr, "a new epoch of the change archive")
+  db:query("INSERT INTO scratch VALUES (900001, 'after the rebuild'); SELECT nextval('counter_seq')")
+  r = run({"archive-changes", "--once"}, e)
+  T.eq(r.status, 0, r.stderr)
+  T.match(r.stderr, "segment archived")
+  fresh_admin:query("CREATE DATABASE r_rebuilt")
+  r = run({"restore-from-s3", "--to", "latest", "-", "--json"}, {RESTORE_TARGET_URL = FRESH .. "r_rebuilt"})
+  T.eq(r.status, 0, r.stderr .. r.stdout)
+  local got_db <close> = pgdump.connect(FRESH .. "r_rebuilt")
+  local want, got = state(db), state(got_db)
+  for _, t in ipairs(TABLES) do T.eq(got[t], want[t], t) end
+  T.eq(got_db:query("SELECT t FROM scratch WHERE id = 900001")[1].t, "after the rebuild")
+  local ws, gs = sequences(db), sequences(got_db)
+  for name, v in pairs(ws) do T.eq(gs[name], v, "sequence " .. name) end
+  db:query("SELECT pg_drop_replication_slot($1)", {ENV.CHANGES_SLOT})
 end)
 
 T.case("restore --to a point between two known transactions: exactly that state", function()

@@ -47,6 +47,11 @@ T.case("time: ISO 8601 and YYYYMMDD round trips and errors", function()
   local t = time.parse("2024-01-15T10:30:00Z")
   T.eq(t, 1705314600)
   T.eq(time.iso(t), "2024-01-15T10:30:00Z")
+  -- milliseconds round-trip: ".606" is .60599999... as a double and must print as .606 again
+  for ms = 0, 999 do
+    local s = string.format("2026-12-03T07:04:28.%03dZ", ms)
+    T.eq(time.iso(time.parse(s), true), s)
+  end
   T.eq(time.parse("2024-01-15T12:30:00+02:00"), t)
   T.eq(time.parse("2024-01-15 10:30"), t)
   T.eq(time.ymd(t), "20240115")

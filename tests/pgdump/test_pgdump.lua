@@ -465,7 +465,8 @@ local function interrupted(name, script_text, how, args)
   f:write(script_text)
   f:close()
   local flags = how == "timeout" and "--timeout 2" or ""
-  -- sh's parent is this clubio-dr; the guard kills the run only if it hangs
+  -- sh's parent is this clubio-dr; the guard kills the run only if it hangs (its output goes to
+  -- /dev/null: a guard's sleep holding our stdout open kept proc.run waiting its whole 40 s)
   local r = proc.run{argv = {"sh", "-c", [[
 bin=$(readlink /proc/$PPID/exe); script=$1; flags=$2; shift 2
 t0=$(date +%s.%N)
@@ -473,9 +474,9 @@ t0=$(date +%s.%N)
 sleep 1.5
 [ -n "$flags" ] || kill -TERM $pid
 t1=$(date +%s.%N)
-( sleep 40; kill -KILL $pid 2>/dev/null ) & guard=$!
+( sleep 40; kill -KILL $pid 2>/dev/null ) >/dev/null 2>&1 & guard=$!
 wait $pid; st=$?
-kill $guard 2>/dev/null
+pkill -P $guard sleep 2>/dev/null; kill $guard 2>/dev/null
 echo "status=$st after=$(echo "$(date +%s.%N) - $t1" | bc)"]], "sh", path, flags, table.unpack(args or {})}}
   io.stderr:write(string.format("  %s: %s", name, r.stdout))
   return tonumber(r.stdout:match("status=(%d+)")), r.stderr

@@ -8,6 +8,10 @@ set_tests_properties(schedule_test_schedule PROPERTIES LABELS schedule TIMEOUT 3
 add_test(NAME schedule_test_schedule_locks COMMAND clubio-dr run ${CMAKE_CURRENT_LIST_DIR}/test_schedule_locks.lua)
 set_tests_properties(schedule_test_schedule_locks PROPERTIES LABELS schedule TIMEOUT 300
   ENVIRONMENT "CLUBIO_DR_BIN=$<TARGET_FILE:clubio-dr>;CLUBIO_DR_TEST_DIR=${CMAKE_CURRENT_SOURCE_DIR}")
+# service jobs: started with the scheduler, restarted after kill -9, one instance across schedulers
+add_test(NAME schedule_test_schedule_service COMMAND clubio-dr run ${CMAKE_CURRENT_LIST_DIR}/test_schedule_service.lua)
+set_tests_properties(schedule_test_schedule_service PROPERTIES LABELS schedule TIMEOUT 300
+  ENVIRONMENT "CLUBIO_DR_BIN=$<TARGET_FILE:clubio-dr>;CLUBIO_DR_TEST_DIR=${CMAKE_CURRENT_SOURCE_DIR}")
 file(GLOB SCHEDULE_SANDBOX_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/test_*_sandbox.lua)
 foreach(src ${SCHEDULE_SANDBOX_TESTS})
   get_filename_component(name ${src} NAME_WE)

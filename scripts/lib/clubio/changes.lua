@@ -166,22 +166,52 @@ function M.take_base(c, cfg, opts)
     tables = tables,
     roles = roles,
     changes = {slot = cfg.slot, snapshot_xids = r.dump.snapshot_xids, consistent_lsn = opts.consistent_lsn,
-               reason = opts.reason},
+               reason = opts.reason, epoch = opts.epoch},
   }
   c:put(cfg.bucket, key .. verify.MANIFEST_SUFFIX, {body = verify.sign_manifest(m), content_type = "application/json"})
   log.info("base export written", {key = key, reason = opts.reason, bytes = r.stored.bytes})
   return {key = key, manifest = m}
 end
 
--- The change archive's slot name if it exists on the database at url (an export taken now is
--- then a base: the slot holds every transaction its snapshot does not), else nil. Never raises.
+-- The epoch: one per creation of the slot. LSNs, and so the archive's "already archived"
+-- positions, mean something only within one slot's stream: a slot made again on a rebuilt
+-- server, or on a Neon branch restored to an earlier point, starts over at LSNs the archive has
+-- already passed. Every base and segment records its epoch; the archiver skips only what its own
+-- epoch archived, and a restore replays only the segments of its base's epoch. The current epoch
+-- is kept on the server, as the publication's comment, where export-database finds it too.
+-- (Archives from before epochs have none: nil, which matches only nil.)
+local EPOCH_COMMENT = "clubio-dr change archive epoch "
+
+function M.new_epoch()
+  return crypto.random_hex(8)
+end
+
+function M.read_epoch(db, publication)
+  local row = db:query("SELECT pg_catalog.obj_description(oid, 'pg_publication') AS c FROM pg_catalog.pg_publication " ..
+                       "WHERE pubname = $1", {publication})[1]
+  local c = row and row.c
+  if not c or c:sub(1, #EPOCH_COMMENT) ~= EPOCH_COMMENT then return nil end
+  return c:sub(#EPOCH_COMMENT + 1):match("^%x+$")
+end
+
+function M.write_epoch(db, publication, epoch)
+  local q = db:query("SELECT pg_catalog.quote_ident($1) AS q", {publication})[1].q
+  db:query("COMMENT ON PUBLICATION " .. q .. " IS '" .. EPOCH_COMMENT .. epoch .. "'")
+end
+
+-- The change archive's slot name and epoch if the slot exists on the database at url (an export
+-- taken now is then a base: the slot holds every transaction its snapshot does not), else nil.
+-- Never raises.
 function M.slot_for_export(url)
   local slot = env.get("CHANGES_SLOT", "clubio_changes")
-  local ok, rows = pcall(function()
+  local publication = env.get("CHANGES_PUBLICATION", "clubio_changes")
+  local ok, rows, epoch = pcall(function()
     local db <close> = pgdump.connect(url)
-    return db:query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()", {slot})
+    local r = db:query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1 AND database = current_database()", {slot})
+    return r, M.read_epoch(db, publication)
   end)
-  return ok and rows[1] and slot or nil
+  if ok and rows[1] then return slot, epoch end
+  return nil
 end
 
 -- Exports usable as bases (their manifest records the snapshot's transactions), newest first.
@@ -294,5 +324,152 @@ end
 
 -- LSN helpers
 function M.lsn(s) return s and require("changes").lsn(s) or 0 end
+
+-- ---- status, limits and gauges (archive-changes --status, and the running archiver) ---------
+
+-- The limits --status checks: CHANGES_MAX_LAG_BYTES (1 GiB), CHANGES_MAX_LAG_SECONDS (300),
+-- CHANGES_MAX_INACTIVE_HOURS (4: an inactive slot keeps WAL, and Neon removes a slot inactive
+-- for about 40 h, so the alert comes long before).
+M.SLOT_REMOVAL_HOURS = 40
+function M.limits()
+  local function num(name, default)
+    local v = tonumber(env.get(name, tostring(default)))
+    if not v or v <= 0 then
+      clubio.fail{message = name .. " must be a number > 0", class = "config", code = "config.env",
+                  hint = string.format("e.g. %s=%s", name, tostring(default))}
+    end
+    return v
+  end
+  return {lag_bytes = num("CHANGES_MAX_LAG_BYTES", 1 << 30), lag_seconds = num("CHANGES_MAX_LAG_SECONDS", 300),
+          inactive_hours = num("CHANGES_MAX_INACTIVE_HOURS", 4), removal_hours = M.SLOT_REMOVAL_HOURS}
+end
+
+-- The slot on the server: active, LSNs, lag (WAL not confirmed), retained WAL (since restart_lsn,
+-- what the server keeps for the slot), the walsender's flush lag, and since when it is inactive
+-- (PostgreSQL 17's inactive_since; nil before). nil when the slot does not exist.
+function M.slot_row(db, slot)
+  local cols = {}
+  for _, r in ipairs(db:query([[SELECT attname FROM pg_catalog.pg_attribute
+                                WHERE attrelid = 'pg_catalog.pg_replication_slots'::regclass AND attnum > 0]])) do
+    cols[r.attname] = true
+  end
+  return db:query(string.format([[
+    SELECT s.slot_name, s.active, s.confirmed_flush_lsn::text AS confirmed,
+           pg_catalog.pg_current_wal_lsn()::text AS current,
+           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS lag_bytes,
+           pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_bytes,
+           s.wal_status, %s AS inactive_since_epoch,
+           (SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_catalog.pg_stat_replication r
+             WHERE r.pid = s.active_pid) AS flush_lag
+    FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1]],
+    cols.inactive_since and "extract(epoch FROM s.inactive_since)::float8" or "NULL::float8"), {slot}, {typed = true})[1]
+end
+
+-- Since when the slot has been seen inactive, kept in the scheduler's state folder
+-- (changes-SLOT.json) when the server does not say (before PostgreSQL 17): the first --status
+-- or archiver check that finds it inactive starts the count.
+local function inactive_since(cfg, row, now)
+  local S = require "clubio.schedule"
+  local ok, dir = pcall(S.state_dir)
+  local path = ok and (dir .. "/changes-" .. cfg.slot .. ".json") or nil
+  local st = {}
+  if path then
+    local f = io.open(path, "r")
+    if f then
+      local okd, t = pcall(cjson.decode, f:read("a"))
+      f:close()
+      if okd and type(t) == "table" then st = t end
+    end
+  end
+  local since
+  if row and not row.active then since = row.inactive_since_epoch or st.inactive_since or now end
+  if path and st.inactive_since ~= since then
+    st.inactive_since = since
+    local okw = pcall(S.write_atomic, path, cjson.encode(st))
+    if not okw then
+      okw = pcall(function()
+        require("proc").run{argv = {"mkdir", "-p", dir}}
+        S.write_atomic(path, cjson.encode(st))
+      end)
+    end
+    if not okw then log.warn("the slot's inactive time was not kept in " .. path) end
+  end
+  return since
+end
+
+-- The archive's state now. `last`: the last archived segment ({key, seq, last_time, created_at,
+-- transactions}) or nil. Returns {slot, exists, active, lag_bytes, retained_bytes,
+-- confirmed_lsn, current_lsn, wal_status, inactive_seconds, lag_seconds, rpo_seconds,
+-- last_segment, last_segment_age_seconds}.
+--   lag_seconds: how far behind the archive is in time. 0 when the slot holds no unconfirmed
+--     WAL; while the archiver runs, the server's own measure (pg_stat_replication.flush_lag:
+--     from WAL written to the archiver confirming it, i.e. durably in S3); while it is down,
+--     the time since the last archived commit.
+--   rpo_seconds: what would be lost now: 0 when nothing waits, else the time since the last
+--     archived commit.
+function M.status(db, cfg, last, now)
+  local s = M.slot_row(db, cfg.slot)
+  local out = {slot = cfg.slot, exists = s ~= nil, active = s and s.active or false,
+               lag_bytes = s and s.lag_bytes or nil, retained_bytes = s and s.retained_bytes or nil,
+               confirmed_lsn = s and s.confirmed or nil, current_lsn = s and s.current or nil,
+               wal_status = s and s.wal_status or nil}
+  local since = inactive_since(cfg, s, now)
+  if s and since then out.inactive_seconds = math.max(0, now - since) end
+  if last then
+    out.last_segment = {key = last.key, seq = last.seq, last_commit = last.last_time, written_at = last.created_at,
+                        transactions = last.transactions}
+    out.last_segment_age_seconds = now - time.parse(last.created_at)
+  end
+  if s then
+    local waiting = (s.lag_bytes or 0) > 0
+    local since_commit = last and last.last_time and (now - time.parse(last.last_time)) or nil
+    if waiting then out.rpo_seconds = since_commit else out.rpo_seconds = 0 end
+    if not waiting then out.lag_seconds = 0
+    elseif s.active then out.lag_seconds = s.flush_lag or 0
+    else out.lag_seconds = since_commit end
+  end
+  return out
+end
+
+-- The segment `last` as M.status takes it, from a chain_end() result.
+function M.last_of(chain_last)
+  if not chain_last then return nil end
+  local m = chain_last.manifest
+  return {key = m.archive.key, seq = m.seq, last_time = m.last_time, created_at = m.created_at, transactions = m.transactions}
+end
+
+-- What is wrong, worst first: {{code, message, hint}, ...} (empty: healthy).
+function M.problems(st, limits)
+  local out = {}
+  local function add(code, message, hint) out[#out + 1] = {code = code, message = message, hint = hint} end
+  local bytes = require("clubio.job").bytes
+  if not st.exists then
+    add("changes.no-slot", "replication slot " .. st.slot .. " does not exist",
+        "start the archiver (clubio-dr run archive-changes) to create it")
+    return out
+  end
+  if st.wal_status == "lost" then
+    add("changes.slot-lost", "replication slot " .. st.slot .. " lost WAL it needed (wal_status lost): the chain cannot continue",
+        "drop the slot (archive-changes --drop --yes) and start the archiver: it takes a new base")
+  end
+  if st.inactive_seconds and st.inactive_seconds > limits.inactive_hours * 3600 then
+    add("changes.inactive", string.format(
+          "slot %s has been inactive for %.1f h (limit %g h), keeping %s of WAL: Neon removes a slot inactive for about %d h, so at the latest in %.1f h",
+          st.slot, st.inactive_seconds / 3600, limits.inactive_hours, bytes(st.retained_bytes or 0), limits.removal_hours,
+          math.max(0, limits.removal_hours * 3600 - st.inactive_seconds) / 3600),
+        "start the archiver (clubio-dr run archive-changes, or the scheduler's service job); if it must stay down, drop the slot (--drop)")
+  end
+  if (st.lag_bytes or 0) > limits.lag_bytes then
+    add("changes.lag", string.format("slot %s is %s behind (limit %s): the server keeps that WAL", st.slot,
+                                     bytes(st.lag_bytes), bytes(limits.lag_bytes)),
+        "start or fix the archiver; if it cannot run for long, drop the slot (--drop) before the server's disk fills")
+  end
+  if (st.lag_seconds or 0) > limits.lag_seconds then
+    add("changes.lag-seconds", string.format("the change archive is %.0f s behind (limit %g s)%s", st.lag_seconds,
+                                             limits.lag_seconds, st.active and "" or ": no archiver is running"),
+        "start or fix the archiver (its log says why it is behind); `archive-changes --status` shows the slot")
+  end
+  return out
+end
 
 return M

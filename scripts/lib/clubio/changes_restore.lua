@@ -41,8 +41,11 @@ function M.plan(c, cfg, to)
   local from = base.time - BASE_MARGIN
   local segs = {}
   local first_index
+  -- only the segments of the base's epoch (clubio.changes): another slot's LSNs and transactions
+  -- are not comparable with this base's
+  local epoch = base.manifest.changes.epoch
   for i, m in ipairs(chain) do
-    if time.parse(m.last_time) >= from and (not to or time.parse(m.first_time) <= to) then
+    if m.epoch == epoch and time.parse(m.last_time) >= from and (not to or time.parse(m.first_time) <= to) then
       first_index = first_index or i
       segs[#segs + 1] = m
     end

@@ -36,7 +36,8 @@ local DEFS = {
 function M.render(runs, now)
   local jobs, order = {}, {}
   for _, r in ipairs(runs) do
-    if r.job and r.status ~= "skipped" and r.status ~= "running" then
+    -- a service stopped with its scheduler neither succeeded nor failed
+    if r.job and r.status ~= "skipped" and r.status ~= "running" and r.status ~= "stopped" then
       local j = jobs[r.job]
       if not j then
         j = {name = r.job, counts = {}, failures = 0}
@@ -138,6 +139,39 @@ function M.render_replication(subscription, report, now)
       math.floor((now or os.time()) - s.seconds_since_contact))
   end
   g("clubio_dr_replication_checked_timestamp_seconds", "Unix time of the last dr-health check.", math.floor(now or os.time()))
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- The change archive's gauges (archive-changes writes them to clubio_dr_changes.prom after each
+-- segment, at least once a minute while idle, and on every --status): `st` is
+-- clubio.changes.status(), `healthy` whether --status's limits hold. A gauge with no value (no
+-- segment yet, slot missing) is left out rather than given a made-up one.
+function M.render_changes(st, healthy, now)
+  local l = string.format('slot="%s"', esc(st.slot))
+  local out = {}
+  local function g(name, help, v)
+    if v == nil then return end
+    if type(v) == "boolean" then v = v and 1 or 0 end
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " gauge"
+    out[#out + 1] = string.format("%s{%s} %s", name, l, num(v))
+  end
+  g("clubio_dr_changes_healthy", "1 if the change archive is within its limits (archive-changes --status passes), else 0.", healthy)
+  g("clubio_dr_changes_slot_present", "1 if the change archive's replication slot exists.", st.exists)
+  if st.exists then
+    g("clubio_dr_changes_slot_active", "1 if an archiver reads the slot.", st.active == true)
+  end
+  g("clubio_dr_changes_slot_inactive_seconds", "Seconds the slot has been inactive (Neon removes it after about 40 h).", st.inactive_seconds)
+  g("clubio_dr_changes_lag_bytes", "Bytes of WAL the archive has not confirmed (server's WAL position minus the slot's).", st.lag_bytes)
+  g("clubio_dr_changes_lag_seconds", "Seconds the archive is behind (0 when nothing waits).", st.lag_seconds)
+  g("clubio_dr_changes_retained_wal_bytes", "Bytes of WAL the server keeps for the slot.", st.retained_bytes)
+  g("clubio_dr_changes_rpo_seconds", "Seconds of commits that would be lost now (since the last archived commit while commits wait).",
+    st.rpo_seconds)
+  g("clubio_dr_changes_last_segment_age_seconds", "Seconds since the last segment was written.", st.last_segment_age_seconds)
+  if st.last_segment then
+    g("clubio_dr_changes_last_segment_seq", "Sequence number of the last archived segment.", st.last_segment.seq)
+  end
+  g("clubio_dr_changes_checked_timestamp_seconds", "Unix time of this check.", math.floor(now or os.time()))
   return table.concat(out, "\n") .. "\n"
 end
 

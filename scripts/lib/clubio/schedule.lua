@@ -27,14 +27,31 @@
 -- it writes to results/RUN_ID.json rather than to our pipe, so that it survives a scheduler
 -- killed with SIGKILL (the fire time is then covered); without one (the child was stopped too)
 -- the run is "interrupted" and its fire time runs again, never while a process of it lives.
+--
+-- Services: a job with `service = true` has no schedule; it is a long-running script (the
+-- change archive) that should always run, once. The scheduler starts a supervisor for it
+-- (`clubio-dr schedule --service NAME`, M.supervise) when it starts and stops it when it
+-- stops. The supervisor takes the job's lock (waiting, as a standby, while another scheduler's
+-- supervisor holds it: one instance however many schedulers run), starts the script with the
+-- lock, records each start ("running") and each exit (its status) in runs.jsonl, restarts it
+-- after restart_delay seconds, doubled after each exit up to restart_max_delay (back to
+-- restart_delay once an instance ran that long), alerts when it exited alert_exits times
+-- within alert_window seconds (and on recovery: an instance up for alert_window), and on
+-- SIGTERM (or when its scheduler is gone) stops the script with SIGTERM, SIGKILL after
+-- stop_timeout seconds.
 local clubio, log, time, proc, cjson = require "clubio", require "log", require "time", require "proc", require "cjson"
 local cron = require "clubio.cron"
 
 local M = {}
 
 M.DEFAULTS = {timeout = 3600, retries = 1, retry_delay = 60, grace = 3600}
+M.SERVICE_DEFAULTS = {restart_delay = 5, restart_max_delay = 300, alert_exits = 3, alert_window = 900, stop_timeout = 30}
 local JOB_KEYS = {script = true, args = true, schedule = true, timeout = true, retries = true, retry_delay = true,
-                  grace = true, env = true, lock = true, verification = true, enabled = true, description = true}
+                  grace = true, env = true, lock = true, verification = true, enabled = true, description = true,
+                  service = true, restart_delay = true, restart_max_delay = true, alert_exits = true,
+                  alert_window = true, stop_timeout = true}
+-- keys that only mean something for one kind of job
+local CRON_ONLY = {schedule = true, timeout = true, retries = true, retry_delay = true, grace = true}
 -- exit statuses worth another attempt: failure, timeout, killed; not usage/config/verify/declined
 local RETRYABLE = {[1] = true, [124] = true, [137] = true}
 
@@ -106,14 +123,28 @@ local function check_job(name, j, where)
   for k in pairs(j) do
     if not JOB_KEYS[k] then
       fail(string.format("%s: job '%s' has an unknown key '%s'", where, name, tostring(k)),
-           "job keys: script, args, schedule, timeout, retries, retry_delay, grace, env, lock, verification, enabled")
+           "job keys: script, args, schedule, timeout, retries, retry_delay, grace, env, lock, verification, enabled; " ..
+           "service jobs: service, restart_delay, restart_max_delay, alert_exits, alert_window, stop_timeout")
     end
   end
-  for _, k in ipairs{"timeout", "retries", "retry_delay", "grace"} do
+  if j.service ~= nil and type(j.service) ~= "boolean" then
+    fail(string.format("%s: job '%s': service must be true or false", where, name))
+  end
+  if j.service and name ~= "defaults" then
+    for k in pairs(j) do
+      if CRON_ONLY[k] then
+        fail(string.format("%s: job '%s' is a service (always running): it takes no %s", where, name, k),
+             "a service is restarted when it exits; tune restart_delay, restart_max_delay, alert_exits, alert_window, stop_timeout")
+      end
+    end
+  end
+  for _, k in ipairs{"timeout", "retries", "retry_delay", "grace", "restart_delay", "restart_max_delay", "alert_exits",
+                     "alert_window", "stop_timeout"} do
     local v = j[k]
-    if v ~= nil and (type(v) ~= "number" or v < 0 or (k == "timeout" and v <= 0)) then
-      fail(string.format("%s: job '%s': %s must be a number of %s >= 0, got %s", where, name, k,
-                         k == "retries" and "attempts" or "seconds", tostring(v)))
+    if v ~= nil and (type(v) ~= "number" or v < 0 or ((k == "timeout" or k == "alert_exits") and v <= 0)) then
+      fail(string.format("%s: job '%s': %s must be a number of %s %s 0, got %s", where, name, k,
+                         (k == "retries" or k == "alert_exits") and "attempts" or "seconds",
+                         (k == "timeout" or k == "alert_exits") and ">" or ">=", tostring(v)))
     end
   end
   if j.args ~= nil then
@@ -214,7 +245,9 @@ function M.load_jobs(opts)
       local base = jobs[name] or {name = name, script = name, source = file}
       for k, v in pairs(j) do base[k] = v end
       if base.enabled == false then jobs[name] = nil else jobs[name] = base end
-      if jobs[name] and not jobs[name].schedule then
+      -- a service has no schedule (one from the script's header is not used)
+      if jobs[name] and base.service then base.schedule = nil end
+      if jobs[name] and not base.service and not jobs[name].schedule then
         if not j.script and not known[name] then
           -- settings for a script that is not installed (yet): say so, keep the rest working
           log.warn(string.format("jobs file %s: job '%s' tunes a script that does not exist; ignored", file, name))
@@ -232,12 +265,17 @@ function M.load_jobs(opts)
     j.args = j.args or {}
     j.lock = j.lock or name
     if j.verification == nil then j.verification = j.script:match("^verify") ~= nil end
-    local ok, c = pcall(cron.parse, j.schedule)
-    if not ok then
-      fail(string.format("job '%s' (%s): %s", name, j.source or "?", tostring(c)),
-           "fix the `-- schedule:` line or the jobs file entry")
+    if j.service then
+      for k, v in pairs(M.SERVICE_DEFAULTS) do if j[k] == nil then j[k] = v end end
+      j.restart_max_delay = math.max(j.restart_max_delay, j.restart_delay)
+    else
+      local ok, c = pcall(cron.parse, j.schedule)
+      if not ok then
+        fail(string.format("job '%s' (%s): %s", name, j.source or "?", tostring(c)),
+             "fix the `-- schedule:` line or the jobs file entry")
+      end
+      j.cron = c
     end
-    j.cron = c
     j.missing = known[j.script] == nil and not j.script:find("/") and true or nil
     out[#out + 1] = j
   end
@@ -270,9 +308,14 @@ function M.read_runs(path)
 end
 
 function M.append_run(rec)
-  mkdir_p(M.state_dir())
   local line = log.redact(cjson.encode(rec)) .. "\n"
+  -- the folder is made only when missing: a process being stopped (a service's last record)
+  -- cannot start `mkdir` (proc.run raises once a cancel has arrived)
   local f, err = io.open(M.runs_path(), "a")
+  if not f then
+    mkdir_p(M.state_dir())
+    f, err = io.open(M.runs_path(), "a")
+  end
   if not f then fail("cannot append to " .. M.runs_path() .. ": " .. tostring(err)) end
   f:write(line) -- one write of one line, in append mode: concurrent writers do not interleave
   f:close()
@@ -298,6 +341,7 @@ local function covers(r) return r.status ~= "interrupted" and r.status ~= "cance
 
 -- The fire time to run `job` for at `now`, or nil (see the banner).
 function M.due(job, now, runs)
+  if job.service then return nil end -- started with the scheduler, never "due"
   local T = job.cron:prev(now)
   if not T then return nil end
   local h = M.history(job.name, runs)
@@ -568,6 +612,198 @@ function M.after_run(job, rec)
     ok, err = pcall(function() require("clubio.metrics").write_textfile(runs) end)
     if not ok then say("warn", "metrics textfile not written: " .. tostring(err), {job = job.name}) end
   end
+end
+
+-- ---- services ----------------------------------------------------------------------------
+
+-- The pid of our parent process (from /proc/self/stat), to notice a scheduler that is gone.
+local function parent_pid()
+  return tonumber((read_file("/proc/self/stat") or ""):match("^%d+ %b() %S+ (%d+)"))
+end
+
+-- Sleeps up to `secs` in naps of at most a second, until stop() is true; false when stopped.
+local function nap_until(secs, stop)
+  local t_end = time.monotonic() + secs
+  while true do
+    if stop() then return false end
+    local left = t_end - time.monotonic()
+    if left <= 0 then return true end
+    if not pcall(time.sleep, math.min(1, left)) then return false end -- a cancel (SIGTERM)
+  end
+end
+
+local function service_event(job, rec, recent, kind)
+  local alerts = require "clubio.alerts"
+  local ev = alerts.event(job, rec, recent)
+  if not ev then return nil end
+  ev.service = true
+  if kind == "failure" then
+    ev.exits_in_window = #recent
+    ev.summary = string.format("[%s] service %s exited %d times within %d s on %s (last exit %s): %s", ev.severity,
+                               job.name, #recent, math.floor(job.alert_window), tostring(rec.host), tostring(rec.exit),
+                               tostring(rec.error))
+  else
+    ev.summary = string.format("service %s is running again on %s (up for %d s)", job.name, tostring(rec.host),
+                               math.floor(rec.seconds or 0))
+  end
+  return ev
+end
+
+local function send_event(job, ev)
+  if not ev then return end
+  local ok, err = pcall(require("clubio.alerts").send, ev)
+  if not ok then say("warn", "alert not sent: " .. tostring(err), {job = job.name}) end
+end
+
+local function write_metrics(job)
+  if os.getenv("CLUBIO_DR_TEXTFILE_DIR") and os.getenv("CLUBIO_DR_TEXTFILE_DIR") ~= "" then
+    local ok, err = pcall(function() require("clubio.metrics").write_textfile(M.read_runs()) end)
+    if not ok then say("warn", "metrics textfile not written: " .. tostring(err), {job = job.name}) end
+  end
+end
+
+-- Supervises a service job (see the banner) until SIGTERM, or until the process `opts.parent`
+-- (the scheduler that started us) is no longer our parent. Returns the number of exits seen.
+function M.supervise(job, opts)
+  opts = opts or {}
+  if not job.service then fail("job '" .. job.name .. "' is not a service", "add service = true to its jobs file entry", "usage") end
+  local me = M.self()
+  local function stopping()
+    return clubio.cancelled() or (opts.parent ~= nil and parent_pid() ~= opts.parent)
+  end
+  local path = M.lock_path(job)
+  mkdir_p(path:match("^(.*)/"))
+  mkdir_p(M.state_dir() .. "/results")
+  -- one instance however many schedulers run: the others wait as standbys
+  local lock, told
+  while true do
+    if stopping() then return 0 end
+    lock = proc.lock(path)
+    if lock then break end
+    if not told then
+      local r = running_record(job.lock, M.read_runs())
+      say("info", string.format("standby: %s runs elsewhere%s; taking over when it stops", job.name,
+                                r and string.format(" (run %s, pid %s on %s)", tostring(r.run_id),
+                                                    tostring(math.tointeger(r.service_pid or r.pid)), tostring(r.host)) or ""),
+          {job = job.name})
+      told = true
+    end
+    if not nap_until(1, stopping) then return 0 end
+  end
+  local exits, recent, delay, alerted = 0, {}, job.restart_delay, false
+  local pok, perr = pcall(function()
+    close_dead_runs(job.lock)
+    while true do
+      local started = time.now()
+      local run_id = string.format("%s-%s-%d-%d", job.name, time.stamp(started), me.pid, math.random(1, 1 << 20))
+      local rpath = M.result_path(run_id)
+      -- its final JSON document (the error of a failed start) to the result file; its log to ours
+      local argv = {"sh", "-c", 'out=$1; shift; exec "$@" > "$out"', "sh", rpath, me.bin, "--json", "--no-progress",
+                    "run", job.script}
+      for _, a in ipairs(job.args) do argv[#argv + 1] = a end
+      local env = {CLUBIO_DR_JOB = job.name, CLUBIO_DR_RUN_ID = run_id, CLUBIO_DR_SERVICE = "1"}
+      for k, v in pairs(job.env or {}) do env[k] = tostring(v) end
+      local child <close> = proc.spawn{argv = argv, env = env, lock = lock}
+      local base = {job = job.name, script = job.script, args = job.args, run_id = run_id, host = me.host, pid = me.pid,
+                    service_pid = child:pid(), lock = job.lock, trigger = "service", service = true,
+                    scheduled_at = started, scheduled = time.iso(started), started_at = started, started = time.iso(started)}
+      local rec = {}
+      for k, v in pairs(base) do rec[k] = v end
+      rec.status = "running"
+      M.append_run(rec)
+      say("info", string.format("service %s started (%s%s)", job.name, job.script,
+                                #job.args > 0 and (" " .. table.concat(job.args, " ")) or ""),
+          {job = job.name, run = run_id, pid = base.service_pid})
+      local st
+      while true do
+        st = child:wait(1)
+        if st or stopping() then break end
+        if alerted and time.now() - started >= job.alert_window then
+          local ok_rec = {}
+          for k, v in pairs(base) do ok_rec[k] = v end
+          ok_rec.status, ok_rec.seconds = "ok", time.now() - started
+          local h = {table.unpack(recent)}
+          h[#h + 1] = ok_rec
+          send_event(job, service_event(job, ok_rec, h, "recovery"))
+          alerted, recent = false, {}
+        end
+      end
+      local stop = stopping()
+      if stop and not st then
+        say("info", string.format("stopping service %s (SIGTERM; SIGKILL after %d s)", job.name, math.floor(job.stop_timeout)),
+            {job = job.name, run = run_id})
+        st = child:terminate(job.stop_timeout)
+      end
+      local finished = time.now()
+      rec = {}
+      for k, v in pairs(base) do rec[k] = v end
+      rec.finished_at, rec.finished, rec.seconds, rec.exit = finished, time.iso(finished), finished - started, st
+      local doc = last_json_object(read_file(rpath) or "")
+      os.remove(rpath)
+      if doc and doc.ok == false and type(doc.error) == "table" then
+        rec.error, rec.hint, rec.error_class = doc.error.message, doc.error.hint, doc.error.class
+      end
+      if stop then
+        rec.status = "stopped"
+        M.append_run(rec)
+        say("info", string.format("service %s stopped (status %d)", job.name, st), {job = job.name, run = run_id})
+        return
+      end
+      exits = exits + 1
+      rec.status = st == 0 and "exited" or status_of(st)
+      rec.error = rec.error or (st > 128 and string.format("killed by signal %d", st - 128)
+                                or string.format("exited with status %d", st))
+      M.append_run(rec)
+      if rec.seconds >= job.restart_max_delay then delay = job.restart_delay end -- it had been running well
+      -- the exits within the alert window, oldest first
+      local keep = {}
+      for _, r in ipairs(recent) do if finished - r.finished_at <= job.alert_window then keep[#keep + 1] = r end end
+      keep[#keep + 1] = rec
+      recent = keep
+      say("error", string.format("service %s exited (status %d) after %.1f s: %s; restarting in %g s", job.name, st,
+                                 rec.seconds, rec.error, delay),
+          {job = job.name, run = run_id, exits_in_window = #recent})
+      if #recent >= job.alert_exits and not alerted then
+        send_event(job, service_event(job, rec, recent, "failure"))
+        alerted = true
+      end
+      write_metrics(job)
+      if not nap_until(delay, stopping) then return end
+      delay = math.min(delay * 2, job.restart_max_delay)
+    end
+  end)
+  lock:release()
+  if not pok then error(perr, 0) end
+  return exits
+end
+
+-- A service's state for --list: {state = "running"|"restarting"|"stopped", pid, since, exits (in
+-- its alert window), last_exit}. "restarting": its lock is held but no instance is recorded as
+-- running (its supervisor waits to start it again). Tries the lock once (released at once).
+function M.service_state(job, runs, now)
+  local h = M.history(job.name, runs, {all = true})
+  local last = h[#h]
+  local out = {exits = 0}
+  for i = #h, 1, -1 do
+    local r = h[i]
+    if r.status ~= "running" and r.status ~= "stopped" and r.finished_at then
+      if not out.last_exit then out.last_exit = {status = r.status, exit = r.exit, at = r.finished, error = r.error} end
+      if now - r.finished_at <= job.alert_window then out.exits = out.exits + 1 end
+    end
+  end
+  local path = M.lock_path(job)
+  local l = read_file(path) and proc.lock(path)
+  if l then
+    l:release()
+    out.state = "stopped"
+  elseif read_file(path) == nil then
+    out.state = "stopped"
+  elseif last and last.status == "running" then
+    out.state, out.pid, out.since, out.host = "running", last.service_pid, last.started, last.host
+  else
+    out.state = "restarting"
+  end
+  return out
 end
 
 return M

@@ -1,0 +1,41 @@
+-- dr-test's application checks (--checks FILE, DR_TEST_CHECKS), for both scenarios: the DR
+-- database after a failover, the restore after a complete loss.
+--
+--   local results, failed = require("clubio.dr_checks").run(conn, {
+--     {name = "orders readable", sql = "SELECT count(*) FROM orders", min_rows = 1},
+--     {name = "can insert", sql = "INSERT INTO orders ...", write = true},   -- in a rolled-back transaction
+--     {name = "admin exists", sql = "SELECT email FROM users WHERE id = $1", params = {1}, expect = "a@b.c"},
+--   })
+--   results: {name, ok, rows, error}, in order; failed: how many did not pass.
+local clubio, log = require "clubio", require "log"
+
+local M = {}
+
+function M.run(conn, list)
+  local results, bad = {}, 0
+  for n, c in ipairs(list) do
+    local r = {name = c.name or ("check " .. n)}
+    local okc, rows = pcall(function()
+      if c.write then conn:query("BEGIN") end
+      local rows = conn:query(c.sql, c.params)
+      if c.write then conn:query("ROLLBACK") end
+      return rows
+    end)
+    if not okc then
+      pcall(conn.query, conn, "ROLLBACK")
+      r.ok, r.error = false, log.redact(clubio.is_error(rows) and rows.message or tostring(rows))
+    else
+      r.rows, r.ok = #rows, true
+      if c.min_rows and #rows < c.min_rows then r.ok, r.error = false, string.format("%d rows, expected at least %d", #rows, c.min_rows) end
+      if c.expect ~= nil then
+        local first = rows[1] and select(2, next(rows[1]))
+        if tostring(first) ~= tostring(c.expect) then r.ok, r.error = false, string.format("got %s, expected %s", tostring(first), tostring(c.expect)) end
+      end
+    end
+    if not r.ok then bad = bad + 1 end
+    results[#results + 1] = r
+  end
+  return results, bad
+end
+
+return M
