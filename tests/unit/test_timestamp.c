@@ -5,6 +5,8 @@
 #include "harness.h"
 #include "timestamp.h"
 
+#include <stdio.h>
+
 static void test_iso8601_forms(void)
 {
     double t = 0;
@@ -69,6 +71,20 @@ static void test_format(void)
     CHECK_EQ_INT((long long)t, 1705314600LL);
 }
 
+/* Every millisecond parsed and printed again is the same (".606" is .60599999... as a double). */
+static void test_millis_round_trip(void)
+{
+    int bad = 0;
+    for (int ms = 0; ms < 1000; ms++) {
+        char in[40], out[32];
+        double t;
+        const char *why;
+        snprintf(in, sizeof in, "2026-12-03T07:28:02.%03dZ", ms);
+        if (!rt_parse_iso8601(in, &t, &why) || strcmp(rt_iso8601(t, true, out), in) != 0) bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+}
+
 static void test_http_dates(void)
 {
     /* RFC 7231's three forms of the same instant. */
@@ -80,4 +96,4 @@ static void test_http_dates(void)
 }
 
 TEST_MAIN(test_iso8601_forms, test_iso8601_rejects, test_protocol_fields, test_ymd, test_format,
-          test_http_dates)
+          test_millis_round_trip, test_http_dates)
