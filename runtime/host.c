@@ -24,8 +24,6 @@
 
 #include <lualib.h>
 
-RtHostFlags rt_host_global_flags = {.log_level = RT_LOG_INFO, .progress = true};
-
 static const char TRACEBACK_KEY = 't'; /* registry key: address of a static char */
 
 /* ---- search roots ----------------------------------------------------------------------- */

@@ -23,8 +23,6 @@ typedef struct RtLuaStage {
     char label[64];
 } RtLuaStage;
 
-extern RtHostFlags rt_host_global_flags;
-
 RtLuaStage *rt_lua_check_stage(lua_State *L, int idx);
 void rt_host_set_error_mt(lua_State *L, int idx);
 

@@ -6,6 +6,7 @@
 
 #include "io/cancel.h"
 #include "log.h"
+#include "timestamp.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 struct RtHttp {
     CURL *curl;
     RtHttpOptions opts;
+    char errbuf[CURL_ERROR_SIZE]; /* curl's description of the last transport failure */
 };
 
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
@@ -237,6 +239,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
 
     CURL *c = h->curl;
     curl_easy_reset(c);
+    h->errbuf[0] = 0;
     BodyCtx bc = {.x = {.req = req, .resp = resp, .cap = req->max_body ? req->max_body : 1 << 20},
                   .curl = c};
     ReadCtx rc = {.p = req->body, .left = req->body_len};
@@ -282,6 +285,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(h->opts.stall_timeout + 0.5));
     curl_easy_setopt(c, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, h->errbuf);
     if (h->opts.verbose) curl_easy_setopt(c, CURLOPT_VERBOSE, 1L);
 
     const char *m = req->method ? req->method : "GET";
@@ -319,6 +323,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         return rt_error_set(err, RT_CLASS_FAILURE, "http.aborted",
                             "transfer of %s stopped by its receiver", what);
     if (rc_ != CURLE_OK) {
+        if (!h->errbuf[0]) snprintf(h->errbuf, sizeof h->errbuf, "%s", curl_easy_strerror(rc_));
         rt_debug("http %s %s failed: %s", m, where, curl_easy_strerror(rc_));
         rt_error_set(err, RT_CLASS_FAILURE, "http.transport", "%s: %s (%s)", what,
                      curl_easy_strerror(rc_), host);
@@ -335,20 +340,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     return RT_OK;
 }
 
-double rt_http_parse_date(const char *s)
+const char *rt_http_error_detail(const RtHttp *h)
 {
-    static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-    char mon[4] = {0};
-    int d, y, hh, mm, ss;
-    const char *comma = strchr(s, ',');
-    if (comma) s = comma + 1;
-    if (sscanf(s, " %d %3s %d %d:%d:%d", &d, mon, &y, &hh, &mm, &ss) != 6) return 0;
-    int m = -1;
-    for (int i = 0; i < 12; i++)
-        if (strcmp(mon, months[i]) == 0) m = i;
-    if (m < 0) return 0;
-    struct tm tm = {
-        .tm_year = y - 1900, .tm_mon = m, .tm_mday = d, .tm_hour = hh, .tm_min = mm, .tm_sec = ss};
-    return (double)timegm(&tm);
+    return h->errbuf;
 }

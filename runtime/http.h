@@ -89,7 +89,11 @@ const char *rt_http_header(const RtHttpResponse *r, const char *name);
 int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const char *what,
                RtError *err);
 
-/* Parses an HTTP date (RFC 7231 IMF-fixdate) to epoch seconds; 0 if unparseable. */
-double rt_http_parse_date(const char *s);
+/* curl's own words for the last transport failure of h ("Failed to connect to host port 1
+ * after 0 ms: Connection refused"), more precise than the error's generic text; "" after a
+ * request that reached the server. Valid until the next request on h. */
+const char *rt_http_error_detail(const RtHttp *h);
+
+/* HTTP dates: rt_http_parse_date in timestamp.h. */
 
 #endif

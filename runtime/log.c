@@ -3,6 +3,7 @@
  */
 #include "log.h"
 #include "redact.h"
+#include "timestamp.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -53,25 +54,6 @@ double rt_monotonic(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-char *rt_iso8601(double epoch, bool millis, char buf[32])
-{
-    time_t t = (time_t)epoch;
-    if ((double)t > epoch) t--; /* floor for negative fractions */
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    if (millis) {
-        /* floor to the millisecond, with half a microsecond of slack: a time given as
-         * ".606" is stored as .60599999… in a double and must print as .606 again */
-        int ms = (int)((epoch - (double)t) * 1000 + 5e-4);
-        if (ms > 999) ms = 999;
-        snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
-    } else {
-        strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    }
-    return buf;
 }
 
 static void json_escape(FILE *f, const char *s)

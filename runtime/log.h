@@ -33,8 +33,6 @@ void rt_log_fields(RtLogLevel level, const char *msg, const char *fields_json);
 #define rt_info(...) rt_log(RT_LOG_INFO, __VA_ARGS__)
 #define rt_warn(...) rt_log(RT_LOG_WARN, __VA_ARGS__)
 
-/* Formats a UTC timestamp "YYYY-MM-DDTHH:MM:SSZ" (or with .mmm if millis) into buf[32]. */
-char *rt_iso8601(double epoch, bool millis, char buf[32]);
 double rt_now(void); /* wall clock, seconds since the epoch */
 double rt_monotonic(void);
 

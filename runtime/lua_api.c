@@ -327,8 +327,3 @@ RtSecret *rt_lua_opt_secret(lua_State *L, int idx, const char *key, const char *
     if (!s) rt_lua_raise(L, &err);
     return s;
 }
-
-const RtHostFlags *rt_host_flags(void)
-{
-    return &rt_host_global_flags;
-}

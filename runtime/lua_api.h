@@ -16,6 +16,7 @@
 #ifndef RT_LUA_API_H
 #define RT_LUA_API_H
 
+#include "flags.h" /* the host flags visible to modules, rt_host_flags() */
 #include "io/stage.h"
 #include "secret.h"
 
@@ -58,13 +59,5 @@ RtSecret *rt_lua_to_secret(lua_State *L, int idx, const char *what);
  * key_file (path); `default_env` is used when none is given (may be NULL -> error). */
 RtSecret *rt_lua_opt_secret(lua_State *L, int idx, const char *key, const char *default_env,
                             const char *what);
-
-/* Host flags visible to modules (from the command line). */
-typedef struct RtHostFlags {
-    bool dry_run, yes, json, progress;
-    int log_level; /* see log.h */
-    double timeout;
-} RtHostFlags;
-const RtHostFlags *rt_host_flags(void);
 
 #endif

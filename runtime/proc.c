@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
@@ -193,4 +194,80 @@ void rt_proc_close_fds(RtProc *p)
     if (p->out_fd >= 0) close(p->out_fd);
     if (p->err_fd >= 0) close(p->err_fd);
     p->in_fd = p->out_fd = p->err_fd = -1;
+}
+
+/* ---- capture ---------------------------------------------------------------------------- */
+
+static void capture_add(RtProcCapture *c, const char *p, size_t n)
+{
+    if (c->len + n > c->limit) {
+        n = c->limit - c->len;
+        c->truncated = true;
+    }
+    if (c->len + n > c->cap) {
+        size_t cap = c->cap ? c->cap : 4096;
+        while (cap < c->len + n) cap *= 2;
+        char *d = realloc(c->data, cap);
+        if (!d) {
+            c->truncated = true;
+            return;
+        }
+        c->data = d;
+        c->cap = cap;
+    }
+    memcpy(c->data + c->len, p, n);
+    c->len += n;
+}
+
+int rt_proc_communicate(RtProc *p, const char *in, size_t in_len, RtProcCapture *out,
+                        RtProcCapture *err_c)
+{
+    size_t in_pos = 0;
+    if (p->in_fd >= 0 && in_len == 0) {
+        close(p->in_fd);
+        p->in_fd = -1;
+    }
+    while (p->out_fd >= 0 || p->err_fd >= 0 || p->in_fd >= 0) {
+        if (rt_cancelled()) {
+            rt_proc_kill(p, 15);
+            break;
+        }
+        struct pollfd fds[3];
+        int nf = 0, io = -1, oo = -1, eo = -1;
+        if (p->in_fd >= 0) fds[io = nf++] = (struct pollfd){p->in_fd, POLLOUT, 0};
+        if (p->out_fd >= 0) fds[oo = nf++] = (struct pollfd){p->out_fd, POLLIN, 0};
+        if (p->err_fd >= 0) fds[eo = nf++] = (struct pollfd){p->err_fd, POLLIN, 0};
+        int r = poll(fds, (nfds_t)nf, 100);
+        if (r < 0 && errno != EINTR) break;
+        if (r <= 0) continue;
+        char buf[16384];
+        if (io >= 0 && fds[io].revents) {
+            ssize_t w = write(p->in_fd, in + in_pos, in_len - in_pos);
+            if (w > 0) in_pos += (size_t)w;
+            if (w < 0 || in_pos == in_len) {
+                close(p->in_fd);
+                p->in_fd = -1;
+            }
+        }
+        if (oo >= 0 && fds[oo].revents) {
+            ssize_t n = read(p->out_fd, buf, sizeof buf);
+            if (n > 0)
+                capture_add(out, buf, (size_t)n);
+            else if (n == 0 || errno != EINTR) {
+                close(p->out_fd);
+                p->out_fd = -1;
+            }
+        }
+        if (eo >= 0 && fds[eo].revents) {
+            ssize_t n = read(p->err_fd, buf, sizeof buf);
+            if (n > 0)
+                capture_add(err_c, buf, (size_t)n);
+            else if (n == 0 || errno != EINTR) {
+                close(p->err_fd);
+                p->err_fd = -1;
+            }
+        }
+    }
+    rt_proc_close_fds(p);
+    return rt_proc_wait(p);
 }

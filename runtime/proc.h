@@ -52,4 +52,19 @@ int rt_proc_terminate(RtProc *p, double grace);
 void rt_proc_kill(RtProc *p, int sig);
 void rt_proc_close_fds(RtProc *p);
 
+/* Output collected from a child: up to `limit` bytes are kept (the caller sets it); the rest is
+ * dropped and `truncated` set (also when memory runs out). The caller frees `data`. */
+typedef struct RtProcCapture {
+    char *data;
+    size_t len, cap, limit;
+    bool truncated;
+} RtProcCapture;
+
+/* Runs a child spawned with RT_PROC_STDIN | RT_PROC_STDOUT | RT_PROC_STDERR to completion:
+ * writes in[0..in_len) to its stdin (then closes it) while collecting its stdout and stderr,
+ * without deadlock however much it writes. On a cancel the child's group gets SIGTERM. Closes
+ * the pipes and returns the exit status as rt_proc_wait does. */
+int rt_proc_communicate(RtProc *p, const char *in, size_t in_len, RtProcCapture *out,
+                        RtProcCapture *err_c);
+
 #endif

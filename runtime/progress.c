@@ -2,7 +2,7 @@
  * Progress display — see progress.h.
  */
 #include "progress.h"
-#include "lua_api.h"
+#include "flags.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -25,9 +25,12 @@ void rt_progress_display_init(RtProgressDisplay *d, const char *label, int force
 {
     memset(d, 0, sizeof *d);
     snprintf(d->label, sizeof d->label, "%s", label ? label : "transfer");
-    if (force >= 0) d->mode = force;
-    else if (rt_host_flags()->json) d->mode = 2;
-    else if (rt_host_flags()->progress && isatty(2)) d->mode = 1;
+    if (force >= 0)
+        d->mode = force;
+    else if (rt_host_flags()->json)
+        d->mode = 2;
+    else if (rt_host_flags()->progress && isatty(2))
+        d->mode = 1;
 }
 
 void rt_progress_display_cb(void *ud, const RtProgress *p)
@@ -45,8 +48,7 @@ void rt_progress_display_cb(void *ud, const RtProgress *p)
                          d->label, (unsigned long long)p->bytes_in,
                          (unsigned long long)p->bytes_out, rate, p->elapsed);
         if (p->total >= 0 && n > 0 && (size_t)n < sizeof fields)
-            snprintf(fields + n, sizeof fields - (size_t)n, ",\"total\":%lld",
-                     (long long)p->total);
+            snprintf(fields + n, sizeof fields - (size_t)n, ",\"total\":%lld", (long long)p->total);
         rt_log_fields(RT_LOG_INFO, p->final ? "transfer done" : "transfer progress", fields);
         return;
     }

@@ -7,6 +7,9 @@
  *   proc    proc.run{argv = {"pg_dump", "--version"}}    child processes, no shell; proc.lock(path)
  *   secret  secret.env("BACKUP_ENCRYPTION_KEY")          secret values that print as ***
  *   clubio  clubio.flags.dry_run, clubio.confirm(...)    host flags, errors, confirmation
+ *
+ * Bindings only: the C cores are log.c, timestamp.c (ISO 8601, YYYYMMDD, HTTP dates), proc.c
+ * (spawning, and rt_proc_communicate for proc.run's capture), lock.c, secret.c and flags.c.
  */
 #include "host.h"
 #include "io/cancel.h"
@@ -14,9 +17,8 @@
 #include "lock.h"
 #include "proc.h"
 #include "redact.h"
+#include "timestamp.h"
 
-#include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +74,40 @@ static void str_json(Str *s, const char *d, size_t n)
     str_add(s, "\"", 1);
 }
 
+/* Encodes the string-keyed fields of the table at 2 into the Str at 1 (light userdata). Run
+ * under lua_pcall by log_at: a field's __tostring may raise, and the Str's buffer, which Lua
+ * does not own, must then be freed before the error goes on. */
+static int log_encode_fields(lua_State *L)
+{
+    Str *f = lua_touserdata(L, 1);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            size_t kl, vl;
+            const char *k = lua_tolstring(L, -2, &kl);
+            if (f->len) str_add(f, ",", 1);
+            str_json(f, k, kl);
+            str_add(f, ":", 1);
+            int t = lua_type(L, -1);
+            char num[64];
+            if (t == LUA_TNUMBER && lua_isinteger(L, -1))
+                str_add(f, num,
+                        (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1)));
+            else if (t == LUA_TNUMBER)
+                str_add(f, num, (size_t)snprintf(num, sizeof num, "%.17g", lua_tonumber(L, -1)));
+            else if (t == LUA_TBOOLEAN)
+                str_add(f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
+            else {
+                const char *v = luaL_tolstring(L, -1, &vl); /* __tostring may raise */
+                str_json(f, v, vl);
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
 static int log_at(lua_State *L, RtLogLevel level)
 {
     if (level < rt_log_level()) return 0;
@@ -81,29 +117,12 @@ static int log_at(lua_State *L, RtLogLevel level)
         return 0;
     }
     Str f = {0};
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-        if (lua_type(L, -2) == LUA_TSTRING) {
-            size_t kl, vl;
-            const char *k = lua_tolstring(L, -2, &kl);
-            if (f.len) str_add(&f, ",", 1);
-            str_json(&f, k, kl);
-            str_add(&f, ":", 1);
-            int t = lua_type(L, -1);
-            char num[64];
-            if (t == LUA_TNUMBER && lua_isinteger(L, -1))
-                str_add(&f, num, (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1)));
-            else if (t == LUA_TNUMBER)
-                str_add(&f, num, (size_t)snprintf(num, sizeof num, "%.17g", lua_tonumber(L, -1)));
-            else if (t == LUA_TBOOLEAN)
-                str_add(&f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
-            else {
-                const char *v = luaL_tolstring(L, -1, &vl); /* may raise only on OOM */
-                str_json(&f, v, vl);
-                lua_pop(L, 1);
-            }
-        }
-        lua_pop(L, 1);
+    lua_pushcfunction(L, log_encode_fields);
+    lua_pushlightuserdata(L, &f);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        free(f.p); /* then the field's error goes on, as before */
+        return lua_error(L);
     }
     rt_log_fields(level, msg, f.oom ? NULL : f.p);
     free(f.p);
@@ -174,98 +193,6 @@ int luaopen_env(lua_State *L)
 
 /* ---- time ------------------------------------------------------------------------------- */
 
-static bool leap(int y) { return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0; }
-static int days_in_month(int y, int m)
-{
-    static const int d[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    return m == 2 && leap(y) ? 29 : d[m - 1];
-}
-
-static int digits(const char *s, int n)
-{
-    int v = 0;
-    for (int i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') return -1;
-        v = v * 10 + (s[i] - '0');
-    }
-    return v;
-}
-
-/* Parses ISO 8601: YYYY-MM-DD[(T| )HH:MM[:SS[.frac]]][Z|(+|-)HH[:]MM]. No zone means UTC.
- * Returns false with a reason. */
-static bool parse_iso(const char *s, double *out, const char **why)
-{
-    size_t n = strlen(s);
-    int Y, M, D, h = 0, mi = 0, sec = 0;
-    double frac = 0;
-    long off = 0;
-    if (n < 10 || s[4] != '-' || s[7] != '-' || (Y = digits(s, 4)) < 0 || (M = digits(s + 5, 2)) < 0 ||
-        (D = digits(s + 8, 2)) < 0) {
-        *why = "expected YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ";
-        return false;
-    }
-    const char *p = s + 10;
-    if (*p == 'T' || *p == 't' || *p == ' ') {
-        p++;
-        if (strlen(p) < 5 || p[2] != ':' || (h = digits(p, 2)) < 0 || (mi = digits(p + 3, 2)) < 0) {
-            *why = "expected a time as HH:MM or HH:MM:SS";
-            return false;
-        }
-        p += 5;
-        if (*p == ':') {
-            if ((sec = digits(p + 1, 2)) < 0) {
-                *why = "expected seconds as SS";
-                return false;
-            }
-            p += 3;
-            if (*p == '.' || *p == ',') {
-                p++;
-                double scale = 0.1;
-                if (*p < '0' || *p > '9') {
-                    *why = "expected digits after the decimal point";
-                    return false;
-                }
-                while (*p >= '0' && *p <= '9') {
-                    frac += (*p - '0') * scale;
-                    scale /= 10;
-                    p++;
-                }
-            }
-        }
-        if (*p == 'Z' || *p == 'z') p++;
-        else if (*p == '+' || *p == '-') {
-            int sign = *p == '-' ? -1 : 1;
-            int oh = digits(p + 1, 2), om;
-            const char *q = p + 3;
-            if (*q == ':') q++;
-            om = digits(q, 2);
-            if (oh < 0 || om < 0 || oh > 14 || om > 59) {
-                *why = "bad UTC offset (expected +HH:MM)";
-                return false;
-            }
-            off = sign * (oh * 3600L + om * 60L);
-            p = q + 2;
-        }
-    }
-    if (*p) {
-        *why = "unexpected text after the timestamp";
-        return false;
-    }
-    if (M < 1 || M > 12 || D < 1 || D > days_in_month(Y, M) || h > 23 || mi > 59 || sec > 60) {
-        *why = "date or time out of range";
-        return false;
-    }
-    struct tm tm = {0};
-    tm.tm_year = Y - 1900;
-    tm.tm_mon = M - 1;
-    tm.tm_mday = D;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = sec;
-    *out = (double)timegm(&tm) - (double)off + frac;
-    return true;
-}
-
 static double check_time(lua_State *L, int idx)
 {
     return lua_isnoneornil(L, idx) ? rt_now() : luaL_checknumber(L, idx);
@@ -300,7 +227,7 @@ static int l_time_parse(lua_State *L)
     const char *s = luaL_checkstring(L, 1);
     double t;
     const char *why = NULL;
-    if (!parse_iso(s, &t, &why)) {
+    if (!rt_parse_iso8601(s, &t, &why)) {
         lua_pushnil(L);
         lua_pushfstring(L, "invalid timestamp '%s': %s", s, why);
         return 2;
@@ -312,16 +239,9 @@ static int l_time_parse(lua_State *L)
 static int l_time_parse_ymd(lua_State *L)
 {
     const char *s = luaL_checkstring(L, 1);
-    char iso[16];
     double t;
     const char *why;
-    if (strlen(s) != 8 || digits(s, 8) < 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "invalid date '%s': expected YYYYMMDD", s);
-        return 2;
-    }
-    snprintf(iso, sizeof iso, "%.4s-%.2s-%.2s", s, s + 4, s + 6);
-    if (!parse_iso(iso, &t, &why)) {
+    if (!rt_parse_ymd(s, &t, &why)) {
         lua_pushnil(L);
         lua_pushfstring(L, "invalid date '%s': %s", s, why);
         return 2;
@@ -435,85 +355,6 @@ int luaopen_time(lua_State *L)
 
 #define LOCK_MT "clubio.lock"
 
-typedef struct Capture {
-    char *data;
-    size_t len, cap, limit;
-    bool truncated;
-} Capture;
-
-static void capture_add(Capture *c, const char *p, size_t n)
-{
-    if (c->len + n > c->limit) {
-        n = c->limit - c->len;
-        c->truncated = true;
-    }
-    if (c->len + n > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + n) cap *= 2;
-        char *d = realloc(c->data, cap);
-        if (!d) {
-            c->truncated = true;
-            return;
-        }
-        c->data = d;
-        c->cap = cap;
-    }
-    memcpy(c->data + c->len, p, n);
-    c->len += n;
-}
-
-/* Runs the child to completion, feeding stdin and collecting stdout/stderr without deadlock.
- * No Lua calls in here. */
-static int proc_communicate(RtProc *p, const char *in, size_t in_len, Capture *out, Capture *err_c)
-{
-    size_t in_pos = 0;
-    if (p->in_fd >= 0 && in_len == 0) {
-        close(p->in_fd);
-        p->in_fd = -1;
-    }
-    while (p->out_fd >= 0 || p->err_fd >= 0 || p->in_fd >= 0) {
-        if (rt_cancelled()) {
-            rt_proc_kill(p, 15);
-            break;
-        }
-        struct pollfd fds[3];
-        int nf = 0, io = -1, oo = -1, eo = -1;
-        if (p->in_fd >= 0) fds[io = nf++] = (struct pollfd){p->in_fd, POLLOUT, 0};
-        if (p->out_fd >= 0) fds[oo = nf++] = (struct pollfd){p->out_fd, POLLIN, 0};
-        if (p->err_fd >= 0) fds[eo = nf++] = (struct pollfd){p->err_fd, POLLIN, 0};
-        int r = poll(fds, (nfds_t)nf, 100);
-        if (r < 0 && errno != EINTR) break;
-        if (r <= 0) continue;
-        char buf[16384];
-        if (io >= 0 && fds[io].revents) {
-            ssize_t w = write(p->in_fd, in + in_pos, in_len - in_pos);
-            if (w > 0) in_pos += (size_t)w;
-            if (w < 0 || in_pos == in_len) {
-                close(p->in_fd);
-                p->in_fd = -1;
-            }
-        }
-        if (oo >= 0 && fds[oo].revents) {
-            ssize_t n = read(p->out_fd, buf, sizeof buf);
-            if (n > 0) capture_add(out, buf, (size_t)n);
-            else if (n == 0 || errno != EINTR) {
-                close(p->out_fd);
-                p->out_fd = -1;
-            }
-        }
-        if (eo >= 0 && fds[eo].revents) {
-            ssize_t n = read(p->err_fd, buf, sizeof buf);
-            if (n > 0) capture_add(err_c, buf, (size_t)n);
-            else if (n == 0 || errno != EINTR) {
-                close(p->err_fd);
-                p->err_fd = -1;
-            }
-        }
-    }
-    rt_proc_close_fds(p);
-    return rt_proc_wait(p);
-}
-
 static int l_proc_run(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -541,8 +382,8 @@ static int l_proc_run(lua_State *L)
     RtProc p;
     if (rt_proc_spawn(&spec, RT_PROC_STDIN | RT_PROC_STDOUT | RT_PROC_STDERR, &p, &err) != RT_OK)
         return rt_lua_raise(L, &err);
-    Capture out = {.limit = (size_t)limit}, errc = {.limit = (size_t)limit};
-    int status = proc_communicate(&p, in, in_len, &out, &errc);
+    RtProcCapture out = {.limit = (size_t)limit}, errc = {.limit = (size_t)limit};
+    int status = rt_proc_communicate(&p, in, in_len, &out, &errc);
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");

@@ -9,10 +9,11 @@
  * truncation) the temporary file is removed and nothing appears under the final name. The
  * by-hand restore is `clubio-dr decrypt --gunzip -i x.sql.gz.enc | psql`.
  *
- * No Lua here: the host flags are read and set through two helpers in crypto_lua.c.
+ * No Lua here: the host flags come from flags.h (Lua-free).
  */
 #include "commands.h"
 #include "crypto.h"
+#include "flags.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
 #include "progress.h"
@@ -23,9 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-void crypto_cli_host_flags(bool *json, bool *progress);
-void crypto_cli_set_host_flags(bool json, bool progress);
 
 static const char HELP_ENCRYPT[] =
     "usage: clubio-dr encrypt [-i IN] [-o OUT] [--gzip] [options]\n"
@@ -119,8 +117,7 @@ static int parse_int(const char *v, int lo, int hi, int *out)
 static int parse_args(int argc, char **argv, bool encrypt, CliArgs *a, RtError *err)
 {
     const char *cmd = encrypt ? "encrypt" : "decrypt";
-    bool json, progress;
-    crypto_cli_host_flags(&json, &progress);
+    bool json = rt_host_flags()->json, progress = rt_host_flags()->progress;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i], *v;
         bool missing = false;
@@ -164,7 +161,8 @@ static int parse_args(int argc, char **argv, bool encrypt, CliArgs *a, RtError *
     }
     if (a->pass_env && a->pass_file)
         return usage(err, cmd, "give only one of --pass-env and --pass-file%s", "");
-    crypto_cli_set_host_flags(json, progress);
+    rt_host_global_flags.json = json;
+    rt_host_global_flags.progress = progress;
     return RT_OK;
 }
 
@@ -213,8 +211,7 @@ static int run(int argc, char **argv, bool encrypt)
         rt_error_hint(&err, "redirect the output or give -o FILE");
         return rt_report_error(&err);
     }
-    bool json, progress;
-    crypto_cli_host_flags(&json, &progress);
+    bool json = rt_host_flags()->json;
 
     RtSecret *pass =
         a.pass_file ? rt_secret_from_file(a.pass_file, &err)

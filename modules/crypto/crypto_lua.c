@@ -11,7 +11,6 @@
  * Also the host flags for `clubio-dr encrypt|decrypt` (crypto_cli.c stays free of Lua headers).
  */
 #include "crypto.h"
-#include "host.h"
 #include "lua_api.h"
 
 #include <string.h>
@@ -178,21 +177,4 @@ int luaopen_crypto(lua_State *L)
                                  {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
-}
-
-/* ---- host flags for crypto_cli.c ----------------------------------------------------------- */
-
-void crypto_cli_host_flags(bool *json, bool *progress);
-void crypto_cli_set_host_flags(bool json, bool progress);
-
-void crypto_cli_host_flags(bool *json, bool *progress)
-{
-    *json = rt_host_global_flags.json;
-    *progress = rt_host_global_flags.progress;
-}
-
-void crypto_cli_set_host_flags(bool json, bool progress)
-{
-    rt_host_global_flags.json = json;
-    rt_host_global_flags.progress = progress;
 }

@@ -5,7 +5,9 @@
  * header, never logged) and a retry policy. neon_request() sends one API call and retries what
  * Neon says to retry: 423 Locked (another operation is running), 429 (honouring Retry-After),
  * 5xx and connection errors, with jittered exponential backoff, until the client's deadline.
- * Cancellation (rt_cancelled) stops waits and transfers at once.
+ * Cancellation (rt_cancelled) stops waits and transfers at once. The transport is the host's
+ * (http.h): one connection per client, kept alive between calls, so a client is used from one
+ * thread at a time.
  *
  * Answers 2xx and 404 come back as RT_OK with the status and body (404 is a question for the
  * caller: "is there such a branch?"); 401 and other 4xx become RtErrors whose message carries

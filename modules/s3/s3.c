@@ -4,10 +4,11 @@
  * streaming stages live in s3_upload.c and s3_download.c.
  */
 #include "s3_internal.h"
-#include "s3_xml.h"
+#include "modules/aws/aws_xml.h"
 
 #include "runtime/io/cancel.h"
 #include "runtime/log.h"
+#include "runtime/timestamp.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -124,7 +125,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     char *cfg_region = NULL;
     const char *region = o->region ? o->region : env_nonempty("AWS_REGION");
     if (!region) region = env_nonempty("AWS_DEFAULT_REGION");
-    if (!region) region = cfg_region = s3_config_region(profile);
+    if (!region) region = cfg_region = aws_config_region(profile);
     if (!region) region = "us-east-1";
     c->region = strdup(region);
     free(cfg_region);
@@ -182,7 +183,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
         goto oom;
     c->defaults = (S3WriteOptions){
         .sse = c->def_sse, .kms_key_id = c->def_kms, .storage_class = c->def_sclass};
-    c->creds = s3_creds_new(o->profile, c->region, err);
+    c->creds = aws_creds_new(o->profile, c->region, err);
     if (!c->creds) {
         s3_client_unref(c);
         return NULL;
@@ -216,7 +217,7 @@ void s3_client_unref(S3Client *c)
     int left = --c->refs;
     pthread_mutex_unlock(&c->mu);
     if (left > 0) return;
-    s3_creds_free(c->creds);
+    aws_creds_free(c->creds);
     rt_http_free(c->http);
     free(c->region);
     free(c->scheme);
@@ -241,7 +242,7 @@ const char *s3_client_endpoint(const S3Client *c)
 }
 const char *s3_client_credentials_source(S3Client *c)
 {
-    return s3_creds_source(c->creds);
+    return aws_creds_source(c->creds);
 }
 
 const S3WriteOptions *s3_client_defaults(const S3Client *c)
@@ -363,7 +364,7 @@ static void set_s3_error(S3Client *c, const S3Req *rq, const char *obj, long sta
                  status, code ? " " : "", code ? code : "", msg && *msg ? ": " : "",
                  msg && *msg ? msg : "");
     err->retryable = i.retry;
-    const char *src = s3_creds_source(c->creds);
+    const char *src = aws_creds_source(c->creds);
     if (strcmp(i.code_rt, "s3.no_such_key") == 0 || strcmp(i.code_rt, "s3.not_found") == 0)
         rt_error_hint(err,
                       "check the key; list what exists with c:list{bucket = \"%s\", prefix = ...}",
@@ -423,7 +424,7 @@ static void address(S3Client *c, const char *bucket, const char *key, SBuf *host
     }
 }
 
-static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const S3Creds *cr, RtHttpResponse *resp,
+static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, RtHttpResponse *resp,
                    RtError *err)
 {
     char payload[65], amz_date[17];
@@ -524,14 +525,14 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             rc = rt_cancel_error(err);
             break;
         }
-        S3Creds cr;
-        if (s3_creds_get(c->creds, force_creds, &cr, err) != RT_OK) break;
+        AwsCreds cr;
+        if (aws_creds_get(c->creds, force_creds, &cr, err) != RT_OK) break;
         force_creds = false;
         if (rq->on_attempt) rq->on_attempt(rq->on_body_ud);
         RtError e;
         rt_error_init(&e);
         rc = do_once(c, h, rq, &cr, resp, &e);
-        s3_creds_clear(&cr);
+        aws_creds_clear(&cr);
         bool retry = false;
         if (rc != RT_OK) {
             if (e.klass == RT_CLASS_CANCELLED || e.klass == RT_CLASS_TIMEOUT || !e.retryable) {
@@ -549,12 +550,12 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             }
             if (!is_err) break;
             if (resp->body && resp->body_len) {
-                S3XmlSpan all = {(const char *)resp->body, resp->body_len};
+                AwsXmlSpan all = {(const char *)resp->body, resp->body_len};
                 const char *cur = all.p;
-                S3XmlSpan errs;
-                if (s3_xml_next(&cur, all.p + all.len, "Error", &errs)) {
-                    code = s3_xml_get(errs, "Code");
-                    msg = s3_xml_get(errs, "Message");
+                AwsXmlSpan errs;
+                if (aws_xml_next(&cur, all.p + all.len, "Error", &errs)) {
+                    code = aws_xml_get(errs, "Code");
+                    msg = aws_xml_get(errs, "Message");
                 }
             }
             ErrInfo ei = classify(code, resp->status);
@@ -773,9 +774,9 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
             goto done;
         }
         size_t cap = 0;
-        S3XmlSpan it;
+        AwsXmlSpan it;
         const char *cur = p;
-        while (s3_xml_next(&cur, end, "Contents", &it)) {
+        while (aws_xml_next(&cur, end, "Contents", &it)) {
             if (out->n == cap) {
                 cap = cap ? cap * 2 : 64;
                 S3Object *ni = realloc(out->items, cap * sizeof *ni);
@@ -787,40 +788,40 @@ int s3_list_page(S3Client *c, const char *bucket, const char *prefix, const char
             }
             S3Object *ob = &out->items[out->n];
             memset(ob, 0, sizeof *ob);
-            ob->key = s3_xml_get(it, "Key");
+            ob->key = aws_xml_get(it, "Key");
             if (!ob->key) {
                 rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                                   "s3 list %s: an entry without a key", o.p);
                 goto done;
             }
             out->n++;
-            char *s = s3_xml_get(it, "Size");
+            char *s = aws_xml_get(it, "Size");
             ob->size = s ? strtoll(s, NULL, 10) : 0;
             free(s);
-            char *et = s3_xml_get(it, "ETag");
+            char *et = aws_xml_get(it, "ETag");
             ob->etag = s3_etag_clean(et);
             free(et);
-            ob->last_modified_iso = s3_xml_get(it, "LastModified");
-            ob->last_modified = s3_parse_iso8601(ob->last_modified_iso);
-            ob->storage_class = s3_xml_get(it, "StorageClass");
+            ob->last_modified_iso = aws_xml_get(it, "LastModified");
+            ob->last_modified = rt_iso8601_epoch(ob->last_modified_iso);
+            ob->storage_class = aws_xml_get(it, "StorageClass");
         }
         cur = p;
-        S3XmlSpan cp;
-        while (s3_xml_next(&cur, end, "CommonPrefixes", &cp)) {
+        AwsXmlSpan cp;
+        while (aws_xml_next(&cur, end, "CommonPrefixes", &cp)) {
             char **np = realloc(out->prefixes, (out->n_prefixes + 1) * sizeof *np);
             if (!np) {
                 rc = nomem(err);
                 goto done;
             }
             out->prefixes = np;
-            np[out->n_prefixes] = s3_xml_get(cp, "Prefix");
+            np[out->n_prefixes] = aws_xml_get(cp, "Prefix");
             if (np[out->n_prefixes]) out->n_prefixes++;
         }
-        S3XmlSpan all = {p, r.body_len};
-        char *tr = s3_xml_get(all, "IsTruncated");
+        AwsXmlSpan all = {p, r.body_len};
+        char *tr = aws_xml_get(all, "IsTruncated");
         out->truncated = tr && strcmp(tr, "true") == 0;
         free(tr);
-        out->next_token = s3_xml_get(all, "NextContinuationToken");
+        out->next_token = aws_xml_get(all, "NextContinuationToken");
         if (out->truncated && !out->next_token)
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                               "s3 list %s: truncated listing without a continuation token", o.p);
@@ -852,7 +853,7 @@ int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, siz
         sb_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete><Quiet>true</Quiet>");
         for (size_t i = 0; i < m; i++) {
             sb_add(&b, "<Object><Key>");
-            s3_xml_escape(&b, keys[off + i]);
+            aws_xml_escape(&b, keys[off + i]);
             sb_add(&b, "</Key></Object>");
         }
         sb_add(&b, "</Delete>");
@@ -881,11 +882,11 @@ int s3_delete_many(S3Client *c, const char *bucket, const char *const *keys, siz
         rt_http_response_init(&r);
         int rc = s3_do_shared(c, &rq, &r, err);
         if (rc == RT_OK && r.body) {
-            S3XmlSpan e;
+            AwsXmlSpan e;
             const char *cur = (const char *)r.body;
-            if (s3_xml_next(&cur, cur + r.body_len, "Error", &e)) {
-                char *k = s3_xml_get(e, "Key"), *code = s3_xml_get(e, "Code"),
-                     *msg = s3_xml_get(e, "Message");
+            if (aws_xml_next(&cur, cur + r.body_len, "Error", &e)) {
+                char *k = aws_xml_get(e, "Key"), *code = aws_xml_get(e, "Code"),
+                     *msg = aws_xml_get(e, "Message");
                 ErrInfo ei = classify(code, 0);
                 rc = rt_error_set(err, ei.klass, ei.code_rt, "s3 delete s3://%s/%s: %s (%s%s%s)",
                                   bucket, k ? k : "?", ei.what, code ? code : "", msg ? ": " : "",
@@ -924,9 +925,9 @@ static int xml_answer(const RtHttpResponse *r, const char *root, const char *fie
     *out = NULL;
     if (!r->body) return RT_ERR;
     const char *cur = (const char *)r->body;
-    S3XmlSpan sp;
-    if (!s3_xml_next(&cur, cur + r->body_len, root, &sp)) return RT_ERR;
-    *out = s3_xml_get(sp, field);
+    AwsXmlSpan sp;
+    if (!aws_xml_next(&cur, cur + r->body_len, root, &sp)) return RT_ERR;
+    *out = aws_xml_get(sp, field);
     return *out ? RT_OK : RT_ERR;
 }
 
@@ -1284,17 +1285,17 @@ int s3_list_uploads_page(S3Client *c, const char *bucket, const char *prefix,
     int rc = o.oom ? nomem(err) : s3_do_shared(c, &rq, &r, err);
     if (rc == RT_OK) {
         const char *p = (const char *)(r.body ? r.body : (uint8_t *)""), *end = p + r.body_len;
-        S3XmlSpan root;
+        AwsXmlSpan root;
         const char *cur = p;
-        if (r.body_truncated || !s3_xml_next(&cur, end, "ListMultipartUploadsResult", &root)) {
+        if (r.body_truncated || !aws_xml_next(&cur, end, "ListMultipartUploadsResult", &root)) {
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                               "s3 list uploads %s: not a ListMultipartUploads answer", o.p);
             goto done;
         }
         size_t cap = 0;
-        S3XmlSpan it;
+        AwsXmlSpan it;
         cur = root.p;
-        while (s3_xml_next(&cur, root.p + root.len, "Upload", &it)) {
+        while (aws_xml_next(&cur, root.p + root.len, "Upload", &it)) {
             if (out->n == cap) {
                 cap = cap ? cap * 2 : 64;
                 S3Upload *ni = realloc(out->items, cap * sizeof *ni);
@@ -1307,22 +1308,22 @@ int s3_list_uploads_page(S3Client *c, const char *bucket, const char *prefix,
             S3Upload *u = &out->items[out->n];
             memset(u, 0, sizeof *u);
             out->n++;
-            u->key = s3_xml_get(it, "Key");
-            u->upload_id = s3_xml_get(it, "UploadId");
+            u->key = aws_xml_get(it, "Key");
+            u->upload_id = aws_xml_get(it, "UploadId");
             if (!u->key || !u->upload_id) {
                 rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                                   "s3 list uploads %s: an entry without a key or upload id", o.p);
                 goto done;
             }
-            u->initiated_iso = s3_xml_get(it, "Initiated");
-            u->initiated = u->initiated_iso ? s3_parse_iso8601(u->initiated_iso) : 0;
-            u->storage_class = s3_xml_get(it, "StorageClass");
+            u->initiated_iso = aws_xml_get(it, "Initiated");
+            u->initiated = u->initiated_iso ? rt_iso8601_epoch(u->initiated_iso) : 0;
+            u->storage_class = aws_xml_get(it, "StorageClass");
         }
-        char *tr = s3_xml_get(root, "IsTruncated");
+        char *tr = aws_xml_get(root, "IsTruncated");
         out->truncated = tr && strcmp(tr, "true") == 0;
         free(tr);
-        out->next_key_marker = s3_xml_get(root, "NextKeyMarker");
-        out->next_upload_id_marker = s3_xml_get(root, "NextUploadIdMarker");
+        out->next_key_marker = aws_xml_get(root, "NextKeyMarker");
+        out->next_upload_id_marker = aws_xml_get(root, "NextUploadIdMarker");
         if (out->truncated && (!out->next_key_marker || !*out->next_key_marker))
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                               "s3 list uploads %s: truncated listing without a next marker", o.p);

@@ -1,6 +1,6 @@
 /*
  * S3Client — the C core of the s3 module: an S3 client (AWS S3 and S3-compatible stores) with
- * SigV4 signing (sigv4.h), the AWS credential chain (s3_creds.c), retries with jittered
+ * SigV4 signing and the AWS credential chain (the aws module, modules/aws), retries with jittered
  * exponential backoff, and structured errors naming s3://bucket/key with a hint.
  *
  * The client is reference-counted and thread-safe: stages (the streaming multipart upload sink

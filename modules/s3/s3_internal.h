@@ -1,37 +1,17 @@
 /*
- * Internals shared by the s3 core files: the credential provider, the signed request with
- * retries, and the error mapping. Not part of the module's API.
+ * Internals shared by the s3 core files: the signed request with retries, and the error
+ * mapping (the credential provider and the signer are the aws module's, modules/aws). Not
+ * part of the module's API.
  */
 #ifndef S3_INTERNAL_H
 #define S3_INTERNAL_H
 
 #include "s3.h"
+#include "modules/aws/aws.h"
+#include "modules/aws/sigv4.h"
 #include "sbuf.h"
-#include "sigv4.h"
 
 #include <pthread.h>
-
-/* ---- credentials (s3_creds.c) ---- */
-typedef struct S3Creds {
-    char *access_key, *secret_key, *token;
-    double expires; /* epoch seconds; 0 = static */
-    char source[40];
-} S3Creds;
-
-typedef struct S3CredsProvider S3CredsProvider;
-/* Resolves the chain now; CONFIG error when nothing provides credentials. */
-S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *err);
-void s3_creds_free(S3CredsProvider *p);
-/* Copies the current credentials, refreshing them first when they expire within 5 minutes
- * (or when force is set). Thread-safe. */
-int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err);
-void s3_creds_clear(S3Creds *c); /* wipes */
-const char *s3_creds_source(S3CredsProvider *p);
-/* Region from the shared config file's profile (malloc'ed or NULL). */
-char *s3_config_region(const char *profile);
-/* Small JSON helper for the credential endpoints: the string (or number) value of "name". */
-char *s3_json_string(const char *json, const char *name);
-double s3_parse_iso8601(const char *s); /* 0 if unparseable */
 
 /* ---- client and requests (s3.c) ---- */
 struct S3Client {
@@ -47,7 +27,7 @@ struct S3Client {
     int max_attempts;
     double retry_base;
     double stall_timeout;
-    S3CredsProvider *creds;
+    AwsCredsProvider *creds;
     RtHttp *http; /* for calls made from the client's owner thread (guarded by mu_http) */
     pthread_mutex_t mu_http;
     char *def_sse, *def_kms, *def_sclass; /* the object settings (owned) */

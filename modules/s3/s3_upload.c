@@ -15,7 +15,7 @@
  * that fails the final checks is deleted.
  */
 #include "s3_internal.h"
-#include "s3_xml.h"
+#include "modules/aws/aws_xml.h"
 
 #include "modules/crypto/crypto.h"
 
@@ -223,9 +223,9 @@ static int initiate(Upload *u, RtError *err)
     int rc = s3_do_shared(u->c, &rq, &r, err);
     if (rc == RT_OK) {
         const char *cur = (const char *)(r.body ? r.body : (uint8_t *)"");
-        S3XmlSpan sp;
-        if (s3_xml_next(&cur, cur + r.body_len, "InitiateMultipartUploadResult", &sp))
-            u->upload_id = s3_xml_get(sp, "UploadId");
+        AwsXmlSpan sp;
+        if (aws_xml_next(&cur, cur + r.body_len, "InitiateMultipartUploadResult", &sp))
+            u->upload_id = aws_xml_get(sp, "UploadId");
         if (!u->upload_id)
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.bad_answer",
                               "s3 upload %s: no upload id in the answer", u->name);
@@ -475,10 +475,10 @@ static int up_finish(void *self, RtError *err)
     sb_free(&b);
     if (rc == RT_OK) {
         const char *cur = (const char *)(r.body ? r.body : (uint8_t *)"");
-        S3XmlSpan sp;
+        AwsXmlSpan sp;
         char *et = NULL;
-        if (s3_xml_next(&cur, cur + r.body_len, "CompleteMultipartUploadResult", &sp))
-            et = s3_xml_get(sp, "ETag");
+        if (aws_xml_next(&cur, cur + r.body_len, "CompleteMultipartUploadResult", &sp))
+            et = aws_xml_get(sp, "ETag");
         u->final_etag = s3_etag_clean(et);
         free(et);
         if (!u->final_etag && !(r.body && r.body_len))

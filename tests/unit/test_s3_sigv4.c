@@ -9,8 +9,8 @@
 #include "harness.h"
 
 #include "modules/s3/s3.h"
-#include "modules/s3/s3_xml.h"
-#include "modules/s3/sigv4.h"
+#include "modules/aws/aws_xml.h"
+#include "modules/aws/sigv4.h"
 
 #include <stdlib.h>
 
@@ -202,50 +202,50 @@ static void test_xml(void)
                       "<Contents><Key><![CDATA[x</Key>y]]></Key><Size>0</Size></Contents>"
                       "<NextContinuationToken>tok+/=</NextContinuationToken></ListBucketResult>";
     const char *cur = doc, *end = doc + strlen(doc);
-    S3XmlSpan sp;
-    CHECK(s3_xml_next(&cur, end, "Contents", &sp));
-    char *k = s3_xml_get(sp, "Key");
+    AwsXmlSpan sp;
+    CHECK(aws_xml_next(&cur, end, "Contents", &sp));
+    char *k = aws_xml_get(sp, "Key");
     CHECK_EQ_STR(k, "a & b <c> \"q\" 's' \xc3\xa9\xf0\x9f\x98\x80");
     free(k);
-    char *et = s3_xml_get(sp, "ETag");
+    char *et = aws_xml_get(sp, "ETag");
     CHECK_EQ_STR(et, "\"abc\"");
     free(et);
-    CHECK(s3_xml_next(&cur, end, "Contents", &sp));
-    k = s3_xml_get(sp, "Key");
+    CHECK(aws_xml_next(&cur, end, "Contents", &sp));
+    k = aws_xml_get(sp, "Key");
     CHECK_EQ_STR(k, "x</Key>y");
     free(k);
-    CHECK(!s3_xml_next(&cur, end, "Contents", &sp));
-    S3XmlSpan all = {doc, strlen(doc)};
-    char *t = s3_xml_get(all, "NextContinuationToken");
+    CHECK(!aws_xml_next(&cur, end, "Contents", &sp));
+    AwsXmlSpan all = {doc, strlen(doc)};
+    char *t = aws_xml_get(all, "NextContinuationToken");
     CHECK_EQ_STR(t, "tok+/=");
     free(t);
-    char *p = s3_xml_get(all, "Prefix");
+    char *p = aws_xml_get(all, "Prefix");
     CHECK_EQ_STR(p, "");
     free(p);
-    CHECK(s3_xml_get(all, "Missing") == NULL);
-    char *first = s3_xml_get(all, "Key"); /* the first Key anywhere */
+    CHECK(aws_xml_get(all, "Missing") == NULL);
+    char *first = aws_xml_get(all, "Key"); /* the first Key anywhere */
     CHECK(first != NULL);
     free(first);
     /* KeyCount must not match a search for Key's prefix. */
     const char *d2 = "<KeyCount>3</KeyCount><Key>k</Key>";
-    S3XmlSpan s2 = {d2, strlen(d2)};
-    char *k2 = s3_xml_get(s2, "Key");
+    AwsXmlSpan s2 = {d2, strlen(d2)};
+    char *k2 = aws_xml_get(s2, "Key");
     CHECK_EQ_STR(k2, "k");
     free(k2);
-    CHECK(s3_xml_decode("bad &bogus; entity", 18) == NULL);
-    CHECK(s3_xml_decode("&#0;", 4) == NULL);
+    CHECK(aws_xml_decode("bad &bogus; entity", 18) == NULL);
+    CHECK(aws_xml_decode("&#0;", 4) == NULL);
     /* Errors and truncated documents. */
     const char *e =
         "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>";
-    S3XmlSpan es = {e, strlen(e)};
-    char *code = s3_xml_get(es, "Code");
+    AwsXmlSpan es = {e, strlen(e)};
+    char *code = aws_xml_get(es, "Code");
     CHECK_EQ_STR(code, "NoSuchKey");
     free(code);
     const char *tr = "<Error><Code>NoSuch";
-    S3XmlSpan ts = {tr, strlen(tr)};
-    CHECK(s3_xml_get(ts, "Code") == NULL);
+    AwsXmlSpan ts = {tr, strlen(tr)};
+    CHECK(aws_xml_get(ts, "Code") == NULL);
     SBuf b = {0};
-    s3_xml_escape(&b, "a&<>\"'b");
+    aws_xml_escape(&b, "a&<>\"'b");
     CHECK_EQ_STR(sb_str(&b), "a&amp;&lt;&gt;&quot;&apos;b");
     sb_free(&b);
 }

@@ -1,7 +1,7 @@
 /*
- * Tag extraction and entity decoding for S3's flat XML answers (see s3_xml.h).
+ * Tag extraction and entity decoding for AWS's flat XML answers, S3's and STS's (see aws_xml.h).
  */
-#include "s3_xml.h"
+#include "aws_xml.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,7 +19,7 @@ static const char *find_mem(const char *p, const char *end, const char *needle, 
     return NULL;
 }
 
-bool s3_xml_next(const char **cursor, const char *end, const char *tag, S3XmlSpan *inner)
+bool aws_xml_next(const char **cursor, const char *end, const char *tag, AwsXmlSpan *inner)
 {
     size_t tl = strlen(tag);
     const char *p = *cursor;
@@ -105,7 +105,7 @@ static void put_utf8(SBuf *b, uint32_t cp)
     }
 }
 
-char *s3_xml_decode(const char *p, size_t len)
+char *aws_xml_decode(const char *p, size_t len)
 {
     SBuf b = {0};
     const char *end = p + len;
@@ -162,15 +162,15 @@ bad:
     return NULL;
 }
 
-char *s3_xml_get(S3XmlSpan span, const char *tag)
+char *aws_xml_get(AwsXmlSpan span, const char *tag)
 {
     const char *cur = span.p;
-    S3XmlSpan in;
-    if (!s3_xml_next(&cur, span.p + span.len, tag, &in)) return NULL;
-    return s3_xml_decode(in.p, in.len);
+    AwsXmlSpan in;
+    if (!aws_xml_next(&cur, span.p + span.len, tag, &in)) return NULL;
+    return aws_xml_decode(in.p, in.len);
 }
 
-void s3_xml_escape(SBuf *b, const char *s)
+void aws_xml_escape(SBuf *b, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {

@@ -13,12 +13,13 @@
  * Temporary credentials are refreshed from the same source 5 minutes before they expire.
  * Every secret is registered with the redactor as soon as it is read.
  */
-#include "s3_internal.h"
-#include "s3_xml.h"
+#include "aws.h"
+#include "aws_xml.h"
 
 #include "runtime/log.h"
 #include "runtime/redact.h"
 #include "runtime/secret.h"
+#include "runtime/timestamp.h"
 
 #include <ctype.h>
 #include <openssl/crypto.h>
@@ -29,12 +30,12 @@
 
 typedef enum { SRC_ENV, SRC_WEB, SRC_CREDFILE, SRC_CONFIG, SRC_CONTAINER, SRC_IMDS } SrcKind;
 
-struct S3CredsProvider {
+struct AwsCredsProvider {
     pthread_mutex_t mu;
     SrcKind kind;
     char *profile;
     char *region;
-    S3Creds cur;
+    AwsCreds cur;
 };
 
 static char *xstrdup(const char *s)
@@ -49,7 +50,7 @@ static void wipe_free(char *s)
     free(s);
 }
 
-void s3_creds_clear(S3Creds *c)
+void aws_creds_clear(AwsCreds *c)
 {
     wipe_free(c->access_key);
     wipe_free(c->secret_key);
@@ -57,7 +58,7 @@ void s3_creds_clear(S3Creds *c)
     memset(c, 0, sizeof *c);
 }
 
-static void register_secrets(const S3Creds *c)
+static void register_secrets(const AwsCreds *c)
 {
     if (c->secret_key) rt_redact_register(c->secret_key, strlen(c->secret_key));
     if (c->token) rt_redact_register(c->token, strlen(c->token));
@@ -69,25 +70,7 @@ static const char *env_nonempty(const char *name)
     return v && *v ? v : NULL;
 }
 
-double s3_parse_iso8601(const char *s)
-{
-    int y, mo, d, h, mi;
-    double sec;
-    if (!s || sscanf(s, "%d-%d-%dT%d:%d:%lf", &y, &mo, &d, &h, &mi, &sec) != 6) return 0;
-    struct tm tm = {
-        .tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi};
-    double t = (double)timegm(&tm) + sec;
-    /* A numeric offset ("+00:00") after the seconds. */
-    const char *tz = strpbrk(s + 10, "Z+-");
-    if (tz && (*tz == '+' || *tz == '-')) {
-        int oh = 0, om = 0;
-        if (sscanf(tz + 1, "%d:%d", &oh, &om) >= 1)
-            t -= (*tz == '+' ? 1 : -1) * (oh * 3600 + om * 60);
-    }
-    return t;
-}
-
-char *s3_json_string(const char *json, const char *name)
+char *aws_json_string(const char *json, const char *name)
 {
     char pat[80];
     snprintf(pat, sizeof pat, "\"%s\"", name);
@@ -185,7 +168,7 @@ static char *config_section(const char *profile)
     return sb_take(&b);
 }
 
-char *s3_config_region(const char *profile)
+char *aws_config_region(const char *profile)
 {
     char *path = home_path("AWS_CONFIG_FILE", ".aws/config");
     char *sec = config_section(profile ? profile : "default");
@@ -195,7 +178,7 @@ char *s3_config_region(const char *profile)
     return r;
 }
 
-static bool from_file(const char *path, const char *section, S3Creds *out)
+static bool from_file(const char *path, const char *section, AwsCreds *out)
 {
     char *ak = ini_get(path, section, "aws_access_key_id");
     char *sk = ini_get(path, section, "aws_secret_access_key");
@@ -243,16 +226,16 @@ static int http_get_text(const char *method, const char *url, const char *const 
     return rc;
 }
 
-static int creds_from_json(const char *json, const char *what, S3Creds *out, RtError *err)
+static int creds_from_json(const char *json, const char *what, AwsCreds *out, RtError *err)
 {
-    out->access_key = s3_json_string(json, "AccessKeyId");
-    out->secret_key = s3_json_string(json, "SecretAccessKey");
-    out->token = s3_json_string(json, "Token");
-    char *exp = s3_json_string(json, "Expiration");
-    out->expires = s3_parse_iso8601(exp);
+    out->access_key = aws_json_string(json, "AccessKeyId");
+    out->secret_key = aws_json_string(json, "SecretAccessKey");
+    out->token = aws_json_string(json, "Token");
+    char *exp = aws_json_string(json, "Expiration");
+    out->expires = rt_iso8601_epoch(exp);
     free(exp);
     if (!out->access_key || !out->secret_key) {
-        s3_creds_clear(out);
+        aws_creds_clear(out);
         return rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
                             "the answer of %s holds no credentials", what);
     }
@@ -260,7 +243,7 @@ static int creds_from_json(const char *json, const char *what, S3Creds *out, RtE
     return RT_OK;
 }
 
-static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
+static int fetch_web_identity(const char *region, AwsCreds *out, RtError *err)
 {
     const char *file = env_nonempty("AWS_WEB_IDENTITY_TOKEN_FILE");
     const char *role = env_nonempty("AWS_ROLE_ARN");
@@ -303,9 +286,9 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
     if (body.p) OPENSSL_cleanse(body.p, body.len);
     sb_free(&body);
     if (rc == RT_OK) {
-        S3XmlSpan all = {text, strlen(text)};
+        AwsXmlSpan all = {text, strlen(text)};
         if (status != 200) {
-            char *code = s3_xml_get(all, "Code");
+            char *code = aws_xml_get(all, "Code");
             rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
                          "sts AssumeRoleWithWebIdentity for role %s failed: http %ld %s", role,
                          status, code ? code : "");
@@ -314,14 +297,14 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
             free(code);
             rc = RT_ERR;
         } else {
-            out->access_key = s3_xml_get(all, "AccessKeyId");
-            out->secret_key = s3_xml_get(all, "SecretAccessKey");
-            out->token = s3_xml_get(all, "SessionToken");
-            char *exp = s3_xml_get(all, "Expiration");
-            out->expires = s3_parse_iso8601(exp);
+            out->access_key = aws_xml_get(all, "AccessKeyId");
+            out->secret_key = aws_xml_get(all, "SecretAccessKey");
+            out->token = aws_xml_get(all, "SessionToken");
+            char *exp = aws_xml_get(all, "Expiration");
+            out->expires = rt_iso8601_epoch(exp);
             free(exp);
             if (!out->access_key || !out->secret_key) {
-                s3_creds_clear(out);
+                aws_creds_clear(out);
                 rc = rt_error_set(err, RT_CLASS_CONFIG, "s3.credentials",
                                   "sts answered without credentials for role %s", role);
             } else
@@ -334,7 +317,7 @@ static int fetch_web_identity(const char *region, S3Creds *out, RtError *err)
     return rc;
 }
 
-static int fetch_container(S3Creds *out, RtError *err)
+static int fetch_container(AwsCreds *out, RtError *err)
 {
     SBuf url = {0}, auth = {0};
     const char *rel = env_nonempty("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
@@ -373,7 +356,7 @@ static int fetch_container(S3Creds *out, RtError *err)
     return rc;
 }
 
-static int fetch_imds(S3Creds *out, RtError *err)
+static int fetch_imds(AwsCreds *out, RtError *err)
 {
     const char *ep = env_nonempty("AWS_EC2_METADATA_SERVICE_ENDPOINT");
     if (!ep) ep = "http://169.254.169.254";
@@ -440,7 +423,7 @@ static const char *kind_name(SrcKind k)
     return "?";
 }
 
-static int fetch(S3CredsProvider *p, SrcKind k, S3Creds *out, RtError *err)
+static int fetch(AwsCredsProvider *p, SrcKind k, AwsCreds *out, RtError *err)
 {
     memset(out, 0, sizeof *out);
     int rc = RT_ERR;
@@ -489,9 +472,9 @@ static int fetch(S3CredsProvider *p, SrcKind k, S3Creds *out, RtError *err)
     return rc;
 }
 
-S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *err)
+AwsCredsProvider *aws_creds_new(const char *profile, const char *region, RtError *err)
 {
-    S3CredsProvider *p = calloc(1, sizeof *p);
+    AwsCredsProvider *p = calloc(1, sizeof *p);
     if (!p) {
         rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
         return NULL;
@@ -527,7 +510,7 @@ S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *
         if (e.set && (order[i] == SRC_WEB || order[i] == SRC_CONTAINER)) {
             /* A configured source that fails is the answer, not a reason to fall through. */
             rt_error_copy(err, &e);
-            s3_creds_free(p);
+            aws_creds_free(p);
             return NULL;
         }
         if (e.set) rt_error_copy(&last, &e);
@@ -539,36 +522,36 @@ S3CredsProvider *s3_creds_new(const char *profile, const char *region, RtError *
         "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with ~/.aws/credentials, "
         "or run with an IAM role%s%s",
         last.set ? "; instance metadata: " : "", last.set ? last.message : "");
-    s3_creds_free(p);
+    aws_creds_free(p);
     return NULL;
 }
 
-void s3_creds_free(S3CredsProvider *p)
+void aws_creds_free(AwsCredsProvider *p)
 {
     if (!p) return;
-    s3_creds_clear(&p->cur);
+    aws_creds_clear(&p->cur);
     free(p->profile);
     free(p->region);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
-const char *s3_creds_source(S3CredsProvider *p)
+const char *aws_creds_source(AwsCredsProvider *p)
 {
     return kind_name(p->kind);
 }
 
-int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err)
+int aws_creds_get(AwsCredsProvider *p, bool force, AwsCreds *out, RtError *err)
 {
     memset(out, 0, sizeof *out);
     pthread_mutex_lock(&p->mu);
     double now = rt_now();
     if ((force && p->kind != SRC_ENV) || (p->cur.expires > 0 && p->cur.expires - now < 300)) {
-        S3Creds fresh;
+        AwsCreds fresh;
         RtError e;
         rt_error_init(&e);
         if (fetch(p, p->kind, &fresh, &e) == RT_OK) {
-            s3_creds_clear(&p->cur);
+            aws_creds_clear(&p->cur);
             p->cur = fresh;
         } else if (p->cur.expires > 0 && p->cur.expires <= now) {
             pthread_mutex_unlock(&p->mu);
@@ -590,7 +573,7 @@ int s3_creds_get(S3CredsProvider *p, bool force, S3Creds *out, RtError *err)
     memcpy(out->source, p->cur.source, sizeof out->source);
     pthread_mutex_unlock(&p->mu);
     if (!out->access_key || !out->secret_key) {
-        s3_creds_clear(out);
+        aws_creds_clear(out);
         return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
     }
     return RT_OK;

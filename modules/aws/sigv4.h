@@ -24,8 +24,8 @@
  *
  * Nothing here logs; the result holds the signature, which callers must never print.
  */
-#ifndef S3_SIGV4_H
-#define S3_SIGV4_H
+#ifndef AWS_SIGV4_H
+#define AWS_SIGV4_H
 
 #include <stdbool.h>
 #include <stddef.h>
