@@ -1,4 +1,4 @@
--- clubio.dr's helpers that need no server: URL parsing, the libpq environment for children, the
+-- clubio.dr's helpers that need no server (lua label): URL parsing, the libpq environment for children, the
 -- subscription's connection string (quoting), database swaps, identifiers, site-file edits.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"

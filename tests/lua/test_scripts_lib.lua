@@ -1,4 +1,4 @@
--- The shared Lua of the scripts, without the sandbox: clubio.sanitize (the order-preserving
+-- The shared Lua of the scripts, needing no server (lua label): clubio.sanitize (the order-preserving
 -- JSON reader/writer and the secret rules behind backup-configs) and clubio.job's journal
 -- reader (runs(): grouping, statuses, torn lines, project filter) used by daily-backup-failure.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
