@@ -88,4 +88,18 @@ T.case("a CLUBIO_DR_PATH folder without dr-site.lua, and a missing entry, are sk
   T.eq(#dr.load_site(require("clubio.dr_failback").steps(), dir, "dr-failback-site.lua"), 14, "but the failback's")
 end)
 
+T.case("write_env_file: one NAME='value' line replaced or added, other lines kept, 0600", function()
+  local dir = T.tmpdir()
+  local path = T.write(dir .. "/app.env", "# app\nexport DATABASE_URL=old\nOTHER=1\nDATABASE_URL=dup\n")
+  dr.write_env_file(path, "DATABASE_URL", "postgresql://a:it's@h/db")
+  T.eq(T.read(path), "# app\nDATABASE_URL='postgresql://a:it'\\''s@h/db'\nOTHER=1\n")
+  T.eq(require("proc").run{argv = {"stat", "-c", "%a", path}}.stdout, "600\n")
+  dr.write_env_file(dir .. "/new.env", "X", "1")
+  T.eq(T.read(dir .. "/new.env"), "X='1'\n")
+  local e = T.raises(dr.write_env_file, dir .. "/missing/app.env", "X", "1")
+  T.match(e.message, "^cannot replace .*/missing/app%.env: ")
+  T.eq(e.code, "dr.app_target")
+  T.eq(require("proc").run{argv = {"ls", "-A", dir}}.stdout, "app.env\nnew.env\n", "no temporary file left")
+end)
+
 return T.finish()

@@ -978,17 +978,10 @@ function M.write_env_file(path, name, value)
     f:close()
   end
   if not found then lines[#lines + 1] = name .. "='" .. value:gsub("'", "'\\''") .. "'" end
-  local tmp = path .. ".tmp-" .. math.random(1, 1 << 30)
-  proc.run{argv = {"install", "-m", "600", "/dev/null", tmp}, check = true}
-  local w, err = io.open(tmp, "w")
-  if not w then clubio.fail{message = "cannot write " .. tmp .. ": " .. tostring(err), code = "dr.app_target"} end
-  w:write(table.concat(lines, "\n"), "\n")
-  w:close()
-  local ok, rerr = os.rename(tmp, path)
+  local ok, werr = pcall(require("pipe").write_file, path, table.concat(lines, "\n") .. "\n", {overwrite = true})
   if not ok then
-    os.remove(tmp)
-    clubio.fail{message = "cannot replace " .. path .. ": " .. tostring(rerr), code = "dr.app_target",
-                hint = "check the folder's permissions"}
+    clubio.fail{message = "cannot replace " .. path .. ": " .. (type(werr) == "table" and werr.message or tostring(werr)),
+                code = "dr.app_target", hint = "check the folder's permissions"}
   end
 end
 
