@@ -22,6 +22,28 @@ T.case("parse_url: percent-decoded parts and parameters", function()
   T.match(e.message, "not a postgres:// connection URL")
 end)
 
+T.case("connection URLs are parsed by libpq: host lists, IPv6, bad URLs refused without quoting them", function()
+  local pgurl = require "clubio.pgurl"
+  local u = pgurl.parse("postgresql://u:pw@[2001:db8::1]:6432,h2:7000/d?target_session_attrs=read-write")
+  T.eq(u.host, "2001:db8::1,h2")
+  T.eq(u.port, "6432,7000")
+  T.eq(u.params.target_session_attrs, "read-write")
+  for _, bad in ipairs{"postgresql://u:s3cr%zzet@h/d", "postgresql://u:s3cret@h/d?nosuchparam=1",
+                       "postgresql://u:s3cret@h/d?sslmode"} do
+    local e = T.raises(pgurl.parse, bad)
+    T.eq(e.code, "usage.url", bad)
+    T.match(e.message, "^not a valid connection URL: ", bad)
+    T.no_match(e.message, "s3cr", bad)
+  end
+  T.eq(pgurl.with_database("postgres://u@h", "x y"), "postgres://u@h/x%20y")
+  T.eq(pgurl.parse(pgurl.with_database("postgres://u@h:1/a?sslmode=disable", "x y")).database, "x y")
+  local d = pgurl.describe("postgresql://app%40x:pw@db:6543/my%20db?sslmode=require")
+  T.eq(d.display, "app@x@db:6543/my db")
+  T.eq(d.port, 6543)
+  T.eq(pgurl.describe("postgresql://h/db").display, "postgresql://h/db")
+  T.no_match(pgurl.describe("postgresql://u:pw@h/d?bad=1").display, "pw")
+end)
+
 T.case("libpq_env: the password in PGPASSWORD, parameters mapped", function()
   local e = dr.libpq_env(URL)
   T.eq(e.PGPASSWORD, "p'w\\d:q")
