@@ -7,7 +7,7 @@ return function(M)
 
   -- ---- pluggable targets -------------------------------------------------------------------
 
-  -- Writes NAME='value' into an env file atomically (a 0600 file beside it, then rename), keeping
+  -- Writes NAME='value' into an env file atomically (pipe.write_file: a 0600 file beside it, then rename), keeping
   -- its other lines.
   function M.write_env_file(path, name, value)
     local lines, found = {}, false
