@@ -155,6 +155,23 @@ static int l_file_sink(lua_State *L)
     return 1;
 }
 
+/* pipe.write_file(path, data [, {overwrite = true}]) -> path: the file sink without a pipe, for
+ * small files written whole (a 0600 temp file beside path, fsync, rename; nothing on failure). */
+static int l_write_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    static const char *const allowed[] = {"overwrite", NULL};
+    rt_lua_check_options(L, 3, "pipe.write_file", allowed);
+    RtError err;
+    rt_error_init(&err);
+    if (rt_write_file(path, data, len, rt_lua_opt_boolean(L, 3, "overwrite", false), &err) != RT_OK)
+        return rt_lua_raise(L, &err);
+    lua_pushvalue(L, 1);
+    return 1;
+}
+
 static int l_stdout(lua_State *L)
 {
     rt_lua_check_options(L, 1, "pipe.stdout", LABEL_ONLY);
@@ -313,6 +330,7 @@ int luaopen_pipe(lua_State *L)
                                  {"stdin", l_stdin},
                                  {"string", l_string},
                                  {"file_sink", l_file_sink},
+                                 {"write_file", l_write_file},
                                  {"stdout", l_stdout},
                                  {"buffer", l_buffer},
                                  {"count", l_count},

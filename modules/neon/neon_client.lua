@@ -1,7 +1,7 @@
 -- The Neon API v2 client's operations, over the C core's request primitive (neon.c): names,
 -- pagination, waiting for operations, and the errors users read. Embedded into the binary by
--- neon_lua.c (neon_client_lua.h is generated from this file by modules/neon/embed.py; the Lua
--- test checks both agree). Receives the C helpers and cjson.
+-- neon_lua.c (the build generates neon_client_lua.h from this file with modules/neon/embed.cmake).
+-- Receives the C helpers and cjson.
 local C, cjson = ...
 local time = require "time"
 

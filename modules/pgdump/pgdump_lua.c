@@ -7,11 +7,13 @@
  *   pipe.run{pipe.file("db.sql"), pgdump.restore{url = target, jobs = 2}}
  *   local db <close> = pgdump.connect(url)
  *   for _, row in ipairs(db:query("SELECT id, name FROM users WHERE id > $1", {10})) do ... end
+ *   local o = pgdump.conninfo_parse(url)  -- {host = ..., dbname = ..., sslmode = ...}, by libpq
  */
 #include "io/cancel.h"
 #include "lua_api.h"
 #include "pgdump.h"
 
+#include <libpq-fe.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,9 +46,9 @@ static int jobs_opt(lua_State *L, int idx, const char *what)
  * split_bytes=, row_digests=false, snapshot=} */
 static int l_dump(lua_State *L)
 {
-    static const char *const allowed[] = {"url",           "jobs",        "label",       "pg_dump",
-                                          "large_objects", "split_bytes", "row_digests", "snapshot",
-                                          NULL};
+    static const char *const allowed[] = {"url",         "jobs",          "label",
+                                          "pg_dump",     "large_objects", "split_bytes",
+                                          "row_digests", "snapshot",      NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.dump", allowed);
     PgDumpOptions o = {0};
@@ -268,6 +270,43 @@ static int l_tostring(lua_State *L)
     return 1;
 }
 
+/* pgdump.conninfo_parse(s) -> {keyword = value} for the options a postgres URL or keyword/value
+ * string sets (libpq's own parser, PQconninfoParse: percent-decoding, IPv6 hosts, parameters;
+ * no defaults filled in). A malformed string is a usage error; libpq's quotes of the input are
+ * left out of it, as they may hold a password. */
+static int l_conninfo_parse(lua_State *L)
+{
+    const char *s = luaL_checkstring(L, 1);
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(s, &msg);
+    if (!opts) {
+        char why[256] = "out of memory";
+        if (msg) {
+            size_t n = 0;
+            bool quoted = false;
+            for (const char *p = msg; *p && *p != '\n' && n + 6 < sizeof why; p++) {
+                if (*p == '"' && (quoted = !quoted))
+                    n += (size_t)snprintf(why + n, sizeof why - n, "\"...");
+                else if (!quoted)
+                    why[n++] = *p;
+            }
+            why[n] = 0;
+            PQfreemem(msg);
+        }
+        return rt_lua_fail(L, RT_CLASS_USAGE, "usage.url",
+                           "use postgresql://user:password@host:port/database?sslmode=...",
+                           "not a valid connection URL: %s", why);
+    }
+    lua_newtable(L);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val) continue;
+        lua_pushstring(L, o->val);
+        lua_setfield(L, -2, o->keyword);
+    }
+    PQconninfoFree(opts);
+    return 1;
+}
+
 int luaopen_pgdump(lua_State *L)
 {
     static const luaL_Reg methods[] = {
@@ -279,8 +318,11 @@ int luaopen_pgdump(lua_State *L)
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    static const luaL_Reg funcs[] = {
-        {"dump", l_dump}, {"restore", l_restore}, {"connect", l_connect}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"dump", l_dump},
+                                     {"restore", l_restore},
+                                     {"connect", l_connect},
+                                     {"conninfo_parse", l_conninfo_parse},
+                                     {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;
 }

@@ -365,6 +365,17 @@ fail:
     return NULL;
 }
 
+int rt_write_file(const char *path, const void *data, size_t len, bool overwrite, RtError *err)
+{
+    RtSink *k = rt_file_sink(path, overwrite, err);
+    if (!k) return RT_ERR;
+    int rc = k->write(k->self, data, len, err);
+    if (rc == RT_OK) rc = k->finish(k->self, err);
+    if (rc != RT_OK) k->abort(k->self);
+    rt_sink_free(k);
+    return rc;
+}
+
 RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
 {
     FileSink *s = calloc(1, sizeof *s);

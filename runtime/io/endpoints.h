@@ -21,6 +21,9 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err);
  * character device or FIFO (/dev/null, a named pipe) is written in place, with or without
  * `overwrite`; a block device only with `overwrite`; a directory is refused. */
 RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err);
+/* Writes data[0..len) to `path` through the atomic file sink (write, finish; abort on failure):
+ * the whole file or, after an error, nothing new under `path`. */
+int rt_write_file(const char *path, const void *data, size_t len, bool overwrite, RtError *err);
 /* An open descriptor (stdout); finish flushes, the sink does not close it. */
 RtSink *rt_fd_sink(int fd, const char *name, RtError *err);
 /* Collects bytes in memory up to `limit` bytes (beyond that: error "memory sink full").

@@ -13,12 +13,7 @@ local f = F.new("fb")
 local password = require("clubio.dr").parse_url(f.dr_url).password
 local fb_slot = "clubio_drfb_" .. f.db
 
-local function read(path)
-  local fh = assert(io.open(path, "r"))
-  local s = fh:read("a")
-  fh:close()
-  return s
-end
+local read = T.read
 local function n(conn, sql, params) return tonumber(conn:query(sql, params)[1].n) end
 local function ids(path)
   local out, fh = {}, io.open(path, "r")

@@ -28,13 +28,7 @@ local fh = assert(io.open(SCHED.CLUBIO_DR_SCHEDULE, "w"))
 fh:write('return {scripts = "all", jobs = {["dr-health"] = {retries = 0}}}\n')
 fh:close()
 
-local function read(path)
-  local h = io.open(path, "r")
-  if not h then return "" end
-  local s = h:read("a")
-  h:close()
-  return s
-end
+local function read(path) return T.read(path) or "" end
 local function alerts()
   local out = {}
   for line in read(hook_log):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(cjson.decode(line).body) end

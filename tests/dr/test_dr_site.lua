@@ -6,12 +6,7 @@ local T = require "testing"
 local F = require "dr_fixture"
 
 local f = F.new("site")
-local function write(path, text)
-  local fh = assert(io.open(path, "w"))
-  fh:write(text)
-  fh:close()
-  return path
-end
+local write = T.write
 local function subscribed()
   local d <close> = f:dr()
   return d:query("SELECT count(*) AS n FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())")[1].n == "1"

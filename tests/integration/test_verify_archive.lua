@@ -11,14 +11,7 @@ local PASS = secret.value("archive-test-passphrase-1")
 local OTHER = secret.value("some-other-passphrase-2")
 local dir = T.tmpdir()
 
-local function pg_env(db)
-  return {PGHOST = "127.0.0.1", PGPORT = env.get("SANDBOX_PG_PORT"), PGUSER = "postgres",
-          PGDATABASE = db or "postgres", PGPASSWORD = env.get("SANDBOX_PG_ADMIN_PW")}
-end
-local function psql(db, sql)
-  local r = proc.run{argv = {"psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql}, env = pg_env(db)}
-  if r.status ~= 0 then error("psql failed: " .. r.stderr) end
-end
+local pg_env, psql = T.pg_env, T.psql
 
 local DB = "verify_archive_test"
 psql("postgres", "DROP DATABASE IF EXISTS " .. DB)
@@ -46,8 +39,7 @@ local function make_archive(path, opts)
   return r
 end
 
-local function read(p) local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close(); return s end
-local function write(p, s) local f = assert(io.open(p, "wb")); f:write(s); f:close() end
+local read, write = T.read, T.write
 
 local good = dir .. "/good.sql.gz.enc"
 make_archive(good)

@@ -8,16 +8,7 @@ local proc = require "proc"
 local env = require "env"
 local verify = require "verify"
 
-local function pg_env(db)
-  return {PGHOST = "127.0.0.1", PGPORT = env.get("SANDBOX_PG_PORT"), PGUSER = "postgres",
-          PGDATABASE = db or "postgres", PGPASSWORD = env.get("SANDBOX_PG_ADMIN_PW")}
-end
-
-local function psql(db, sql)
-  local r = proc.run{argv = {"psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql}, env = pg_env(db)}
-  if r.status ~= 0 then error("psql failed: " .. r.stderr) end
-  return r.stdout
-end
+local pg_env, psql = T.pg_env, T.psql
 
 local DB = "verify_scan_test"
 psql("postgres", "DROP DATABASE IF EXISTS " .. DB)

@@ -102,6 +102,23 @@ T.case("pipes: a failing command leaves no output file", function()
   os.remove(dir)
 end)
 
+T.case("pipe.write_file: whole or nothing, 0600, replaces only with overwrite", function()
+  local dir = T.tmpdir()
+  local path = dir .. "/f.env"
+  T.eq(pipe.write_file(path, "A='1'\n"), path)
+  T.eq(T.read(path), "A='1'\n")
+  T.eq(proc.run{argv = {"stat", "-c", "%a", path}}.stdout, "600\n")
+  T.match(T.raises(pipe.write_file, path, "B").message, "already exists")
+  T.eq(T.read(path), "A='1'\n", "kept")
+  pipe.write_file(path, "B", {overwrite = true})
+  T.eq(T.read(path), "B")
+  T.match(T.raises(pipe.write_file, dir .. "/missing/f", "x").message, "cannot create a file in")
+  T.match(T.raises(pipe.write_file, path, "x", {overwrit = true}).message, "unknown option 'overwrit'")
+  T.eq(proc.run{argv = {"ls", "-A", dir}}.stdout, "f.env\n", "no temporary file left")
+  os.remove(path)
+  os.remove(dir)
+end)
+
 T.case("proc.run: argv, env, stdin, exit status", function()
   local r = proc.run{argv = {"sh", "-c", 'printf "%s" "$FOO"; cat; exit 3'}, env = {FOO = "bar "}, stdin = "in"}
   T.eq(r.status, 3)

@@ -59,6 +59,40 @@ function M.tmpdir()
   return d
 end
 
+-- A file's bytes, or nil when it does not exist.
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Writes text to path (replacing it); returns path.
+function M.write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- The libpq environment for the sandbox's PostgreSQL as its superuser (the password in
+-- PGPASSWORD, never argv), on database db ("postgres" by default).
+function M.pg_env(db)
+  local env = require "env"
+  return {PGHOST = "127.0.0.1", PGPORT = env.get("SANDBOX_PG_PORT"), PGUSER = "postgres",
+          PGDATABASE = db or "postgres", PGPASSWORD = env.get("SANDBOX_PG_ADMIN_PW")}
+end
+
+-- Runs sql through the stock psql on the sandbox's database db; returns its unaligned output,
+-- raises with psql's stderr when it fails.
+function M.psql(db, sql)
+  local r = require("proc").run{argv = {"psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql},
+                                env = M.pg_env(db)}
+  if r.status ~= 0 then error("psql failed: " .. r.stderr) end
+  return r.stdout
+end
+
 function M.finish()
   print(string.format("%d passed, %d failed", passed, failed))
   return failed == 0 and 0 or 1

@@ -215,11 +215,4 @@ T.case("423 Locked and 429 Too Many Requests are retried (Retry-After honoured)"
   T.ok(#n:operations() > 0, "operations listed")
 end)
 
-T.case("the embedded client is the checked-in neon_client.lua", function()
-  local f = assert(io.open(os.getenv("CLUBIO_DR_TEST_DIR") .. "/../modules/neon/neon_client.lua"))
-  local src = f:read("a")
-  f:close()
-  T.ok(src == neon._source, "run modules/neon/embed.py after editing neon_client.lua")
-end)
-
 return T.finish()

@@ -14,4 +14,4 @@ set_tests_properties(neon_neonctl PROPERTIES LABELS "integration;e2e")
 # checked too.
 clubio_sandbox_test(neon_contract integration $<TARGET_FILE:clubio-dr> run ${CMAKE_CURRENT_LIST_DIR}/test_neon_contract.lua)
 set_tests_properties(neon_contract PROPERTIES LABELS "integration;e2e" RESOURCE_LOCK dr_replication TIMEOUT 1800
-  DEPENDS "neon_client;neon_neonctl;integration_test_scripts_neon;scripts_test_data_corruption;scripts_test_daily_backup_failure;verify_test_restore_neon;dr_test_dr_aws;dr_test_dr_failover;dr_test_dr_lib;dr_test_dr_restore;dr_test_dr_site;dr_test_dr_test")
+  DEPENDS "neon_client;neon_neonctl;integration_test_scripts_neon;scripts_test_data_corruption;scripts_test_daily_backup_failure;verify_test_restore_neon;dr_test_dr_aws;dr_test_dr_failover;dr_test_dr_restore;dr_test_dr_site;dr_test_dr_test")

@@ -15,10 +15,7 @@ local admin = pgdump.connect(ADMIN)
 local tmp = T.tmpdir()
 
 local function url(db) return BASE .. "/" .. db end
-local function pg_env(db)
-  return {PGHOST = "127.0.0.1", PGPORT = env.get("SANDBOX_PG_PORT"), PGUSER = "postgres",
-          PGDATABASE = db, PGPASSWORD = env.get("SANDBOX_PG_ADMIN_PW")}
-end
+local pg_env = T.pg_env
 local function fresh(db)
   admin:query('DROP DATABASE IF EXISTS "' .. db .. '" WITH (FORCE)')
   admin:query('CREATE DATABASE "' .. db .. '"')

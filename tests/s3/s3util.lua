@@ -27,18 +27,7 @@ function M.random_file(dir, name, n)
   return path
 end
 
-function M.read(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-function M.write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+M.read, M.write = T.read, T.write
 
 function M.aws(args)
   return "/usr/bin/aws --endpoint-url " .. M.q(os.getenv("AWS_ENDPOINT_URL")) .. " " .. args

@@ -35,19 +35,8 @@ function M.closed_port()
   return r.stdout:match("%d+")
 end
 
-function M.write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-function M.read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local T = require "testing"
+M.write, M.read = T.write, T.read
 
 -- A neon-local project of the test's own (TEST-ONLY endpoint of neon-local), so branches,
 -- defaults and backups of one test never meet another's. Returns the project id.

@@ -218,13 +218,8 @@ function M.past_time(text, label)
   return t
 end
 
--- The parts of a postgres URL that may be shown (never the password).
-function M.describe_url(url)
-  local user, host, port, db = url:match("^postgres[q]?[l]?://([^:@/]*)[^@/]*@([^:/?]+):?(%d*)/([^?]*)")
-  if not host then return {display = log.redact(url)} end
-  return {user = user, host = host, port = tonumber(port) or 5432, database = db,
-          display = string.format("%s@%s:%s/%s", user, host, port ~= "" and port or "5432", db)}
-end
+-- The parts of a postgres URL that may be shown (never the password): clubio.pgurl.describe.
+function M.describe_url(url) return require("clubio.pgurl").describe(url) end
 
 function M.bytes(n)
   local units = {"B", "KiB", "MiB", "GiB", "TiB"}

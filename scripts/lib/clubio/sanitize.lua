@@ -91,8 +91,21 @@ function M.decode(src, name)
     else
       local lit = src:match("^true", pos) or src:match("^false", pos) or src:match("^null", pos)
       if lit then pos = pos + #lit; return {t = "raw", raw = lit} end
-      local num = src:match("^-?%d+%.?%d*[eE]?[-+]?%d*", pos)
-      if num and num ~= "-" and tonumber(num) then pos = pos + #num; return {t = "raw", raw = num, number = true} end
+      -- JSON's number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][-+]?[0-9]+)? (no 01, 1., .5 or +1)
+      local int = src:match("^-?0", pos) or src:match("^-?[1-9]%d*", pos)
+      if int then
+        local e = pos + #int
+        local frac = src:match("^%.%d+", e)
+        if frac then e = e + #frac end
+        local exp = src:match("^[eE][-+]?%d+", e)
+        if exp then e = e + #exp end
+        if not src:find("^[%.eE]", e) then
+          local num = src:sub(pos, e - 1)
+          pos = e
+          return {t = "raw", raw = num, number = true}
+        end
+        decode_error(src, name, e, "a malformed number")
+      end
       decode_error(src, name, pos, pos > #src and "unexpected end of input" or ("unexpected '" .. c .. "'"))
     end
   end

@@ -77,12 +77,7 @@ return function(M)
     return table.concat(out)
   end
 
-  local function random_hex(n)
-    local f = assert(io.open("/dev/urandom", "rb"))
-    local b = f:read(n)
-    f:close()
-    return (b:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-  end
+  local random_hex = require("crypto").random_hex
 
   local function copy_without_hmac(m)
     local c = {}

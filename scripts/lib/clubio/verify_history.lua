@@ -71,12 +71,7 @@ return function(M)
     return {bucket = h.bucket, prefix = prefix, client = h.client}
   end
 
-  local function rand_hex(n)
-    local f = io.open("/dev/urandom", "rb")
-    local b = f and f:read(n) or tostring(math.random(1 << 30))
-    if f then f:close() end
-    return (b:gsub(".", function(c) return string.format("%02x", c:byte()) end))
-  end
+  local rand_hex = require("crypto").random_hex
   M._rand_hex = rand_hex
 
   local function append_line(path, line)

@@ -32,12 +32,13 @@ return function(M)
 
   -- url with its database replaced by db (the query string is kept).
   local function with_database(url, db)
-    local pre, rest = url:match("^(postgres[a-z]*://[^/?#]*)(.*)$")
-    if not pre then
-      usage("verify.restore_test: server_url must be a postgresql:// URL",
+    local ok, u = pcall(require("clubio.pgurl").with_database, url, db)
+    if not ok then
+      usage("verify.restore_test: server_url must be a postgresql:// URL" ..
+              (clubio.is_error(u) and u.message ~= "not a postgres:// connection URL" and " (" .. u.message .. ")" or ""),
             "e.g. postgresql://postgres@db.example.com:5432/postgres (password in the URL or PGPASSWORD)")
     end
-    return pre .. "/" .. db .. (rest:match("(%?.*)$") or "")
+    return u
   end
   M._with_database = with_database
 

@@ -1,4 +1,4 @@
--- clubio.dr's helpers that need no server: URL parsing, the libpq environment for children, the
+-- clubio.dr's helpers that need no server (lua label): URL parsing, the libpq environment for children, the
 -- subscription's connection string (quoting), database swaps, identifiers, site-file edits.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
@@ -20,6 +20,28 @@ T.case("parse_url: percent-decoded parts and parameters", function()
   T.eq(v.password, nil)
   local e = T.raises(dr.parse_url, "mysql://x")
   T.match(e.message, "not a postgres:// connection URL")
+end)
+
+T.case("connection URLs are parsed by libpq: host lists, IPv6, bad URLs refused without quoting them", function()
+  local pgurl = require "clubio.pgurl"
+  local u = pgurl.parse("postgresql://u:pw@[2001:db8::1]:6432,h2:7000/d?target_session_attrs=read-write")
+  T.eq(u.host, "2001:db8::1,h2")
+  T.eq(u.port, "6432,7000")
+  T.eq(u.params.target_session_attrs, "read-write")
+  for _, bad in ipairs{"postgresql://u:s3cr%zzet@h/d", "postgresql://u:s3cret@h/d?nosuchparam=1",
+                       "postgresql://u:s3cret@h/d?sslmode"} do
+    local e = T.raises(pgurl.parse, bad)
+    T.eq(e.code, "usage.url", bad)
+    T.match(e.message, "^not a valid connection URL: ", bad)
+    T.no_match(e.message, "s3cr", bad)
+  end
+  T.eq(pgurl.with_database("postgres://u@h", "x y"), "postgres://u@h/x%20y")
+  T.eq(pgurl.parse(pgurl.with_database("postgres://u@h:1/a?sslmode=disable", "x y")).database, "x y")
+  local d = pgurl.describe("postgresql://app%40x:pw@db:6543/my%20db?sslmode=require")
+  T.eq(d.display, "app@x@db:6543/my db")
+  T.eq(d.port, 6543)
+  T.eq(pgurl.describe("postgresql://h/db").display, "postgresql://h/db")
+  T.no_match(pgurl.describe("postgresql://u:pw@h/d?bad=1").display, "pw")
 end)
 
 T.case("libpq_env: the password in PGPASSWORD, parameters mapped", function()
@@ -86,6 +108,20 @@ T.case("a CLUBIO_DR_PATH folder without dr-site.lua, and a missing entry, are sk
   fh:close()
   T.eq(#dr.load_site(dr.steps(), dir), 9, "a failback site file is not the failover's")
   T.eq(#dr.load_site(require("clubio.dr_failback").steps(), dir, "dr-failback-site.lua"), 14, "but the failback's")
+end)
+
+T.case("write_env_file: one NAME='value' line replaced or added, other lines kept, 0600", function()
+  local dir = T.tmpdir()
+  local path = T.write(dir .. "/app.env", "# app\nexport DATABASE_URL=old\nOTHER=1\nDATABASE_URL=dup\n")
+  dr.write_env_file(path, "DATABASE_URL", "postgresql://a:it's@h/db")
+  T.eq(T.read(path), "# app\nDATABASE_URL='postgresql://a:it'\\''s@h/db'\nOTHER=1\n")
+  T.eq(require("proc").run{argv = {"stat", "-c", "%a", path}}.stdout, "600\n")
+  dr.write_env_file(dir .. "/new.env", "X", "1")
+  T.eq(T.read(dir .. "/new.env"), "X='1'\n")
+  local e = T.raises(dr.write_env_file, dir .. "/missing/app.env", "X", "1")
+  T.match(e.message, "^cannot replace .*/missing/app%.env: ")
+  T.eq(e.code, "dr.app_target")
+  T.eq(require("proc").run{argv = {"ls", "-A", dir}}.stdout, "app.env\nnew.env\n", "no temporary file left")
 end)
 
 return T.finish()

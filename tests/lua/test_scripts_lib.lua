@@ -1,4 +1,4 @@
--- The shared Lua of the scripts, without the sandbox: clubio.sanitize (the order-preserving
+-- The shared Lua of the scripts, needing no server (lua label): clubio.sanitize (the order-preserving
 -- JSON reader/writer and the secret rules behind backup-configs) and clubio.job's journal
 -- reader (runs(): grouping, statuses, torn lines, project filter) used by daily-backup-failure.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
@@ -22,6 +22,15 @@ T.case("sanitize: bad JSON is a config error naming the file and line", function
     local e = T.raises(S.decode, bad, "conf/f.json")
     T.eq(e.class, "config", bad)
     T.match(e.message, "^conf/f%.json is not valid JSON: .* at line %d+$")
+  end
+  -- JSON's number grammar: no leading zeros, no bare or trailing points, no empty exponent
+  for _, bad in ipairs{'[01]', '[1.]', '[-01]', '[.5]', '[+1]', '[1e]', '[1e+]', '[-]', '[1.e5]', '[00]', '[1.5.2]'} do
+    local err = T.raises(S.decode, bad, "n.json")
+    T.eq(err.class, "config", bad)
+    T.match(err.message, "^n%.json is not valid JSON: ", bad)
+  end
+  for _, good in ipairs{'0', '-0', '10', '0.5', '-0.50', '1e10', '2E-3', '1.5e+2', '0e0', '123456789012345678901234567890'} do
+    T.eq(S.encode(S.decode("[" .. good .. "]")), "[\n  " .. good .. "\n]", good)
   end
   local e = T.raises(S.decode, '{\n "a": 1,\n\n "b": }', "f.json")
   T.match(e.message, "line 4")
