@@ -573,11 +573,10 @@ item("post-test", "write the report", function()
   proc.run{argv = {"mkdir", "-p", report_dir}, check = true}
   local json = log.redact(cjson.encode(report))
   for path, text in pairs{[base .. ".json"] = json .. "\n", [base .. ".md"] = log.redact(markdown())} do
-    local f, err = io.open(path .. ".tmp", "w")
-    if not f then clubio.fail{message = "cannot write " .. path .. ": " .. tostring(err), code = "dr.report"} end
-    f:write(text)
-    f:close()
-    os.rename(path .. ".tmp", path)
+    local ok, err = pcall(require("pipe").write_file, path, text, {overwrite = true})
+    if not ok then
+      clubio.fail{message = "cannot write " .. path .. ": " .. tostring(type(err) == "table" and err.message or err), code = "dr.report"}
+    end
   end
   return {summary = base .. ".md"}
 end)

@@ -55,11 +55,9 @@ local function self_bin()
   return r and r.status == 0 and (r.stdout:gsub("%s+$", "")) or "clubio-dr"
 end
 
--- url with its database replaced (keeps user, password, host, port and parameters)
+-- url with its database replaced (keeps user, password, host, port and parameters; libpq checks it)
 local function with_database(url, db)
-  local pre, rest = url:match("^(postgres[a-z]*://[^/]*)/?([^?]*)")
-  if not pre then fail("not a postgresql:// URL: " .. job.describe_url(url).display, "give a URL like postgresql://user@host:5432/postgres", "config", "config.env") end
-  return pre .. "/" .. db .. (url:match("(%?.*)$") or "")
+  return require("clubio.pgurl").with_database(url, db)
 end
 
 -- The permanent tables of user schemas (what a FOR ALL TABLES publication carries), qualified and
@@ -558,11 +556,8 @@ function M.run(o)
     report.report = {markdown = base .. ".md", json = base .. ".json"}
     local json = log.redact(cjson.encode(report))
     for path, text in pairs{[base .. ".json"] = json .. "\n", [base .. ".md"] = log.redact(markdown(report, stamp))} do
-      local f, err = io.open(path .. ".tmp", "w")
-      if not f then fail("cannot write " .. path .. ": " .. tostring(err), nil, "failure", "dr.report") end
-      f:write(text)
-      f:close()
-      os.rename(path .. ".tmp", path)
+      local ok, err = pcall(require("pipe").write_file, path, text, {overwrite = true})
+      if not ok then fail("cannot write " .. path .. ": " .. tostring(type(err) == "table" and err.message or err), nil, "failure", "dr.report") end
     end
     return {summary = base .. ".md"}
   end)
