@@ -10,8 +10,8 @@
 -- Its parts, one module each under clubio/schedule/: places (the state folder, our process,
 -- atomic writes), jobs (the jobs file and the scripts' headers), records (runs.jsonl, result
 -- files, what is due), locks, runner (attempts, retries, a run's record, alerts, metrics) and
--- service (a service job's supervisor). This module gathers what callers use; it logs, as its
--- parts do, through the host's `log` (stderr; JSON lines with --json).
+-- service (a service job's supervisor). This module gathers what callers use. The parts log
+-- through the host's `log` (stderr; JSON lines with --json).
 --
 -- State lives in CLUBIO_DR_STATE_DIR, else $XDG_STATE_HOME/clubio-dr, else
 -- ~/.local/state/clubio-dr: runs.jsonl (one JSON object per finished run), locks/NAME.lock and

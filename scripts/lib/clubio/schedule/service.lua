@@ -11,6 +11,7 @@ local clubio, log, time, proc = require "clubio", require "log", require "time",
 local P = require "clubio.schedule.places"
 local R = require "clubio.schedule.records"
 local L = require "clubio.schedule.locks"
+local Run = require "clubio.schedule.runner"
 local fail, read_file, mkdir_p = P.fail, P.read_file, P.mkdir_p
 local last_json_object, status_of = R.last_json_object, R.status_of
 
@@ -166,7 +167,7 @@ function M.supervise(job, opts)
         send_event(job, service_event(job, rec, recent, "failure"))
         alerted = true
       end
-      require("clubio.schedule.runner").write_metrics(job)
+      Run.write_metrics(job)
       if not nap_until(delay, stopping) then return end
       delay = math.min(delay * 2, job.restart_max_delay)
     end
