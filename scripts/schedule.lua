@@ -2,7 +2,7 @@
 --
 -- usage: clubio-dr schedule [--list [--json] | --once | --run JOB | --service JOB] [--dry-run]
 --
--- clubio-dr schedule                 run due jobs as they fall due (UTC), logging to stdout,
+-- clubio-dr schedule                 run due jobs as they fall due (UTC), logging to stderr,
 --                                    until SIGTERM/SIGINT
 -- clubio-dr schedule --list [--json] each job: schedule, next run (UTC), last run
 -- clubio-dr schedule --once          run what is due now, then exit (1 if a job failed)
@@ -44,28 +44,6 @@ end
 if args["--list"] then mode = "list" elseif args["--once"] then mode = "once"
 elseif args["--run"] then mode = "run" elseif args["--service"] then mode = "service" end
 local json = clubio.flags.json
-
--- The scheduler logs to stdout (one line per event; JSON lines with --json), like a service.
-S.output = function(level, msg, fields)
-  if level == "debug" and log.level() ~= "debug" then return end
-  local ts = time.iso(time.now())
-  local line
-  if json then
-    local o = {ts = ts, level = level, msg = msg}
-    for k, v in pairs(fields or {}) do if o[k] == nil then o[k] = v end end
-    line = cjson.encode(o)
-  else
-    local parts = {}
-    for k, v in pairs(fields or {}) do
-      if type(v) ~= "table" then parts[#parts + 1] = k .. "=" .. tostring(v) end
-    end
-    table.sort(parts)
-    line = string.format("%s %-5s %s%s", ts, level, msg, #parts > 0 and (" " .. table.concat(parts, " ")) or "")
-  end
-  io.stdout:write(log.redact(line), "\n")
-  io.stdout:flush()
-end
-local say = S.output
 
 local function due_jobs(jobs, now)
   if not clubio.flags.dry_run then S.sweep() end
@@ -152,7 +130,7 @@ local function run_list(list, trigger)
   local failed = 0
   for _, d in ipairs(list) do
     if clubio.flags.dry_run then
-      say("info", "would run " .. d.job.name, {job = d.job.name, scheduled = time.iso(d.at), script = d.job.script})
+      log.info("would run " .. d.job.name, {job = d.job.name, scheduled = time.iso(d.at), script = d.job.script})
     else
       local rec = S.run_job(d.job, {scheduled = d.at, trigger = trigger, due = trigger ~= "manual"})
       if rec.status ~= "ok" and rec.status ~= "skipped" then failed = failed + 1 end
@@ -173,7 +151,7 @@ end
 
 if mode == "once" then
   local list = due_jobs(S.load_jobs(), time.now())
-  if #list == 0 then say("info", "nothing is due") end
+  if #list == 0 then log.info("nothing is due") end
   local failed = run_list(list, "once")
   return failed > 0 and 1 or 0
 end
@@ -187,7 +165,7 @@ if mode == "service" then
                 hint = "give it service = true in the jobs file, or run it with --run " .. j.name}
   end
   if clubio.flags.dry_run then
-    say("info", "would supervise service " .. j.name, {job = j.name, script = j.script})
+    log.info("would supervise service " .. j.name, {job = j.name, script = j.script})
     return 0
   end
   local parent = tonumber(os.getenv("CLUBIO_DR_SCHEDULER_PID") or "")
@@ -199,16 +177,16 @@ end
 
 local jobs = S.load_jobs()
 local me = S.self()
-say("info", string.format("scheduler started: %d job%s", #jobs, #jobs == 1 and "" or "s"),
+log.info(string.format("scheduler started: %d job%s", #jobs, #jobs == 1 and "" or "s"),
     {pid = me.pid, host = me.host, state = S.state_dir()})
 local function announce()
   local now = time.now()
   for _, j in ipairs(jobs) do
     if j.service then
-      say("info", "job " .. j.name, {schedule = "service", script = j.script})
+      log.info("job " .. j.name, {schedule = "service", script = j.script})
     else
       local n = j.cron:next(now)
-      say("info", "job " .. j.name, {schedule = j.schedule, next = n and time.iso(n) or "never", script = j.script})
+      log.info("job " .. j.name, {schedule = j.schedule, next = n and time.iso(n) or "never", script = j.script})
     end
   end
 end
@@ -234,23 +212,23 @@ local function check_services()
       local s = supervisors[j.name]
       local st = s and s.child:poll()
       if st then
-        say("error", string.format("the supervisor of service %s ended (status %d); starting it again", j.name, st), {job = j.name})
+        log.error(string.format("the supervisor of service %s ended (status %d); starting it again", j.name, st), {job = j.name})
       end
       -- a supervisor that keeps ending (a broken jobs file, say) is started at most once a minute
       if (not s or st) and (not s or time.monotonic() - s.started >= 60) then
         local ok, child = pcall(proc.spawn, {argv = supervisor_argv(j), env = {CLUBIO_DR_SCHEDULER_PID = tostring(me.pid)}})
         if ok then
           supervisors[j.name] = {child = child, job = j, started = time.monotonic()}
-          say("debug", "supervisor started", {job = j.name, pid = child:pid()})
+          log.debug("supervisor started", {job = j.name, pid = child:pid()})
         else
-          say("error", "cannot start the supervisor of service " .. j.name .. ": " .. tostring(child), {job = j.name})
+          log.error("cannot start the supervisor of service " .. j.name .. ": " .. tostring(child), {job = j.name})
         end
       end
     end
   end
   for name, s in pairs(supervisors) do
     if not wanted[name] then
-      say("info", "service " .. name .. " is no longer in the jobs: stopping it", {job = name})
+      log.info("service " .. name .. " is no longer in the jobs: stopping it", {job = name})
       s.child:terminate(s.job.stop_timeout + 10)
       supervisors[name] = nil
     end
@@ -260,7 +238,7 @@ local function stop_services()
   for name, s in pairs(supervisors) do
     -- the supervisor stops its service (SIGTERM, then SIGKILL after stop_timeout) and records it
     local st = s.child:terminate(s.job.stop_timeout + 10)
-    say("info", string.format("service %s: supervisor ended (status %s)", name, tostring(st)), {job = name})
+    log.info(string.format("service %s: supervisor ended (status %s)", name, tostring(st)), {job = name})
     supervisors[name] = nil
   end
 end
@@ -272,11 +250,11 @@ local ok_loop, err_loop = pcall(function()
     if ok then
       jobs = fresh
     else
-      say("error", "jobs not reloaded (keeping the previous list): " .. tostring(fresh))
+      log.error("jobs not reloaded (keeping the previous list): " .. tostring(fresh))
     end
     check_services()
     local due = due_jobs(jobs, time.now())
-    if #due == 0 then say("debug", "nothing is due") end
+    if #due == 0 then log.debug("nothing is due") end
     for _, d in ipairs(due) do
       local key = d.job.name .. "@" .. d.at
       if not skipped[key] then

@@ -194,7 +194,7 @@ end)
 T.case("--once runs what is due, records it, and the second --once finds nothing due", function()
   local r = cli{"schedule", "--once", "--dry-run"}
   T.eq(r.status, 0, r.stderr)
-  T.match(r.stdout, "would run hello")
+  T.match(r.stderr, "would run hello")
   T.eq(#runs(), 0, "--dry-run records nothing")
   r = cli({"schedule", "--once"}, {CLUBIO_DR_SCHEDULE = D .. "/only-hello.conf"})
   -- (a jobs file with just hello, so that the test jobs above do not all run here)
@@ -202,8 +202,8 @@ T.case("--once runs what is due, records it, and the second --once finds nothing
   write(D .. "/only-hello.conf", "return {scripts = false, defaults = {grace = 400 * 86400}, jobs = {hello = {schedule = '0 0 1 1 *'}}}")
   r = cli({"schedule", "--once"}, {CLUBIO_DR_SCHEDULE = D .. "/only-hello.conf"})
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "starting hello")
-  T.match(r.stdout, "hello ok in")
+  T.match(r.stderr, "starting hello")
+  T.match(r.stderr, "hello ok in")
   T.eq(read(D .. "/hello.count"), "x")
   local rs = runs("hello")
   T.eq(#rs, 1)
@@ -215,7 +215,7 @@ T.case("--once runs what is due, records it, and the second --once finds nothing
   T.eq(rs[1].host, clubio.hostname())
   r = cli({"schedule", "--once"}, {CLUBIO_DR_SCHEDULE = D .. "/only-hello.conf"})
   T.eq(r.status, 0)
-  T.match(r.stdout, "nothing is due")
+  T.match(r.stderr, "nothing is due")
   T.eq(#runs("hello"), 1)
   T.eq(read(D .. "/hello.count"), "x")
 end)
@@ -232,7 +232,7 @@ T.case("two concurrent runs of one job: the second refuses while the first holds
   T.ok(not proc.lock(STATE .. "/locks/slow.lock"), "the lock is held")
   local r = cli{"schedule", "--run", "slow"}
   T.eq(r.status, 0, "a refused run is not a failure: " .. r.stdout .. r.stderr)
-  T.match(r.stdout, "skipped: locked by run " .. holder.run_id:gsub("%p", "%%%0") .. " %(pid " ..
+  T.match(r.stderr, "skipped: locked by run " .. holder.run_id:gsub("%p", "%%%0") .. " %(pid " ..
           math.tointeger(holder.pid) .. " on " .. clubio.hostname():gsub("%p", "%%%0"))
   write(D .. "/slow.release", "1")
   T.eq(wait_for(D .. "/slow.exit", "the first run to end"), "0\n")
@@ -268,7 +268,7 @@ T.case("a run left 'running' whose lock is free is recorded as interrupted; an o
   local held = assert(proc.lock(STATE .. "/locks/hello.lock"))
   r = cli{"schedule", "--run", "verify-hello"}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "skipped: locked by run live%-1 %(pid 7 on h, started now%)", "verify-hello shares hello's lock")
+  T.match(r.stderr, "skipped: locked by run live%-1 %(pid 7 on h, started now%)", "verify-hello shares hello's lock")
   T.eq(runs("hello")[#runs("hello")].status, "running")
   held:release()
   r = cli{"schedule", "--run", "hello"}
@@ -281,7 +281,7 @@ end)
 T.case("retries: a failing attempt is retried; a configuration error is not; a timeout is recorded", function()
   local r = cli{"schedule", "--run", "flaky"}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "attempt 1 of 3 failed %(flaky: first attempt fails%)")
+  T.match(r.stderr, "attempt 1 of 3 failed %(flaky: first attempt fails%)")
   local rs = runs("flaky")
   T.eq(rs[1].status, "ok")
   T.eq(#rs[1].attempts, 2)
@@ -297,7 +297,7 @@ T.case("retries: a failing attempt is retried; a configuration error is not; a t
   rs = runs("sleepy")
   T.eq(rs[1].status, "timeout")
   T.eq(rs[1].exit, 124)
-  T.match(r.stdout, "sleepy timeout %(exit 124%)")
+  T.match(r.stderr, "sleepy timeout %(exit 124%)")
 end)
 
 -- the webhook receiver

@@ -183,7 +183,7 @@ T.case("three --once started together, the job still running: it runs once, the 
   -- and for that fire time, nothing more
   local r = proc.run{argv = cmd(vars, {"schedule", "--once"})}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "nothing is due")
+  T.match(r.stderr, "nothing is due")
   T.eq(count(MARK .. "/hold.count"), 1)
 end)
 
@@ -254,10 +254,10 @@ T.case("a scheduler killed with SIGKILL while its job runs: the job is not start
   -- a new scheduler, and a manual run: neither starts it again, and the run stays "running"
   local r = proc.run{argv = cmd(vars, {"schedule", "--once"})}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "skipped: locked by run " .. first.run_id:gsub("%p", "%%%0"))
+  T.match(r.stderr, "skipped: locked by run " .. first.run_id:gsub("%p", "%%%0"))
   r = proc.run{argv = cmd(vars, {"schedule", "--run", "hold"})}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "skipped: locked by run ")
+  T.match(r.stderr, "skipped: locked by run ")
   r = proc.run{argv = cmd(vars, {"schedule", "--list", "--json"})}
   T.eq(r.status, 0, r.stderr)
   T.eq(count(MARK .. "/hold.count"), 1, "not started a second time")
@@ -271,7 +271,7 @@ T.case("a scheduler killed with SIGKILL while its job runs: the job is not start
   -- this fire time, which is not run a second time
   r = proc.run{argv = cmd(vars, {"schedule", "--once"})}
   T.eq(r.status, 0, r.stdout .. r.stderr)
-  T.match(r.stdout, "nothing is due")
+  T.match(r.stderr, "nothing is due")
   T.match(r.stderr, "recorded the outcome of a run whose scheduler stopped")
   local rs = runs_of(st, "hold")
   T.eq(rs[#rs].run_id, first.run_id)
