@@ -112,8 +112,11 @@ local function list_svc()
 end
 
 T.case("proc.spawn: runs while we go on; poll, wait with a limit, terminate with a grace, garbage collection", function()
-  local c = proc.spawn{argv = {"sh", "-c", 'echo "$X" > "$1"; exit 3', "sh", D .. "/spawned"}, env = {X = "from env"}}
+  -- the child waits for our go (a file), so that it is surely running when we ask its pid
+  local c = proc.spawn{argv = {"sh", "-c", 'while [ ! -e "$1.go" ]; do sleep 0.01; done; echo "$X" > "$1"; exit 3', "sh",
+                               D .. "/spawned"}, env = {X = "from env"}}
   T.ok(math.type(c:pid()) == "integer")
+  write(D .. "/spawned.go", "")
   T.eq(c:wait(60), 3)
   T.eq(c:poll(), 3, "the status stays")
   T.eq(c:pid(), nil, "reaped")
