@@ -177,16 +177,7 @@ if production then
 end
 
 -- One checklist item: a job step (journal, timings) and a line of the report.
-local function item(phase, name, fn, opts)
-  opts = opts or {}
-  local t0 = time.monotonic()
-  local ok, res = pcall(J.step, J, name, {plan = opts.plan, hint = opts.hint}, fn)
-  local entry = {phase = phase, item = name, ok = ok, seconds = time.monotonic() - t0}
-  if not ok then entry.error = log.redact(clubio.is_error(res) and res.message or tostring(res)) end
-  if ok and type(res) == "table" and res.summary then entry.detail = res.summary end
-  report.checklist[#report.checklist + 1] = entry
-  return ok, res
-end
+local item = require("clubio.dr_checks").checklist(J, report)
 
 local failed = false
 local tables, failure, fo_results

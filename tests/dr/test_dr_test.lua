@@ -9,6 +9,7 @@
 -- reaches the primary.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. os.getenv("CLUBIO_DR_TEST_DIR") .. "/dr/?.lua;" .. package.path
 local T = require "testing"
+local read, write = T.read, T.write
 local F = require "dr_fixture"
 local cjson, neon, env, proc, pgdump = require "cjson", require "neon", require "env", require "proc", require "pgdump"
 
@@ -16,19 +17,6 @@ local f = F.new("drt")
 local password = require("clubio.dr").parse_url(f.primary_url).password
 local nprimary = neon.client{project_id = env.get("NEON_PROJECT_ID_PRIMARY")}
 
-local function read(path)
-  local fh = io.open(path, "r")
-  if not fh then return nil end
-  local s = fh:read("a")
-  fh:close()
-  return s
-end
-local function write(path, text)
-  local fh = assert(io.open(path, "w"))
-  fh:write(text)
-  fh:close()
-  return path
-end
 
 -- everything a DR test could leave behind, as one comparable string
 local function traces()

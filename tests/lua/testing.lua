@@ -76,6 +76,17 @@ function M.write(path, text)
   return path
 end
 
+-- Waits (bounded: 2,400 tries 50 ms apart) for something another process does and returns
+-- pred's value; the bound is a hang guard, never a timing assertion.
+function M.wait_until(what, pred)
+  for _ = 1, 2400 do
+    local v = pred()
+    if v then return v end
+    require("time").sleep(0.05)
+  end
+  error("gave up waiting for " .. what, 2)
+end
+
 -- The libpq environment for the sandbox's PostgreSQL as its superuser (the password in
 -- PGPASSWORD, never argv), on database db ("postgres" by default).
 function M.pg_env(db)

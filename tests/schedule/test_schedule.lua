@@ -5,6 +5,7 @@
 -- text and textfile, and SIGTERM stopping the service and its running child.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
+local read, write = T.read, T.write
 local proc, env, cjson, time, clubio = require "proc", require "env", require "cjson", require "time", require "clubio"
 local S = require "clubio.schedule"
 local BIN = env.get("CLUBIO_DR_BIN")
@@ -14,18 +15,6 @@ local D = T.tmpdir()
 local SITE, STATE, PROM = D .. "/site", D .. "/state", D .. "/prom"
 proc.run{argv = {"mkdir", "-p", SITE .. "/scripts", STATE, PROM}, check = true}
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-local function read(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
 local function exists(path) return read(path) ~= nil end
 -- waits (bounded) for a file another process writes; the bound is a hang guard, not a timing assertion
 local function wait_for(path, what)

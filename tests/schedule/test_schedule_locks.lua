@@ -7,6 +7,7 @@
 -- while it lives, nor for that fire time once it has finished (its outcome is in its result file).
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
+local read, write, wait_until = T.read, T.write, T.wait_until
 local proc, env, time = require "proc", require "env", require "time"
 local S = require "clubio.schedule"
 local BIN = env.get("CLUBIO_DR_BIN")
@@ -32,27 +33,6 @@ local function owned_dir(path)
   if ROOT then proc.run{argv = {"chown", "65534:65534", path}, check = true} end
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-local function read(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
--- waits (bounded) for something another process does; the bound is a hang guard, not a timing assertion
-local function wait_until(what, pred)
-  for _ = 1, 2400 do
-    local v = pred()
-    if v then return v end
-    time.sleep(0.05)
-  end
-  error("gave up waiting for " .. what)
-end
 local function count(path) return #(read(path) or "") end
 -- a scheduler's exit status, once its line is written (the file exists a moment before)
 local function exit_of(dir, i)

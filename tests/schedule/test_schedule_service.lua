@@ -7,6 +7,7 @@
 -- proc.spawn, which the scheduler starts its supervisors with.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
+local read, write, wait_until = T.read, T.write, T.wait_until
 local proc, env, cjson, time = require "proc", require "env", require "cjson", require "time"
 local S = require "clubio.schedule"
 local BIN = env.get("CLUBIO_DR_BIN")
@@ -16,27 +17,6 @@ local D = T.tmpdir()
 local SITE, STATE, MARK = D .. "/site", D .. "/state", D .. "/mark"
 proc.run{argv = {"mkdir", "-p", SITE .. "/scripts", STATE, MARK}, check = true}
 
-local function write(path, text)
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-end
-local function read(path)
-  local f = io.open(path, "r")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
--- waits (bounded) for something another process does; the bound is a hang guard, not a timing assertion
-local function wait_until(what, pred)
-  for _ = 1, 2400 do
-    local v = pred()
-    if v then return v end
-    time.sleep(0.05)
-  end
-  error("gave up waiting for " .. what)
-end
 local function lines(path)
   local out = {}
   for l in (read(path) or ""):gmatch("[^\n]+") do out[#out + 1] = l end

@@ -7,7 +7,11 @@
 --     {name = "admin exists", sql = "SELECT email FROM users WHERE id = $1", params = {1}, expect = "a@b.c"},
 --   })
 --   results: {name, ok, rows, error}, in order; failed: how many did not pass.
-local clubio, log = require "clubio", require "log"
+--
+-- And the report's checklist, for both scenarios:
+--   local item = require("clubio.dr_checks").checklist(J, report)
+--   local ok, res = item("execution", "run the failover", function() ... return {summary = "..."} end, {plan =, hint =})
+local clubio, log, time = require "clubio", require "log", require "time"
 
 local M = {}
 
@@ -36,6 +40,21 @@ function M.run(conn, list)
     results[#results + 1] = r
   end
   return results, bad
+end
+
+-- One checklist item: a job step (journal, timings) and a line of report.checklist; returns
+-- pcall's ok and the step's result or error.
+function M.checklist(J, report)
+  return function(phase, name, fn, opts)
+    opts = opts or {}
+    local t0 = time.monotonic()
+    local ok, res = pcall(J.step, J, name, {plan = opts.plan, hint = opts.hint}, fn)
+    local entry = {phase = phase, item = name, ok = ok, seconds = time.monotonic() - t0}
+    if not ok then entry.error = log.redact(clubio.is_error(res) and res.message or tostring(res)) end
+    if ok and type(res) == "table" and res.summary then entry.detail = res.summary end
+    report.checklist[#report.checklist + 1] = entry
+    return ok, res
+  end
 end
 
 return M

@@ -235,16 +235,7 @@ function M.run(o)
     return J:finish(nil, "dry run: nothing was changed")
   end
 
-  local function item(phase, name, fn, opts)
-    opts = opts or {}
-    local t0 = time.monotonic()
-    local ok, res = pcall(J.step, J, name, {plan = opts.plan, hint = opts.hint}, fn)
-    local entry = {phase = phase, item = name, ok = ok, seconds = time.monotonic() - t0}
-    if not ok then entry.error = log.redact(clubio.is_error(res) and res.message or tostring(res)) end
-    if ok and type(res) == "table" and res.summary then entry.detail = res.summary end
-    report.checklist[#report.checklist + 1] = entry
-    return ok, res
-  end
+  local item = require("clubio.dr_checks").checklist(J, report)
 
   local m = report.measured
   local failed = false

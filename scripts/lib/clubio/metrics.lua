@@ -106,6 +106,19 @@ function M.write_textfile(runs, dir)
   return path
 end
 
+-- A list of gauge lines with one label set, and g(name, help, value) adding one gauge (a
+-- boolean as 1 or 0; nil: left out rather than given a made-up value).
+local function gauges(labels)
+  local out = {}
+  return out, function(name, help, v)
+    if v == nil then return end
+    if type(v) == "boolean" then v = v and 1 or 0 end
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " gauge"
+    out[#out + 1] = string.format("%s{%s} %s", name, labels, num(v))
+  end
+end
+
 -- The DR replication's gauges (scripts/dr-health.lua writes them to clubio_dr_replication.prom
 -- on every run): `report` is its result ({status = clubio.dr.status(...), slot_present,
 -- slot_inactive_seconds, failed_over, healthy}). A gauge with no value (primary down, not set up)
@@ -113,14 +126,7 @@ end
 function M.render_replication(subscription, report, now)
   local s = report.status or {}
   local l = string.format('subscription="%s"', esc(subscription))
-  local out = {}
-  local function g(name, help, v)
-    if v == nil then return end
-    if type(v) == "boolean" then v = v and 1 or 0 end
-    out[#out + 1] = "# HELP " .. name .. " " .. help
-    out[#out + 1] = "# TYPE " .. name .. " gauge"
-    out[#out + 1] = string.format("%s{%s} %s", name, l, num(v))
-  end
+  local out, g = gauges(l)
   g("clubio_dr_replication_healthy", "1 if the last dr-health check found no problem, else 0.", report.healthy == true)
   g("clubio_dr_replication_failed_over", "1 if the DR side has been failed over to (no replication until the failback).",
     report.failed_over ~= nil)
@@ -148,14 +154,7 @@ end
 -- segment yet, slot missing) is left out rather than given a made-up one.
 function M.render_changes(st, healthy, now)
   local l = string.format('slot="%s"', esc(st.slot))
-  local out = {}
-  local function g(name, help, v)
-    if v == nil then return end
-    if type(v) == "boolean" then v = v and 1 or 0 end
-    out[#out + 1] = "# HELP " .. name .. " " .. help
-    out[#out + 1] = "# TYPE " .. name .. " gauge"
-    out[#out + 1] = string.format("%s{%s} %s", name, l, num(v))
-  end
+  local out, g = gauges(l)
   g("clubio_dr_changes_healthy", "1 if the change archive is within its limits (archive-changes --status passes), else 0.", healthy)
   g("clubio_dr_changes_slot_present", "1 if the change archive's replication slot exists.", st.exists)
   if st.exists then
