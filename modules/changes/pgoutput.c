@@ -4,7 +4,7 @@
  * Formats" and src/backend/replication/logical/proto.c.
  */
 #include "changes.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <inttypes.h>
 #include <stdio.h>

@@ -15,7 +15,7 @@
 #include "io/cancel.h"
 #include "log.h"
 #include "modules/pgdump/pgdump.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>

@@ -7,7 +7,7 @@
  */
 #include "changes.h"
 #include "modules/pgdump/pg_split.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <ctype.h>
 #include <stdlib.h>

@@ -9,7 +9,7 @@
 #include "s3.h"
 #include "modules/aws/aws.h"
 #include "modules/aws/sigv4.h"
-#include "sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <pthread.h>
 

@@ -5,6 +5,7 @@
 #include "sqlscan.h"
 
 #include "modules/pgdump/pgdump.h"
+#include "runtime/sbuf.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -24,9 +25,7 @@ typedef struct ScanTable {
 
 struct SqlScan {
     /* outside COPY: the current line (its first SQLSCAN_LINE_CAP bytes) */
-    char *line;
-    size_t line_len, line_cap;
-    bool line_overflow;
+    SBuf line; /* limit SQLSCAN_LINE_CAP; `truncated` once a line outgrew it */
     /* inside COPY: the table, and the first bytes of a line (to spot "\.") */
     bool in_copy;
     ScanTable *cur;
@@ -45,7 +44,10 @@ struct SqlScan {
 SqlScan *sqlscan_new(void)
 {
     SqlScan *s = calloc(1, sizeof *s);
-    if (s) s->at_line_start = true;
+    if (s) {
+        s->at_line_start = true;
+        s->line.limit = SQLSCAN_LINE_CAP;
+    }
     return s;
 }
 
@@ -57,7 +59,7 @@ void sqlscan_free(SqlScan *s)
         EVP_MD_CTX_free(s->tables[i].md);
     }
     free(s->tables);
-    free(s->line);
+    sb_free(&s->line);
     EVP_MD_CTX_free(s->row_md);
     free(s);
 }
@@ -122,8 +124,8 @@ static size_t copy_header_name(const char *line, size_t len, const char **name)
 
 static int end_of_line(SqlScan *s, RtError *err)
 {
-    const char *line = s->line ? s->line : "";
-    size_t len = s->line_len;
+    const char *line = s->line.p ? s->line.p : "";
+    size_t len = s->line.len;
     const char *name;
     size_t nl = copy_header_name(line, len, &name);
     if (nl) {
@@ -135,34 +137,21 @@ static int end_of_line(SqlScan *s, RtError *err)
     } else if (len >= 36 && memcmp(line, "-- PostgreSQL database dump complete", 36) == 0) {
         s->complete = true;
     }
-    s->line_len = 0;
-    s->line_overflow = false;
+    sb_clear(&s->line);
     return RT_OK;
 }
 
 static int append_line(SqlScan *s, const uint8_t *p, size_t n, RtError *err)
 {
-    bool overflow = s->line_len + n > SQLSCAN_LINE_CAP;
-    if (overflow) n = SQLSCAN_LINE_CAP - s->line_len;
-    if (n && s->line_len + n > s->line_cap) {
-        size_t cap = s->line_cap ? s->line_cap : 256;
-        while (cap < s->line_len + n) cap *= 2;
-        char *l = realloc(s->line, cap);
-        if (!l)
-            return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem",
-                                "out of memory while scanning the dump");
-        s->line = l;
-        s->line_cap = cap;
-    }
-    if (n) memcpy(s->line + s->line_len, p, n);
-    s->line_len += n;
-    if (overflow && !s->line_overflow) {
-        s->line_overflow = true;
-        /* only the kept prefix is looked at at the end of the line: a COPY header must fit */
-        if (memcmp(s->line, "COPY ", 5) == 0)
-            return rt_error_set(err, RT_CLASS_VERIFY, "verify.copy_header",
-                                "a COPY header in the dump is longer than 1 MiB");
-    }
+    bool was_truncated = s->line.truncated;
+    sb_addn(&s->line, (const char *)p, n);
+    if (s->line.oom)
+        return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem",
+                            "out of memory while scanning the dump");
+    /* only the kept prefix is looked at at the end of the line: a COPY header must fit */
+    if (s->line.truncated && !was_truncated && memcmp(s->line.p, "COPY ", 5) == 0)
+        return rt_error_set(err, RT_CLASS_VERIFY, "verify.copy_header",
+                            "a COPY header in the dump is longer than 1 MiB");
     return RT_OK;
 }
 

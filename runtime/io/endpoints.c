@@ -4,6 +4,7 @@
 #include "endpoints.h"
 #include "../proc.h"
 #include "../redact.h"
+#include "../sbuf.h"
 #include "cancel.h"
 
 #include <errno.h>
@@ -382,10 +383,9 @@ RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
 
 /* ---- memory sink ------------------------------------------------------------------------ */
 
-typedef struct MemSink {
-    uint8_t *data;
-    size_t len, cap, limit;
-} MemSink;
+/* The memory sink is an SBuf whose cap is an error, not a truncation: a write past `limit` fails
+ * with io.memory_full and keeps nothing of it. */
+typedef SBuf MemSink;
 
 static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err)
 {
@@ -393,17 +393,8 @@ static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err
     if (len > s->limit - s->len)
         return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full",
                             "memory sink full (limit %zu bytes)", s->limit);
-    if (s->len + len > s->cap) {
-        size_t cap = s->cap ? s->cap : 4096;
-        while (cap < s->len + len) cap *= 2;
-        if (cap > s->limit) cap = s->limit;
-        uint8_t *d = realloc(s->data, cap ? cap : 1);
-        if (!d) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
-        s->data = d;
-        s->cap = cap;
-    }
-    memcpy(s->data + s->len, data, len);
-    s->len += len;
+    sb_addn(s, (const char *)data, len);
+    if (s->oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
     return RT_OK;
 }
 
@@ -416,22 +407,20 @@ static int msink_finish(void *self, RtError *err)
 
 static void msink_abort(void *self)
 {
-    MemSink *s = self;
-    s->len = 0;
+    sb_clear(self);
 }
 
 static void msink_results(void *self, RtResults *res)
 {
     MemSink *s = self;
     rt_results_int(res, "bytes", (int64_t)s->len);
-    rt_results_strn(res, "data", s->data ? (const char *)s->data : "", s->len);
+    rt_results_strn(res, "data", s->p ? s->p : "", s->len);
 }
 
 static void msink_destroy(void *self)
 {
-    MemSink *s = self;
-    free(s->data);
-    free(s);
+    sb_free(self);
+    free(self);
 }
 
 RtSink *rt_mem_sink(size_t limit, RtError *err)
@@ -459,7 +448,7 @@ const uint8_t *rt_mem_sink_data(const RtSink *k, size_t *len)
 {
     const MemSink *s = k->self;
     *len = s->len;
-    return s->data ? s->data : (const uint8_t *)"";
+    return s->p ? (const uint8_t *)s->p : (const uint8_t *)"";
 }
 
 /* ---- count filter ----------------------------------------------------------------------- */
