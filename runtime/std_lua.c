@@ -13,6 +13,7 @@
  */
 #include "host.h"
 #include "io/cancel.h"
+#include "json.h"
 #include "lock.h"
 #include "log.h"
 #include "proc.h"
@@ -30,28 +31,6 @@ void rt_lua_proc_spec(lua_State *L, int idx, RtProcSpec *spec, const char *what)
 
 /* ---- log -------------------------------------------------------------------------------- */
 
-static void str_json(SBuf *s, const char *d, size_t n)
-{
-    sb_addn(s, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)d[i];
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            sb_addn(s, esc, 2);
-        } else if (c == '\n')
-            sb_addn(s, "\\n", 2);
-        else if (c == '\t')
-            sb_addn(s, "\\t", 2);
-        else if (c < 0x20)
-            sb_addn(s, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
-        else
-            sb_addn(s, (const char *)&d[i], 1);
-    }
-    sb_addn(s, "\"", 1);
-}
-
 /* Encodes the string-keyed fields of the table at 2 into the SBuf at 1 (light userdata). Run
  * under lua_pcall by log_at: a field's __tostring may raise, and the SBuf's buffer, which Lua
  * does not own, must then be freed before the error goes on. */
@@ -64,7 +43,7 @@ static int log_encode_fields(lua_State *L)
             size_t kl, vl;
             const char *k = lua_tolstring(L, -2, &kl);
             if (f->len) sb_addn(f, ",", 1);
-            str_json(f, k, kl);
+            rt_json_quote(f, k, kl);
             sb_addn(f, ":", 1);
             int t = lua_type(L, -1);
             char num[64];
@@ -77,7 +56,7 @@ static int log_encode_fields(lua_State *L)
                 sb_addn(f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
             else {
                 const char *v = luaL_tolstring(L, -1, &vl); /* __tostring may raise */
-                str_json(f, v, vl);
+                rt_json_quote(f, v, vl);
                 lua_pop(L, 1);
             }
         }

@@ -16,6 +16,7 @@
 #include "flags.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
+#include "json.h"
 #include "progress.h"
 
 #include <errno.h>
@@ -171,21 +172,6 @@ static bool is_std(const char *path)
     return !path || strcmp(path, "-") == 0;
 }
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static int64_t res_int(const RtResults *r, const char *table, const char *key)
 {
     const RtResults *t = table ? rt_results_get(r, table) : r;
@@ -305,12 +291,12 @@ static int run(int argc, char **argv, bool encrypt)
         const RtResults *out = rt_results_get(r, "output");
         const RtResults *hex = out ? rt_results_get(out, "hex") : NULL;
         printf("{\"ok\":true,\"command\":\"%s\",\"input\":", cmd);
-        json_str(is_std(a.in) ? "-" : a.in);
+        rt_json_fquote(stdout, is_std(a.in) ? "-" : a.in);
         printf(",\"output\":");
-        json_str(a.out);
+        rt_json_fquote(stdout, a.out);
         printf(",\"bytes_in\":%lld,\"bytes_out\":%lld,\"sha256\":",
                (long long)res_int(r, NULL, "bytes_in"), (long long)res_int(r, NULL, "bytes_out"));
-        json_str(hex ? rt_results_as_str(hex, NULL) : "");
+        rt_json_fquote(stdout, hex ? rt_results_as_str(hex, NULL) : "");
         printf(",\"gzip\":%s,\"iter\":%d,\"seconds\":%.3f}\n", a.gzip ? "true" : "false",
                a.iter ? a.iter : CRYPTO_PBKDF2_ITER_DEFAULT,
                rt_results_get(r, "seconds") ? rt_results_as_num(rt_results_get(r, "seconds"))
