@@ -16,6 +16,7 @@
 #include "log.h"
 #include "modules/pgdump/pgdump.h"
 #include "runtime/sbuf.h"
+#include "timestamp.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -39,13 +40,6 @@ struct ChgCapture {
     uint64_t last_commit_end;
     double last_status;
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int64_t now_pg_us(void)
 {
@@ -176,7 +170,7 @@ int chg_capture_start(ChgCapture *c, uint64_t skip_through, RtError *err)
     PQclear(r);
     c->streaming = true;
     chg_decoder_skip_through(c->dec, skip_through);
-    c->last_status = now_mono();
+    c->last_status = rt_monotonic();
     return RT_OK;
 }
 
@@ -206,7 +200,7 @@ static int send_status(ChgCapture *c, RtError *err)
     m[33] = 0;
     if (PQputCopyData(c->conn, (const char *)m, sizeof m) != 1 || PQflush(c->conn) < 0)
         return conn_fail(c, err, "cannot send the standby status");
-    c->last_status = now_mono();
+    c->last_status = rt_monotonic();
     return RT_OK;
 }
 
@@ -251,7 +245,8 @@ static int step(ChgCapture *c, double timeout, bool *got, RtError *err)
     if (!c->streaming)
         return rt_error_set(err, RT_CLASS_USAGE, "changes.state", "replication is not started");
     if (rt_cancelled()) return rt_cancel_error(err);
-    if (now_mono() - c->last_status >= STATUS_EVERY && send_status(c, err) != RT_OK) return RT_ERR;
+    if (rt_monotonic() - c->last_status >= STATUS_EVERY && send_status(c, err) != RT_OK)
+        return RT_ERR;
     char *buf = NULL;
     int n = PQgetCopyData(c->conn, &buf, 1);
     if (n == 0) {
@@ -297,7 +292,7 @@ static int step(ChgCapture *c, double timeout, bool *got, RtError *err)
 int chg_capture_wait(ChgCapture *c, double seconds, uint64_t *lsn, RtError *err)
 {
     *lsn = 0;
-    double end = now_mono() + seconds;
+    double end = rt_monotonic() + seconds;
     for (;;) {
         size_t pending;
         chg_decoder_output(c->dec, &pending);
@@ -313,7 +308,7 @@ int chg_capture_wait(ChgCapture *c, double seconds, uint64_t *lsn, RtError *err)
             if (!chg_lsn_parse(tmp, lsn)) *lsn = 1;
             return RT_OK;
         }
-        double left = end - now_mono();
+        double left = end - rt_monotonic();
         if (left <= 0) return RT_OK;
         bool got;
         if (step(c, left, &got, err) != RT_OK) return RT_ERR;
@@ -403,7 +398,7 @@ static int seg_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof
             return RT_OK;
         }
         const ChgStats *st = chg_decoder_stats(c->dec);
-        double left = s->deadline - now_mono();
+        double left = s->deadline - rt_monotonic();
         if (!chg_decoder_in_txn(c->dec) && st->transactions > 0 &&
             (left <= 0 || st->bytes >= s->max_bytes)) {
             if (read_sequences(s, err) != RT_OK) return RT_ERR;
@@ -469,7 +464,7 @@ RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
         return NULL;
     }
     s->c = c;
-    s->deadline = now_mono() + interval;
+    s->deadline = rt_monotonic() + interval;
     s->max_bytes = max_bytes > 0 ? max_bytes : ((int64_t)64 << 20);
     chg_decoder_reset_stats(c->dec);
     src->name = "changes.segment";

@@ -12,6 +12,7 @@
  * threads have joined, the sink is aborted unless it finished.
  */
 #include "pipe.h"
+#include "../timestamp.h"
 #include "cancel.h"
 
 #include <pthread.h>
@@ -73,13 +74,6 @@ struct RtPipe {
     bool monitor_started;
     atomic_bool done;
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- failure ---------------------------------------------------------------------------- */
 
@@ -388,14 +382,14 @@ static void *monitor_main(void *arg)
     RtPipe *p = arg;
     double interval = p->opts.progress_interval > 0 ? p->opts.progress_interval : 0.5;
     while (!atomic_load(&p->done)) {
-        double until = now_mono() + interval;
-        while (!atomic_load(&p->done) && now_mono() < until) {
+        double until = rt_monotonic() + interval;
+        while (!atomic_load(&p->done) && rt_monotonic() < until) {
             struct timespec ts = {0, 20 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }
         if (atomic_load(&p->done)) break;
         RtProgress pr = {atomic_load(&p->bytes_in), atomic_load(&p->bytes_out), -1,
-                         now_mono() - p->t_start, false};
+                         rt_monotonic() - p->t_start, false};
         RtSource *src = p->stages[0].u.src;
         if (src->size_hint) pr.total = src->size_hint(src->self);
         p->opts.progress(p->opts.progress_ud, &pr);
@@ -490,7 +484,7 @@ static void collect_results(RtPipe *p)
     if (!r) return;
     rt_results_int(r, "bytes_in", (int64_t)atomic_load(&p->bytes_in));
     rt_results_int(r, "bytes_out", (int64_t)atomic_load(&p->bytes_out));
-    rt_results_num(r, "seconds", now_mono() - p->t_start);
+    rt_results_num(r, "seconds", rt_monotonic() - p->t_start);
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
         void (*fn)(void *, RtResults *) = s->kind == ST_SOURCE   ? s->u.src->results
@@ -514,7 +508,7 @@ int rt_pipe_run(RtPipe *p, RtError *err)
         return rt_error_set(err, RT_CLASS_USAGE, "pipe.setup",
                             p->ran ? "bad pipe: it already ran" : "bad pipe: needs a source and a sink");
     p->ran = true;
-    p->t_start = now_mono();
+    p->t_start = rt_monotonic();
     p->n_queues = p->n_stages - 1;
     p->queues = calloc((size_t)p->n_queues, sizeof *p->queues);
     bool ok = p->queues != NULL;
@@ -556,8 +550,8 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     if (p->opts.progress) {
         RtSource *src = p->stages[0].u.src;
         RtProgress pr = {atomic_load(&p->bytes_in), atomic_load(&p->bytes_out),
-                         src->size_hint ? src->size_hint(src->self) : -1, now_mono() - p->t_start,
-                         true};
+                         src->size_hint ? src->size_hint(src->self) : -1,
+                         rt_monotonic() - p->t_start, true};
         p->opts.progress(p->opts.progress_ud, &pr);
     }
     if (failed) {
