@@ -9,6 +9,7 @@
 #include "http.h"
 #include "io/cancel.h"
 #include "log.h"
+#include "retry.h"
 #include "timestamp.h"
 
 #include <math.h>
@@ -29,21 +30,13 @@
 struct NeonClient {
     char *host;
     RtSecret *key;
-    double timeout, retry_base, retry_max;
-    RtHttp *http; /* one connection, kept alive between calls; used from one thread */
+    double timeout;
+    RtRetry retry; /* the backoff; the attempts are bounded by the timeout */
+    RtHttp *http;  /* one connection, kept alive between calls; used from one thread */
 };
-
-static pthread_once_t jitter_once = PTHREAD_ONCE_INIT;
-static unsigned int jitter_seed;
-static void jitter_init_once(void)
-{
-    /* Per-process jitter: clients started together must not retry in lockstep. */
-    jitter_seed = (unsigned int)time(NULL) ^ ((unsigned int)getpid() << 16);
-}
 
 NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
 {
-    pthread_once(&jitter_once, jitter_init_once);
     if (!opt->host || strncmp(opt->host, "http", 4) != 0) {
         rt_error_set(err, RT_CLASS_CONFIG, "neon.host", "invalid neon api host '%s'",
                      opt->host ? opt->host : "");
@@ -67,8 +60,8 @@ NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
     size_t n = strlen(c->host);
     while (n > 0 && c->host[n - 1] == '/') c->host[--n] = '\0';
     c->timeout = opt->timeout > 0 ? opt->timeout : 600;
-    c->retry_base = opt->retry_base > 0 ? opt->retry_base : 0.5;
-    c->retry_max = opt->retry_max > 0 ? opt->retry_max : 15;
+    c->retry = (RtRetry){.base = opt->retry_base > 0 ? opt->retry_base : 0.5,
+                         .max = opt->retry_max > 0 ? opt->retry_max : 15};
     return c;
 }
 
@@ -92,26 +85,6 @@ void neon_response_free(NeonResponse *r)
     free(r->body);
     r->body = NULL;
     r->len = 0;
-}
-
-double neon_retry_after(const char *v)
-{
-    if (!v || !*v) return -1;
-    char *end;
-    double s = strtod(v, &end);
-    if (end != v && *end == '\0' && s >= 0) return s;
-    double t = rt_http_parse_date(v);
-    if (t <= 0) return -1;
-    double d = t - (double)time(NULL);
-    return d > 0 ? d : 0;
-}
-
-double neon_backoff(double base, double max, int attempt)
-{
-    double d = base * pow(2, attempt > 1 ? attempt - 1 : 0);
-    if (d > max) d = max;
-    /* Full jitter over the upper half: callers that retry together spread out. */
-    return d / 2 + (d / 2) * ((double)rand_r(&jitter_seed) / RAND_MAX);
 }
 
 void neon_error_message(const char *body, char *out, size_t cap)
@@ -231,7 +204,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             snprintf(last, sizeof last, "%s %s answered %ld%s%s", method, path, status,
                      m[0] ? ": " : "", m);
             if (status == 429 || status == 503)
-                wait = neon_retry_after(rt_http_header(&rs, "Retry-After"));
+                wait = rt_retry_after(rt_http_header(&rs, "Retry-After"));
             rt_http_response_free(&rs);
         } else {
             out->status = status;
@@ -269,7 +242,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             break;
         }
         double now = rt_monotonic();
-        if (wait < 0) wait = neon_backoff(c->retry_base, c->retry_max, attempt);
+        if (wait < 0) wait = rt_retry_delay(&c->retry, attempt);
         if (xr == RT_OK) unreachable = false;
         if (now + wait > deadline || (unreachable && now + wait > unreachable_deadline)) {
             rt_error_set(err, RT_CLASS_FAILURE, "neon.unavailable",

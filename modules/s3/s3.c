@@ -138,8 +138,9 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
         sb_addf(&e, "https://s3.%s.amazonaws.com", c->region);
     c->custom_endpoint = ep != NULL;
     c->endpoint = sb_take(&e);
-    c->max_attempts = o->max_attempts > 0 ? o->max_attempts : 6;
-    c->retry_base = o->retry_base > 0 ? o->retry_base : 0.25;
+    c->retry = (RtRetry){.max_attempts = o->max_attempts > 0 ? o->max_attempts : 6,
+                         .base = o->retry_base > 0 ? o->retry_base : 0.25,
+                         .max = 20};
     c->stall_timeout = o->stall_timeout > 0 ? o->stall_timeout : 60;
     if (!c->region || !c->endpoint) goto oom;
     /* Split the endpoint into scheme, host[:port] and base path. */
@@ -271,17 +272,6 @@ void s3_write_resolve(const S3Client *c, const S3WriteOptions *w, S3WriteOptions
 
 /* ---- requests ---- */
 
-bool s3_backoff(S3Client *c, int attempt)
-{
-    double cap = c->retry_base * pow(2, attempt - 1);
-    if (cap > 20) cap = 20;
-    unsigned int r = 0;
-    RAND_bytes((unsigned char *)&r, sizeof r);
-    /* "Equal jitter": at least half the step, so retries never collapse to zero delay. */
-    double d = cap / 2 + (cap / 2) * ((double)r / 4294967296.0);
-    return rt_sleep_cancellable(d);
-}
-
 typedef struct ErrInfo {
     const char *code_rt;
     const char *what;
@@ -397,7 +387,7 @@ static void set_s3_error(S3Client *c, const S3Req *rq, const char *obj, long sta
                       src);
     else if (i.retry)
         rt_error_hint(err, "the store kept failing after %d attempts; retry later",
-                      c->max_attempts);
+                      c->retry.max_attempts);
 }
 
 /* Builds the URL path and host for bucket/key under the addressing style. */
@@ -562,7 +552,7 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             double offset = resp->server_date > 0 ? resp->server_date - rt_now() : 0;
             if (code && strcmp(code, "ExpiredToken") == 0) force_creds = true;
             rc = RT_ERR;
-            if (ei.retry && attempt < c->max_attempts) {
+            if (ei.retry && attempt < c->retry.max_attempts) {
                 rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "s3 %s %s: http %ld%s%s", rq->op,
                              obj, resp->status, code ? " " : "", code ? code : "");
                 retry = true;
@@ -574,15 +564,15 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             if (!retry) break;
         }
         if (retry) {
-            if (attempt >= c->max_attempts) {
+            if (attempt >= c->retry.max_attempts) {
                 rt_error_copy(err, &e);
                 rt_error_hint(err, "gave up after %d attempts; check the network and the store",
                               attempt);
                 rc = RT_ERR;
                 break;
             }
-            rt_info("%s; retry %d of %d", e.message, attempt, c->max_attempts - 1);
-            if (!s3_backoff(c, attempt) && !rq->ignore_cancel) {
+            rt_info("%s; retry %d of %d", e.message, attempt, c->retry.max_attempts - 1);
+            if (!rt_retry_sleep(&c->retry, attempt) && !rq->ignore_cancel) {
                 rc = rt_cancel_error(err);
                 break;
             }

@@ -94,7 +94,7 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
             break;
         }
         /* A short or overlong body (a proxy cut it, a store ignored Range): fetch it again. */
-        if (tries >= d->c->max_attempts) {
+        if (tries >= d->c->retry.max_attempts) {
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
                               "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu",
                               d->name, (long long)from, (long long)to, s->len, s->want);
@@ -102,7 +102,7 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
         }
         rt_info("s3 get %s: range %lld-%lld came back with %zu of %zu bytes; retrying", d->name,
                 (long long)from, (long long)to, s->len, s->want);
-        if (!s3_backoff(d->c, tries)) {
+        if (!rt_retry_sleep(&d->c->retry, tries)) {
             rc = rt_cancel_error(err);
             break;
         }
