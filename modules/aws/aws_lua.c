@@ -94,7 +94,8 @@ static int l_request(lua_State *L)
             lua_pop(L, 1);
         }
         c->query = calloc(n ? n : 1, sizeof *c->query);
-        if (!c->query) return rt_lua_fail(L, RT_CLASS_FAILURE, "aws.oom", NULL, "out of memory");
+        if (!c->query)
+            return rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "out of memory");
         rq.query = c->query;
         lua_pushnil(L);
         while (lua_next(L, qi)) {

@@ -75,7 +75,7 @@ ChgCapture *chg_capture_open(const char *url, const char *slot, const char *publ
     if (!c || !(c->dec = chg_decoder_new()) || !(c->url = dupstr(url)) ||
         !(c->slot = dupstr(slot)) || !(c->publication = dupstr(publication))) {
         chg_capture_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pgdump_describe(url, c->what, sizeof c->what);
@@ -89,7 +89,7 @@ ChgCapture *chg_capture_open(const char *url, const char *slot, const char *publ
     if (u.oom) {
         free(u.p);
         chg_capture_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     c->conn = pgdump_connect(u.p, "clubio-dr archive-changes", err);
@@ -152,7 +152,7 @@ int chg_capture_start(ChgCapture *c, uint64_t skip_through, RtError *err)
     PQfreemem(pub);
     if (q.oom) {
         free(q.p);
-        return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     PGresult *r = PQexec(c->conn, q.p);
     free(q.p);
@@ -366,7 +366,7 @@ static int read_sequences(Seg *s, RtError *err)
         if (b.oom) {
             free(b.p);
             PQclear(r);
-            return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         }
         chg_decoder_write(c->dec, b.p);
         free(b.p);
@@ -460,7 +460,7 @@ RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
         (sequences_url && !(s->seq_url = strdup(sequences_url)))) {
         if (s) seg_destroy(s);
         free(src);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->c = c;

@@ -31,7 +31,7 @@
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 static int openssl_fail(RtError *err, const char *what)

@@ -83,7 +83,7 @@ typedef struct CliArgs {
 
 static int usage(RtError *err, const char *cmd, const char *fmt, const char *arg)
 {
-    rt_error_set(err, RT_CLASS_USAGE, "usage", fmt, arg);
+    rt_error_set(err, RT_CLASS_USAGE, RT_CODE_USAGE, fmt, arg);
     rt_error_hint(err, "see clubio-dr %s --help", cmd);
     return RT_ERR;
 }
@@ -232,7 +232,7 @@ static int run(int argc, char **argv, bool encrypt)
         rt_secret_free(pass);
         rt_source_free(src);
         rt_sink_free(sink);
-        rt_error_set(&err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(&err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return rt_report_error(&err);
     }
     /* From here the pipe owns every stage; a constructor that fails leaves err set and the
@@ -265,7 +265,7 @@ static int run(int argc, char **argv, bool encrypt)
     else
         rt_sink_free(sink);
     if (!ok) {
-        if (!err.set) rt_error_set(&err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        if (!err.set) rt_error_set(&err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_pipe_free(p);
         return rt_report_error(&err);
     }

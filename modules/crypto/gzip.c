@@ -36,7 +36,7 @@
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 /* ---- gzip ---------------------------------------------------------------------------------- */

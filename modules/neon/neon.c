@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 /* Responses larger than this are not Neon API answers; refuse instead of growing forever. */
-#define NEON_MAX_BODY     (64u << 20)
+#define NEON_MAX_BODY        (64u << 20)
 #define NEON_CALL_TIMEOUT    60.0
 #define NEON_CONNECT_TIMEOUT 15.0
 
@@ -45,7 +45,7 @@ NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
     }
     NeonClient *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     c->host = strdup(opt->host);
@@ -54,7 +54,7 @@ NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
                                            .total_timeout = NEON_CALL_TIMEOUT});
     if (!c->host || !c->key || !c->http) {
         neon_client_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     size_t n = strlen(c->host);
@@ -136,7 +136,7 @@ static int exchange(NeonClient *c, const char *method, const char *url, const ch
 {
     size_t alen = strlen("Authorization: Bearer ") + c->key->len + 1;
     char *auth = malloc(alen);
-    if (!auth) return rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+    if (!auth) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     snprintf(auth, alen, "Authorization: Bearer %s", c->key->data);
     const char *hdrs[] = {auth, "Accept: application/json", "User-Agent: clubio-dr neon",
                           body ? "Content-Type: application/json" : NULL, NULL};
@@ -158,7 +158,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
     memset(out, 0, sizeof *out);
     size_t ulen = strlen(c->host) + strlen(path) + 1;
     char *url = malloc(ulen);
-    if (!url) return rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+    if (!url) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     snprintf(url, ulen, "%s%s", c->host, path);
     double deadline = rt_monotonic() + c->timeout;
     /* An API that cannot be reached at all (refused, DNS, TLS) rarely comes back within
@@ -213,7 +213,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             rs.body = NULL;
             rt_http_response_free(&rs);
             if (!out->body) {
-                rc = rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+                rc = rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
                 break;
             }
             if ((status >= 200 && status < 300) || status == 404 || (accept && status == accept)) {

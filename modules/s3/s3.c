@@ -3,8 +3,8 @@
  * request/response operations (put, head, get, list, delete, delete-many, copy, sync). The
  * streaming stages live in s3_upload.c and s3_download.c.
  */
-#include "s3_internal.h"
 #include "modules/aws/aws_xml.h"
+#include "s3_internal.h"
 
 #include "runtime/io/cancel.h"
 #include "runtime/log.h"
@@ -115,7 +115,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!o) o = &d;
     S3Client *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&c->mu, NULL);
@@ -193,7 +193,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!c->http) goto oom;
     return c;
 oom:
-    rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     s3_client_unref(c);
     return NULL;
 }
@@ -414,8 +414,8 @@ static void address(S3Client *c, const char *bucket, const char *key, SBuf *host
     }
 }
 
-static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, RtHttpResponse *resp,
-                   RtError *err)
+static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr,
+                   RtHttpResponse *resp, RtError *err)
 {
     char payload[65], amz_date[17];
     if (rq->body_len)
@@ -460,7 +460,7 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, 
     SigV4Result sig;
     int rc;
     if (host.oom || path.oom || sigv4_sign(&sr, &sc, &sig) != 0) {
-        rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory signing a request");
+        rc = rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory signing a request");
         goto out;
     }
     sb_addf(&url, "%s://%s%s%s%s", c->scheme, host.p, sig.encoded_path,
@@ -483,7 +483,7 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, 
                         .on_body_ud = rq->on_body_ud,
                         .ignore_cancel = rq->ignore_cancel};
     char *obj = rq->object ? NULL : s3_object_name(rq->bucket, rq->key);
-    rc = url.oom ? rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory")
+    rc = url.oom ? rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory")
                  : rt_http_do(h, &hr, resp, rq->object ? rq->object : obj, err);
     free(obj);
     /* Wipe the Authorization and token lines. */
@@ -507,7 +507,7 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
     char *obj = rq->object                ? strdup(rq->object)
                 : (rq->key || rq->bucket) ? s3_object_name(rq->bucket, rq->key)
                                           : strdup("s3");
-    if (!obj) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!obj) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     bool force_creds = false;
     int rc = RT_ERR;
     for (int attempt = 1;; attempt++) {
@@ -594,7 +594,7 @@ int s3_do_shared(S3Client *c, const S3Req *rq, RtHttpResponse *resp, RtError *er
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, size_t len,

@@ -118,7 +118,7 @@ static void *worker(void *arg)
     RtHttp *h = s3_http_new(d->c);
     pthread_mutex_lock(&d->mu);
     if (!h) {
-        rt_error_set(&d->err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(&d->err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         d->failed = true;
         pthread_cond_broadcast(&d->cv);
     }
@@ -160,11 +160,11 @@ static int start(Download *d, RtError *err)
     d->slots = calloc((size_t)d->conc, sizeof *d->slots);
     d->threads = calloc((size_t)n, sizeof *d->threads);
     if (!d->slots || !d->threads)
-        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     for (int i = 0; i < d->conc && i < d->nchunks; i++) {
         d->slots[i].data = malloc(d->part);
         if (!d->slots[i].data)
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++) {
         if (pthread_create(&d->threads[i], NULL, worker, d) != 0)
@@ -282,7 +282,7 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
         free(d);
         free(s);
         s3_head_free(&hd);
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&d->mu, NULL);
@@ -306,7 +306,7 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
     s->results = dl_results;
     s->destroy = dl_destroy;
     if (!d->bucket || !d->key || !d->name) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_source_free(s);
         return NULL;
     }

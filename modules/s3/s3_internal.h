@@ -6,11 +6,11 @@
 #ifndef S3_INTERNAL_H
 #define S3_INTERNAL_H
 
-#include "s3.h"
 #include "modules/aws/aws.h"
-#include "runtime/retry.h"
 #include "modules/aws/sigv4.h"
+#include "runtime/retry.h"
 #include "runtime/sbuf.h"
+#include "s3.h"
 
 #include <pthread.h>
 

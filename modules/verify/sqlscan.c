@@ -88,7 +88,7 @@ static ScanTable *table_for(SqlScan *s, const char *name, size_t len, RtError *e
     s->ntables++;
     return t;
 oom:
-    rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory while scanning the dump");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory while scanning the dump");
     return NULL;
 }
 
@@ -146,7 +146,7 @@ static int append_line(SqlScan *s, const uint8_t *p, size_t n, RtError *err)
     bool was_truncated = s->line.truncated;
     sb_addn(&s->line, (const char *)p, n);
     if (s->line.oom)
-        return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem",
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM,
                             "out of memory while scanning the dump");
     /* only the kept prefix is looked at at the end of the line: a COPY header must fit */
     if (s->line.truncated && !was_truncated && memcmp(s->line.p, "COPY ", 5) == 0)
@@ -159,7 +159,7 @@ int sqlscan_set_row_digests(SqlScan *s, bool on, RtError *err)
 {
     s->row_digests = on;
     if (on && !s->row_md && !(s->row_md = EVP_MD_CTX_new()))
-        return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
 
@@ -314,7 +314,7 @@ RtSink *sqlscan_sink(bool row_digests, RtError *err)
     if (!k || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(k);
         sqlscan_free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     k->name = "sqlscan";
@@ -343,7 +343,7 @@ RtFilter *sqlscan_filter(bool row_digests, RtError *err)
     if (!f || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(f);
         sqlscan_free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     f->name = "sqlscan";

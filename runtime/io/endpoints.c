@@ -66,7 +66,7 @@ static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err
         free(src);
         free(s);
         if (own) close(fd);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->fd = fd;
@@ -144,7 +144,7 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
         free(src);
         free(s);
         free(copy);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     if (len) memcpy(copy, data, len);
@@ -350,11 +350,11 @@ RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err)
     RtSink *k = make_file_sink(s); /* named "file_sink" */
     if (!k) {
         fsink_destroy(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     return k;
 nomem:
-    rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 fail:
     free(dcopy);
     free(bcopy);
@@ -374,7 +374,7 @@ RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
     if (!k) {
         if (s) free(s->path);
         free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->fd = fd;
@@ -394,7 +394,7 @@ static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err
         return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full",
                             "memory sink full (limit %zu bytes)", s->limit);
     sb_addn(s, (const char *)data, len);
-    if (s->oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    if (s->oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
 
@@ -430,7 +430,7 @@ RtSink *rt_mem_sink(size_t limit, RtError *err)
     if (!k || !s) {
         free(k);
         free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->limit = limit;
@@ -473,7 +473,7 @@ RtFilter *rt_count_filter(RtError *err)
     if (!f || !n) {
         free(f);
         free(n);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     f->name = "count";
@@ -538,7 +538,7 @@ static Child *child_start(const RtProcSpec *spec, int pipes, RtError *err)
 {
     Child *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&c->mu, NULL);
@@ -641,7 +641,7 @@ RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
     RtSource *src = rt_source_new();
     if (!src) {
         child_destroy(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     src->name = "command";
@@ -684,7 +684,7 @@ RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
     RtSink *k = rt_sink_new();
     if (!k) {
         child_destroy(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     k->name = "command";

@@ -23,8 +23,8 @@
 #include <time.h>
 
 #define DEFAULT_BUFFER (256 * 1024)
-#define DEFAULT_DEPTH 4
-#define MAX_STAGES 32
+#define DEFAULT_DEPTH  4
+#define MAX_STAGES     32
 
 typedef struct Queue {
     RtBuf *bufs; /* depth buffers */
@@ -80,7 +80,8 @@ struct RtPipe {
 static void pipe_fail(RtPipe *p, const RtError *err)
 {
     pthread_mutex_lock(&p->mu);
-    if (err && err->set) rt_error_copy(&p->err, err);
+    if (err && err->set)
+        rt_error_copy(&p->err, err);
     else if (!p->err.set)
         rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "a pipe stage failed");
     atomic_store(&p->failed, true);
@@ -242,8 +243,10 @@ static void *source_main(void *arg)
         if (got > b->size) got = b->size;
         b->used = got;
         atomic_fetch_add(&p->bytes_in, got);
-        if (got) queue_push_full(s->out, b);
-        else queue_put_free(s->out, b);
+        if (got)
+            queue_push_full(s->out, b);
+        else
+            queue_put_free(s->out, b);
         if (eof) {
             queue_close(s->out);
             return NULL;
@@ -320,8 +323,8 @@ static void *filter_main(void *arg)
                 queue_push_full(s->out, out); /* full, or the filter needs a fresh buffer */
                 out = NULL;
             } else if (!progressed) {
-                rt_error_set(&err, RT_CLASS_FAILURE, "pipe.stalled",
-                             "filter '%s' made no progress", s->label);
+                rt_error_set(&err, RT_CLASS_FAILURE, "pipe.stalled", "filter '%s' made no progress",
+                             s->label);
                 stage_error(s, &err, "filter");
                 goto stop_in;
             }
@@ -334,8 +337,10 @@ static void *filter_main(void *arg)
         goto stop;
     }
     if (out) {
-        if (out->used) queue_push_full(s->out, out);
-        else queue_put_free(s->out, out);
+        if (out->used)
+            queue_push_full(s->out, out);
+        else
+            queue_put_free(s->out, out);
         out = NULL;
     }
     queue_close(s->out);
@@ -414,21 +419,31 @@ RtPipe *rt_pipe_new(const RtPipeOptions *opts)
 
 static void destroy_stage_obj(StageKind kind, void *obj)
 {
-    if (kind == ST_SOURCE) rt_source_free(obj);
-    else if (kind == ST_FILTER) rt_filter_free(obj);
-    else rt_sink_free(obj);
+    if (kind == ST_SOURCE)
+        rt_source_free(obj);
+    else if (kind == ST_FILTER)
+        rt_filter_free(obj);
+    else
+        rt_sink_free(obj);
 }
 
 static int add_stage(RtPipe *p, StageKind kind, void *obj, const char *name, const char *label)
 {
     const char *why = NULL;
-    if (!obj) why = "stage is missing";
-    else if (p->ran) why = "pipe already ran";
-    else if (p->n_stages >= MAX_STAGES - 1) why = "too many stages";
-    else if (kind == ST_SOURCE && p->has_source) why = "pipe already has a source";
-    else if (kind != ST_SINK && p->has_sink) why = "stage added after the sink";
-    else if (kind == ST_SINK && p->has_sink) why = "pipe already has a sink";
-    else if (kind != ST_SOURCE && !p->has_source) why = "source must come first";
+    if (!obj)
+        why = "stage is missing";
+    else if (p->ran)
+        why = "pipe already ran";
+    else if (p->n_stages >= MAX_STAGES - 1)
+        why = "too many stages";
+    else if (kind == ST_SOURCE && p->has_source)
+        why = "pipe already has a source";
+    else if (kind != ST_SINK && p->has_sink)
+        why = "stage added after the sink";
+    else if (kind == ST_SINK && p->has_sink)
+        why = "pipe already has a sink";
+    else if (kind != ST_SOURCE && !p->has_source)
+        why = "source must come first";
     if (why) {
         if (obj) destroy_stage_obj(kind, obj);
         p->setup_failed = true;
@@ -437,9 +452,12 @@ static int add_stage(RtPipe *p, StageKind kind, void *obj, const char *name, con
     Stage *s = &p->stages[p->n_stages++];
     s->kind = kind;
     s->pipe = p;
-    if (kind == ST_SOURCE) s->u.src = obj;
-    else if (kind == ST_FILTER) s->u.flt = obj;
-    else s->u.sink = obj;
+    if (kind == ST_SOURCE)
+        s->u.src = obj;
+    else if (kind == ST_FILTER)
+        s->u.flt = obj;
+    else
+        s->u.sink = obj;
     /* unique label: "sha256", "sha256_2", ... */
     const char *base = label && *label ? label : (name ? name : "stage");
     snprintf(s->label, sizeof s->label, "%s", base);
@@ -506,7 +524,8 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     }
     if (p->ran || !p->has_source || !p->has_sink)
         return rt_error_set(err, RT_CLASS_USAGE, "pipe.setup",
-                            p->ran ? "bad pipe: it already ran" : "bad pipe: needs a source and a sink");
+                            p->ran ? "bad pipe: it already ran"
+                                   : "bad pipe: needs a source and a sink");
     p->ran = true;
     p->t_start = rt_monotonic();
     p->n_queues = p->n_stages - 1;
@@ -516,7 +535,7 @@ int rt_pipe_run(RtPipe *p, RtError *err)
         ok = queue_init(&p->queues[i], p->opts.queue_depth, p->opts.buffer_size) == 0;
     if (!ok) {
         p->stages[p->n_stages - 1].u.sink->abort(p->stages[p->n_stages - 1].u.sink->self);
-        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.nomem", "out of memory for pipe buffers");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory for pipe buffers");
     }
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
@@ -535,7 +554,8 @@ int rt_pipe_run(RtPipe *p, RtError *err)
         }
         s->started = true;
     }
-    if (p->opts.progress) p->monitor_started = pthread_create(&p->monitor, NULL, monitor_main, p) == 0;
+    if (p->opts.progress)
+        p->monitor_started = pthread_create(&p->monitor, NULL, monitor_main, p) == 0;
     for (int i = 0; i < p->n_stages; i++)
         if (p->stages[i].started) pthread_join(p->stages[i].thread, NULL);
     atomic_store(&p->done, true);
@@ -545,7 +565,8 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     bool failed = atomic_load(&p->failed) || !p->sink_finished;
     if (failed) {
         sink->abort(sink->self);
-        if (!p->err.set) rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "the pipe stopped early");
+        if (!p->err.set)
+            rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "the pipe stopped early");
     }
     if (p->opts.progress) {
         RtSource *src = p->stages[0].u.src;
@@ -560,11 +581,14 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     }
     collect_results(p);
     if (!p->results || rt_results_failed(p->results))
-        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.nomem", "out of memory for pipe results");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory for pipe results");
     return RT_OK;
 }
 
-const RtResults *rt_pipe_results(const RtPipe *p) { return p->results; }
+const RtResults *rt_pipe_results(const RtPipe *p)
+{
+    return p->results;
+}
 
 void rt_pipe_free(RtPipe *p)
 {
