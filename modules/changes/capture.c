@@ -451,6 +451,9 @@ static void seg_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps changes_segment_source_ops = {
+    .name = "changes.segment", .read = seg_read, .results = seg_results, .destroy = seg_destroy};
+
 RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
                              const char *sequences_url, RtError *err)
 {
@@ -467,10 +470,6 @@ RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
     s->deadline = rt_monotonic() + interval;
     s->max_bytes = max_bytes > 0 ? max_bytes : ((int64_t)64 << 20);
     chg_decoder_reset_stats(c->dec);
-    src->name = "changes.segment";
-    src->self = s;
-    src->read = seg_read;
-    src->results = seg_results;
-    src->destroy = seg_destroy;
+    rt_source_init(src, &changes_segment_source_ops, s);
     return src;
 }

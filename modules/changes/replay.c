@@ -513,6 +513,13 @@ static bool parse_snapshot(Rp *p, const char *s)
     return p->xmin <= p->xmax;
 }
 
+static const RtSinkOps changes_replay_sink_ops = {.name = "changes.replay",
+                                                  .write = rp_write,
+                                                  .finish = rp_finish,
+                                                  .abort = rp_abort,
+                                                  .results = rp_results,
+                                                  .destroy = rp_destroy};
+
 RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
 {
     Rp *p = calloc(1, sizeof *p);
@@ -540,12 +547,6 @@ RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
     }
     if (o->expect_sha256 && *o->expect_sha256) p->expect = strdup(o->expect_sha256);
     if (r->stopped) p->stopped = true;
-    k->name = "changes.replay";
-    k->self = p;
-    k->write = rp_write;
-    k->finish = rp_finish;
-    k->abort = rp_abort;
-    k->results = rp_results;
-    k->destroy = rp_destroy;
+    rt_sink_init(k, &changes_replay_sink_ops, p);
     return k;
 }

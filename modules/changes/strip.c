@@ -134,6 +134,11 @@ static void strip_destroy(void *self)
     free(st);
 }
 
+static const RtFilterOps no_owner_filter_ops = {.name = "no_owner",
+                                                .process = strip_process,
+                                                .results = strip_results,
+                                                .destroy = strip_destroy};
+
 RtFilter *chg_no_owner_filter(RtError *err)
 {
     static const PgSplitEvents ev = {ev_statement, ev_meta, ev_copy_data, ev_copy_end};
@@ -145,10 +150,6 @@ RtFilter *chg_no_owner_filter(RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "no_owner";
-    f->self = st;
-    f->process = strip_process;
-    f->results = strip_results;
-    f->destroy = strip_destroy;
+    rt_filter_init(f, &no_owner_filter_ops, st);
     return f;
 }

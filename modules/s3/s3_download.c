@@ -257,6 +257,12 @@ static void dl_destroy(void *self)
     free(d);
 }
 
+static const RtSourceOps s3_download_source_ops = {.name = "s3.download",
+                                                   .read = dl_read,
+                                                   .size_hint = dl_size_hint,
+                                                   .results = dl_results,
+                                                   .destroy = dl_destroy};
+
 RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *err)
 {
     if (!o->bucket || !*o->bucket || !o->key || !*o->key) {
@@ -299,12 +305,7 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
     d->part = o->part_size ? o->part_size : 8u << 20;
     d->conc = o->concurrency > 0 ? (o->concurrency > 64 ? 64 : o->concurrency) : 4;
     d->nchunks = d->size == 0 ? 0 : (d->size + (int64_t)d->part - 1) / (int64_t)d->part;
-    s->name = "s3.download";
-    s->self = d;
-    s->read = dl_read;
-    s->size_hint = dl_size_hint;
-    s->results = dl_results;
-    s->destroy = dl_destroy;
+    rt_source_init(s, &s3_download_source_ops, d);
     if (!d->bucket || !d->key || !d->name) {
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_source_free(s);

@@ -626,6 +626,13 @@ static char *dupn(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static const RtSinkOps s3_upload_sink_ops = {.name = "s3.upload",
+                                             .write = up_write,
+                                             .finish = up_finish,
+                                             .abort = up_abort,
+                                             .results = up_results,
+                                             .destroy = up_destroy};
+
 RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
 {
     if (!o->bucket || !*o->bucket || !o->key || !*o->key) {
@@ -671,13 +678,7 @@ RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
     u->w = (S3WriteOptions){u->sse, u->kms, u->sclass, u->ctype, (const char *const *)u->meta};
     u->base = base;
     u->conc = conc;
-    s->name = "s3.upload";
-    s->self = u;
-    s->write = up_write;
-    s->finish = up_finish;
-    s->abort = up_abort;
-    s->results = up_results;
-    s->destroy = up_destroy;
+    rt_sink_init(s, &s3_upload_sink_ops, u);
     if (!u->bucket || !u->key || !u->name || !u->meta) {
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_sink_free(s);

@@ -307,6 +307,13 @@ static void scan_destroy(void *self)
     sqlscan_free(self);
 }
 
+static const RtSinkOps sqlscan_sink_ops = {.name = "sqlscan",
+                                           .write = scan_write,
+                                           .finish = scan_finish,
+                                           .abort = scan_abort,
+                                           .results = scan_results,
+                                           .destroy = scan_destroy};
+
 RtSink *sqlscan_sink(bool row_digests, RtError *err)
 {
     RtSink *k = rt_sink_new();
@@ -317,13 +324,7 @@ RtSink *sqlscan_sink(bool row_digests, RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    k->name = "sqlscan";
-    k->self = s;
-    k->write = scan_write;
-    k->finish = scan_finish;
-    k->abort = scan_abort;
-    k->results = scan_results;
-    k->destroy = scan_destroy;
+    rt_sink_init(k, &sqlscan_sink_ops, s);
     return k;
 }
 
@@ -336,6 +337,9 @@ static int scan_observe(void *self, const uint8_t *data, size_t len, RtError *er
     return sqlscan_feed(self, data, len, err);
 }
 
+static const RtFilterOps sqlscan_filter_ops = {
+    .name = "sqlscan", .observe = scan_observe, .results = scan_results, .destroy = scan_destroy};
+
 RtFilter *sqlscan_filter(bool row_digests, RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -346,10 +350,6 @@ RtFilter *sqlscan_filter(bool row_digests, RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "sqlscan";
-    f->self = s;
-    f->observe = scan_observe;
-    f->results = scan_results;
-    f->destroy = scan_destroy;
+    rt_filter_init(f, &sqlscan_filter_ops, s);
     return f;
 }

@@ -58,6 +58,9 @@ static void fd_src_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps file_source_ops = {
+    .name = "file", .read = fd_read, .size_hint = fd_size, .destroy = fd_src_destroy};
+
 static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err)
 {
     RtSource *src = rt_source_new();
@@ -74,11 +77,7 @@ static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err
     snprintf(s->name, sizeof s->name, "%s", name);
     struct stat st;
     s->size = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
-    src->name = "file";
-    src->self = s;
-    src->read = fd_read;
-    src->size_hint = fd_size;
-    src->destroy = fd_src_destroy;
+    rt_source_init(src, &file_source_ops, s);
     return src;
 }
 
@@ -135,6 +134,9 @@ static void mem_src_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps memory_source_ops = {
+    .name = "memory", .read = mem_read, .size_hint = mem_size, .destroy = mem_src_destroy};
+
 RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
 {
     RtSource *src = rt_source_new();
@@ -150,11 +152,7 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
     if (len) memcpy(copy, data, len);
     s->data = copy;
     s->len = len;
-    src->name = "memory";
-    src->self = s;
-    src->read = mem_read;
-    src->size_hint = mem_size;
-    src->destroy = mem_src_destroy;
+    rt_source_init(src, &memory_source_ops, s);
     return src;
 }
 
@@ -276,17 +274,24 @@ static void fsink_destroy(void *self)
     free(s);
 }
 
+static const RtSinkOps file_sink_ops = {.name = "file_sink",
+                                        .write = fsink_write,
+                                        .finish = fsink_finish,
+                                        .abort = fsink_abort,
+                                        .results = fsink_results,
+                                        .destroy = fsink_destroy};
+static const RtSinkOps stdout_sink_ops = {.name = "stdout",
+                                          .write = fsink_write,
+                                          .finish = fsink_finish,
+                                          .abort = fsink_abort,
+                                          .results = fsink_results,
+                                          .destroy = fsink_destroy};
+
 static RtSink *make_file_sink(FileSink *s)
 {
     RtSink *k = rt_sink_new();
     if (!k) return NULL;
-    k->name = s->atomic ? "file_sink" : "stdout";
-    k->self = s;
-    k->write = fsink_write;
-    k->finish = fsink_finish;
-    k->abort = fsink_abort;
-    k->results = fsink_results;
-    k->destroy = fsink_destroy;
+    rt_sink_init(k, s->atomic ? &file_sink_ops : &stdout_sink_ops, s);
     return k;
 }
 
@@ -423,6 +428,13 @@ static void msink_destroy(void *self)
     free(self);
 }
 
+static const RtSinkOps buffer_sink_ops = {.name = "buffer",
+                                          .write = msink_write,
+                                          .finish = msink_finish,
+                                          .abort = msink_abort,
+                                          .results = msink_results,
+                                          .destroy = msink_destroy};
+
 RtSink *rt_mem_sink(size_t limit, RtError *err)
 {
     RtSink *k = rt_sink_new();
@@ -434,13 +446,7 @@ RtSink *rt_mem_sink(size_t limit, RtError *err)
         return NULL;
     }
     s->limit = limit;
-    k->name = "buffer";
-    k->self = s;
-    k->write = msink_write;
-    k->finish = msink_finish;
-    k->abort = msink_abort;
-    k->results = msink_results;
-    k->destroy = msink_destroy;
+    rt_sink_init(k, &buffer_sink_ops, s);
     return k;
 }
 
@@ -466,6 +472,9 @@ static void count_results(void *self, RtResults *res)
     rt_results_int(res, "bytes", (int64_t) * (uint64_t *)self);
 }
 
+static const RtFilterOps count_filter_ops = {
+    .name = "count", .observe = count_observe, .results = count_results, .destroy = free};
+
 RtFilter *rt_count_filter(RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -476,11 +485,7 @@ RtFilter *rt_count_filter(RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "count";
-    f->self = n;
-    f->observe = count_observe;
-    f->results = count_results;
-    f->destroy = free;
+    rt_filter_init(f, &count_filter_ops, n);
     return f;
 }
 
@@ -634,6 +639,9 @@ static int child_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *e
     }
 }
 
+static const RtSourceOps command_source_ops = {
+    .name = "command", .read = child_read, .destroy = child_destroy};
+
 RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
 {
     Child *c = child_start(spec, RT_PROC_STDOUT, err);
@@ -644,10 +652,7 @@ RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    src->name = "command";
-    src->self = c;
-    src->read = child_read;
-    src->destroy = child_destroy;
+    rt_source_init(src, &command_source_ops, c);
     return src;
 }
 
@@ -674,6 +679,12 @@ static void child_sink_abort(void *self)
     child_kill(self);
 }
 
+static const RtSinkOps command_sink_ops = {.name = "command",
+                                           .write = child_write,
+                                           .finish = child_sink_finish,
+                                           .abort = child_sink_abort,
+                                           .destroy = child_destroy};
+
 RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
 {
     Child *c = child_start(spec, RT_PROC_STDIN | (quiet ? RT_PROC_QUIET : 0), err);
@@ -687,11 +698,6 @@ RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    k->name = "command";
-    k->self = c;
-    k->write = child_write;
-    k->finish = child_sink_finish;
-    k->abort = child_sink_abort;
-    k->destroy = child_destroy;
+    rt_sink_init(k, &command_sink_ops, c);
     return k;
 }
