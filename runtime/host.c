@@ -174,10 +174,8 @@ static int error_tostring(lua_State *L)
 void rt_host_set_error_mt(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
-    if (luaL_newmetatable(L, RT_ERROR_MT)) {
-        lua_pushcfunction(L, error_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    static const luaL_Reg meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+    rt_lua_class(L, RT_ERROR_MT, meta, NULL);
     lua_setmetatable(L, idx);
 }
 

@@ -158,10 +158,8 @@ static int l_request(lua_State *L)
     HttpCall *c = lua_newuserdatauv(L, sizeof *c, 0); /* index 2 */
     memset(c, 0, sizeof *c);
     rt_http_response_init(&c->rs);
-    if (luaL_newmetatable(L, "clubio.http_call")) {
-        lua_pushcfunction(L, call_gc);
-        lua_setfield(L, -2, "__gc");
-    }
+    static const luaL_Reg meta[] = {{"__gc", call_gc}, {NULL, NULL}};
+    rt_lua_class(L, "clubio.http_call", meta, NULL);
     lua_setmetatable(L, -2);
 
     lua_getfield(L, 1, "url");

@@ -42,24 +42,30 @@ static int stage_tostring(lua_State *L)
     return 1;
 }
 
-static void push_stage(lua_State *L, int kind, void *obj, const char *name)
+RtLuaStage *rt_lua_new_stage(lua_State *L, int kind)
 {
-    /* Allocate the userdata before it owns anything: if this raises, free the stage first. */
     RtLuaStage *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->kind = kind;
+    snprintf(s->name, sizeof s->name, "stage");
+    static const luaL_Reg m[] = {
+        {"__gc", stage_gc}, {"__close", stage_gc}, {"__tostring", stage_tostring}, {NULL, NULL}};
+    rt_lua_class(L, RT_STAGE_MT, m, NULL);
+    lua_setmetatable(L, -2);
+    return s;
+}
+
+void rt_lua_stage_set(RtLuaStage *s, void *obj, const char *name)
+{
     s->obj = obj;
     snprintf(s->name, sizeof s->name, "%s", name ? name : "stage");
-    if (luaL_newmetatable(L, RT_STAGE_MT)) {
-        static const luaL_Reg m[] = {{"__gc", stage_gc},
-                                     {"__close", stage_gc},
-                                     {"__tostring", stage_tostring},
-                                     {NULL, NULL}};
-        luaL_setfuncs(L, m, 0);
-        lua_pushliteral(L, "clubio.stage");
-        lua_setfield(L, -2, "__name");
-    }
-    lua_setmetatable(L, -2);
+}
+
+static void push_stage(lua_State *L, int kind, void *obj, const char *name)
+{
+    /* The stage exists already: a memory error raised by the userdata's allocation would lose
+     * it. Bindings that can build the stage afterwards use rt_lua_new_stage instead. */
+    rt_lua_stage_set(rt_lua_new_stage(L, kind), obj, name);
 }
 
 void rt_lua_push_source(lua_State *L, RtSource *s)
@@ -171,6 +177,22 @@ int rt_lua_fail(lua_State *L, RtErrorClass klass, const char *code, const char *
     va_end(ap);
     if (hint) rt_error_hint(&err, "%s", hint);
     return rt_lua_raise(L, &err);
+}
+
+/* ---- classes ---------------------------------------------------------------------------- */
+
+void rt_lua_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods)
+{
+    if (!luaL_newmetatable(L, name)) return;
+    luaL_setfuncs(L, meta, 0);
+    if (methods == meta) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    } else if (methods) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+    }
 }
 
 /* ---- options ---------------------------------------------------------------------------- */

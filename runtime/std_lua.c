@@ -552,29 +552,18 @@ static int lock_tostring(lua_State *L)
 
 int luaopen_proc(lua_State *L)
 {
-    if (luaL_newmetatable(L, LOCK_MT)) {
-        static const luaL_Reg m[] = {{"release", lock_release}, {NULL, NULL}};
-        luaL_newlib(L, m);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, lock_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    static const luaL_Reg lock_meta[] = {{"__gc", lock_release},
+                                         {"__close", lock_release},
+                                         {"__tostring", lock_tostring},
+                                         {NULL, NULL}};
+    static const luaL_Reg lock_methods[] = {{"release", lock_release}, {NULL, NULL}};
+    rt_lua_class(L, LOCK_MT, lock_meta, lock_methods);
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, CHILD_MT)) {
-        static const luaL_Reg m[] = {
-            {"poll", child_poll}, {"wait", child_wait}, {"terminate", child_terminate},
-            {"kill", child_kill}, {"pid", child_pid},   {NULL, NULL}};
-        luaL_newlib(L, m);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, child_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, child_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    static const luaL_Reg child_meta[] = {{"__gc", child_gc}, {"__close", child_gc}, {NULL, NULL}};
+    static const luaL_Reg child_methods[] = {
+        {"poll", child_poll}, {"wait", child_wait}, {"terminate", child_terminate},
+        {"kill", child_kill}, {"pid", child_pid},   {NULL, NULL}};
+    rt_lua_class(L, CHILD_MT, child_meta, child_methods);
     lua_pop(L, 1);
     static const luaL_Reg f[] = {
         {"run", l_proc_run}, {"lock", l_proc_lock}, {"spawn", l_proc_spawn}, {NULL, NULL}};
@@ -611,14 +600,10 @@ static void push_secret(lua_State *L, RtSecret *s)
 {
     RtSecret **ud = lua_newuserdatauv(L, sizeof *ud, 0);
     *ud = s;
-    if (luaL_newmetatable(L, RT_SECRET_MT)) {
-        static const luaL_Reg m[] = {
-            {"__gc", secret_gc},       {"__close", secret_gc}, {"__tostring", secret_tostring},
-            {"reveal", secret_reveal}, {"wipe", secret_gc},    {NULL, NULL}};
-        luaL_setfuncs(L, m, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -2, "__index");
-    }
+    static const luaL_Reg m[] = {
+        {"__gc", secret_gc},       {"__close", secret_gc}, {"__tostring", secret_tostring},
+        {"reveal", secret_reveal}, {"wipe", secret_gc},    {NULL, NULL}};
+    rt_lua_class(L, RT_SECRET_MT, m, m); /* its own __index */
     lua_setmetatable(L, -2);
 }
 

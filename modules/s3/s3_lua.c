@@ -650,14 +650,8 @@ int luaopen_s3(lua_State *L)
                                        {"info", l_info},
                                        {"close", client_gc},
                                        {NULL, NULL}};
-    if (luaL_newmetatable(L, CLIENT_MT)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    static const luaL_Reg meta[] = {{"__gc", client_gc}, {"__close", client_gc}, {NULL, NULL}};
+    rt_lua_class(L, CLIENT_MT, meta, methods);
     lua_pop(L, 1);
     static const luaL_Reg f[] = {{"client", l_client}, {NULL, NULL}};
     luaL_newlib(L, f);
