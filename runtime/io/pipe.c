@@ -33,7 +33,8 @@ typedef struct Queue {
     RtBuf **full; /* ring */
     int full_head, n_full;
     int depth;
-    bool eof; /* producer closed */
+    bool eof;   /* producer closed */
+    bool ready; /* mu and cond initialised (queue_destroy undoes only what queue_init did) */
     pthread_mutex_t mu;
     pthread_cond_t cond;
 } Queue;
@@ -109,6 +110,21 @@ static bool pipe_alive(RtPipe *p)
 
 /* ---- queues ----------------------------------------------------------------------------- */
 
+static void queue_destroy(Queue *q)
+{
+    if (q->bufs)
+        for (int i = 0; i < q->depth; i++) rt_buf_free(&q->bufs[i]);
+    free(q->bufs);
+    free(q->free_list);
+    free(q->full);
+    if (q->ready) {
+        pthread_mutex_destroy(&q->mu);
+        pthread_cond_destroy(&q->cond);
+    }
+    memset(q, 0, sizeof *q);
+}
+
+/* On failure everything is freed again (the queue is left empty, safe to queue_destroy). */
 static int queue_init(Queue *q, int depth, size_t bufsize)
 {
     memset(q, 0, sizeof *q);
@@ -116,25 +132,19 @@ static int queue_init(Queue *q, int depth, size_t bufsize)
     q->bufs = calloc((size_t)depth, sizeof *q->bufs);
     q->free_list = calloc((size_t)depth, sizeof *q->free_list);
     q->full = calloc((size_t)depth, sizeof *q->full);
-    if (!q->bufs || !q->free_list || !q->full) return -1;
-    for (int i = 0; i < depth; i++) {
-        if (rt_buf_alloc(&q->bufs[i], bufsize) != 0) return -1;
-        q->free_list[q->n_free++] = &q->bufs[i];
+    bool ok = q->bufs && q->free_list && q->full;
+    for (int i = 0; ok && i < depth; i++) {
+        ok = rt_buf_alloc(&q->bufs[i], bufsize) == 0;
+        if (ok) q->free_list[q->n_free++] = &q->bufs[i];
+    }
+    if (!ok) {
+        queue_destroy(q);
+        return -1;
     }
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->cond, NULL);
+    q->ready = true;
     return 0;
-}
-
-static void queue_destroy(Queue *q)
-{
-    if (!q->bufs) return;
-    for (int i = 0; i < q->depth; i++) rt_buf_free(&q->bufs[i]);
-    free(q->bufs);
-    free(q->free_list);
-    free(q->full);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cond);
 }
 
 static void timed_wait(Queue *q)
@@ -530,6 +540,7 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     p->t_start = rt_monotonic();
     p->n_queues = p->n_stages - 1;
     p->queues = calloc((size_t)p->n_queues, sizeof *p->queues);
+    if (!p->queues) p->n_queues = 0; /* rt_pipe_free must not walk queues that do not exist */
     bool ok = p->queues != NULL;
     for (int i = 0; ok && i < p->n_queues; i++)
         ok = queue_init(&p->queues[i], p->opts.queue_depth, p->opts.buffer_size) == 0;

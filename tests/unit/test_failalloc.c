@@ -1,0 +1,138 @@
+/*
+ * Allocation failure, swept: this test binary is linked with -Wl,--wrap for malloc, calloc and
+ * realloc (tests/CMakeLists.txt), so every allocation made by the runtime and the modules (the
+ * static clubio_rt library) goes through the wrappers below; allocations inside shared libraries
+ * (libc, OpenSSL, libdeflate) do not. For N = 1, 2, ... the Nth allocation fails, and the
+ * operation must then fail cleanly with an error (not crash, not hang, not report success); under
+ * the ASan build (CLUBIO_SANITIZE) a leak on any failure path fails the run at exit. The sweep
+ * ends at the first N that the operation no longer reaches.
+ */
+#include "harness.h"
+#include "io/endpoints.h"
+#include "io/pipe.h"
+#include "json.h"
+#include "modules/crypto/crypto.h"
+#include "sbuf.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+
+static atomic_long fail_at; /* the allocation to fail, counted from 1; 0: none */
+static atomic_long allocs;  /* allocations since the count was armed */
+static atomic_bool fired;   /* the failure happened */
+
+static bool should_fail(void)
+{
+    long at = atomic_load(&fail_at);
+    if (!at) return false;
+    if (atomic_fetch_add(&allocs, 1) + 1 != at) return false;
+    atomic_store(&fired, true);
+    return true;
+}
+
+void *__wrap_malloc(size_t n)
+{
+    return should_fail() ? NULL : __real_malloc(n);
+}
+void *__wrap_calloc(size_t n, size_t size)
+{
+    return should_fail() ? NULL : __real_calloc(n, size);
+}
+void *__wrap_realloc(void *p, size_t n)
+{
+    return should_fail() ? NULL : __real_realloc(p, n);
+}
+
+static void arm(long n)
+{
+    atomic_store(&allocs, 0);
+    atomic_store(&fired, false);
+    atomic_store(&fail_at, n);
+}
+
+static void disarm(void)
+{
+    atomic_store(&fail_at, 0);
+}
+
+static uint8_t input[200000];
+
+/* memory -> sha256 -> gzip -> count -> memory; returns RT_OK or RT_ERR with err set. */
+static int run_pipe(RtError *err, char digest[65])
+{
+    RtPipeOptions po = {.buffer_size = 4096};
+    RtPipe *p = rt_pipe_new(&po);
+    if (!p) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+    CryptoGzipOptions gz = {.level = 1, .threads = 2, .block_size = 65536};
+    int rc = rt_pipe_set_source(p, rt_mem_source(input, sizeof input, err), "in");
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, crypto_sha256_filter(err), "plain");
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, crypto_gzip_filter(&gz, err), NULL);
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, rt_count_filter(err), NULL);
+    if (rc == RT_OK) rc = rt_pipe_set_sink(p, rt_mem_sink(1 << 20, err), "out");
+    if (rc == RT_OK) rc = rt_pipe_run(p, err);
+    if (rc == RT_OK) {
+        const RtResults *h = rt_results_get(rt_results_get(rt_pipe_results(p), "plain"), "hex");
+        snprintf(digest, 65, "%s", h ? rt_results_as_str(h, NULL) : "");
+    }
+    rt_pipe_free(p);
+    if (rc != RT_OK && !err->set) rt_error_set(err, RT_CLASS_FAILURE, "test.unset", "no error");
+    return rc;
+}
+
+static void test_pipe_sweep(void)
+{
+    for (size_t i = 0; i < sizeof input; i++) input[i] = (uint8_t)((i * 2654435761u) >> 13);
+    char want[65] = "", got[65];
+    RtError err;
+    rt_error_init(&err);
+    CHECK(run_pipe(&err, want) == RT_OK);
+    CHECK(strlen(want) == 64);
+    int failures = 0, nomem = 0;
+    for (long n = 1; n < 5000; n++) {
+        rt_error_init(&err);
+        got[0] = 0;
+        arm(n);
+        int rc = run_pipe(&err, got);
+        disarm();
+        if (!atomic_load(&fired)) { /* the run made fewer than n allocations: the sweep is done */
+            CHECK(rc == RT_OK);
+            CHECK_EQ_STR(got, want);
+            break;
+        }
+        if (rc == RT_OK) {
+            CHECK_EQ_STR(got, want); /* a failure that was absorbed must not change the bytes */
+        } else {
+            failures++;
+            CHECK(err.message[0] != 0);
+            if (strcmp(err.code, RT_CODE_NOMEM) == 0) nomem++;
+        }
+    }
+    fprintf(stderr, "  pipe: %d failed runs, %d of them \"nomem\"\n", failures, nomem);
+    CHECK(failures > 0);
+}
+
+static void test_sbuf_and_json_sweep(void)
+{
+    for (long n = 1; n < 100; n++) {
+        SBuf b = {0};
+        arm(n);
+        for (int i = 0; i < 50; i++) rt_json_quote(&b, "a \"quoted\"\tline\n", 16);
+        disarm();
+        bool f = atomic_load(&fired);
+        CHECK(f == b.oom); /* a failed allocation is never silent */
+        CHECK(f || b.len == 50 * 22);
+        CHECK(!f || sb_str(&b) == NULL); /* the result of a failed build is not handed out */
+        sb_free(&b);
+        if (!f) break;
+    }
+}
+
+TEST_MAIN(test_pipe_sweep, test_sbuf_and_json_sweep)
