@@ -13,6 +13,7 @@
 #include "json.h"
 #include "modules/crypto/crypto.h"
 #include "sbuf.h"
+#include "secret.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -119,6 +120,67 @@ static void test_pipe_sweep(void)
     CHECK(failures > 0);
 }
 
+/* memory -> gzip -> encrypt -> decrypt -> gunzip -> sha256 -> memory: the round trip. */
+static int run_round_trip(RtError *err, char digest[65])
+{
+    RtPipeOptions po = {.buffer_size = 8192};
+    RtPipe *p = rt_pipe_new(&po);
+    if (!p) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+    CryptoGzipOptions gz = {.level = 1, .threads = 1};
+    RtSecret *k1 = rt_secret_from_value("failalloc-passphrase", 20, "test", err);
+    RtSecret *k2 = k1 ? rt_secret_from_value("failalloc-passphrase", 20, "test", err) : NULL;
+    int rc = rt_pipe_set_source(p, rt_mem_source(input, sizeof input, err), "in");
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, crypto_gzip_filter(&gz, err), NULL);
+    if (rc == RT_OK)
+        rc = rt_pipe_add_filter(p, crypto_encrypt_filter(k1, 1000, err), NULL);
+    else
+        rt_secret_free(k1);
+    if (rc == RT_OK)
+        rc = rt_pipe_add_filter(p, crypto_decrypt_filter(k2, 1000, err), NULL);
+    else
+        rt_secret_free(k2);
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, crypto_gunzip_filter(err), NULL);
+    if (rc == RT_OK) rc = rt_pipe_add_filter(p, crypto_sha256_filter(err), "plain");
+    if (rc == RT_OK) rc = rt_pipe_set_sink(p, rt_mem_sink(1 << 20, err), "out");
+    if (rc == RT_OK) rc = rt_pipe_run(p, err);
+    if (rc == RT_OK) {
+        const RtResults *h = rt_results_get(rt_results_get(rt_pipe_results(p), "plain"), "hex");
+        snprintf(digest, 65, "%s", h ? rt_results_as_str(h, NULL) : "");
+    }
+    rt_pipe_free(p);
+    if (rc != RT_OK && !err->set) rt_error_set(err, RT_CLASS_FAILURE, "test.unset", "no error");
+    return rc;
+}
+
+static void test_round_trip_sweep(void)
+{
+    char want[65] = "", got[65];
+    RtError err;
+    rt_error_init(&err);
+    CHECK(run_pipe(&err, want) == RT_OK); /* the sha256 of the plain input */
+    int failures = 0;
+    for (long n = 1; n < 5000; n++) {
+        rt_error_init(&err);
+        got[0] = 0;
+        arm(n);
+        int rc = run_round_trip(&err, got);
+        disarm();
+        if (!atomic_load(&fired)) {
+            CHECK(rc == RT_OK);
+            CHECK_EQ_STR(got, want);
+            break;
+        }
+        if (rc == RT_OK)
+            CHECK_EQ_STR(got, want);
+        else {
+            failures++;
+            CHECK(err.message[0] != 0);
+        }
+    }
+    fprintf(stderr, "  round trip: %d failed runs\n", failures);
+    CHECK(failures > 0);
+}
+
 static void test_sbuf_and_json_sweep(void)
 {
     for (long n = 1; n < 100; n++) {
@@ -135,4 +197,4 @@ static void test_sbuf_and_json_sweep(void)
     }
 }
 
-TEST_MAIN(test_pipe_sweep, test_sbuf_and_json_sweep)
+TEST_MAIN(test_pipe_sweep, test_round_trip_sweep, test_sbuf_and_json_sweep)
