@@ -15,21 +15,27 @@
 
 /* ---- stages ----------------------------------------------------------------------------- */
 
+/* Frees a stage that never reached a pipe; a sink is aborted first (it never ran: leave nothing
+ * behind). */
+static void stage_obj_free(int kind, void *obj)
+{
+    if (!obj) return;
+    if (kind == RT_STAGE_SOURCE)
+        rt_source_free(obj);
+    else if (kind == RT_STAGE_FILTER)
+        rt_filter_free(obj);
+    else {
+        RtSink *k = obj;
+        k->abort(k->self);
+        rt_sink_free(k);
+    }
+}
+
 static int stage_gc(lua_State *L)
 {
     RtLuaStage *s = luaL_checkudata(L, 1, RT_STAGE_MT);
-    if (s->obj) {
-        if (s->kind == RT_STAGE_SOURCE)
-            rt_source_free(s->obj);
-        else if (s->kind == RT_STAGE_FILTER)
-            rt_filter_free(s->obj);
-        else {
-            RtSink *k = s->obj;
-            k->abort(k->self); /* never ran: leave nothing behind */
-            rt_sink_free(k);
-        }
-        s->obj = NULL;
-    }
+    stage_obj_free(s->kind, s->obj);
+    s->obj = NULL;
     return 0;
 }
 
@@ -61,11 +67,24 @@ void rt_lua_stage_set(RtLuaStage *s, void *obj, const char *name)
     snprintf(s->name, sizeof s->name, "%s", name ? name : "stage");
 }
 
+static int new_closed_stage(lua_State *L)
+{
+    rt_lua_new_stage(L, (int)lua_tointeger(L, 1));
+    return 1;
+}
+
+/* The stage exists already, so the userdata is made under lua_pcall: if that raises (out of
+ * memory), the stage is freed (a sink aborted) before the error goes on, never leaked. Bindings
+ * that can build the stage afterwards use rt_lua_new_stage first instead. */
 static void push_stage(lua_State *L, int kind, void *obj, const char *name)
 {
-    /* The stage exists already: a memory error raised by the userdata's allocation would lose
-     * it. Bindings that can build the stage afterwards use rt_lua_new_stage instead. */
-    rt_lua_stage_set(rt_lua_new_stage(L, kind), obj, name);
+    lua_pushcfunction(L, new_closed_stage); /* neither push allocates */
+    lua_pushinteger(L, kind);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        stage_obj_free(kind, obj);
+        lua_error(L);
+    }
+    rt_lua_stage_set(lua_touserdata(L, -1), obj, name);
 }
 
 void rt_lua_push_source(lua_State *L, RtSource *s)

@@ -10,7 +10,9 @@
 #include "harness.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
+#include "io/stage.h"
 #include "json.h"
+#include "lua_api.h"
 #include "modules/crypto/crypto.h"
 #include "sbuf.h"
 #include "secret.h"
@@ -197,4 +199,72 @@ static void test_sbuf_and_json_sweep(void)
     }
 }
 
-TEST_MAIN(test_pipe_sweep, test_round_trip_sweep, test_sbuf_and_json_sweep)
+/* ---- a stage handed to Lua when Lua's own allocator fails --------------------------------- */
+
+static long lua_fail_at, lua_allocs;
+
+static void *lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    (void)ud;
+    (void)osize;
+    if (nsize == 0) {
+        free(ptr);
+        return NULL;
+    }
+    if (lua_fail_at && ++lua_allocs >= lua_fail_at) return NULL; /* Lua retries after a GC */
+    return realloc(ptr, nsize);
+}
+
+static int sink_aborts, sink_destroys;
+static int fake_write(void *self, const uint8_t *d, size_t n, RtError *err)
+{
+    (void)self, (void)d, (void)n, (void)err;
+    return RT_OK;
+}
+static int fake_finish(void *self, RtError *err)
+{
+    (void)self, (void)err;
+    return RT_OK;
+}
+static void fake_abort(void *self)
+{
+    (void)self;
+    sink_aborts++;
+}
+static void fake_destroy(void *self)
+{
+    (void)self;
+    sink_destroys++;
+}
+static const RtSinkOps fake_sink_ops = {.name = "fake",
+                                        .write = fake_write,
+                                        .finish = fake_finish,
+                                        .abort = fake_abort,
+                                        .destroy = fake_destroy};
+
+static int push_fake_sink(lua_State *L)
+{
+    RtSink *k = rt_sink_new();
+    if (!k) return luaL_error(L, "out of memory");
+    rt_sink_init(k, &fake_sink_ops, NULL);
+    lua_fail_at = lua_allocs + 1; /* from here on Lua allocations fail: the stage userdata first */
+    rt_lua_push_sink(L, k);
+    return 1;
+}
+
+static void test_push_stage_out_of_memory(void)
+{
+    lua_State *L = lua_newstate(lua_alloc, NULL);
+    CHECK(L != NULL);
+    lua_pushcfunction(L, push_fake_sink);
+    int rc = lua_pcall(L, 0, 1, 0);
+    lua_fail_at = 0;
+    CHECK_EQ_INT(rc, LUA_ERRMEM);
+    CHECK_EQ_INT(sink_aborts, 1);   /* a sink that never ran is aborted... */
+    CHECK_EQ_INT(sink_destroys, 1); /* ...and freed, not leaked */
+    lua_close(L);
+    CHECK_EQ_INT(sink_destroys, 1); /* and only once */
+}
+
+TEST_MAIN(test_push_stage_out_of_memory, test_pipe_sweep, test_round_trip_sweep,
+          test_sbuf_and_json_sweep)
