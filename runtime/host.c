@@ -9,6 +9,7 @@
 #include "host.h"
 #include "commands.h"
 #include "io/cancel.h"
+#include "json.h"
 #include "log.h"
 #include "redact.h"
 
@@ -173,10 +174,8 @@ static int error_tostring(lua_State *L)
 void rt_host_set_error_mt(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
-    if (luaL_newmetatable(L, RT_ERROR_MT)) {
-        lua_pushcfunction(L, error_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    static const luaL_Reg meta[] = {{"__tostring", error_tostring}, {NULL, NULL}};
+    rt_lua_class(L, RT_ERROR_MT, meta, NULL);
     lua_setmetatable(L, idx);
 }
 
@@ -189,23 +188,6 @@ static int msgh(lua_State *L)
     return 1;
 }
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", f);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 int rt_report_error(const RtError *err)
 {
     char msg[sizeof err->message], hint[sizeof err->hint];
@@ -213,14 +195,14 @@ int rt_report_error(const RtError *err)
     rt_redact(err->hint, hint, sizeof hint);
     if (rt_host_global_flags.json) {
         fputs("{\"ok\":false,\"error\":{\"class\":", stdout);
-        json_str(stdout, rt_error_class_name(err->klass));
+        rt_json_fquote(stdout, rt_error_class_name(err->klass));
         fputs(",\"code\":", stdout);
-        json_str(stdout, err->code);
+        rt_json_fquote(stdout, err->code);
         fputs(",\"message\":", stdout);
-        json_str(stdout, msg);
+        rt_json_fquote(stdout, msg);
         if (hint[0]) {
             fputs(",\"hint\":", stdout);
-            json_str(stdout, hint);
+            rt_json_fquote(stdout, hint);
         }
         fprintf(stdout, ",\"retryable\":%s,\"exit\":%d}}\n", err->retryable ? "true" : "false",
                 rt_error_exit_status(err->klass));
@@ -521,18 +503,18 @@ int rt_host_list(bool json)
         fputs("[", stdout);
         for (size_t i = 0; i < n; i++) {
             fputs(i ? ",\n {\"name\":" : "{\"name\":", stdout);
-            json_str(stdout, items[i].name);
+            rt_json_fquote(stdout, items[i].name);
             fputs(",\"kind\":", stdout);
-            json_str(stdout, items[i].kind);
+            rt_json_fquote(stdout, items[i].kind);
             fputs(",\"description\":", stdout);
-            json_str(stdout, items[i].description);
+            rt_json_fquote(stdout, items[i].description);
             fputs(",\"schedule\":", stdout);
             if (items[i].schedule[0])
-                json_str(stdout, items[i].schedule);
+                rt_json_fquote(stdout, items[i].schedule);
             else
                 fputs("null", stdout);
             fputs(",\"path\":", stdout);
-            json_str(stdout, items[i].path);
+            rt_json_fquote(stdout, items[i].path);
             fputs("}", stdout);
         }
         fputs("]\n", stdout);

@@ -8,9 +8,9 @@
 
 #include "lua_api.h"
 
-#define RT_STAGE_MT "clubio.stage"
+#define RT_STAGE_MT  "clubio.stage"
 #define RT_SECRET_MT "clubio.secret"
-#define RT_ERROR_MT "clubio.error"
+#define RT_ERROR_MT  "clubio.error"
 /* registry field: the message of the error that ended the script (set before lua_close) */
 #define RT_EXIT_ERROR_KEY "clubio.exit_error"
 
@@ -24,6 +24,11 @@ typedef struct RtLuaStage {
 } RtLuaStage;
 
 RtLuaStage *rt_lua_check_stage(lua_State *L, int idx);
+/* liolib's order: push a closed stage userdata of `kind` (RT_STAGE_*) first, then build the C
+ * stage and hand it over with rt_lua_stage_set. An error raised in between (a memory error, a
+ * failed request) leaves a closed userdata for the collector, never a leaked stage. */
+RtLuaStage *rt_lua_new_stage(lua_State *L, int kind);
+void rt_lua_stage_set(RtLuaStage *s, void *obj, const char *name);
 void rt_host_set_error_mt(lua_State *L, int idx);
 
 lua_State *rt_host_new(void);

@@ -262,7 +262,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         hl = n2;
     if (oom) {
         curl_slist_free_all(hl);
-        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem",
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM,
                             "out of memory preparing a request to %s", what);
     }
 
@@ -317,7 +317,7 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
         return rt_cancel_error(err);
     }
     if (bc.x.oom)
-        return rt_error_set(err, RT_CLASS_FAILURE, "http.nomem",
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM,
                             "out of memory reading the answer of %s", what);
     if (bc.x.callback_stopped)
         return rt_error_set(err, RT_CLASS_FAILURE, "http.aborted",

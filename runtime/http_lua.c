@@ -41,7 +41,7 @@ int rt_lua_http_headers(lua_State *L, int opt_idx, const char *what, char ***out
         lua_pop(L, 1);
     }
     char **h = calloc(n + 1, sizeof *h);
-    if (!h) rt_lua_fail(L, RT_CLASS_FAILURE, "http.oom", NULL, "%s: out of memory", what);
+    if (!h) rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "%s: out of memory", what);
     size_t i = 0;
     lua_pushnil(L);
     while (lua_next(L, -2)) {
@@ -60,7 +60,7 @@ int rt_lua_http_headers(lua_State *L, int opt_idx, const char *what, char ***out
         h[i] = malloc(len);
         if (!h[i]) {
             rt_lua_http_headers_free(h);
-            rt_lua_fail(L, RT_CLASS_FAILURE, "http.oom", NULL, "%s: out of memory", what);
+            rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "%s: out of memory", what);
         }
         snprintf(h[i], len, "%s: %s", k, v);
         i++;
@@ -158,10 +158,8 @@ static int l_request(lua_State *L)
     HttpCall *c = lua_newuserdatauv(L, sizeof *c, 0); /* index 2 */
     memset(c, 0, sizeof *c);
     rt_http_response_init(&c->rs);
-    if (luaL_newmetatable(L, "clubio.http_call")) {
-        lua_pushcfunction(L, call_gc);
-        lua_setfield(L, -2, "__gc");
-    }
+    static const luaL_Reg meta[] = {{"__gc", call_gc}, {NULL, NULL}};
+    rt_lua_class(L, "clubio.http_call", meta, NULL);
     lua_setmetatable(L, -2);
 
     lua_getfield(L, 1, "url");

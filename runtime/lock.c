@@ -3,6 +3,7 @@
  */
 #include "lock.h"
 #include "io/cancel.h"
+#include "timestamp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,8 +35,7 @@ int rt_lock_take(const char *path, double wait, int *fd_out, RtError *err)
     *fd_out = -1;
     int fd = open_lock_file(path, err);
     if (fd < 0) return RT_ERR;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    double t0 = rt_monotonic();
     for (;;) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
             *fd_out = fd;
@@ -46,9 +46,7 @@ int rt_lock_take(const char *path, double wait, int *fd_out, RtError *err)
             close(fd);
             return rt_error_errno(err, "lock.flock", e, "cannot lock %s", path);
         }
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double waited = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) / 1e9;
+        double waited = rt_monotonic() - t0;
         if (waited >= wait) break;
         /* a non-blocking try every 50 ms rather than a blocking flock, so that a cancel is seen */
         double nap = wait - waited < 0.05 ? wait - waited : 0.05;

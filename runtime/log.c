@@ -2,6 +2,7 @@
  * Logging — see log.h. One lock around the write so lines from pipe threads never interleave.
  */
 #include "log.h"
+#include "json.h"
 #include "redact.h"
 #include "timestamp.h"
 
@@ -24,8 +25,14 @@ void rt_log_configure(RtLogLevel level, bool json)
     g_level = level;
     g_json = json;
 }
-RtLogLevel rt_log_level(void) { return g_level; }
-bool rt_log_json(void) { return g_json; }
+RtLogLevel rt_log_level(void)
+{
+    return g_level;
+}
+bool rt_log_json(void)
+{
+    return g_json;
+}
 
 static const char *const NAMES[] = {"debug", "info", "warn", "error", "off"};
 
@@ -40,32 +47,6 @@ int rt_log_level_parse(const char *name)
 const char *rt_log_level_name(RtLogLevel level)
 {
     return level >= RT_LOG_DEBUG && level <= RT_LOG_OFF ? NAMES[level] : "info";
-}
-
-double rt_now(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return tv.tv_sec + tv.tv_usec / 1e6;
-}
-
-double rt_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static void json_escape(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
-    }
 }
 
 /* Prints JSON fields ("a":1,"b":"x") as a=1 b=x for humans. */
@@ -107,7 +88,7 @@ void rt_log_fields(RtLogLevel level, const char *msg, const char *fields_json)
     pthread_mutex_lock(&g_mu);
     if (g_json) {
         fprintf(stderr, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", ts, NAMES[level]);
-        json_escape(stderr, m ? m : "");
+        rt_json_fescape(stderr, m);
         fputc('"', stderr);
         if (fj) fprintf(stderr, ",%s", fj);
         fputs("}\n", stderr);

@@ -8,6 +8,8 @@
 #ifndef RT_LOG_H
 #define RT_LOG_H
 
+#include "timestamp.h"
+
 #include <stdbool.h>
 
 typedef enum RtLogLevel {
@@ -30,10 +32,9 @@ void rt_log(RtLogLevel level, const char *fmt, ...) __attribute__((format(printf
 void rt_log_fields(RtLogLevel level, const char *msg, const char *fields_json);
 
 #define rt_debug(...) rt_log(RT_LOG_DEBUG, __VA_ARGS__)
-#define rt_info(...) rt_log(RT_LOG_INFO, __VA_ARGS__)
-#define rt_warn(...) rt_log(RT_LOG_WARN, __VA_ARGS__)
+#define rt_info(...)  rt_log(RT_LOG_INFO, __VA_ARGS__)
+#define rt_warn(...)  rt_log(RT_LOG_WARN, __VA_ARGS__)
 
-double rt_now(void); /* wall clock, seconds since the epoch */
-double rt_monotonic(void);
+/* rt_now and rt_monotonic, the clocks, live in timestamp.h (included here for the callers). */
 
 #endif

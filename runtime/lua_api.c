@@ -15,21 +15,27 @@
 
 /* ---- stages ----------------------------------------------------------------------------- */
 
+/* Frees a stage that never reached a pipe; a sink is aborted first (it never ran: leave nothing
+ * behind). */
+static void stage_obj_free(int kind, void *obj)
+{
+    if (!obj) return;
+    if (kind == RT_STAGE_SOURCE)
+        rt_source_free(obj);
+    else if (kind == RT_STAGE_FILTER)
+        rt_filter_free(obj);
+    else {
+        RtSink *k = obj;
+        k->abort(k->self);
+        rt_sink_free(k);
+    }
+}
+
 static int stage_gc(lua_State *L)
 {
     RtLuaStage *s = luaL_checkudata(L, 1, RT_STAGE_MT);
-    if (s->obj) {
-        if (s->kind == RT_STAGE_SOURCE)
-            rt_source_free(s->obj);
-        else if (s->kind == RT_STAGE_FILTER)
-            rt_filter_free(s->obj);
-        else {
-            RtSink *k = s->obj;
-            k->abort(k->self); /* never ran: leave nothing behind */
-            rt_sink_free(k);
-        }
-        s->obj = NULL;
-    }
+    stage_obj_free(s->kind, s->obj);
+    s->obj = NULL;
     return 0;
 }
 
@@ -42,24 +48,43 @@ static int stage_tostring(lua_State *L)
     return 1;
 }
 
-static void push_stage(lua_State *L, int kind, void *obj, const char *name)
+RtLuaStage *rt_lua_new_stage(lua_State *L, int kind)
 {
-    /* Allocate the userdata before it owns anything: if this raises, free the stage first. */
     RtLuaStage *s = lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->kind = kind;
+    snprintf(s->name, sizeof s->name, "stage");
+    static const luaL_Reg m[] = {
+        {"__gc", stage_gc}, {"__close", stage_gc}, {"__tostring", stage_tostring}, {NULL, NULL}};
+    rt_lua_class(L, RT_STAGE_MT, m, NULL);
+    lua_setmetatable(L, -2);
+    return s;
+}
+
+void rt_lua_stage_set(RtLuaStage *s, void *obj, const char *name)
+{
     s->obj = obj;
     snprintf(s->name, sizeof s->name, "%s", name ? name : "stage");
-    if (luaL_newmetatable(L, RT_STAGE_MT)) {
-        static const luaL_Reg m[] = {{"__gc", stage_gc},
-                                     {"__close", stage_gc},
-                                     {"__tostring", stage_tostring},
-                                     {NULL, NULL}};
-        luaL_setfuncs(L, m, 0);
-        lua_pushliteral(L, "clubio.stage");
-        lua_setfield(L, -2, "__name");
+}
+
+static int new_closed_stage(lua_State *L)
+{
+    rt_lua_new_stage(L, (int)lua_tointeger(L, 1));
+    return 1;
+}
+
+/* The stage exists already, so the userdata is made under lua_pcall: if that raises (out of
+ * memory), the stage is freed (a sink aborted) before the error goes on, never leaked. Bindings
+ * that can build the stage afterwards use rt_lua_new_stage first instead. */
+static void push_stage(lua_State *L, int kind, void *obj, const char *name)
+{
+    lua_pushcfunction(L, new_closed_stage); /* neither push allocates */
+    lua_pushinteger(L, kind);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        stage_obj_free(kind, obj);
+        lua_error(L);
     }
-    lua_setmetatable(L, -2);
+    rt_lua_stage_set(lua_touserdata(L, -1), obj, name);
 }
 
 void rt_lua_push_source(lua_State *L, RtSource *s)
@@ -171,6 +196,22 @@ int rt_lua_fail(lua_State *L, RtErrorClass klass, const char *code, const char *
     va_end(ap);
     if (hint) rt_error_hint(&err, "%s", hint);
     return rt_lua_raise(L, &err);
+}
+
+/* ---- classes ---------------------------------------------------------------------------- */
+
+void rt_lua_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods)
+{
+    if (!luaL_newmetatable(L, name)) return;
+    luaL_setfuncs(L, meta, 0);
+    if (methods == meta) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    } else if (methods) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+    }
 }
 
 /* ---- options ---------------------------------------------------------------------------- */

@@ -44,6 +44,12 @@ int rt_lua_fail(lua_State *L, RtErrorClass klass, const char *code, const char *
 /* Pushes (does not raise) a structured error object. */
 void rt_lua_push_error(lua_State *L, const RtError *err);
 
+/* Class metatables (liolib.c's createmeta): pushes the metatable `name`, building it the first
+ * time: `meta` are its metamethods (__gc, __close, __tostring...; __name is `name`), and
+ * `methods`, if not NULL, become its __index table; `methods == meta` makes the metatable its own
+ * __index. Leaves the metatable on the stack, as luaL_newmetatable does. */
+void rt_lua_class(lua_State *L, const char *name, const luaL_Reg *meta, const luaL_Reg *methods);
+
 /* Option tables. `allowed` is NULL-terminated. idx may be absent/nil (then nothing to check).
  * `what` names the function for the message, e.g. "crypto.gzip". */
 void rt_lua_check_options(lua_State *L, int idx, const char *what, const char *const allowed[]);

@@ -78,7 +78,7 @@ static void usage_error(const char *fmt, const char *arg)
 {
     RtError err;
     rt_error_init(&err);
-    rt_error_set(&err, RT_CLASS_USAGE, "usage", fmt, arg);
+    rt_error_set(&err, RT_CLASS_USAGE, RT_CODE_USAGE, fmt, arg);
     rt_error_hint(&err, "see clubio-dr --help");
     exit(rt_report_error(&err));
 }

@@ -295,7 +295,7 @@ static int l_run(lua_State *L)
         opts.progress_ud = &disp;
     }
     RtPipe *p = rt_pipe_new(&opts);
-    if (!p) rt_lua_fail(L, RT_CLASS_FAILURE, "nomem", NULL, "out of memory");
+    if (!p) rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "out of memory");
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
         RtLuaStage *s = lua_touserdata(L, -1);

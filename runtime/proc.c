@@ -198,27 +198,6 @@ void rt_proc_close_fds(RtProc *p)
 
 /* ---- capture ---------------------------------------------------------------------------- */
 
-static void capture_add(RtProcCapture *c, const char *p, size_t n)
-{
-    if (c->len + n > c->limit) {
-        n = c->limit - c->len;
-        c->truncated = true;
-    }
-    if (c->len + n > c->cap) {
-        size_t cap = c->cap ? c->cap : 4096;
-        while (cap < c->len + n) cap *= 2;
-        char *d = realloc(c->data, cap);
-        if (!d) {
-            c->truncated = true;
-            return;
-        }
-        c->data = d;
-        c->cap = cap;
-    }
-    memcpy(c->data + c->len, p, n);
-    c->len += n;
-}
-
 int rt_proc_communicate(RtProc *p, const char *in, size_t in_len, RtProcCapture *out,
                         RtProcCapture *err_c)
 {
@@ -252,7 +231,7 @@ int rt_proc_communicate(RtProc *p, const char *in, size_t in_len, RtProcCapture 
         if (oo >= 0 && fds[oo].revents) {
             ssize_t n = read(p->out_fd, buf, sizeof buf);
             if (n > 0)
-                capture_add(out, buf, (size_t)n);
+                sb_addn(out, buf, (size_t)n);
             else if (n == 0 || errno != EINTR) {
                 close(p->out_fd);
                 p->out_fd = -1;
@@ -261,7 +240,7 @@ int rt_proc_communicate(RtProc *p, const char *in, size_t in_len, RtProcCapture 
         if (eo >= 0 && fds[eo].revents) {
             ssize_t n = read(p->err_fd, buf, sizeof buf);
             if (n > 0)
-                capture_add(err_c, buf, (size_t)n);
+                sb_addn(err_c, buf, (size_t)n);
             else if (n == 0 || errno != EINTR) {
                 close(p->err_fd);
                 p->err_fd = -1;

@@ -6,6 +6,7 @@
 #define RT_PROC_H
 
 #include "io/error.h"
+#include "sbuf.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -52,13 +53,9 @@ int rt_proc_terminate(RtProc *p, double grace);
 void rt_proc_kill(RtProc *p, int sig);
 void rt_proc_close_fds(RtProc *p);
 
-/* Output collected from a child: up to `limit` bytes are kept (the caller sets it); the rest is
- * dropped and `truncated` set (also when memory runs out). The caller frees `data`. */
-typedef struct RtProcCapture {
-    char *data;
-    size_t len, cap, limit;
-    bool truncated;
-} RtProcCapture;
+/* Output collected from a child, an SBuf: up to `limit` bytes are kept (the caller sets it); the
+ * rest is dropped and `truncated` set (`oom` when memory runs out). The caller sb_frees it. */
+typedef SBuf RtProcCapture;
 
 /* Runs a child spawned with RT_PROC_STDIN | RT_PROC_STDOUT | RT_PROC_STDERR to completion:
  * writes in[0..in_len) to its stdin (then closes it) while collecting its stdout and stderr,

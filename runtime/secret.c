@@ -20,7 +20,7 @@ RtSecret *rt_secret_from_value(const char *data, size_t len, const char *origin,
     if (!s || !d) {
         free(s);
         free(d);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     memcpy(d, data, len);

@@ -13,10 +13,12 @@
  */
 #include "host.h"
 #include "io/cancel.h"
-#include "log.h"
+#include "json.h"
 #include "lock.h"
+#include "log.h"
 #include "proc.h"
 #include "redact.h"
+#include "sbuf.h"
 #include "timestamp.h"
 
 #include <stdio.h>
@@ -29,77 +31,32 @@ void rt_lua_proc_spec(lua_State *L, int idx, RtProcSpec *spec, const char *what)
 
 /* ---- log -------------------------------------------------------------------------------- */
 
-/* A growable C string for the fields of a log line (a luaL_Buffer cannot be used while
- * lua_next keeps the key and value on the stack). */
-typedef struct Str {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} Str;
-
-static void str_add(Str *s, const char *d, size_t n)
-{
-    if (s->oom) return;
-    if (s->len + n + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 256;
-        while (cap < s->len + n + 1) cap *= 2;
-        char *p = realloc(s->p, cap);
-        if (!p) {
-            s->oom = true;
-            return;
-        }
-        s->p = p;
-        s->cap = cap;
-    }
-    memcpy(s->p + s->len, d, n);
-    s->len += n;
-    s->p[s->len] = '\0';
-}
-
-static void str_json(Str *s, const char *d, size_t n)
-{
-    str_add(s, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)d[i];
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            str_add(s, esc, 2);
-        } else if (c == '\n') str_add(s, "\\n", 2);
-        else if (c == '\t') str_add(s, "\\t", 2);
-        else if (c < 0x20) str_add(s, esc, (size_t)snprintf(esc, sizeof esc, "\\u%04x", c));
-        else str_add(s, (const char *)&d[i], 1);
-    }
-    str_add(s, "\"", 1);
-}
-
-/* Encodes the string-keyed fields of the table at 2 into the Str at 1 (light userdata). Run
- * under lua_pcall by log_at: a field's __tostring may raise, and the Str's buffer, which Lua
+/* Encodes the string-keyed fields of the table at 2 into the SBuf at 1 (light userdata). Run
+ * under lua_pcall by log_at: a field's __tostring may raise, and the SBuf's buffer, which Lua
  * does not own, must then be freed before the error goes on. */
 static int log_encode_fields(lua_State *L)
 {
-    Str *f = lua_touserdata(L, 1);
+    SBuf *f = lua_touserdata(L, 1);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
         if (lua_type(L, -2) == LUA_TSTRING) {
             size_t kl, vl;
             const char *k = lua_tolstring(L, -2, &kl);
-            if (f->len) str_add(f, ",", 1);
-            str_json(f, k, kl);
-            str_add(f, ":", 1);
+            if (f->len) sb_addn(f, ",", 1);
+            rt_json_quote(f, k, kl);
+            sb_addn(f, ":", 1);
             int t = lua_type(L, -1);
             char num[64];
             if (t == LUA_TNUMBER && lua_isinteger(L, -1))
-                str_add(f, num,
+                sb_addn(f, num,
                         (size_t)snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, -1)));
             else if (t == LUA_TNUMBER)
-                str_add(f, num, (size_t)snprintf(num, sizeof num, "%.17g", lua_tonumber(L, -1)));
+                sb_addn(f, num, (size_t)snprintf(num, sizeof num, "%.17g", lua_tonumber(L, -1)));
             else if (t == LUA_TBOOLEAN)
-                str_add(f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
+                sb_addn(f, lua_toboolean(L, -1) ? "true" : "false", lua_toboolean(L, -1) ? 4 : 5);
             else {
                 const char *v = luaL_tolstring(L, -1, &vl); /* __tostring may raise */
-                str_json(f, v, vl);
+                rt_json_quote(f, v, vl);
                 lua_pop(L, 1);
             }
         }
@@ -116,7 +73,7 @@ static int log_at(lua_State *L, RtLogLevel level)
         rt_log_fields(level, msg, NULL);
         return 0;
     }
-    Str f = {0};
+    SBuf f = {0};
     lua_pushcfunction(L, log_encode_fields);
     lua_pushlightuserdata(L, &f);
     lua_pushvalue(L, 2);
@@ -129,10 +86,22 @@ static int log_at(lua_State *L, RtLogLevel level)
     return 0;
 }
 
-static int l_log_debug(lua_State *L) { return log_at(L, RT_LOG_DEBUG); }
-static int l_log_info(lua_State *L) { return log_at(L, RT_LOG_INFO); }
-static int l_log_warn(lua_State *L) { return log_at(L, RT_LOG_WARN); }
-static int l_log_error(lua_State *L) { return log_at(L, RT_LOG_ERROR); }
+static int l_log_debug(lua_State *L)
+{
+    return log_at(L, RT_LOG_DEBUG);
+}
+static int l_log_info(lua_State *L)
+{
+    return log_at(L, RT_LOG_INFO);
+}
+static int l_log_warn(lua_State *L)
+{
+    return log_at(L, RT_LOG_WARN);
+}
+static int l_log_error(lua_State *L)
+{
+    return log_at(L, RT_LOG_ERROR);
+}
 static int l_log_redact(lua_State *L)
 {
     char *r = rt_redact_dup(luaL_checkstring(L, 1));
@@ -149,9 +118,12 @@ static int l_log_level(lua_State *L)
 
 int luaopen_log(lua_State *L)
 {
-    static const luaL_Reg f[] = {{"debug", l_log_debug}, {"info", l_log_info},
-                                 {"warn", l_log_warn},   {"error", l_log_error},
-                                 {"redact", l_log_redact}, {"level", l_log_level},
+    static const luaL_Reg f[] = {{"debug", l_log_debug},
+                                 {"info", l_log_info},
+                                 {"warn", l_log_warn},
+                                 {"error", l_log_error},
+                                 {"redact", l_log_redact},
+                                 {"level", l_log_level},
                                  {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
@@ -358,8 +330,8 @@ int luaopen_time(lua_State *L)
 static int l_proc_run(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    static const char *const allowed[] = {"argv", "env", "unset_env", "cwd", "stdin",
-                                          "check", "max_output", "lock", NULL};
+    static const char *const allowed[] = {"argv",  "env",        "unset_env", "cwd", "stdin",
+                                          "check", "max_output", "lock",      NULL};
     rt_lua_check_options(L, 1, "proc.run", allowed);
     RtProcSpec spec;
     rt_lua_proc_spec(L, 1, &spec, "proc.run");
@@ -377,6 +349,7 @@ static int l_proc_run(lua_State *L)
     lua_pop(L, 1); /* the string stays referenced by the option table */
     bool check = rt_lua_opt_boolean(L, 1, "check", false);
     lua_Integer limit = rt_lua_opt_integer(L, 1, "max_output", 64 * 1024 * 1024);
+    luaL_argcheck(L, limit > 0, 1, "proc.run: max_output must be positive");
     RtError err;
     rt_error_init(&err);
     RtProc p;
@@ -387,14 +360,14 @@ static int l_proc_run(lua_State *L)
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
-    lua_pushlstring(L, out.data ? out.data : "", out.len);
+    lua_pushlstring(L, out.p ? out.p : "", out.len);
     lua_setfield(L, -2, "stdout");
-    lua_pushlstring(L, errc.data ? errc.data : "", errc.len);
+    lua_pushlstring(L, errc.p ? errc.p : "", errc.len);
     lua_setfield(L, -2, "stderr");
-    lua_pushboolean(L, out.truncated || errc.truncated);
+    lua_pushboolean(L, out.truncated || errc.truncated || out.oom || errc.oom);
     lua_setfield(L, -2, "truncated");
-    free(out.data);
-    free(errc.data);
+    sb_free(&out);
+    sb_free(&errc);
     if (rt_cancelled()) {
         rt_cancel_error(&err);
         return rt_lua_raise(L, &err);
@@ -579,29 +552,18 @@ static int lock_tostring(lua_State *L)
 
 int luaopen_proc(lua_State *L)
 {
-    if (luaL_newmetatable(L, LOCK_MT)) {
-        static const luaL_Reg m[] = {{"release", lock_release}, {NULL, NULL}};
-        luaL_newlib(L, m);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, lock_release);
-        lua_setfield(L, -2, "__close");
-        lua_pushcfunction(L, lock_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
+    static const luaL_Reg lock_meta[] = {{"__gc", lock_release},
+                                         {"__close", lock_release},
+                                         {"__tostring", lock_tostring},
+                                         {NULL, NULL}};
+    static const luaL_Reg lock_methods[] = {{"release", lock_release}, {NULL, NULL}};
+    rt_lua_class(L, LOCK_MT, lock_meta, lock_methods);
     lua_pop(L, 1);
-    if (luaL_newmetatable(L, CHILD_MT)) {
-        static const luaL_Reg m[] = {
-            {"poll", child_poll}, {"wait", child_wait}, {"terminate", child_terminate},
-            {"kill", child_kill}, {"pid", child_pid},   {NULL, NULL}};
-        luaL_newlib(L, m);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, child_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, child_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    static const luaL_Reg child_meta[] = {{"__gc", child_gc}, {"__close", child_gc}, {NULL, NULL}};
+    static const luaL_Reg child_methods[] = {
+        {"poll", child_poll}, {"wait", child_wait}, {"terminate", child_terminate},
+        {"kill", child_kill}, {"pid", child_pid},   {NULL, NULL}};
+    rt_lua_class(L, CHILD_MT, child_meta, child_methods);
     lua_pop(L, 1);
     static const luaL_Reg f[] = {
         {"run", l_proc_run}, {"lock", l_proc_lock}, {"spawn", l_proc_spawn}, {NULL, NULL}};
@@ -638,17 +600,10 @@ static void push_secret(lua_State *L, RtSecret *s)
 {
     RtSecret **ud = lua_newuserdatauv(L, sizeof *ud, 0);
     *ud = s;
-    if (luaL_newmetatable(L, RT_SECRET_MT)) {
-        static const luaL_Reg m[] = {{"__gc", secret_gc},
-                                     {"__close", secret_gc},
-                                     {"__tostring", secret_tostring},
-                                     {"reveal", secret_reveal},
-                                     {"wipe", secret_gc},
-                                     {NULL, NULL}};
-        luaL_setfuncs(L, m, 0);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -2, "__index");
-    }
+    static const luaL_Reg m[] = {
+        {"__gc", secret_gc},       {"__close", secret_gc}, {"__tostring", secret_tostring},
+        {"reveal", secret_reveal}, {"wipe", secret_gc},    {NULL, NULL}};
+    rt_lua_class(L, RT_SECRET_MT, m, m); /* its own __index */
     lua_setmetatable(L, -2);
 }
 
@@ -680,8 +635,8 @@ static int l_secret_value(lua_State *L)
 
 int luaopen_secret(lua_State *L)
 {
-    static const luaL_Reg f[] = {{"env", l_secret_env}, {"file", l_secret_file},
-                                 {"value", l_secret_value}, {NULL, NULL}};
+    static const luaL_Reg f[] = {
+        {"env", l_secret_env}, {"file", l_secret_file}, {"value", l_secret_value}, {NULL, NULL}};
     luaL_newlib(L, f);
     return 1;
 }
@@ -694,8 +649,8 @@ static void error_from_table(lua_State *L, int idx, RtError *err)
     static const char *const allowed[] = {"message", "code", "hint", "class", "retryable", NULL};
     rt_lua_check_options(L, idx, "clubio.error", allowed);
     const char *klass = rt_lua_opt_string(L, idx, "class", "failure");
-    static const RtErrorClass all[] = {RT_CLASS_FAILURE, RT_CLASS_USAGE, RT_CLASS_CONFIG,
-                                       RT_CLASS_VERIFY, RT_CLASS_DECLINED, RT_CLASS_TIMEOUT,
+    static const RtErrorClass all[] = {RT_CLASS_FAILURE,  RT_CLASS_USAGE,    RT_CLASS_CONFIG,
+                                       RT_CLASS_VERIFY,   RT_CLASS_DECLINED, RT_CLASS_TIMEOUT,
                                        RT_CLASS_CANCELLED};
     RtErrorClass k = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -788,10 +743,11 @@ static int l_clubio_exit_error(lua_State *L)
 
 int luaopen_clubio(lua_State *L)
 {
-    static const luaL_Reg f[] = {{"error", l_clubio_error},       {"fail", l_clubio_fail},
-                                 {"is_error", l_clubio_is_error}, {"cancelled", l_clubio_cancelled},
-                                 {"confirm", l_clubio_confirm},   {"hostname", l_clubio_hostname},
-                                 {"exit_error", l_clubio_exit_error}, {NULL, NULL}};
+    static const luaL_Reg f[] = {
+        {"error", l_clubio_error},           {"fail", l_clubio_fail},
+        {"is_error", l_clubio_is_error},     {"cancelled", l_clubio_cancelled},
+        {"confirm", l_clubio_confirm},       {"hostname", l_clubio_hostname},
+        {"exit_error", l_clubio_exit_error}, {NULL, NULL}};
     luaL_newlib(L, f);
     lua_pushliteral(L, CLUBIO_DR_VERSION);
     lua_setfield(L, -2, "version");
@@ -805,8 +761,10 @@ int luaopen_clubio(lua_State *L)
     lua_setfield(L, -2, "json");
     lua_pushstring(L, rt_log_level_name((RtLogLevel)fl->log_level));
     lua_setfield(L, -2, "log_level");
-    if (fl->timeout > 0) lua_pushnumber(L, fl->timeout);
-    else lua_pushnil(L);
+    if (fl->timeout > 0)
+        lua_pushnumber(L, fl->timeout);
+    else
+        lua_pushnil(L);
     lua_setfield(L, -2, "timeout");
     lua_setfield(L, -2, "flags");
     lua_pushboolean(L, isatty(0) && isatty(2));

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 
 static bool leap(int y)
@@ -144,4 +145,18 @@ double rt_http_parse_date(const char *s)
 {
     time_t t = s ? curl_getdate(s, NULL) : -1;
     return t < 0 ? 0 : (double)t;
+}
+
+double rt_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+double rt_monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }

@@ -8,6 +8,11 @@
 
 #include <stdbool.h>
 
+/* The wall clock: seconds since the epoch. */
+double rt_now(void);
+/* The one monotonic clock (CLOCK_MONOTONIC), in seconds: for durations, deadlines and intervals. */
+double rt_monotonic(void);
+
 /* Parses ISO 8601: YYYY-MM-DD[(T| )HH:MM[:SS[.frac]]][Z|(+|-)HH[:]MM]. No zone means UTC.
  * Returns false with a one-line reason in *why (static storage). */
 bool rt_parse_iso8601(const char *s, double *out, const char **why);

@@ -35,7 +35,7 @@ static int usage(RtError *err, const char *hint, const char *fmt, const char *ar
 
 static int oom(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "aws.oom", "aws.request: out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "aws.request: out of memory");
 }
 
 int aws_call_resolve(AwsCall *c, const AwsRequest *rq, RtError *err)

@@ -204,7 +204,7 @@ static int http_get_text(const char *method, const char *url, const char *const 
                          long *status, RtError *err)
 {
     RtHttp *h = rt_http_new(&(RtHttpOptions){.connect_timeout = timeout, .stall_timeout = 10});
-    if (!h) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!h) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     RtHttpResponse r;
     rt_http_response_init(&r);
     RtHttpRequest rq = {.method = method,
@@ -218,7 +218,7 @@ static int http_get_text(const char *method, const char *url, const char *const 
     if (rc == RT_OK) {
         *status = r.status;
         *text = strdup(r.body ? (const char *)r.body : "");
-        if (!*text) rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        if (!*text) rc = rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     if (r.body) OPENSSL_cleanse(r.body, r.body_len);
     rt_http_response_free(&r);
@@ -280,7 +280,7 @@ static int fetch_web_identity(const char *region, AwsCreds *out, RtError *err)
     char *text = NULL;
     long status = 0;
     int rc = (url.oom || body.oom)
-                 ? rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory")
+                 ? rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory")
                  : http_get_text("POST", url.p, hdrs, body.p, 5, "sts AssumeRoleWithWebIdentity",
                                  &text, &status, err);
     if (body.p) OPENSSL_cleanse(body.p, body.len);
@@ -476,7 +476,7 @@ AwsCredsProvider *aws_creds_new(const char *profile, const char *region, RtError
 {
     AwsCredsProvider *p = calloc(1, sizeof *p);
     if (!p) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&p->mu, NULL);
@@ -574,7 +574,7 @@ int aws_creds_get(AwsCredsProvider *p, bool force, AwsCreds *out, RtError *err)
     pthread_mutex_unlock(&p->mu);
     if (!out->access_key || !out->secret_key) {
         aws_creds_clear(out);
-        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     return RT_OK;
 }

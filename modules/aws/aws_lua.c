@@ -59,10 +59,8 @@ static int l_request(lua_State *L)
     AwsLuaCall *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
     rt_http_response_init(&c->rs);
-    if (luaL_newmetatable(L, AWS_CALL_MT)) {
-        lua_pushcfunction(L, call_gc);
-        lua_setfield(L, -2, "__gc");
-    }
+    static const luaL_Reg meta[] = {{"__gc", call_gc}, {NULL, NULL}};
+    rt_lua_class(L, AWS_CALL_MT, meta, NULL);
     lua_setmetatable(L, -2);
 
     /* option strings stay alive in the option table */
@@ -94,7 +92,8 @@ static int l_request(lua_State *L)
             lua_pop(L, 1);
         }
         c->query = calloc(n ? n : 1, sizeof *c->query);
-        if (!c->query) return rt_lua_fail(L, RT_CLASS_FAILURE, "aws.oom", NULL, "out of memory");
+        if (!c->query)
+            return rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "out of memory");
         rq.query = c->query;
         lua_pushnil(L);
         while (lua_next(L, qi)) {

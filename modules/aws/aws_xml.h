@@ -8,7 +8,7 @@
 #ifndef AWS_XML_H
 #define AWS_XML_H
 
-#include "modules/s3/sbuf.h" /* SBuf, shared with s3 and changes */
+#include "runtime/sbuf.h"
 #include <stdbool.h>
 #include <stddef.h>
 

@@ -5,7 +5,7 @@
 #include "sigv4.h"
 
 #include "modules/crypto/crypto.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <ctype.h>
 #include <openssl/crypto.h>

@@ -15,7 +15,8 @@
 #include "io/cancel.h"
 #include "log.h"
 #include "modules/pgdump/pgdump.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
+#include "timestamp.h"
 
 #include <poll.h>
 #include <stdio.h>
@@ -39,13 +40,6 @@ struct ChgCapture {
     uint64_t last_commit_end;
     double last_status;
 };
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int64_t now_pg_us(void)
 {
@@ -81,7 +75,7 @@ ChgCapture *chg_capture_open(const char *url, const char *slot, const char *publ
     if (!c || !(c->dec = chg_decoder_new()) || !(c->url = dupstr(url)) ||
         !(c->slot = dupstr(slot)) || !(c->publication = dupstr(publication))) {
         chg_capture_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pgdump_describe(url, c->what, sizeof c->what);
@@ -95,7 +89,7 @@ ChgCapture *chg_capture_open(const char *url, const char *slot, const char *publ
     if (u.oom) {
         free(u.p);
         chg_capture_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     c->conn = pgdump_connect(u.p, "clubio-dr archive-changes", err);
@@ -158,7 +152,7 @@ int chg_capture_start(ChgCapture *c, uint64_t skip_through, RtError *err)
     PQfreemem(pub);
     if (q.oom) {
         free(q.p);
-        return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     PGresult *r = PQexec(c->conn, q.p);
     free(q.p);
@@ -176,7 +170,7 @@ int chg_capture_start(ChgCapture *c, uint64_t skip_through, RtError *err)
     PQclear(r);
     c->streaming = true;
     chg_decoder_skip_through(c->dec, skip_through);
-    c->last_status = now_mono();
+    c->last_status = rt_monotonic();
     return RT_OK;
 }
 
@@ -206,7 +200,7 @@ static int send_status(ChgCapture *c, RtError *err)
     m[33] = 0;
     if (PQputCopyData(c->conn, (const char *)m, sizeof m) != 1 || PQflush(c->conn) < 0)
         return conn_fail(c, err, "cannot send the standby status");
-    c->last_status = now_mono();
+    c->last_status = rt_monotonic();
     return RT_OK;
 }
 
@@ -251,7 +245,8 @@ static int step(ChgCapture *c, double timeout, bool *got, RtError *err)
     if (!c->streaming)
         return rt_error_set(err, RT_CLASS_USAGE, "changes.state", "replication is not started");
     if (rt_cancelled()) return rt_cancel_error(err);
-    if (now_mono() - c->last_status >= STATUS_EVERY && send_status(c, err) != RT_OK) return RT_ERR;
+    if (rt_monotonic() - c->last_status >= STATUS_EVERY && send_status(c, err) != RT_OK)
+        return RT_ERR;
     char *buf = NULL;
     int n = PQgetCopyData(c->conn, &buf, 1);
     if (n == 0) {
@@ -297,7 +292,7 @@ static int step(ChgCapture *c, double timeout, bool *got, RtError *err)
 int chg_capture_wait(ChgCapture *c, double seconds, uint64_t *lsn, RtError *err)
 {
     *lsn = 0;
-    double end = now_mono() + seconds;
+    double end = rt_monotonic() + seconds;
     for (;;) {
         size_t pending;
         chg_decoder_output(c->dec, &pending);
@@ -313,7 +308,7 @@ int chg_capture_wait(ChgCapture *c, double seconds, uint64_t *lsn, RtError *err)
             if (!chg_lsn_parse(tmp, lsn)) *lsn = 1;
             return RT_OK;
         }
-        double left = end - now_mono();
+        double left = end - rt_monotonic();
         if (left <= 0) return RT_OK;
         bool got;
         if (step(c, left, &got, err) != RT_OK) return RT_ERR;
@@ -371,7 +366,7 @@ static int read_sequences(Seg *s, RtError *err)
         if (b.oom) {
             free(b.p);
             PQclear(r);
-            return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         }
         chg_decoder_write(c->dec, b.p);
         free(b.p);
@@ -403,7 +398,7 @@ static int seg_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof
             return RT_OK;
         }
         const ChgStats *st = chg_decoder_stats(c->dec);
-        double left = s->deadline - now_mono();
+        double left = s->deadline - rt_monotonic();
         if (!chg_decoder_in_txn(c->dec) && st->transactions > 0 &&
             (left <= 0 || st->bytes >= s->max_bytes)) {
             if (read_sequences(s, err) != RT_OK) return RT_ERR;
@@ -456,6 +451,9 @@ static void seg_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps changes_segment_source_ops = {
+    .name = "changes.segment", .read = seg_read, .results = seg_results, .destroy = seg_destroy};
+
 RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
                              const char *sequences_url, RtError *err)
 {
@@ -465,17 +463,13 @@ RtSource *chg_segment_source(ChgCapture *c, double interval, int64_t max_bytes,
         (sequences_url && !(s->seq_url = strdup(sequences_url)))) {
         if (s) seg_destroy(s);
         free(src);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->c = c;
-    s->deadline = now_mono() + interval;
+    s->deadline = rt_monotonic() + interval;
     s->max_bytes = max_bytes > 0 ? max_bytes : ((int64_t)64 << 20);
     chg_decoder_reset_stats(c->dec);
-    src->name = "changes.segment";
-    src->self = s;
-    src->read = seg_read;
-    src->results = seg_results;
-    src->destroy = seg_destroy;
+    rt_source_init(src, &changes_segment_source_ops, s);
     return src;
 }

@@ -261,18 +261,12 @@ int luaopen_changes(lua_State *L)
                                            {NULL, NULL}};
     static const luaL_Reg cap_meta[] = {
         {"__gc", l_cap_close}, {"__close", l_cap_close}, {NULL, NULL}};
-    luaL_newmetatable(L, CAP_MT);
-    luaL_setfuncs(L, cap_meta, 0);
-    luaL_newlib(L, cap_methods);
-    lua_setfield(L, -2, "__index");
+    rt_lua_class(L, CAP_MT, cap_meta, cap_methods);
     lua_pop(L, 1);
     static const luaL_Reg rp_methods[] = {
         {"sink", l_sink}, {"results", l_rp_results}, {"close", l_rp_close}, {NULL, NULL}};
     static const luaL_Reg rp_meta[] = {{"__gc", l_rp_close}, {"__close", l_rp_close}, {NULL, NULL}};
-    luaL_newmetatable(L, RP_MT);
-    luaL_setfuncs(L, rp_meta, 0);
-    luaL_newlib(L, rp_methods);
-    lua_setfield(L, -2, "__index");
+    rt_lua_class(L, RP_MT, rp_meta, rp_methods);
     lua_pop(L, 1);
     static const luaL_Reg funcs[] = {{"open", l_open},         {"replayer", l_replayer},
                                      {"lsn", l_lsn},           {"no_owner", l_no_owner},

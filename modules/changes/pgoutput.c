@@ -4,7 +4,7 @@
  * Formats" and src/backend/replication/logical/proto.c.
  */
 #include "changes.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -458,7 +458,7 @@ static int on_relation(ChgDecoder *d, Rd *r, RtError *err)
         if (d->nrels == d->caprels) {
             int nc = d->caprels ? d->caprels * 2 : 16;
             Rel *nr = realloc(d->rels, (size_t)nc * sizeof *nr);
-            if (!nr) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+            if (!nr) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
             d->rels = nr;
             d->caprels = nc;
         }
@@ -496,7 +496,7 @@ static int on_relation(ChgDecoder *d, Rd *r, RtError *err)
     rel->signature = sig.p;
     rel->seen_relation = true;
     if (oom || q.oom || disp.oom || sig.oom)
-        return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     if (r->bad) return bad(err, "relation");
     return RT_OK;
 }
@@ -721,6 +721,6 @@ int chg_decode(ChgDecoder *d, const uint8_t *msg, size_t len, RtError *err)
                             "pgoutput: unknown message type '%c'", msg[0]);
     }
     if (rc == RT_OK && d->out.oom)
-        return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return rc;
 }

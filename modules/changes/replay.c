@@ -15,7 +15,7 @@
 #include "io/cancel.h"
 #include "log.h"
 #include "modules/pgdump/pgdump.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -38,7 +38,7 @@ ChgReplayer *chg_replayer_new(const char *url, RtError *err)
 {
     ChgReplayer *r = calloc(1, sizeof *r);
     if (!r) {
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     atomic_init(&r->refs, 1);
@@ -160,7 +160,7 @@ static int end_copy(Rp *p, RtError *err)
 static int flush_sql(Rp *p, RtError *err)
 {
     if (!p->sql.len) return RT_OK;
-    if (p->sql.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    if (p->sql.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     int rc = exec_ok(p, p->sql.p, err);
     p->sql.len = 0;
     p->sql.p[0] = 0;
@@ -256,7 +256,7 @@ static int start_copy(Rp *p, const char *header, RtError *err)
     if (p->copy_header && !strcmp(p->copy_header, header)) return RT_OK; /* merge the run */
     if (end_run(p, err) != RT_OK) return RT_ERR;
     p->copy_header = strdup(header);
-    if (!p->copy_header) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    if (!p->copy_header) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
 
@@ -264,7 +264,7 @@ static int add_row(Rp *p, const char *s, size_t len, RtError *err)
 {
     sb_addn(&p->copybuf, s, len);
     sb_addc(&p->copybuf, '\n');
-    if (p->copybuf.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    if (p->copybuf.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     p->run_rows++;
     if (p->copy_open) return p->copybuf.len >= 256 * 1024 ? flush_copy_data(p, err) : RT_OK;
     if (p->run_rows >= SHORT_RUN_ROWS || p->copybuf.len >= SHORT_RUN_BYTES)
@@ -380,14 +380,16 @@ static int rp_write(void *self, const uint8_t *data, size_t len, RtError *err)
         size_t n;
         if (p->line.len) {
             sb_addn(&p->line, (const char *)data + start, i - start);
-            if (p->line.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+            if (p->line.oom)
+                return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
             s = p->line.p;
             n = p->line.len;
         } else {
             /* the line is whole inside data: copy it once to NUL-terminate it */
             p->line.len = 0;
             sb_addn(&p->line, (const char *)data + start, i - start);
-            if (p->line.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+            if (p->line.oom)
+                return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
             s = p->line.p ? p->line.p : (char *)"";
             n = i - start;
         }
@@ -399,7 +401,7 @@ static int rp_write(void *self, const uint8_t *data, size_t len, RtError *err)
     }
     if (start < len) {
         sb_addn(&p->line, (const char *)data + start, len - start);
-        if (p->line.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        if (p->line.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     return RT_OK;
 }
@@ -511,6 +513,13 @@ static bool parse_snapshot(Rp *p, const char *s)
     return p->xmin <= p->xmax;
 }
 
+static const RtSinkOps changes_replay_sink_ops = {.name = "changes.replay",
+                                                  .write = rp_write,
+                                                  .finish = rp_finish,
+                                                  .abort = rp_abort,
+                                                  .results = rp_results,
+                                                  .destroy = rp_destroy};
+
 RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
 {
     Rp *p = calloc(1, sizeof *p);
@@ -520,7 +529,7 @@ RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
         if (p && p->md) EVP_MD_CTX_free(p->md);
         free(p);
         free(k);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     atomic_fetch_add(&r->refs, 1);
@@ -538,12 +547,6 @@ RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
     }
     if (o->expect_sha256 && *o->expect_sha256) p->expect = strdup(o->expect_sha256);
     if (r->stopped) p->stopped = true;
-    k->name = "changes.replay";
-    k->self = p;
-    k->write = rp_write;
-    k->finish = rp_finish;
-    k->abort = rp_abort;
-    k->results = rp_results;
-    k->destroy = rp_destroy;
+    rt_sink_init(k, &changes_replay_sink_ops, p);
     return k;
 }

@@ -7,7 +7,7 @@
  */
 #include "changes.h"
 #include "modules/pgdump/pg_split.h"
-#include "modules/s3/sbuf.h"
+#include "runtime/sbuf.h"
 
 #include <ctype.h>
 #include <stdlib.h>
@@ -102,7 +102,8 @@ static int strip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError 
             st->finished = true;
             if (pg_split_finish(st->split, err) != RT_OK) return RT_ERR;
         }
-        if (st->pending.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        if (st->pending.oom)
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         if (st->pending.len > st->taken)
             drain(st, out);
         else
@@ -113,7 +114,7 @@ static int strip_process(void *self, RtBuf *in, RtBuf *out, bool *done, RtError 
     if (n > 65536) n = 65536;
     if (pg_split_feed(st->split, rt_buf_rptr(in), n, err) != RT_OK) return RT_ERR;
     in->pos += n;
-    if (st->pending.oom) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    if (st->pending.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     if (st->pending.len > st->taken) drain(st, out);
     return RT_OK;
 }
@@ -133,6 +134,11 @@ static void strip_destroy(void *self)
     free(st);
 }
 
+static const RtFilterOps no_owner_filter_ops = {.name = "no_owner",
+                                                .process = strip_process,
+                                                .results = strip_results,
+                                                .destroy = strip_destroy};
+
 RtFilter *chg_no_owner_filter(RtError *err)
 {
     static const PgSplitEvents ev = {ev_statement, ev_meta, ev_copy_data, ev_copy_end};
@@ -141,13 +147,9 @@ RtFilter *chg_no_owner_filter(RtError *err)
     if (!st || !f || !(st->split = pg_split_new(&ev, st, 0))) {
         strip_destroy(st);
         free(f);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "no_owner";
-    f->self = st;
-    f->process = strip_process;
-    f->results = strip_results;
-    f->destroy = strip_destroy;
+    rt_filter_init(f, &no_owner_filter_ops, st);
     return f;
 }

@@ -31,7 +31,7 @@
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 static int openssl_fail(RtError *err, const char *what)
@@ -262,6 +262,15 @@ static void cipher_results(void *self, RtResults *res)
     rt_results_int(res, "iter", c->iter);
 }
 
+static const RtFilterOps encrypt_filter_ops = {.name = "encrypt",
+                                               .process = encrypt_process,
+                                               .results = cipher_results,
+                                               .destroy = cipher_destroy};
+static const RtFilterOps decrypt_filter_ops = {.name = "decrypt",
+                                               .process = decrypt_process,
+                                               .results = cipher_results,
+                                               .destroy = cipher_destroy};
+
 static RtFilter *cipher_new(RtSecret *pass, int iter, bool encrypt, RtError *err)
 {
     if (!pass) {
@@ -296,11 +305,7 @@ static RtFilter *cipher_new(RtSecret *pass, int iter, bool encrypt, RtError *err
             return NULL;
         }
     }
-    f->name = encrypt ? "encrypt" : "decrypt";
-    f->self = c;
-    f->process = encrypt ? encrypt_process : decrypt_process;
-    f->results = cipher_results;
-    f->destroy = cipher_destroy;
+    rt_filter_init(f, encrypt ? &encrypt_filter_ops : &decrypt_filter_ops, c);
     return f;
 }
 
@@ -358,6 +363,11 @@ static void digest_destroy(void *self)
     free(d);
 }
 
+static const RtFilterOps sha256_filter_ops = {.name = "sha256",
+                                              .observe = digest_observe,
+                                              .results = digest_results,
+                                              .destroy = digest_destroy};
+
 RtFilter *crypto_sha256_filter(RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -374,13 +384,14 @@ RtFilter *crypto_sha256_filter(RtError *err)
         openssl_fail(err, "sha-256 init");
         return NULL;
     }
-    f->name = "sha256";
-    f->self = d;
-    f->observe = digest_observe;
-    f->results = digest_results;
-    f->destroy = digest_destroy;
+    rt_filter_init(f, &sha256_filter_ops, d);
     return f;
 }
+
+static const RtFilterOps hmac_sha256_filter_ops = {.name = "hmac_sha256",
+                                                   .observe = digest_observe,
+                                                   .results = digest_results,
+                                                   .destroy = digest_destroy};
 
 RtFilter *crypto_hmac_sha256_filter(RtSecret *key, RtError *err)
 {
@@ -411,10 +422,6 @@ RtFilter *crypto_hmac_sha256_filter(RtSecret *key, RtError *err)
         openssl_fail(err, "hmac-sha256 init");
         return NULL;
     }
-    f->name = "hmac_sha256";
-    f->self = d;
-    f->observe = digest_observe;
-    f->results = digest_results;
-    f->destroy = digest_destroy;
+    rt_filter_init(f, &hmac_sha256_filter_ops, d);
     return f;
 }

@@ -16,6 +16,7 @@
 #include "flags.h"
 #include "io/endpoints.h"
 #include "io/pipe.h"
+#include "json.h"
 #include "progress.h"
 
 #include <errno.h>
@@ -82,7 +83,7 @@ typedef struct CliArgs {
 
 static int usage(RtError *err, const char *cmd, const char *fmt, const char *arg)
 {
-    rt_error_set(err, RT_CLASS_USAGE, "usage", fmt, arg);
+    rt_error_set(err, RT_CLASS_USAGE, RT_CODE_USAGE, fmt, arg);
     rt_error_hint(err, "see clubio-dr %s --help", cmd);
     return RT_ERR;
 }
@@ -171,21 +172,6 @@ static bool is_std(const char *path)
     return !path || strcmp(path, "-") == 0;
 }
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static int64_t res_int(const RtResults *r, const char *table, const char *key)
 {
     const RtResults *t = table ? rt_results_get(r, table) : r;
@@ -246,7 +232,7 @@ static int run(int argc, char **argv, bool encrypt)
         rt_secret_free(pass);
         rt_source_free(src);
         rt_sink_free(sink);
-        rt_error_set(&err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(&err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return rt_report_error(&err);
     }
     /* From here the pipe owns every stage; a constructor that fails leaves err set and the
@@ -279,7 +265,7 @@ static int run(int argc, char **argv, bool encrypt)
     else
         rt_sink_free(sink);
     if (!ok) {
-        if (!err.set) rt_error_set(&err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        if (!err.set) rt_error_set(&err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_pipe_free(p);
         return rt_report_error(&err);
     }
@@ -305,12 +291,12 @@ static int run(int argc, char **argv, bool encrypt)
         const RtResults *out = rt_results_get(r, "output");
         const RtResults *hex = out ? rt_results_get(out, "hex") : NULL;
         printf("{\"ok\":true,\"command\":\"%s\",\"input\":", cmd);
-        json_str(is_std(a.in) ? "-" : a.in);
+        rt_json_fquote(stdout, is_std(a.in) ? "-" : a.in);
         printf(",\"output\":");
-        json_str(a.out);
+        rt_json_fquote(stdout, a.out);
         printf(",\"bytes_in\":%lld,\"bytes_out\":%lld,\"sha256\":",
                (long long)res_int(r, NULL, "bytes_in"), (long long)res_int(r, NULL, "bytes_out"));
-        json_str(hex ? rt_results_as_str(hex, NULL) : "");
+        rt_json_fquote(stdout, hex ? rt_results_as_str(hex, NULL) : "");
         printf(",\"gzip\":%s,\"iter\":%d,\"seconds\":%.3f}\n", a.gzip ? "true" : "false",
                a.iter ? a.iter : CRYPTO_PBKDF2_ITER_DEFAULT,
                rt_results_get(r, "seconds") ? rt_results_as_num(rt_results_get(r, "seconds"))

@@ -36,7 +36,7 @@
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 /* ---- gzip ---------------------------------------------------------------------------------- */
@@ -233,6 +233,9 @@ static void gzip_results(void *self, RtResults *res)
     rt_results_int(res, "threads", g->threads);
 }
 
+static const RtFilterOps gzip_filter_ops = {
+    .name = "gzip", .process = gzip_process, .results = gzip_results, .destroy = gzip_destroy};
+
 RtFilter *crypto_gzip_filter(const CryptoGzipOptions *opts, RtError *err)
 {
     CryptoGzipOptions o = opts ? *opts : (CryptoGzipOptions){0};
@@ -286,11 +289,7 @@ RtFilter *crypto_gzip_filter(const CryptoGzipOptions *opts, RtError *err)
         nomem(err);
         return NULL;
     }
-    f->name = "gzip";
-    f->self = g;
-    f->process = gzip_process;
-    f->results = gzip_results;
-    f->destroy = gzip_destroy;
+    rt_filter_init(f, &gzip_filter_ops, g);
     return f;
 }
 
@@ -503,6 +502,11 @@ static void gunzip_destroy(void *self)
     free(g);
 }
 
+static const RtFilterOps gunzip_filter_ops = {.name = "gunzip",
+                                              .process = gunzip_process,
+                                              .results = gunzip_results,
+                                              .destroy = gunzip_destroy};
+
 RtFilter *crypto_gunzip_filter(RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -523,10 +527,6 @@ RtFilter *crypto_gunzip_filter(RtError *err)
         nomem(err);
         return NULL;
     }
-    f->name = "gunzip";
-    f->self = g;
-    f->process = gunzip_process;
-    f->results = gunzip_results;
-    f->destroy = gunzip_destroy;
+    rt_filter_init(f, &gunzip_filter_ops, g);
     return f;
 }

@@ -9,6 +9,7 @@
 #include "http.h"
 #include "io/cancel.h"
 #include "log.h"
+#include "retry.h"
 #include "timestamp.h"
 
 #include <math.h>
@@ -22,28 +23,20 @@
 #include <unistd.h>
 
 /* Responses larger than this are not Neon API answers; refuse instead of growing forever. */
-#define NEON_MAX_BODY     (64u << 20)
+#define NEON_MAX_BODY        (64u << 20)
 #define NEON_CALL_TIMEOUT    60.0
 #define NEON_CONNECT_TIMEOUT 15.0
 
 struct NeonClient {
     char *host;
     RtSecret *key;
-    double timeout, retry_base, retry_max;
-    RtHttp *http; /* one connection, kept alive between calls; used from one thread */
+    double timeout;
+    RtRetry retry; /* the backoff; the attempts are bounded by the timeout */
+    RtHttp *http;  /* one connection, kept alive between calls; used from one thread */
 };
-
-static pthread_once_t jitter_once = PTHREAD_ONCE_INIT;
-static unsigned int jitter_seed;
-static void jitter_init_once(void)
-{
-    /* Per-process jitter: clients started together must not retry in lockstep. */
-    jitter_seed = (unsigned int)time(NULL) ^ ((unsigned int)getpid() << 16);
-}
 
 NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
 {
-    pthread_once(&jitter_once, jitter_init_once);
     if (!opt->host || strncmp(opt->host, "http", 4) != 0) {
         rt_error_set(err, RT_CLASS_CONFIG, "neon.host", "invalid neon api host '%s'",
                      opt->host ? opt->host : "");
@@ -52,7 +45,7 @@ NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
     }
     NeonClient *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     c->host = strdup(opt->host);
@@ -61,14 +54,14 @@ NeonClient *neon_client_new(const NeonOptions *opt, RtError *err)
                                            .total_timeout = NEON_CALL_TIMEOUT});
     if (!c->host || !c->key || !c->http) {
         neon_client_free(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     size_t n = strlen(c->host);
     while (n > 0 && c->host[n - 1] == '/') c->host[--n] = '\0';
     c->timeout = opt->timeout > 0 ? opt->timeout : 600;
-    c->retry_base = opt->retry_base > 0 ? opt->retry_base : 0.5;
-    c->retry_max = opt->retry_max > 0 ? opt->retry_max : 15;
+    c->retry = (RtRetry){.base = opt->retry_base > 0 ? opt->retry_base : 0.5,
+                         .max = opt->retry_max > 0 ? opt->retry_max : 15};
     return c;
 }
 
@@ -92,26 +85,6 @@ void neon_response_free(NeonResponse *r)
     free(r->body);
     r->body = NULL;
     r->len = 0;
-}
-
-double neon_retry_after(const char *v)
-{
-    if (!v || !*v) return -1;
-    char *end;
-    double s = strtod(v, &end);
-    if (end != v && *end == '\0' && s >= 0) return s;
-    double t = rt_http_parse_date(v);
-    if (t <= 0) return -1;
-    double d = t - (double)time(NULL);
-    return d > 0 ? d : 0;
-}
-
-double neon_backoff(double base, double max, int attempt)
-{
-    double d = base * pow(2, attempt > 1 ? attempt - 1 : 0);
-    if (d > max) d = max;
-    /* Full jitter over the upper half: callers that retry together spread out. */
-    return d / 2 + (d / 2) * ((double)rand_r(&jitter_seed) / RAND_MAX);
 }
 
 void neon_error_message(const char *body, char *out, size_t cap)
@@ -163,7 +136,7 @@ static int exchange(NeonClient *c, const char *method, const char *url, const ch
 {
     size_t alen = strlen("Authorization: Bearer ") + c->key->len + 1;
     char *auth = malloc(alen);
-    if (!auth) return rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+    if (!auth) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     snprintf(auth, alen, "Authorization: Bearer %s", c->key->data);
     const char *hdrs[] = {auth, "Accept: application/json", "User-Agent: clubio-dr neon",
                           body ? "Content-Type: application/json" : NULL, NULL};
@@ -185,7 +158,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
     memset(out, 0, sizeof *out);
     size_t ulen = strlen(c->host) + strlen(path) + 1;
     char *url = malloc(ulen);
-    if (!url) return rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+    if (!url) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     snprintf(url, ulen, "%s%s", c->host, path);
     double deadline = rt_monotonic() + c->timeout;
     /* An API that cannot be reached at all (refused, DNS, TLS) rarely comes back within
@@ -231,7 +204,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             snprintf(last, sizeof last, "%s %s answered %ld%s%s", method, path, status,
                      m[0] ? ": " : "", m);
             if (status == 429 || status == 503)
-                wait = neon_retry_after(rt_http_header(&rs, "Retry-After"));
+                wait = rt_retry_after(rt_http_header(&rs, "Retry-After"));
             rt_http_response_free(&rs);
         } else {
             out->status = status;
@@ -240,7 +213,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             rs.body = NULL;
             rt_http_response_free(&rs);
             if (!out->body) {
-                rc = rt_error_set(err, RT_CLASS_FAILURE, "neon.nomem", "out of memory");
+                rc = rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
                 break;
             }
             if ((status >= 200 && status < 300) || status == 404 || (accept && status == accept)) {
@@ -269,7 +242,7 @@ int neon_request(NeonClient *c, const char *method, const char *path, const char
             break;
         }
         double now = rt_monotonic();
-        if (wait < 0) wait = neon_backoff(c->retry_base, c->retry_max, attempt);
+        if (wait < 0) wait = rt_retry_delay(&c->retry, attempt);
         if (xr == RT_OK) unreachable = false;
         if (now + wait > deadline || (unreachable && now + wait > unreachable_deadline)) {
             rt_error_set(err, RT_CLASS_FAILURE, "neon.unavailable",

@@ -55,10 +55,4 @@ void neon_response_free(NeonResponse *r);
 
 /* The "message" string of a Neon error body, unescaped into out (empty if none). */
 void neon_error_message(const char *body, char *out, size_t cap);
-/* Seconds to wait from a Retry-After value (delta seconds or HTTP date); -1 if unparseable. */
-double neon_retry_after(const char *value);
-/* The backoff before attempt n (1-based): base*2^(n-1) capped at max, with full jitter in
- * [half, full]. */
-double neon_backoff(double base, double max, int attempt);
-
 #endif

@@ -168,14 +168,8 @@ static int l_secret_uri(lua_State *L)
 
 int luaopen_neon(lua_State *L)
 {
-    if (luaL_newmetatable(L, NEON_MT)) {
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__close");
-        lua_pushliteral(L, NEON_MT);
-        lua_setfield(L, -2, "__name");
-    }
+    static const luaL_Reg meta[] = {{"__gc", client_gc}, {"__close", client_gc}, {NULL, NULL}};
+    rt_lua_class(L, NEON_MT, meta, NULL);
     lua_pop(L, 1);
     if (luaL_loadbufferx(L, neon_client_lua, sizeof neon_client_lua - 1, "=neon_client.lua", "t") !=
         LUA_OK)

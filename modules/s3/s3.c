@@ -3,8 +3,8 @@
  * request/response operations (put, head, get, list, delete, delete-many, copy, sync). The
  * streaming stages live in s3_upload.c and s3_download.c.
  */
-#include "s3_internal.h"
 #include "modules/aws/aws_xml.h"
+#include "s3_internal.h"
 
 #include "runtime/io/cancel.h"
 #include "runtime/log.h"
@@ -115,7 +115,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!o) o = &d;
     S3Client *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&c->mu, NULL);
@@ -138,8 +138,9 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
         sb_addf(&e, "https://s3.%s.amazonaws.com", c->region);
     c->custom_endpoint = ep != NULL;
     c->endpoint = sb_take(&e);
-    c->max_attempts = o->max_attempts > 0 ? o->max_attempts : 6;
-    c->retry_base = o->retry_base > 0 ? o->retry_base : 0.25;
+    c->retry = (RtRetry){.max_attempts = o->max_attempts > 0 ? o->max_attempts : 6,
+                         .base = o->retry_base > 0 ? o->retry_base : 0.25,
+                         .max = 20};
     c->stall_timeout = o->stall_timeout > 0 ? o->stall_timeout : 60;
     if (!c->region || !c->endpoint) goto oom;
     /* Split the endpoint into scheme, host[:port] and base path. */
@@ -192,7 +193,7 @@ S3Client *s3_client_new(const S3ClientOptions *o, RtError *err)
     if (!c->http) goto oom;
     return c;
 oom:
-    rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     s3_client_unref(c);
     return NULL;
 }
@@ -270,17 +271,6 @@ void s3_write_resolve(const S3Client *c, const S3WriteOptions *w, S3WriteOptions
 }
 
 /* ---- requests ---- */
-
-bool s3_backoff(S3Client *c, int attempt)
-{
-    double cap = c->retry_base * pow(2, attempt - 1);
-    if (cap > 20) cap = 20;
-    unsigned int r = 0;
-    RAND_bytes((unsigned char *)&r, sizeof r);
-    /* "Equal jitter": at least half the step, so retries never collapse to zero delay. */
-    double d = cap / 2 + (cap / 2) * ((double)r / 4294967296.0);
-    return rt_sleep_cancellable(d);
-}
 
 typedef struct ErrInfo {
     const char *code_rt;
@@ -397,7 +387,7 @@ static void set_s3_error(S3Client *c, const S3Req *rq, const char *obj, long sta
                       src);
     else if (i.retry)
         rt_error_hint(err, "the store kept failing after %d attempts; retry later",
-                      c->max_attempts);
+                      c->retry.max_attempts);
 }
 
 /* Builds the URL path and host for bucket/key under the addressing style. */
@@ -424,8 +414,8 @@ static void address(S3Client *c, const char *bucket, const char *key, SBuf *host
     }
 }
 
-static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, RtHttpResponse *resp,
-                   RtError *err)
+static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr,
+                   RtHttpResponse *resp, RtError *err)
 {
     char payload[65], amz_date[17];
     if (rq->body_len)
@@ -470,7 +460,7 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, 
     SigV4Result sig;
     int rc;
     if (host.oom || path.oom || sigv4_sign(&sr, &sc, &sig) != 0) {
-        rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory signing a request");
+        rc = rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory signing a request");
         goto out;
     }
     sb_addf(&url, "%s://%s%s%s%s", c->scheme, host.p, sig.encoded_path,
@@ -493,7 +483,7 @@ static int do_once(S3Client *c, RtHttp *h, const S3Req *rq, const AwsCreds *cr, 
                         .on_body_ud = rq->on_body_ud,
                         .ignore_cancel = rq->ignore_cancel};
     char *obj = rq->object ? NULL : s3_object_name(rq->bucket, rq->key);
-    rc = url.oom ? rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory")
+    rc = url.oom ? rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory")
                  : rt_http_do(h, &hr, resp, rq->object ? rq->object : obj, err);
     free(obj);
     /* Wipe the Authorization and token lines. */
@@ -517,7 +507,7 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
     char *obj = rq->object                ? strdup(rq->object)
                 : (rq->key || rq->bucket) ? s3_object_name(rq->bucket, rq->key)
                                           : strdup("s3");
-    if (!obj) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!obj) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     bool force_creds = false;
     int rc = RT_ERR;
     for (int attempt = 1;; attempt++) {
@@ -562,7 +552,7 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             double offset = resp->server_date > 0 ? resp->server_date - rt_now() : 0;
             if (code && strcmp(code, "ExpiredToken") == 0) force_creds = true;
             rc = RT_ERR;
-            if (ei.retry && attempt < c->max_attempts) {
+            if (ei.retry && attempt < c->retry.max_attempts) {
                 rt_error_set(&e, RT_CLASS_FAILURE, "s3.retry", "s3 %s %s: http %ld%s%s", rq->op,
                              obj, resp->status, code ? " " : "", code ? code : "");
                 retry = true;
@@ -574,15 +564,15 @@ int s3_do(S3Client *c, RtHttp *h, const S3Req *rq, RtHttpResponse *resp, RtError
             if (!retry) break;
         }
         if (retry) {
-            if (attempt >= c->max_attempts) {
+            if (attempt >= c->retry.max_attempts) {
                 rt_error_copy(err, &e);
                 rt_error_hint(err, "gave up after %d attempts; check the network and the store",
                               attempt);
                 rc = RT_ERR;
                 break;
             }
-            rt_info("%s; retry %d of %d", e.message, attempt, c->max_attempts - 1);
-            if (!s3_backoff(c, attempt) && !rq->ignore_cancel) {
+            rt_info("%s; retry %d of %d", e.message, attempt, c->retry.max_attempts - 1);
+            if (!rt_retry_sleep(&c->retry, attempt) && !rq->ignore_cancel) {
                 rc = rt_cancel_error(err);
                 break;
             }
@@ -604,7 +594,7 @@ int s3_do_shared(S3Client *c, const S3Req *rq, RtHttpResponse *resp, RtError *er
 
 static int nomem(RtError *err)
 {
-    return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 }
 
 int s3_put(S3Client *c, const char *bucket, const char *key, const void *data, size_t len,

@@ -94,7 +94,7 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
             break;
         }
         /* A short or overlong body (a proxy cut it, a store ignored Range): fetch it again. */
-        if (tries >= d->c->max_attempts) {
+        if (tries >= d->c->retry.max_attempts) {
             rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
                               "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu",
                               d->name, (long long)from, (long long)to, s->len, s->want);
@@ -102,7 +102,7 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
         }
         rt_info("s3 get %s: range %lld-%lld came back with %zu of %zu bytes; retrying", d->name,
                 (long long)from, (long long)to, s->len, s->want);
-        if (!s3_backoff(d->c, tries)) {
+        if (!rt_retry_sleep(&d->c->retry, tries)) {
             rc = rt_cancel_error(err);
             break;
         }
@@ -118,7 +118,7 @@ static void *worker(void *arg)
     RtHttp *h = s3_http_new(d->c);
     pthread_mutex_lock(&d->mu);
     if (!h) {
-        rt_error_set(&d->err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(&d->err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         d->failed = true;
         pthread_cond_broadcast(&d->cv);
     }
@@ -160,11 +160,11 @@ static int start(Download *d, RtError *err)
     d->slots = calloc((size_t)d->conc, sizeof *d->slots);
     d->threads = calloc((size_t)n, sizeof *d->threads);
     if (!d->slots || !d->threads)
-        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     for (int i = 0; i < d->conc && i < d->nchunks; i++) {
         d->slots[i].data = malloc(d->part);
         if (!d->slots[i].data)
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     for (int i = 0; i < n; i++) {
         if (pthread_create(&d->threads[i], NULL, worker, d) != 0)
@@ -257,6 +257,12 @@ static void dl_destroy(void *self)
     free(d);
 }
 
+static const RtSourceOps s3_download_source_ops = {.name = "s3.download",
+                                                   .read = dl_read,
+                                                   .size_hint = dl_size_hint,
+                                                   .results = dl_results,
+                                                   .destroy = dl_destroy};
+
 RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *err)
 {
     if (!o->bucket || !*o->bucket || !o->key || !*o->key) {
@@ -282,7 +288,7 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
         free(d);
         free(s);
         s3_head_free(&hd);
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&d->mu, NULL);
@@ -299,14 +305,9 @@ RtSource *s3_download_source(S3Client *c, const S3DownloadOptions *o, RtError *e
     d->part = o->part_size ? o->part_size : 8u << 20;
     d->conc = o->concurrency > 0 ? (o->concurrency > 64 ? 64 : o->concurrency) : 4;
     d->nchunks = d->size == 0 ? 0 : (d->size + (int64_t)d->part - 1) / (int64_t)d->part;
-    s->name = "s3.download";
-    s->self = d;
-    s->read = dl_read;
-    s->size_hint = dl_size_hint;
-    s->results = dl_results;
-    s->destroy = dl_destroy;
+    rt_source_init(s, &s3_download_source_ops, d);
     if (!d->bucket || !d->key || !d->name) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_source_free(s);
         return NULL;
     }

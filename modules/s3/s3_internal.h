@@ -6,10 +6,11 @@
 #ifndef S3_INTERNAL_H
 #define S3_INTERNAL_H
 
-#include "s3.h"
 #include "modules/aws/aws.h"
 #include "modules/aws/sigv4.h"
-#include "sbuf.h"
+#include "runtime/retry.h"
+#include "runtime/sbuf.h"
+#include "s3.h"
 
 #include <pthread.h>
 
@@ -24,8 +25,7 @@ struct S3Client {
     char *endpoint;
     bool path_style;
     bool custom_endpoint;
-    int max_attempts;
-    double retry_base;
+    RtRetry retry; /* attempts per request / per part, and the backoff between them */
     double stall_timeout;
     AwsCredsProvider *creds;
     RtHttp *http; /* for calls made from the client's owner thread (guarded by mu_http) */
@@ -78,8 +78,6 @@ void s3_md5(const void *data, size_t len, unsigned char md[16]);
 void s3_md5_b64(const unsigned char md[16], char out[25]);
 /* ETag without its quotes (malloc'ed). */
 char *s3_etag_clean(const char *etag);
-/* Jittered exponential backoff; false if cancelled. */
-bool s3_backoff(S3Client *c, int attempt);
 char *s3_object_name(const char *bucket, const char *key); /* "s3://bucket/key" malloc'ed */
 
 #endif

@@ -10,6 +10,7 @@
  * The client is a "clubio.s3.client" userdata holding a reference to the C S3Client; stages
  * take their own reference, so closing the client never pulls it from under a running pipe.
  */
+#include "host.h" /* RtLuaStage, rt_lua_new_stage */
 #include "lua_api.h"
 
 #include "modules/s3/s3.h"
@@ -334,12 +335,13 @@ static int l_upload(lua_State *L)
     o.concurrency = (int)rt_lua_opt_integer(L, 2, "concurrency", 0);
     write_opts(L, 2, &o.write);
     const char *label = rt_lua_opt_string(L, 2, "label", NULL);
+    RtLuaStage *ud = rt_lua_new_stage(L, RT_STAGE_SINK); /* closed until the sink is built */
+    if (label) rt_lua_set_stage_label(L, -1, label);
     RtError err;
     rt_error_init(&err);
     RtSink *s = s3_upload_sink(c, &o, &err);
     if (!s) return rt_lua_raise(L, &err);
-    rt_lua_push_sink(L, s);
-    if (label) rt_lua_set_stage_label(L, -1, label);
+    rt_lua_stage_set(ud, s, s->name);
     return 1;
 }
 
@@ -356,12 +358,15 @@ static int l_download(lua_State *L)
     o.part_size = (size_t)rt_lua_opt_integer(L, 2, "part_size", 0);
     o.concurrency = (int)rt_lua_opt_integer(L, 2, "concurrency", 0);
     const char *label = rt_lua_opt_string(L, 2, "label", NULL);
+    /* The userdata first, closed: the source (which makes a HEAD request) is then built into it,
+     * so no error from here on can leak it. */
+    RtLuaStage *ud = rt_lua_new_stage(L, RT_STAGE_SOURCE);
+    if (label) rt_lua_set_stage_label(L, -1, label);
     RtError err;
     rt_error_init(&err);
     RtSource *s = s3_download_source(c, &o, &err);
     if (!s) return rt_lua_raise(L, &err);
-    rt_lua_push_source(L, s);
-    if (label) rt_lua_set_stage_label(L, -1, label);
+    rt_lua_stage_set(ud, s, s->name);
     return 1;
 }
 
@@ -650,14 +655,8 @@ int luaopen_s3(lua_State *L)
                                        {"info", l_info},
                                        {"close", client_gc},
                                        {NULL, NULL}};
-    if (luaL_newmetatable(L, CLIENT_MT)) {
-        luaL_newlib(L, methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, client_gc);
-        lua_setfield(L, -2, "__close");
-    }
+    static const luaL_Reg meta[] = {{"__gc", client_gc}, {"__close", client_gc}, {NULL, NULL}};
+    rt_lua_class(L, CLIENT_MT, meta, methods);
     lua_pop(L, 1);
     static const luaL_Reg f[] = {{"client", l_client}, {NULL, NULL}};
     luaL_newlib(L, f);

@@ -14,8 +14,8 @@
  * abort runs AbortMultipartUpload, so no partial object ever appears under the key; an object
  * that fails the final checks is deleted.
  */
-#include "s3_internal.h"
 #include "modules/aws/aws_xml.h"
+#include "s3_internal.h"
 
 #include "modules/crypto/crypto.h"
 
@@ -89,7 +89,7 @@ static int record_etag(Upload *u, int number, const char *etag, const unsigned c
         PartDone *nd = realloc(u->done, (size_t)nc * sizeof *nd);
         if (!nd) {
             pthread_mutex_unlock(&u->mu);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         }
         memset(nd + u->done_cap, 0, (size_t)(nc - u->done_cap) * sizeof *nd);
         u->done = nd;
@@ -237,13 +237,13 @@ static int initiate(Upload *u, RtError *err)
     u->threads = calloc((size_t)u->conc, sizeof *u->threads);
     u->https = calloc((size_t)u->conc, sizeof *u->https);
     if (!u->threads || !u->https)
-        return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     for (int i = 0; i < u->conc; i++) {
         u->https[i] = s3_http_new(u->c);
         WorkerArg *wa = malloc(sizeof *wa);
         if (!u->https[i] || !wa) {
             free(wa);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         }
         wa->u = u;
         wa->idx = i;
@@ -324,7 +324,7 @@ static int next_buffer(Upload *u, RtError *err)
             pthread_mutex_lock(&u->mu);
             u->buffers--;
             pthread_mutex_unlock(&u->mu);
-            return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem",
+            return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM,
                                 "out of memory for a %zu-byte part buffer", want);
         }
         p->cap = want;
@@ -436,7 +436,7 @@ static int up_finish(void *self, RtError *err)
 
     SBuf b = {0};
     unsigned char *all = malloc((size_t)u->parts * 16);
-    if (!all) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (!all) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     sb_add(&b, "<CompleteMultipartUpload>");
     for (int i = 0; i < u->parts; i++) {
         if (i >= u->done_cap || !u->done[i].etag) {
@@ -456,7 +456,7 @@ static int up_finish(void *self, RtError *err)
     free(all);
     crypto_hex(md, 16, expect);
     snprintf(expect + 32, sizeof expect - 32, "-%d", u->parts);
-    if (b.oom) return rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+    if (b.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     SigV4Param q[] = {{"uploadId", u->upload_id}};
     S3Req rq = {.op = "complete upload",
                 .method = "POST",
@@ -626,6 +626,13 @@ static char *dupn(const char *s)
     return s ? strdup(s) : NULL;
 }
 
+static const RtSinkOps s3_upload_sink_ops = {.name = "s3.upload",
+                                             .write = up_write,
+                                             .finish = up_finish,
+                                             .abort = up_abort,
+                                             .results = up_results,
+                                             .destroy = up_destroy};
+
 RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
 {
     if (!o->bucket || !*o->bucket || !o->key || !*o->key) {
@@ -646,7 +653,7 @@ RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
     if (!u || !s) {
         free(u);
         free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&u->mu, NULL);
@@ -671,15 +678,9 @@ RtSink *s3_upload_sink(S3Client *c, const S3UploadOptions *o, RtError *err)
     u->w = (S3WriteOptions){u->sse, u->kms, u->sclass, u->ctype, (const char *const *)u->meta};
     u->base = base;
     u->conc = conc;
-    s->name = "s3.upload";
-    s->self = u;
-    s->write = up_write;
-    s->finish = up_finish;
-    s->abort = up_abort;
-    s->results = up_results;
-    s->destroy = up_destroy;
+    rt_sink_init(s, &s3_upload_sink_ops, u);
     if (!u->bucket || !u->key || !u->name || !u->meta) {
-        rt_error_set(err, RT_CLASS_FAILURE, "s3.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         rt_sink_free(s);
         return NULL;
     }

@@ -5,6 +5,7 @@
 #include "sqlscan.h"
 
 #include "modules/pgdump/pgdump.h"
+#include "runtime/sbuf.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -24,9 +25,7 @@ typedef struct ScanTable {
 
 struct SqlScan {
     /* outside COPY: the current line (its first SQLSCAN_LINE_CAP bytes) */
-    char *line;
-    size_t line_len, line_cap;
-    bool line_overflow;
+    SBuf line; /* limit SQLSCAN_LINE_CAP; `truncated` once a line outgrew it */
     /* inside COPY: the table, and the first bytes of a line (to spot "\.") */
     bool in_copy;
     ScanTable *cur;
@@ -45,7 +44,10 @@ struct SqlScan {
 SqlScan *sqlscan_new(void)
 {
     SqlScan *s = calloc(1, sizeof *s);
-    if (s) s->at_line_start = true;
+    if (s) {
+        s->at_line_start = true;
+        s->line.limit = SQLSCAN_LINE_CAP;
+    }
     return s;
 }
 
@@ -57,7 +59,7 @@ void sqlscan_free(SqlScan *s)
         EVP_MD_CTX_free(s->tables[i].md);
     }
     free(s->tables);
-    free(s->line);
+    sb_free(&s->line);
     EVP_MD_CTX_free(s->row_md);
     free(s);
 }
@@ -86,7 +88,7 @@ static ScanTable *table_for(SqlScan *s, const char *name, size_t len, RtError *e
     s->ntables++;
     return t;
 oom:
-    rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory while scanning the dump");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory while scanning the dump");
     return NULL;
 }
 
@@ -122,8 +124,8 @@ static size_t copy_header_name(const char *line, size_t len, const char **name)
 
 static int end_of_line(SqlScan *s, RtError *err)
 {
-    const char *line = s->line ? s->line : "";
-    size_t len = s->line_len;
+    const char *line = s->line.p ? s->line.p : "";
+    size_t len = s->line.len;
     const char *name;
     size_t nl = copy_header_name(line, len, &name);
     if (nl) {
@@ -135,34 +137,21 @@ static int end_of_line(SqlScan *s, RtError *err)
     } else if (len >= 36 && memcmp(line, "-- PostgreSQL database dump complete", 36) == 0) {
         s->complete = true;
     }
-    s->line_len = 0;
-    s->line_overflow = false;
+    sb_clear(&s->line);
     return RT_OK;
 }
 
 static int append_line(SqlScan *s, const uint8_t *p, size_t n, RtError *err)
 {
-    bool overflow = s->line_len + n > SQLSCAN_LINE_CAP;
-    if (overflow) n = SQLSCAN_LINE_CAP - s->line_len;
-    if (n && s->line_len + n > s->line_cap) {
-        size_t cap = s->line_cap ? s->line_cap : 256;
-        while (cap < s->line_len + n) cap *= 2;
-        char *l = realloc(s->line, cap);
-        if (!l)
-            return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem",
-                                "out of memory while scanning the dump");
-        s->line = l;
-        s->line_cap = cap;
-    }
-    if (n) memcpy(s->line + s->line_len, p, n);
-    s->line_len += n;
-    if (overflow && !s->line_overflow) {
-        s->line_overflow = true;
-        /* only the kept prefix is looked at at the end of the line: a COPY header must fit */
-        if (memcmp(s->line, "COPY ", 5) == 0)
-            return rt_error_set(err, RT_CLASS_VERIFY, "verify.copy_header",
-                                "a COPY header in the dump is longer than 1 MiB");
-    }
+    bool was_truncated = s->line.truncated;
+    sb_addn(&s->line, (const char *)p, n);
+    if (s->line.oom)
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM,
+                            "out of memory while scanning the dump");
+    /* only the kept prefix is looked at at the end of the line: a COPY header must fit */
+    if (s->line.truncated && !was_truncated && memcmp(s->line.p, "COPY ", 5) == 0)
+        return rt_error_set(err, RT_CLASS_VERIFY, "verify.copy_header",
+                            "a COPY header in the dump is longer than 1 MiB");
     return RT_OK;
 }
 
@@ -170,7 +159,7 @@ int sqlscan_set_row_digests(SqlScan *s, bool on, RtError *err)
 {
     s->row_digests = on;
     if (on && !s->row_md && !(s->row_md = EVP_MD_CTX_new()))
-        return rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
 
@@ -318,6 +307,13 @@ static void scan_destroy(void *self)
     sqlscan_free(self);
 }
 
+static const RtSinkOps sqlscan_sink_ops = {.name = "sqlscan",
+                                           .write = scan_write,
+                                           .finish = scan_finish,
+                                           .abort = scan_abort,
+                                           .results = scan_results,
+                                           .destroy = scan_destroy};
+
 RtSink *sqlscan_sink(bool row_digests, RtError *err)
 {
     RtSink *k = rt_sink_new();
@@ -325,16 +321,10 @@ RtSink *sqlscan_sink(bool row_digests, RtError *err)
     if (!k || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(k);
         sqlscan_free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    k->name = "sqlscan";
-    k->self = s;
-    k->write = scan_write;
-    k->finish = scan_finish;
-    k->abort = scan_abort;
-    k->results = scan_results;
-    k->destroy = scan_destroy;
+    rt_sink_init(k, &sqlscan_sink_ops, s);
     return k;
 }
 
@@ -347,6 +337,9 @@ static int scan_observe(void *self, const uint8_t *data, size_t len, RtError *er
     return sqlscan_feed(self, data, len, err);
 }
 
+static const RtFilterOps sqlscan_filter_ops = {
+    .name = "sqlscan", .observe = scan_observe, .results = scan_results, .destroy = scan_destroy};
+
 RtFilter *sqlscan_filter(bool row_digests, RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -354,13 +347,9 @@ RtFilter *sqlscan_filter(bool row_digests, RtError *err)
     if (!f || !s || sqlscan_set_row_digests(s, row_digests, err) != RT_OK) {
         free(f);
         sqlscan_free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "verify.nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "sqlscan";
-    f->self = s;
-    f->observe = scan_observe;
-    f->results = scan_results;
-    f->destroy = scan_destroy;
+    rt_filter_init(f, &sqlscan_filter_ops, s);
     return f;
 }

@@ -39,8 +39,9 @@ bool rt_cancel_hurried(void)
 int rt_cancel_error(RtError *err)
 {
     if (atomic_load(&g_cancel) == RT_CLASS_TIMEOUT)
-        return rt_error_set(err, RT_CLASS_TIMEOUT, "timeout", "timed out (--timeout expired)");
-    return rt_error_set(err, RT_CLASS_CANCELLED, "cancelled", "cancelled by signal");
+        return rt_error_set(err, RT_CLASS_TIMEOUT, RT_CODE_TIMEOUT,
+                            "timed out (--timeout expired)");
+    return rt_error_set(err, RT_CLASS_CANCELLED, RT_CODE_CANCELLED, "cancelled by signal");
 }
 
 void rt_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)

@@ -4,6 +4,7 @@
 #include "endpoints.h"
 #include "../proc.h"
 #include "../redact.h"
+#include "../sbuf.h"
 #include "cancel.h"
 
 #include <errno.h>
@@ -57,6 +58,9 @@ static void fd_src_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps file_source_ops = {
+    .name = "file", .read = fd_read, .size_hint = fd_size, .destroy = fd_src_destroy};
+
 static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err)
 {
     RtSource *src = rt_source_new();
@@ -65,7 +69,7 @@ static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err
         free(src);
         free(s);
         if (own) close(fd);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->fd = fd;
@@ -73,11 +77,7 @@ static RtSource *make_fd_source(int fd, bool own, const char *name, RtError *err
     snprintf(s->name, sizeof s->name, "%s", name);
     struct stat st;
     s->size = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (int64_t)st.st_size : -1;
-    src->name = "file";
-    src->self = s;
-    src->read = fd_read;
-    src->size_hint = fd_size;
-    src->destroy = fd_src_destroy;
+    rt_source_init(src, &file_source_ops, s);
     return src;
 }
 
@@ -134,6 +134,9 @@ static void mem_src_destroy(void *self)
     free(s);
 }
 
+static const RtSourceOps memory_source_ops = {
+    .name = "memory", .read = mem_read, .size_hint = mem_size, .destroy = mem_src_destroy};
+
 RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
 {
     RtSource *src = rt_source_new();
@@ -143,17 +146,13 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
         free(src);
         free(s);
         free(copy);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     if (len) memcpy(copy, data, len);
     s->data = copy;
     s->len = len;
-    src->name = "memory";
-    src->self = s;
-    src->read = mem_read;
-    src->size_hint = mem_size;
-    src->destroy = mem_src_destroy;
+    rt_source_init(src, &memory_source_ops, s);
     return src;
 }
 
@@ -275,17 +274,24 @@ static void fsink_destroy(void *self)
     free(s);
 }
 
+static const RtSinkOps file_sink_ops = {.name = "file_sink",
+                                        .write = fsink_write,
+                                        .finish = fsink_finish,
+                                        .abort = fsink_abort,
+                                        .results = fsink_results,
+                                        .destroy = fsink_destroy};
+static const RtSinkOps stdout_sink_ops = {.name = "stdout",
+                                          .write = fsink_write,
+                                          .finish = fsink_finish,
+                                          .abort = fsink_abort,
+                                          .results = fsink_results,
+                                          .destroy = fsink_destroy};
+
 static RtSink *make_file_sink(FileSink *s)
 {
     RtSink *k = rt_sink_new();
     if (!k) return NULL;
-    k->name = s->atomic ? "file_sink" : "stdout";
-    k->self = s;
-    k->write = fsink_write;
-    k->finish = fsink_finish;
-    k->abort = fsink_abort;
-    k->results = fsink_results;
-    k->destroy = fsink_destroy;
+    rt_sink_init(k, s->atomic ? &file_sink_ops : &stdout_sink_ops, s);
     return k;
 }
 
@@ -349,11 +355,11 @@ RtSink *rt_file_sink(const char *path, bool overwrite, RtError *err)
     RtSink *k = make_file_sink(s); /* named "file_sink" */
     if (!k) {
         fsink_destroy(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     }
     return k;
 nomem:
-    rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
 fail:
     free(dcopy);
     free(bcopy);
@@ -384,7 +390,7 @@ RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
     if (!k) {
         if (s) free(s->path);
         free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->fd = fd;
@@ -393,10 +399,9 @@ RtSink *rt_fd_sink(int fd, const char *name, RtError *err)
 
 /* ---- memory sink ------------------------------------------------------------------------ */
 
-typedef struct MemSink {
-    uint8_t *data;
-    size_t len, cap, limit;
-} MemSink;
+/* The memory sink is an SBuf whose cap is an error, not a truncation: a write past `limit` fails
+ * with io.memory_full and keeps nothing of it. */
+typedef SBuf MemSink;
 
 static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err)
 {
@@ -404,17 +409,8 @@ static int msink_write(void *self, const uint8_t *data, size_t len, RtError *err
     if (len > s->limit - s->len)
         return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full",
                             "memory sink full (limit %zu bytes)", s->limit);
-    if (s->len + len > s->cap) {
-        size_t cap = s->cap ? s->cap : 4096;
-        while (cap < s->len + len) cap *= 2;
-        if (cap > s->limit) cap = s->limit;
-        uint8_t *d = realloc(s->data, cap ? cap : 1);
-        if (!d) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
-        s->data = d;
-        s->cap = cap;
-    }
-    memcpy(s->data + s->len, data, len);
-    s->len += len;
+    sb_addn(s, (const char *)data, len);
+    if (s->oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
 
@@ -427,23 +423,28 @@ static int msink_finish(void *self, RtError *err)
 
 static void msink_abort(void *self)
 {
-    MemSink *s = self;
-    s->len = 0;
+    sb_clear(self);
 }
 
 static void msink_results(void *self, RtResults *res)
 {
     MemSink *s = self;
     rt_results_int(res, "bytes", (int64_t)s->len);
-    rt_results_strn(res, "data", s->data ? (const char *)s->data : "", s->len);
+    rt_results_strn(res, "data", s->p ? s->p : "", s->len);
 }
 
 static void msink_destroy(void *self)
 {
-    MemSink *s = self;
-    free(s->data);
-    free(s);
+    sb_free(self);
+    free(self);
 }
+
+static const RtSinkOps buffer_sink_ops = {.name = "buffer",
+                                          .write = msink_write,
+                                          .finish = msink_finish,
+                                          .abort = msink_abort,
+                                          .results = msink_results,
+                                          .destroy = msink_destroy};
 
 RtSink *rt_mem_sink(size_t limit, RtError *err)
 {
@@ -452,17 +453,11 @@ RtSink *rt_mem_sink(size_t limit, RtError *err)
     if (!k || !s) {
         free(k);
         free(s);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     s->limit = limit;
-    k->name = "buffer";
-    k->self = s;
-    k->write = msink_write;
-    k->finish = msink_finish;
-    k->abort = msink_abort;
-    k->results = msink_results;
-    k->destroy = msink_destroy;
+    rt_sink_init(k, &buffer_sink_ops, s);
     return k;
 }
 
@@ -470,7 +465,7 @@ const uint8_t *rt_mem_sink_data(const RtSink *k, size_t *len)
 {
     const MemSink *s = k->self;
     *len = s->len;
-    return s->data ? s->data : (const uint8_t *)"";
+    return s->p ? (const uint8_t *)s->p : (const uint8_t *)"";
 }
 
 /* ---- count filter ----------------------------------------------------------------------- */
@@ -488,6 +483,9 @@ static void count_results(void *self, RtResults *res)
     rt_results_int(res, "bytes", (int64_t) * (uint64_t *)self);
 }
 
+static const RtFilterOps count_filter_ops = {
+    .name = "count", .observe = count_observe, .results = count_results, .destroy = free};
+
 RtFilter *rt_count_filter(RtError *err)
 {
     RtFilter *f = rt_filter_new();
@@ -495,14 +493,10 @@ RtFilter *rt_count_filter(RtError *err)
     if (!f || !n) {
         free(f);
         free(n);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    f->name = "count";
-    f->self = n;
-    f->observe = count_observe;
-    f->results = count_results;
-    f->destroy = free;
+    rt_filter_init(f, &count_filter_ops, n);
     return f;
 }
 
@@ -560,7 +554,7 @@ static Child *child_start(const RtProcSpec *spec, int pipes, RtError *err)
 {
     Child *c = calloc(1, sizeof *c);
     if (!c) {
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&c->mu, NULL);
@@ -656,6 +650,9 @@ static int child_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *e
     }
 }
 
+static const RtSourceOps command_source_ops = {
+    .name = "command", .read = child_read, .destroy = child_destroy};
+
 RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
 {
     Child *c = child_start(spec, RT_PROC_STDOUT, err);
@@ -663,13 +660,10 @@ RtSource *rt_child_source(const RtProcSpec *spec, RtError *err)
     RtSource *src = rt_source_new();
     if (!src) {
         child_destroy(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    src->name = "command";
-    src->self = c;
-    src->read = child_read;
-    src->destroy = child_destroy;
+    rt_source_init(src, &command_source_ops, c);
     return src;
 }
 
@@ -696,6 +690,12 @@ static void child_sink_abort(void *self)
     child_kill(self);
 }
 
+static const RtSinkOps command_sink_ops = {.name = "command",
+                                           .write = child_write,
+                                           .finish = child_sink_finish,
+                                           .abort = child_sink_abort,
+                                           .destroy = child_destroy};
+
 RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
 {
     Child *c = child_start(spec, RT_PROC_STDIN | (quiet ? RT_PROC_QUIET : 0), err);
@@ -706,14 +706,9 @@ RtSink *rt_child_sink(const RtProcSpec *spec, bool quiet, RtError *err)
     RtSink *k = rt_sink_new();
     if (!k) {
         child_destroy(c);
-        rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
-    k->name = "command";
-    k->self = c;
-    k->write = child_write;
-    k->finish = child_sink_finish;
-    k->abort = child_sink_abort;
-    k->destroy = child_destroy;
+    rt_sink_init(k, &command_sink_ops, c);
     return k;
 }

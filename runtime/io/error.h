@@ -15,18 +15,18 @@
 #include <stdarg.h>
 #include <stdbool.h>
 
-#define RT_OK 0
+#define RT_OK  0
 #define RT_ERR (-1)
 
 /* Error classes: each maps to a stable process exit status (see README "Exit codes"). */
 typedef enum RtErrorClass {
     RT_CLASS_NONE = 0,
-    RT_CLASS_FAILURE = 1,   /* an operation failed (network, database, storage...) */
-    RT_CLASS_USAGE = 2,     /* bad command line, bad option, bad argument */
-    RT_CLASS_CONFIG = 3,    /* missing or invalid environment/configuration */
-    RT_CLASS_VERIFY = 4,    /* verification found a problem (corrupt, stale, mismatch) */
-    RT_CLASS_DECLINED = 5,  /* a destructive step was declined or needs --yes */
-    RT_CLASS_TIMEOUT = 124, /* --timeout expired */
+    RT_CLASS_FAILURE = 1,    /* an operation failed (network, database, storage...) */
+    RT_CLASS_USAGE = 2,      /* bad command line, bad option, bad argument */
+    RT_CLASS_CONFIG = 3,     /* missing or invalid environment/configuration */
+    RT_CLASS_VERIFY = 4,     /* verification found a problem (corrupt, stale, mismatch) */
+    RT_CLASS_DECLINED = 5,   /* a destructive step was declined or needs --yes */
+    RT_CLASS_TIMEOUT = 124,  /* --timeout expired */
     RT_CLASS_CANCELLED = 130 /* SIGINT / SIGTERM */
 } RtErrorClass;
 
@@ -54,6 +54,13 @@ int rt_error_errno(RtError *err, const char *code, int errnum, const char *fmt, 
     __attribute__((format(printf, 4, 5)));
 /* Copies src into dst unless dst already holds an error. */
 void rt_error_copy(RtError *dst, const RtError *src);
+
+/* The registry of the codes that belong to no one module (a module's own codes are
+ * "<module>.<what>", e.g. "s3.retry"). Out of memory has one code everywhere. */
+#define RT_CODE_NOMEM     "nomem"     /* an allocation failed (class FAILURE) */
+#define RT_CODE_USAGE     "usage"     /* a bad command line (class USAGE) */
+#define RT_CODE_TIMEOUT   "timeout"   /* --timeout expired (class TIMEOUT) */
+#define RT_CODE_CANCELLED "cancelled" /* SIGINT / SIGTERM (class CANCELLED) */
 
 const char *rt_error_class_name(RtErrorClass klass);
 int rt_error_exit_status(RtErrorClass klass);

@@ -12,6 +12,7 @@
  * threads have joined, the sink is aborted unless it finished.
  */
 #include "pipe.h"
+#include "../timestamp.h"
 #include "cancel.h"
 
 #include <pthread.h>
@@ -22,8 +23,8 @@
 #include <time.h>
 
 #define DEFAULT_BUFFER (256 * 1024)
-#define DEFAULT_DEPTH 4
-#define MAX_STAGES 32
+#define DEFAULT_DEPTH  4
+#define MAX_STAGES     32
 
 typedef struct Queue {
     RtBuf *bufs; /* depth buffers */
@@ -32,7 +33,8 @@ typedef struct Queue {
     RtBuf **full; /* ring */
     int full_head, n_full;
     int depth;
-    bool eof; /* producer closed */
+    bool eof;   /* producer closed */
+    bool ready; /* mu and cond initialised (queue_destroy undoes only what queue_init did) */
     pthread_mutex_t mu;
     pthread_cond_t cond;
 } Queue;
@@ -74,19 +76,13 @@ struct RtPipe {
     atomic_bool done;
 };
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* ---- failure ---------------------------------------------------------------------------- */
 
 static void pipe_fail(RtPipe *p, const RtError *err)
 {
     pthread_mutex_lock(&p->mu);
-    if (err && err->set) rt_error_copy(&p->err, err);
+    if (err && err->set)
+        rt_error_copy(&p->err, err);
     else if (!p->err.set)
         rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "a pipe stage failed");
     atomic_store(&p->failed, true);
@@ -114,6 +110,21 @@ static bool pipe_alive(RtPipe *p)
 
 /* ---- queues ----------------------------------------------------------------------------- */
 
+static void queue_destroy(Queue *q)
+{
+    if (q->bufs)
+        for (int i = 0; i < q->depth; i++) rt_buf_free(&q->bufs[i]);
+    free(q->bufs);
+    free(q->free_list);
+    free(q->full);
+    if (q->ready) {
+        pthread_mutex_destroy(&q->mu);
+        pthread_cond_destroy(&q->cond);
+    }
+    memset(q, 0, sizeof *q);
+}
+
+/* On failure everything is freed again (the queue is left empty, safe to queue_destroy). */
 static int queue_init(Queue *q, int depth, size_t bufsize)
 {
     memset(q, 0, sizeof *q);
@@ -121,25 +132,19 @@ static int queue_init(Queue *q, int depth, size_t bufsize)
     q->bufs = calloc((size_t)depth, sizeof *q->bufs);
     q->free_list = calloc((size_t)depth, sizeof *q->free_list);
     q->full = calloc((size_t)depth, sizeof *q->full);
-    if (!q->bufs || !q->free_list || !q->full) return -1;
-    for (int i = 0; i < depth; i++) {
-        if (rt_buf_alloc(&q->bufs[i], bufsize) != 0) return -1;
-        q->free_list[q->n_free++] = &q->bufs[i];
+    bool ok = q->bufs && q->free_list && q->full;
+    for (int i = 0; ok && i < depth; i++) {
+        ok = rt_buf_alloc(&q->bufs[i], bufsize) == 0;
+        if (ok) q->free_list[q->n_free++] = &q->bufs[i];
+    }
+    if (!ok) {
+        queue_destroy(q);
+        return -1;
     }
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->cond, NULL);
+    q->ready = true;
     return 0;
-}
-
-static void queue_destroy(Queue *q)
-{
-    if (!q->bufs) return;
-    for (int i = 0; i < q->depth; i++) rt_buf_free(&q->bufs[i]);
-    free(q->bufs);
-    free(q->free_list);
-    free(q->full);
-    pthread_mutex_destroy(&q->mu);
-    pthread_cond_destroy(&q->cond);
 }
 
 static void timed_wait(Queue *q)
@@ -248,8 +253,10 @@ static void *source_main(void *arg)
         if (got > b->size) got = b->size;
         b->used = got;
         atomic_fetch_add(&p->bytes_in, got);
-        if (got) queue_push_full(s->out, b);
-        else queue_put_free(s->out, b);
+        if (got)
+            queue_push_full(s->out, b);
+        else
+            queue_put_free(s->out, b);
         if (eof) {
             queue_close(s->out);
             return NULL;
@@ -326,8 +333,8 @@ static void *filter_main(void *arg)
                 queue_push_full(s->out, out); /* full, or the filter needs a fresh buffer */
                 out = NULL;
             } else if (!progressed) {
-                rt_error_set(&err, RT_CLASS_FAILURE, "pipe.stalled",
-                             "filter '%s' made no progress", s->label);
+                rt_error_set(&err, RT_CLASS_FAILURE, "pipe.stalled", "filter '%s' made no progress",
+                             s->label);
                 stage_error(s, &err, "filter");
                 goto stop_in;
             }
@@ -340,8 +347,10 @@ static void *filter_main(void *arg)
         goto stop;
     }
     if (out) {
-        if (out->used) queue_push_full(s->out, out);
-        else queue_put_free(s->out, out);
+        if (out->used)
+            queue_push_full(s->out, out);
+        else
+            queue_put_free(s->out, out);
         out = NULL;
     }
     queue_close(s->out);
@@ -388,14 +397,14 @@ static void *monitor_main(void *arg)
     RtPipe *p = arg;
     double interval = p->opts.progress_interval > 0 ? p->opts.progress_interval : 0.5;
     while (!atomic_load(&p->done)) {
-        double until = now_mono() + interval;
-        while (!atomic_load(&p->done) && now_mono() < until) {
+        double until = rt_monotonic() + interval;
+        while (!atomic_load(&p->done) && rt_monotonic() < until) {
             struct timespec ts = {0, 20 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }
         if (atomic_load(&p->done)) break;
         RtProgress pr = {atomic_load(&p->bytes_in), atomic_load(&p->bytes_out), -1,
-                         now_mono() - p->t_start, false};
+                         rt_monotonic() - p->t_start, false};
         RtSource *src = p->stages[0].u.src;
         if (src->size_hint) pr.total = src->size_hint(src->self);
         p->opts.progress(p->opts.progress_ud, &pr);
@@ -420,21 +429,31 @@ RtPipe *rt_pipe_new(const RtPipeOptions *opts)
 
 static void destroy_stage_obj(StageKind kind, void *obj)
 {
-    if (kind == ST_SOURCE) rt_source_free(obj);
-    else if (kind == ST_FILTER) rt_filter_free(obj);
-    else rt_sink_free(obj);
+    if (kind == ST_SOURCE)
+        rt_source_free(obj);
+    else if (kind == ST_FILTER)
+        rt_filter_free(obj);
+    else
+        rt_sink_free(obj);
 }
 
 static int add_stage(RtPipe *p, StageKind kind, void *obj, const char *name, const char *label)
 {
     const char *why = NULL;
-    if (!obj) why = "stage is missing";
-    else if (p->ran) why = "pipe already ran";
-    else if (p->n_stages >= MAX_STAGES - 1) why = "too many stages";
-    else if (kind == ST_SOURCE && p->has_source) why = "pipe already has a source";
-    else if (kind != ST_SINK && p->has_sink) why = "stage added after the sink";
-    else if (kind == ST_SINK && p->has_sink) why = "pipe already has a sink";
-    else if (kind != ST_SOURCE && !p->has_source) why = "source must come first";
+    if (!obj)
+        why = "stage is missing";
+    else if (p->ran)
+        why = "pipe already ran";
+    else if (p->n_stages >= MAX_STAGES - 1)
+        why = "too many stages";
+    else if (kind == ST_SOURCE && p->has_source)
+        why = "pipe already has a source";
+    else if (kind != ST_SINK && p->has_sink)
+        why = "stage added after the sink";
+    else if (kind == ST_SINK && p->has_sink)
+        why = "pipe already has a sink";
+    else if (kind != ST_SOURCE && !p->has_source)
+        why = "source must come first";
     if (why) {
         if (obj) destroy_stage_obj(kind, obj);
         p->setup_failed = true;
@@ -443,9 +462,12 @@ static int add_stage(RtPipe *p, StageKind kind, void *obj, const char *name, con
     Stage *s = &p->stages[p->n_stages++];
     s->kind = kind;
     s->pipe = p;
-    if (kind == ST_SOURCE) s->u.src = obj;
-    else if (kind == ST_FILTER) s->u.flt = obj;
-    else s->u.sink = obj;
+    if (kind == ST_SOURCE)
+        s->u.src = obj;
+    else if (kind == ST_FILTER)
+        s->u.flt = obj;
+    else
+        s->u.sink = obj;
     /* unique label: "sha256", "sha256_2", ... */
     const char *base = label && *label ? label : (name ? name : "stage");
     snprintf(s->label, sizeof s->label, "%s", base);
@@ -490,7 +512,7 @@ static void collect_results(RtPipe *p)
     if (!r) return;
     rt_results_int(r, "bytes_in", (int64_t)atomic_load(&p->bytes_in));
     rt_results_int(r, "bytes_out", (int64_t)atomic_load(&p->bytes_out));
-    rt_results_num(r, "seconds", now_mono() - p->t_start);
+    rt_results_num(r, "seconds", rt_monotonic() - p->t_start);
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
         void (*fn)(void *, RtResults *) = s->kind == ST_SOURCE   ? s->u.src->results
@@ -512,17 +534,19 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     }
     if (p->ran || !p->has_source || !p->has_sink)
         return rt_error_set(err, RT_CLASS_USAGE, "pipe.setup",
-                            p->ran ? "bad pipe: it already ran" : "bad pipe: needs a source and a sink");
+                            p->ran ? "bad pipe: it already ran"
+                                   : "bad pipe: needs a source and a sink");
     p->ran = true;
-    p->t_start = now_mono();
+    p->t_start = rt_monotonic();
     p->n_queues = p->n_stages - 1;
     p->queues = calloc((size_t)p->n_queues, sizeof *p->queues);
+    if (!p->queues) p->n_queues = 0; /* rt_pipe_free must not walk queues that do not exist */
     bool ok = p->queues != NULL;
     for (int i = 0; ok && i < p->n_queues; i++)
         ok = queue_init(&p->queues[i], p->opts.queue_depth, p->opts.buffer_size) == 0;
     if (!ok) {
         p->stages[p->n_stages - 1].u.sink->abort(p->stages[p->n_stages - 1].u.sink->self);
-        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.nomem", "out of memory for pipe buffers");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory for pipe buffers");
     }
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
@@ -541,7 +565,8 @@ int rt_pipe_run(RtPipe *p, RtError *err)
         }
         s->started = true;
     }
-    if (p->opts.progress) p->monitor_started = pthread_create(&p->monitor, NULL, monitor_main, p) == 0;
+    if (p->opts.progress)
+        p->monitor_started = pthread_create(&p->monitor, NULL, monitor_main, p) == 0;
     for (int i = 0; i < p->n_stages; i++)
         if (p->stages[i].started) pthread_join(p->stages[i].thread, NULL);
     atomic_store(&p->done, true);
@@ -551,13 +576,14 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     bool failed = atomic_load(&p->failed) || !p->sink_finished;
     if (failed) {
         sink->abort(sink->self);
-        if (!p->err.set) rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "the pipe stopped early");
+        if (!p->err.set)
+            rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "the pipe stopped early");
     }
     if (p->opts.progress) {
         RtSource *src = p->stages[0].u.src;
         RtProgress pr = {atomic_load(&p->bytes_in), atomic_load(&p->bytes_out),
-                         src->size_hint ? src->size_hint(src->self) : -1, now_mono() - p->t_start,
-                         true};
+                         src->size_hint ? src->size_hint(src->self) : -1,
+                         rt_monotonic() - p->t_start, true};
         p->opts.progress(p->opts.progress_ud, &pr);
     }
     if (failed) {
@@ -566,11 +592,14 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     }
     collect_results(p);
     if (!p->results || rt_results_failed(p->results))
-        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.nomem", "out of memory for pipe results");
+        return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory for pipe results");
     return RT_OK;
 }
 
-const RtResults *rt_pipe_results(const RtPipe *p) { return p->results; }
+const RtResults *rt_pipe_results(const RtPipe *p)
+{
+    return p->results;
+}
 
 void rt_pipe_free(RtPipe *p)
 {

@@ -56,7 +56,7 @@ typedef struct RtSource {
     const char *name; /* short kind name: "file", "pgdump", "s3.get" */
     void *self;
     int (*read)(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err);
-    int64_t (*size_hint)(void *self); /* may be NULL */
+    int64_t (*size_hint)(void *self);            /* may be NULL */
     void (*results)(void *self, RtResults *res); /* may be NULL */
     void (*destroy)(void *self);
 } RtSource;
@@ -81,6 +81,41 @@ typedef struct RtSink {
     void (*results)(void *self, RtResults *res); /* may be NULL */
     void (*destroy)(void *self);
 } RtSink;
+
+/* A stage kind's operations, once per kind as a `static const` table (as liolib.c has one
+ * method table per class); rt_*_init points an allocated stage at its table and its `self`:
+ *
+ *   static const RtSinkOps MEM_SINK = {.name = "buffer", .write = msink_write, ...};
+ *   rt_sink_init(k, &MEM_SINK, s);
+ */
+typedef struct RtSourceOps {
+    const char *name;
+    int (*read)(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err);
+    int64_t (*size_hint)(void *self);
+    void (*results)(void *self, RtResults *res);
+    void (*destroy)(void *self);
+} RtSourceOps;
+
+typedef struct RtFilterOps {
+    const char *name;
+    int (*process)(void *self, RtBuf *in, RtBuf *out, bool *done, RtError *err);
+    int (*observe)(void *self, const uint8_t *data, size_t len, RtError *err);
+    void (*results)(void *self, RtResults *res);
+    void (*destroy)(void *self);
+} RtFilterOps;
+
+typedef struct RtSinkOps {
+    const char *name;
+    int (*write)(void *self, const uint8_t *data, size_t len, RtError *err);
+    int (*finish)(void *self, RtError *err);
+    void (*abort)(void *self);
+    void (*results)(void *self, RtResults *res);
+    void (*destroy)(void *self);
+} RtSinkOps;
+
+void rt_source_init(RtSource *s, const RtSourceOps *ops, void *self);
+void rt_filter_init(RtFilter *f, const RtFilterOps *ops, void *self);
+void rt_sink_init(RtSink *k, const RtSinkOps *ops, void *self);
 
 /* Convenience for cores: allocate a zeroed stage struct (NULL on ENOMEM). */
 RtSource *rt_source_new(void);

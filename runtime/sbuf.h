@@ -1,10 +1,14 @@
 /*
- * SBuf — a growable NUL-terminated string for building requests, XML bodies and messages in the
- * s3 core. Allocation failure is sticky (`oom`) and checked once at the end, so building code
- * stays linear.
+ * SBuf — the one growable buffer of the runtime and the modules (requests, XML and JSON bodies,
+ * log lines, a child's captured output, a line of a dump). Always NUL-terminated, so it serves for
+ * strings and bytes alike. Allocation failure is sticky (`oom`) and checked once at the end, so
+ * building code stays linear.
+ *
+ * An optional size cap: with `limit` set (0: none), bytes past `limit` are dropped and `truncated`
+ * set; the kept prefix stays. Zero-initialise (`SBuf b = {0}` or `{.limit = n}`) and sb_free.
  */
-#ifndef S3_SBUF_H
-#define S3_SBUF_H
+#ifndef RT_SBUF_H
+#define RT_SBUF_H
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -15,7 +19,9 @@
 typedef struct SBuf {
     char *p;
     size_t len, cap;
-    bool oom;
+    size_t limit;   /* 0: no cap; else at most `limit` bytes are kept */
+    bool oom;       /* an allocation failed: the content is incomplete */
+    bool truncated; /* bytes past `limit` were dropped */
 } SBuf;
 
 static inline bool sb_reserve(SBuf *b, size_t more)
@@ -37,6 +43,10 @@ static inline bool sb_reserve(SBuf *b, size_t more)
 
 static inline void sb_addn(SBuf *b, const char *s, size_t n)
 {
+    if (b->limit && (b->len >= b->limit || n > b->limit - b->len)) {
+        n = b->len >= b->limit ? 0 : b->limit - b->len;
+        b->truncated = true;
+    }
     if (!sb_reserve(b, n)) return;
     if (n) memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -60,8 +70,21 @@ static inline __attribute__((format(printf, 2, 3))) void sb_addf(SBuf *b, const 
     int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
     if (n < 0) return;
-    if ((size_t)n < sizeof tmp) {
-        sb_addn(b, tmp, (size_t)n);
+    if ((size_t)n < sizeof tmp || b->limit) {
+        if ((size_t)n < sizeof tmp)
+            sb_addn(b, tmp, (size_t)n);
+        else {
+            char *big = malloc((size_t)n + 1);
+            if (!big) {
+                b->oom = true;
+                return;
+            }
+            va_start(ap, fmt);
+            vsnprintf(big, (size_t)n + 1, fmt, ap);
+            va_end(ap);
+            sb_addn(b, big, (size_t)n);
+            free(big);
+        }
         return;
     }
     if (!sb_reserve(b, (size_t)n)) return;
@@ -88,10 +111,21 @@ static inline char *sb_take(SBuf *b)
     return r;
 }
 
+/* Frees the memory and empties the buffer; the limit stays. */
 static inline void sb_free(SBuf *b)
 {
+    size_t limit = b->limit;
     free(b->p);
     memset(b, 0, sizeof *b);
+    b->limit = limit;
+}
+
+/* Empties the buffer, keeping its memory and limit; clears `truncated` (not `oom`). */
+static inline void sb_clear(SBuf *b)
+{
+    b->len = 0;
+    b->truncated = false;
+    if (b->p) b->p[0] = 0;
 }
 
 #endif
