@@ -183,7 +183,5 @@ int luaopen_neon(lua_State *L)
     lua_pushliteral(L, "cjson");
     lua_call(L, 1, 1);
     lua_call(L, 2, 1); /* the chunk returns the module table */
-    lua_pushstring(L, neon_client_lua);
-    lua_setfield(L, -2, "_source");
     return 1;
 }
