@@ -61,6 +61,14 @@ typedef struct PgSetDigest {
 void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len);
 void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from);
 void pgdump_set_digest_hex(const PgSetDigest *d, char out[65]);
+/* One row's hash fed in pieces (a row may span input buffers), added to a set digest at its
+ * end: the same as pgdump_set_digest_row on the whole line. No locks, no allocation per row. */
+typedef struct PgRowHash PgRowHash;
+PgRowHash *pgdump_row_hash_new(void);
+void pgdump_row_hash_free(PgRowHash *h);
+void pgdump_row_hash_update(PgRowHash *h, const uint8_t *p, size_t n);
+/* Adds the row's hash to `into` (nothing if no byte was fed since the last end). */
+void pgdump_row_hash_end(PgRowHash *h, PgSetDigest *into);
 /* Finishes an ordered SHA-256 (EVP) into lower-case hex. */
 void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65]);
 
