@@ -45,15 +45,15 @@ RUNS=${RUNS:-3}
 now() { date +%s.%N; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
 median() { sort -n "$1" | sed -n "$((($(wc -l <"$1") + 1) / 2))p"; }
-newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
-dropdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"; }
+newdb() { psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+dropdb() { psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"; }
 
 # ---- data ------------------------------------------------------------------------------------
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "generating a database of about $MB MB..."
 newdb bench_src
 ROWS=$((MB * 1000000 / 270)) # about 270 bytes per order with its event and index entries
-psql -X -q -v ON_ERROR_STOP=1 -d bench_src <<SQL
+psql -X -q -v ON_ERROR_STOP=1 -d bench_src >/dev/null <<SQL
 CREATE TABLE customers (id int PRIMARY KEY, name text, email text, city text, created_at timestamptz);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int REFERENCES customers, created_at timestamptz,
   status text, amount numeric(12,2), note text);
@@ -102,7 +102,7 @@ while [ "$i" -lt "$RUNS" ]; do
     newdb r_ours
     t0=$(now)
     RESTORE_TARGET_URL=$BASE/r_ours "$BIN" run restore-from-s3 - "$KEY" --json >"$WORK/ours.json" 2>"$WORK/ours.log" || {
-        cat "$WORK/ours.log"
+        cat "$WORK/ours.log" "$WORK/ours.json"
         exit 1
     }
     t1=$(now)

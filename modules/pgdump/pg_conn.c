@@ -19,6 +19,7 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,5 +413,86 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
                            : pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
         PQclear(r);
     }
+    return rc;
+}
+
+/* ---- several tables over parallel connections ------------------------------------------- */
+
+typedef struct DigestPool {
+    const char *const *tables;
+    size_t n, next;
+    PgTableDigest *out;
+    pthread_mutex_t mu;
+    bool failed;
+    RtError err;
+} DigestPool;
+
+typedef struct DigestWorker {
+    DigestPool *p;
+    PGconn *c;
+    pthread_t th;
+} DigestWorker;
+
+static void *digest_worker(void *arg)
+{
+    DigestWorker *w = arg;
+    DigestPool *p = w->p;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        size_t i = p->next++;
+        bool stop = p->failed || i >= p->n;
+        pthread_mutex_unlock(&p->mu);
+        if (stop) break;
+        RtError e;
+        rt_error_init(&e);
+        if (pgdump_table_digest(w->c, p->tables[i], &p->out[i], &e) != RT_OK) {
+            pthread_mutex_lock(&p->mu);
+            if (!p->failed) {
+                p->failed = true;
+                rt_error_copy(&p->err, &e);
+            }
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+    }
+    return NULL;
+}
+
+int pgdump_table_digests(const char *url, const char *const *tables, size_t n, int jobs,
+                         PgTableDigest *out, RtError *err)
+{
+    if (n == 0) return RT_OK;
+    if (jobs < 1) jobs = 1;
+    if ((size_t)jobs > n) jobs = (int)n;
+    DigestWorker *w = calloc((size_t)jobs, sizeof *w);
+    if (!w) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    DigestPool p = {.tables = tables, .n = n, .out = out};
+    pthread_mutex_init(&p.mu, NULL);
+    rt_error_init(&p.err);
+    int rc = RT_OK, started = 0;
+    /* every connection is opened here, on the caller's thread, before any worker starts */
+    for (int i = 0; i < jobs && rc == RT_OK; i++) {
+        w[i].p = &p;
+        if (!(w[i].c = pgdump_connect(url, "clubio-dr table digests", err))) rc = RT_ERR;
+    }
+    for (int i = 0; i < jobs && rc == RT_OK; i++) {
+        if (pthread_create(&w[i].th, NULL, digest_worker, &w[i]) != 0) {
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "pgdump.thread", "cannot start a thread");
+            pthread_mutex_lock(&p.mu);
+            p.failed = true; /* the started workers stop after their table */
+            pthread_mutex_unlock(&p.mu);
+            break;
+        }
+        started++;
+    }
+    for (int i = 0; i < started; i++) pthread_join(w[i].th, NULL);
+    if (rc == RT_OK && p.failed) {
+        rt_error_copy(err, &p.err);
+        rc = RT_ERR;
+    }
+    for (int i = 0; i < jobs; i++)
+        if (w[i].c) PQfinish(w[i].c);
+    free(w);
+    pthread_mutex_destroy(&p.mu);
     return rc;
 }

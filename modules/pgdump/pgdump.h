@@ -76,6 +76,12 @@ void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65]);
  * name the server resolves) over `COPY (SELECT <non-generated columns>) TO STDOUT`, the same
  * bytes the dump writes for it. */
 int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtError *err);
+/* Digests n tables (as pgdump_table_digest) over `jobs` connections of their own, opened from
+ * url, each taking the next table as soon as it is free: a restore's read-back check at the
+ * speed of the restore's own parallelism. out[i] is tables[i]'s; the first error stops the
+ * others after their current table. */
+int pgdump_table_digests(const char *url, const char *const *tables, size_t n, int jobs,
+                         PgTableDigest *out, RtError *err);
 
 /* ---- dump ------------------------------------------------------------------------------- */
 

@@ -133,6 +133,32 @@ T.case("our restore loads our dump in parallel and matches the source", function
   check_objects(dst)
 end)
 
+T.case("table_digests reads several tables over parallel connections, as table_digest does one by one", function()
+  local names = {}
+  for name in pairs(SRC_DIGESTS) do names[#names + 1] = name end
+  table.sort(names)
+  for _, jobs in ipairs({1, 2, 8}) do -- 8: more connections than tables
+    local d = pgdump.table_digests(SRC, names, {jobs = jobs})
+    local n = 0
+    for name, got in pairs(d) do
+      n = n + 1
+      local want = SRC_DIGESTS[name]
+      T.ok(want, name .. " was asked for")
+      for _, k in ipairs({"rows", "bytes", "sha256", "set_sha256"}) do
+        T.eq(got[k], want[k], string.format("%s %s with %d jobs", name, k, jobs))
+      end
+    end
+    T.eq(n, #names, "one result per table")
+  end
+  T.eq(next(pgdump.table_digests(SRC, {})), nil, "no tables, no connection, an empty result")
+  -- a missing table: an error naming it, whichever connection met it
+  local err = T.raises(pgdump.table_digests, SRC, {"public.big", "public.no_such_table", "public.people"}, {jobs = 2})
+  T.match(tostring(err), "no_such_table")
+  T.raises(pgdump.table_digests, SRC, {"public.big", 7})
+  T.raises(pgdump.table_digests, SRC, names, {jobs = 0})
+  T.raises(pgdump.table_digests, SRC, names, {job = 2})
+end)
+
 T.case("our restore loads stock pg_dump output (with \\restrict lines) and matches the source", function()
   local dst = fresh("pgdump_stock")
   local e = pg_env("pgdump_src")
