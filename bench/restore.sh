@@ -15,8 +15,9 @@
 #              "restore" is the restore step alone, "with check" the whole command
 #   baseline   pg_restore -j 2 -d DB DIR (local files, nothing to download or decrypt)
 # and prints the ratios (baseline time / our time: > 1 means we are faster; target >= 1.0 for
-# the restore step). Every time is the median of RUNS (3) runs, ours and the baseline
-# interleaved (a shared 2-core machine drifts); RUNS=1 for a quick look.
+# the restore step): the median of RUNS (5) runs' own ratios, each run timing both back to back
+# in alternating order after a CHECKPOINT; RUNS=1 for a quick look. On a 2-core machine shared
+# with other work one restore varies by 50% from run to run: read the per-run figures too.
 set -eu
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
 MB=${2:-480}
@@ -40,7 +41,7 @@ export PGHOST=127.0.0.1 PGPORT=$SANDBOX_PG_PORT PGUSER=postgres PGPASSWORD=$SAND
 BASE=${SANDBOX_PG_ADMIN_URL%/postgres}
 export BACKUP_ENCRYPTION_KEY=${BACKUP_ENCRYPTION_KEY:-bench-passphrase-not-secret}
 export EXPORT_PREFIX=bench-restore-$(date +%s)/ DATABASE_URL=$BASE/bench_src
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 
 now() { date +%s.%N; }
 ratio() { echo "scale=2; $1 / $2" | bc; }
@@ -89,24 +90,31 @@ pg_dump -Fd -f "$WORK/dir" -d bench_src
 echo "archive: $KEY ($ASIZE bytes in S3); pg_dump -Fd folder: $(du -sb "$WORK/dir" | cut -f1) bytes"
 
 # ---- restore ---------------------------------------------------------------------------------
-: >"$WORK/t_ours" && : >"$WORK/t_step" && : >"$WORK/t_check" && : >"$WORK/t_pgr"
-i=0
-while [ "$i" -lt "$RUNS" ]; do
+# Each run times both, back to back, in alternating order, each after a CHECKPOINT (untimed):
+# a restore writes about 1 GB of WAL, and the checkpoint it triggers would otherwise land on
+# whichever restore comes next. The ratio is the median of the runs' own ratios (the two
+# restores of a run see about the same load from the rest of the machine).
+pgr() {
     newdb r_pgr
+    psql -X -q -d postgres -c CHECKPOINT
     t0=$(now)
-    pg_restore -j 2 -d r_pgr "$WORK/dir"
+    /usr/bin/time -f "%U %S" -o "$WORK/cpu" pg_restore -j 2 -d r_pgr "$WORK/dir"
     t1=$(now)
     echo "$t1 - $t0" | bc >>"$WORK/t_pgr"
+    awk '{print $1 + $2}' "$WORK/cpu" >>"$WORK/c_pgr"
     dropdb r_pgr
-
+}
+ours() {
     newdb r_ours
+    psql -X -q -d postgres -c CHECKPOINT
     t0=$(now)
-    RESTORE_TARGET_URL=$BASE/r_ours "$BIN" run restore-from-s3 - "$KEY" --json >"$WORK/ours.json" 2>"$WORK/ours.log" || {
+    RESTORE_TARGET_URL=$BASE/r_ours /usr/bin/time -f "%U %S" -o "$WORK/cpu" "$BIN" run restore-from-s3 - "$KEY" --json >"$WORK/ours.json" 2>"$WORK/ours.log" || {
         cat "$WORK/ours.log" "$WORK/ours.json"
         exit 1
     }
     t1=$(now)
     echo "$t1 - $t0" | bc >>"$WORK/t_ours"
+    awk '{print $1 + $2}' "$WORK/cpu" >>"$WORK/c_ours"
     python3 - "$WORK/ours.json" "$WORK/t_step" "$WORK/t_check" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -116,19 +124,26 @@ open(sys.argv[2], "a").write("%.3f\n" % rest[0])
 open(sys.argv[3], "a").write("%.3f\n" % steps["compare with the manifest"])
 PY
     dropdb r_ours
+}
+for f in t_ours t_step t_check t_pgr c_pgr c_ours; do : >"$WORK/$f"; done
+i=0
+while [ "$i" -lt "$RUNS" ]; do
+    if [ $((i % 2)) = 0 ]; then pgr; ours; else ours; pgr; fi
     i=$((i + 1))
 done
+# per-run ratios: pg_restore / our restore step, pg_restore / our whole command
+paste "$WORK/t_pgr" "$WORK/t_step" | awk '{printf "%.3f\n", $1 / $2}' >"$WORK/r_step"
+paste "$WORK/t_pgr" "$WORK/t_ours" | awk '{printf "%.3f\n", $1 / $2}' >"$WORK/r_ours"
+runs_of() { tr '\n' ' ' <"$WORK/$1"; }
 T_PGR=$(median "$WORK/t_pgr")
-T_OURS=$(median "$WORK/t_ours")
 T_STEP=$(median "$WORK/t_step")
-T_CHECK=$(median "$WORK/t_check")
-echo "restore of $SIZE (median of $RUNS runs):"
-echo "  pg_restore -j 2 (local -Fd folder)         ${T_PGR} s   (runs: $(tr '\n' ' ' <"$WORK/t_pgr"))"
-echo "  restore-from-s3, restore step              ${T_STEP} s   (runs: $(tr '\n' ' ' <"$WORK/t_step"))"
-echo "  restore-from-s3, after-restore check       ${T_CHECK} s"
-echo "  restore-from-s3, whole command with check  ${T_OURS} s   (runs: $(tr '\n' ' ' <"$WORK/t_ours"))"
-R_STEP=$(ratio "$T_PGR" "$T_STEP")
-echo "  ratio, restore step                        ${R_STEP}x (target >= 1.0)"
-echo "  ratio, whole command with check            $(ratio "$T_PGR" "$T_OURS")x"
+R_STEP=$(median "$WORK/r_step")
+echo "restore of $SIZE, $RUNS runs (medians; each run's figures in brackets):"
+echo "  pg_restore -j 2 (local -Fd folder)         ${T_PGR} s   [$(runs_of t_pgr)]  client CPU $(median "$WORK/c_pgr") s"
+echo "  restore-from-s3, restore step              ${T_STEP} s   [$(runs_of t_step)]"
+echo "  restore-from-s3, after-restore check       $(median "$WORK/t_check") s   [$(runs_of t_check)]"
+echo "  restore-from-s3, whole command with check  $(median "$WORK/t_ours") s   [$(runs_of t_ours)]  client CPU $(median "$WORK/c_ours") s"
+echo "  ratio, restore step                        ${R_STEP}x   [$(runs_of r_step)] (target >= 1.0)"
+echo "  ratio, whole command with check            $(median "$WORK/r_ours")x   [$(runs_of r_ours)]"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$(echo "$R_STEP >= 1" | bc)" = 1 ]

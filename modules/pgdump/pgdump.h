@@ -122,11 +122,14 @@ typedef struct PgRestoreOptions {
     bool clean;          /* drop the target's existing objects first (destructive) */
     int64_t chunk_bytes; /* a COPY command ends after this much data (8 MiB): the commit size */
     bool digests;        /* SHA-256 of each table's COPY data, as the dump computes it */
+    /* set_sha256 of each table's rows as loaded (pgdump_table_digest's order-independent
+     * digest), computed on the worker threads: to check the restored tables read back */
+    bool set_digests;
 } PgRestoreOptions;
 
 /* A sink loading a plain-SQL stream (ours or stock pg_dump's). Checks the target is empty (or
  * cleans it) before returning. Results: { statements, tables = { ["schema.table"] = {rows,
- * bytes [, sha256 with digests]} } }. */
+ * bytes [, sha256 with digests] [, set_sha256 with set_digests]} } }. */
 RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err);
 
 #endif

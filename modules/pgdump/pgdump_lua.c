@@ -74,11 +74,12 @@ static int l_dump(lua_State *L)
     return 1;
 }
 
-/* pgdump.restore{url=, jobs=2, clean=false, label=, chunk_bytes=, digests=false} */
+/* pgdump.restore{url=, jobs=2, clean=false, label=, chunk_bytes=, digests=false,
+ * set_digests=false} */
 static int l_restore(lua_State *L)
 {
-    static const char *const allowed[] = {"url",         "jobs",    "clean", "label",
-                                          "chunk_bytes", "digests", NULL};
+    static const char *const allowed[] = {"url",         "jobs",    "clean",       "label",
+                                          "chunk_bytes", "digests", "set_digests", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.restore", allowed);
     PgRestoreOptions o = {0};
@@ -87,6 +88,7 @@ static int l_restore(lua_State *L)
     o.clean = rt_lua_opt_boolean(L, 1, "clean", false);
     o.chunk_bytes = rt_lua_opt_integer(L, 1, "chunk_bytes", 0);
     o.digests = rt_lua_opt_boolean(L, 1, "digests", false);
+    o.set_digests = rt_lua_opt_boolean(L, 1, "set_digests", false);
     RtError err;
     rt_error_init(&err);
     RtSink *k = pgdump_restore_sink(&o, &err);

@@ -120,11 +120,14 @@ end)
 T.case("our restore loads our dump in parallel and matches the source", function()
   local dst = fresh("pgdump_ours")
   local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, split_bytes = 1 << 20, row_digests = true, label = "dump"},
-                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, digests = true, label = "restore"}}
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, digests = true, set_digests = true,
+                                    label = "restore"}}
   local restored = digests(dst)
   for name, d in pairs(r.dump.tables) do
     T.eq(r.restore.tables[name].rows, d.rows, name .. " rows loaded")
     T.eq(r.restore.tables[name].sha256, d.sha256, name .. " sha256 of the loaded stream")
+    -- the set digest of the rows the workers sent, summed over both connections
+    T.eq(r.restore.tables[name].set_sha256, d.set_sha256, name .. " set digest of the loaded rows")
     -- the restored table holds the dumped rows, whatever their physical order
     T.eq(restored[name].set_sha256, d.set_sha256, name .. " set digest")
   end
