@@ -97,10 +97,10 @@ local r = J:step("restore " .. where .. " into " .. dst.display, {
   if args["--create-roles"] then require("clubio.changes_restore").create_roles(target, manifest.roles) end
   -- A manifest that records the SHA-256 of the stored archive (checked below; the manifest is
   -- signed) vouches for every byte of the stream, so the per-table rows and digests need no
-  -- scan of their own: the restore counts the rows it loads and sums their set digest on its
-  -- worker threads, to compare with the tables read back. The scan cost 0.6 s of CPU on the
-  -- 450 MB benchmark database, on the two cores the server needs (bench/restore.sh). Older
-  -- manifests without it: the stream is scanned as before.
+  -- scan of their own: the restore counts the rows it loads and sums their set digest (a hash
+  -- per row, on its reader thread), to compare with the tables read back. The scan cost 0.6 s
+  -- of CPU on the 450 MB benchmark database, on the two cores the server needs
+  -- (bench/restore.sh). Older manifests without it: the stream is scanned as before.
   local stages = {c:download{bucket = bucket, key = key}, crypto.sha256{label = "stored"}, crypto.decrypt{},
                   crypto.gunzip{}, progress = "restore"}
   if not manifest.stored then stages[#stages + 1] = verify.sql_scan_filter{label = "scan", row_digests = true} end

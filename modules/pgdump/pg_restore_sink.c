@@ -47,7 +47,6 @@
 typedef struct CopyCmd {
     char *sql;   /* COPY ... FROM stdin; */
     char *table; /* for messages */
-    int tab;     /* its TableStat's index */
     int64_t stmt;
     int refs;
 } CopyCmd;
@@ -71,8 +70,6 @@ typedef struct Worker {
     Job *head, *tail; /* statements for this connection only (session settings) */
     CopyCmd *open;    /* the COPY command in progress on this connection, or NULL */
     size_t open_bytes;
-    PgSetDigest *sets; /* set_digests: this worker's share of each table's digest, by index */
-    int nsets;
 } Worker;
 
 typedef struct TableStat {
@@ -80,7 +77,7 @@ typedef struct TableStat {
     int64_t rows, bytes;
     EVP_MD_CTX *md; /* digests = true */
     char sha256[65];
-    PgSetDigest set; /* set_digests = true: the workers' shares, summed at the end */
+    PgSetDigest set; /* set_digests = true */
     bool autovacuum_checked, autovacuum_paused;
 } TableStat;
 
@@ -89,6 +86,7 @@ struct Restore {
     char what[256];
     int jobs;
     bool clean, digests, set_digests;
+    PgRowHash *row_hash; /* set_digests: the row being hashed */
     size_t chunk;
     PGconn *main;
     PgSplit *split;
@@ -277,30 +275,6 @@ static int copy_end(Worker *w, RtError *e)
     return rc;
 }
 
-/* Adds the block's rows (whole lines, newline included, as pgdump_table_digest reads them back)
- * to this worker's share of its table's set digest: the hashing runs on the workers, beside
- * their COPY, rather than on the reader's thread. */
-static int hash_rows(Worker *w, const Job *j)
-{
-    int tab = j->copy->tab;
-    if (tab >= w->nsets) {
-        int n = tab + 16;
-        PgSetDigest *s = realloc(w->sets, (size_t)n * sizeof *s);
-        if (!s) return RT_ERR;
-        memset(s + w->nsets, 0, (size_t)(n - w->nsets) * sizeof *s);
-        w->sets = s;
-        w->nsets = n;
-    }
-    const uint8_t *p = j->data, *e = j->data + j->len;
-    while (p < e) {
-        const uint8_t *nl = memchr(p, '\n', (size_t)(e - p));
-        const uint8_t *end = nl ? nl + 1 : e;
-        pgdump_set_digest_row(&w->sets[tab], p, (size_t)(end - p));
-        p = end;
-    }
-    return RT_OK;
-}
-
 /* Loads one block, in the COPY command already open for its table or in a new one. */
 static int copy_block(Worker *w, Job *j, RtError *e)
 {
@@ -322,7 +296,6 @@ static int copy_block(Worker *w, Job *j, RtError *e)
         pthread_mutex_unlock(&r->mu);
         w->open_bytes = 0;
     }
-    if (r->set_digests && hash_rows(w, j) != RT_OK) return nomem(e);
     if (PQputCopyData(w->c, (const char *)j->data, (int)j->len) != 1) {
         copy_failed(w, e, j->copy);
         copy_release(w);
@@ -710,9 +683,7 @@ static int on_statement(void *ud, const char *sql, size_t len, size_t content, b
         r->copy = c;
         pthread_mutex_unlock(&r->mu);
         r->blk_len = 0;
-        if (!table_stat(r, c->table, err)) return RT_ERR;
-        c->tab = r->cur_tab; /* before any block of it is queued */
-        return RT_OK;
+        return table_stat(r, c->table, err) ? RT_OK : RT_ERR;
     }
     if (starts_with_word(body, "CREATE") && starts_with_word(skip_ws(body + 6), "DATABASE")) {
         rt_warn("pgdump: skipping CREATE DATABASE at statement %lld: the target is %s",
@@ -883,8 +854,18 @@ static int on_copy_data(void *ud, const uint8_t *data, size_t len, RtError *err)
     TableStat *t = &r->tabs[r->cur_tab];
     if (t->md) EVP_DigestUpdate(t->md, data, len);
     t->bytes += (int64_t)len;
-    for (const uint8_t *p = data, *e = data + len; (p = memchr(p, '\n', (size_t)(e - p))); p++)
-        t->rows++;
+    for (const uint8_t *p = data, *e = data + len; p < e;) {
+        const uint8_t *nl = memchr(p, '\n', (size_t)(e - p));
+        const uint8_t *end = nl ? nl + 1 : e;
+        /* set_digests: each row's hash (a row may span calls), summed into its table's: here,
+         * on the reader's thread, which runs ahead of the connections by the queued blocks */
+        if (r->row_hash) {
+            pgdump_row_hash_update(r->row_hash, p, (size_t)(end - p));
+            if (nl) pgdump_row_hash_end(r->row_hash, &t->set);
+        }
+        if (nl) t->rows++;
+        p = end;
+    }
     while (len) {
         if (r->blk_len == r->blk_cap) {
             if (flush_rows(r, false, err) != RT_OK) return RT_ERR;
@@ -966,9 +947,6 @@ static int restore_finish(void *self, RtError *err)
         r->in_txn = false;
     }
     stop_workers(r, false);
-    for (int i = 0; i < r->nw; i++)
-        for (int t = 0; t < r->w[i].nsets && t < r->ntabs; t++)
-            pgdump_set_digest_merge(&r->tabs[t].set, &r->w[i].sets[t]);
     if (resume_autovacuum(r, err) != RT_OK) return RT_ERR;
     /* a synchronous commit flushes the WAL of every asynchronous commit of the workers */
     if (r->data_phase &&
@@ -1024,10 +1002,10 @@ static void restore_destroy(void *self)
     Restore *r = self;
     if (!r) return;
     stop_workers(r, true);
-    for (int i = 0; r->w && i < r->jobs; i++) free(r->w[i].sets);
     free(r->w);
     if (r->main) PQfinish(r->main);
     pg_split_free(r->split);
+    pgdump_row_hash_free(r->row_hash);
     for (int i = 0; i < r->nsession; i++) free(r->session[i]);
     free(r->session);
     for (int i = 0; i < r->ntabs; i++) {
@@ -1127,6 +1105,7 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     r->clean = opt->clean;
     r->digests = opt->digests;
     r->set_digests = opt->set_digests;
+    if (r->set_digests) r->row_hash = pgdump_row_hash_new();
     r->chunk = opt->chunk_bytes > 0 ? (size_t)opt->chunk_bytes : (size_t)8 << 20;
     pgdump_describe(r->url, r->what, sizeof r->what);
     static const PgSplitEvents ev = {on_statement, on_meta, on_copy_data, on_copy_end};
@@ -1134,7 +1113,7 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     r->blk = malloc(RBLOCK);
     r->blk_cap = RBLOCK;
     RtSink *k = NULL;
-    if (!r->url || !r->split || !r->blk) {
+    if (!r->url || !r->split || !r->blk || (r->set_digests && !r->row_hash)) {
         nomem(err);
         goto fail;
     }
