@@ -2,6 +2,12 @@
  * pgdump connections and table digests: libpq connections from URLs with the password kept out
  * of every message, server errors turned into RtErrors, and exact digests over COPY output.
  */
+/* The per-row SHA-256 of the set digests uses OpenSSL's low-level SHA256_* (deprecated since
+ * 3.0, still in every 3.x): measured on 110-byte rows, 147 ns a row against 682 ns for
+ * EVP_Digest(EVP_sha256()), whose implicit fetch takes locks and allocates on every call, and
+ * 238 ns for a reused EVP_MD_CTX with a fetched EVP_MD. A restore hashes every row twice (the
+ * stream's scan and the read-back check): 5 M rows, 5 s of CPU against 1.5 s. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "log.h"
 #include "modules/crypto/crypto.h"
 #include "pgdump.h"
@@ -11,7 +17,9 @@
 
 #include <errno.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,10 +290,45 @@ static void add256(uint8_t *sum, const uint8_t *v)
 
 void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len)
 {
-    uint8_t h[32];
-    unsigned hl = 0;
-    EVP_Digest(row, len, h, &hl, EVP_sha256(), NULL);
+    uint8_t h[SHA256_DIGEST_LENGTH];
+    SHA256_CTX c;
+    SHA256_Init(&c);
+    SHA256_Update(&c, row, len);
+    SHA256_Final(h, &c);
     add256(d->sum, h);
+}
+
+struct PgRowHash {
+    SHA256_CTX c;
+    bool open;
+};
+
+PgRowHash *pgdump_row_hash_new(void)
+{
+    return calloc(1, sizeof(PgRowHash));
+}
+
+void pgdump_row_hash_free(PgRowHash *h)
+{
+    free(h);
+}
+
+void pgdump_row_hash_update(PgRowHash *h, const uint8_t *p, size_t n)
+{
+    if (!h->open) {
+        SHA256_Init(&h->c);
+        h->open = true;
+    }
+    SHA256_Update(&h->c, p, n);
+}
+
+void pgdump_row_hash_end(PgRowHash *h, PgSetDigest *into)
+{
+    if (!h->open) return;
+    uint8_t v[SHA256_DIGEST_LENGTH];
+    SHA256_Final(v, &h->c);
+    add256(into->sum, v);
+    h->open = false;
 }
 
 void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from)
@@ -370,5 +413,86 @@ int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtErro
                            : pgdump_conn_error(c, err, "pgdump.digest", "cannot digest table");
         PQclear(r);
     }
+    return rc;
+}
+
+/* ---- several tables over parallel connections ------------------------------------------- */
+
+typedef struct DigestPool {
+    const char *const *tables;
+    size_t n, next;
+    PgTableDigest *out;
+    pthread_mutex_t mu;
+    bool failed;
+    RtError err;
+} DigestPool;
+
+typedef struct DigestWorker {
+    DigestPool *p;
+    PGconn *c;
+    pthread_t th;
+} DigestWorker;
+
+static void *digest_worker(void *arg)
+{
+    DigestWorker *w = arg;
+    DigestPool *p = w->p;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        size_t i = p->next++;
+        bool stop = p->failed || i >= p->n;
+        pthread_mutex_unlock(&p->mu);
+        if (stop) break;
+        RtError e;
+        rt_error_init(&e);
+        if (pgdump_table_digest(w->c, p->tables[i], &p->out[i], &e) != RT_OK) {
+            pthread_mutex_lock(&p->mu);
+            if (!p->failed) {
+                p->failed = true;
+                rt_error_copy(&p->err, &e);
+            }
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+    }
+    return NULL;
+}
+
+int pgdump_table_digests(const char *url, const char *const *tables, size_t n, int jobs,
+                         PgTableDigest *out, RtError *err)
+{
+    if (n == 0) return RT_OK;
+    if (jobs < 1) jobs = 1;
+    if ((size_t)jobs > n) jobs = (int)n;
+    DigestWorker *w = calloc((size_t)jobs, sizeof *w);
+    if (!w) return rt_error_set(err, RT_CLASS_FAILURE, "nomem", "out of memory");
+    DigestPool p = {.tables = tables, .n = n, .out = out};
+    pthread_mutex_init(&p.mu, NULL);
+    rt_error_init(&p.err);
+    int rc = RT_OK, started = 0;
+    /* every connection is opened here, on the caller's thread, before any worker starts */
+    for (int i = 0; i < jobs && rc == RT_OK; i++) {
+        w[i].p = &p;
+        if (!(w[i].c = pgdump_connect(url, "clubio-dr table digests", err))) rc = RT_ERR;
+    }
+    for (int i = 0; i < jobs && rc == RT_OK; i++) {
+        if (pthread_create(&w[i].th, NULL, digest_worker, &w[i]) != 0) {
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "pgdump.thread", "cannot start a thread");
+            pthread_mutex_lock(&p.mu);
+            p.failed = true; /* the started workers stop after their table */
+            pthread_mutex_unlock(&p.mu);
+            break;
+        }
+        started++;
+    }
+    for (int i = 0; i < started; i++) pthread_join(w[i].th, NULL);
+    if (rc == RT_OK && p.failed) {
+        rt_error_copy(err, &p.err);
+        rc = RT_ERR;
+    }
+    for (int i = 0; i < jobs; i++)
+        if (w[i].c) PQfinish(w[i].c);
+    free(w);
+    pthread_mutex_destroy(&p.mu);
     return rc;
 }

@@ -77,6 +77,7 @@ typedef struct TableStat {
     int64_t rows, bytes;
     EVP_MD_CTX *md; /* digests = true */
     char sha256[65];
+    PgSetDigest set; /* set_digests = true */
     bool autovacuum_checked, autovacuum_paused;
 } TableStat;
 
@@ -84,7 +85,8 @@ struct Restore {
     char *url;
     char what[256];
     int jobs;
-    bool clean, digests;
+    bool clean, digests, set_digests;
+    PgRowHash *row_hash; /* set_digests: the row being hashed */
     size_t chunk;
     PGconn *main;
     PgSplit *split;
@@ -852,8 +854,18 @@ static int on_copy_data(void *ud, const uint8_t *data, size_t len, RtError *err)
     TableStat *t = &r->tabs[r->cur_tab];
     if (t->md) EVP_DigestUpdate(t->md, data, len);
     t->bytes += (int64_t)len;
-    for (const uint8_t *p = data, *e = data + len; (p = memchr(p, '\n', (size_t)(e - p))); p++)
-        t->rows++;
+    for (const uint8_t *p = data, *e = data + len; p < e;) {
+        const uint8_t *nl = memchr(p, '\n', (size_t)(e - p));
+        const uint8_t *end = nl ? nl + 1 : e;
+        /* set_digests: each row's hash (a row may span calls), summed into its table's: here,
+         * on the reader's thread, which runs ahead of the connections by the queued blocks */
+        if (r->row_hash) {
+            pgdump_row_hash_update(r->row_hash, p, (size_t)(end - p));
+            if (nl) pgdump_row_hash_end(r->row_hash, &t->set);
+        }
+        if (nl) t->rows++;
+        p = end;
+    }
     while (len) {
         if (r->blk_len == r->blk_cap) {
             if (flush_rows(r, false, err) != RT_OK) return RT_ERR;
@@ -977,6 +989,11 @@ static void restore_results(void *self, RtResults *res)
         rt_results_int(e, "rows", r->tabs[i].rows);
         rt_results_int(e, "bytes", r->tabs[i].bytes);
         if (r->tabs[i].md) rt_results_str(e, "sha256", r->tabs[i].sha256);
+        if (r->set_digests) {
+            char hex[65];
+            pgdump_set_digest_hex(&r->tabs[i].set, hex);
+            rt_results_str(e, "set_sha256", hex);
+        }
     }
 }
 
@@ -988,6 +1005,7 @@ static void restore_destroy(void *self)
     free(r->w);
     if (r->main) PQfinish(r->main);
     pg_split_free(r->split);
+    pgdump_row_hash_free(r->row_hash);
     for (int i = 0; i < r->nsession; i++) free(r->session[i]);
     free(r->session);
     for (int i = 0; i < r->ntabs; i++) {
@@ -1086,6 +1104,8 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     r->jobs = opt->jobs > 0 ? opt->jobs : 2;
     r->clean = opt->clean;
     r->digests = opt->digests;
+    r->set_digests = opt->set_digests;
+    if (r->set_digests) r->row_hash = pgdump_row_hash_new();
     r->chunk = opt->chunk_bytes > 0 ? (size_t)opt->chunk_bytes : (size_t)8 << 20;
     pgdump_describe(r->url, r->what, sizeof r->what);
     static const PgSplitEvents ev = {on_statement, on_meta, on_copy_data, on_copy_end};
@@ -1093,7 +1113,7 @@ RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err)
     r->blk = malloc(RBLOCK);
     r->blk_cap = RBLOCK;
     RtSink *k = NULL;
-    if (!r->url || !r->split || !r->blk) {
+    if (!r->url || !r->split || !r->blk || (r->set_digests && !r->row_hash)) {
         nomem(err);
         goto fail;
     }

@@ -61,6 +61,14 @@ typedef struct PgSetDigest {
 void pgdump_set_digest_row(PgSetDigest *d, const uint8_t *row, size_t len);
 void pgdump_set_digest_merge(PgSetDigest *into, const PgSetDigest *from);
 void pgdump_set_digest_hex(const PgSetDigest *d, char out[65]);
+/* One row's hash fed in pieces (a row may span input buffers), added to a set digest at its
+ * end: the same as pgdump_set_digest_row on the whole line. No locks, no allocation per row. */
+typedef struct PgRowHash PgRowHash;
+PgRowHash *pgdump_row_hash_new(void);
+void pgdump_row_hash_free(PgRowHash *h);
+void pgdump_row_hash_update(PgRowHash *h, const uint8_t *p, size_t n);
+/* Adds the row's hash to `into` (nothing if no byte was fed since the last end). */
+void pgdump_row_hash_end(PgRowHash *h, PgSetDigest *into);
 /* Finishes an ordered SHA-256 (EVP) into lower-case hex. */
 void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65]);
 
@@ -68,6 +76,12 @@ void pgdump_digest_final_hex(EVP_MD_CTX *md, char out[65]);
  * name the server resolves) over `COPY (SELECT <non-generated columns>) TO STDOUT`, the same
  * bytes the dump writes for it. */
 int pgdump_table_digest(PGconn *c, const char *table, PgTableDigest *out, RtError *err);
+/* Digests n tables (as pgdump_table_digest) over `jobs` connections of their own, opened from
+ * url, each taking the next table as soon as it is free: a restore's read-back check at the
+ * speed of the restore's own parallelism. out[i] is tables[i]'s; the first error stops the
+ * others after their current table. */
+int pgdump_table_digests(const char *url, const char *const *tables, size_t n, int jobs,
+                         PgTableDigest *out, RtError *err);
 
 /* ---- dump ------------------------------------------------------------------------------- */
 
@@ -108,11 +122,14 @@ typedef struct PgRestoreOptions {
     bool clean;          /* drop the target's existing objects first (destructive) */
     int64_t chunk_bytes; /* a COPY command ends after this much data (8 MiB): the commit size */
     bool digests;        /* SHA-256 of each table's COPY data, as the dump computes it */
+    /* set_sha256 of each table's rows as loaded (pgdump_table_digest's order-independent
+     * digest), computed on the worker threads: to check the restored tables read back */
+    bool set_digests;
 } PgRestoreOptions;
 
 /* A sink loading a plain-SQL stream (ours or stock pg_dump's). Checks the target is empty (or
  * cleans it) before returning. Results: { statements, tables = { ["schema.table"] = {rows,
- * bytes [, sha256 with digests]} } }. */
+ * bytes [, sha256 with digests] [, set_sha256 with set_digests]} } }. */
 RtSink *pgdump_restore_sink(const PgRestoreOptions *opt, RtError *err);
 
 #endif

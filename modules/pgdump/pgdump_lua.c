@@ -76,11 +76,12 @@ static int l_dump(lua_State *L)
     return 1;
 }
 
-/* pgdump.restore{url=, jobs=2, clean=false, label=, chunk_bytes=, digests=false} */
+/* pgdump.restore{url=, jobs=2, clean=false, label=, chunk_bytes=, digests=false,
+ * set_digests=false} */
 static int l_restore(lua_State *L)
 {
-    static const char *const allowed[] = {"url",         "jobs",    "clean", "label",
-                                          "chunk_bytes", "digests", NULL};
+    static const char *const allowed[] = {"url",         "jobs",    "clean",       "label",
+                                          "chunk_bytes", "digests", "set_digests", NULL};
     luaL_checktype(L, 1, LUA_TTABLE);
     rt_lua_check_options(L, 1, "pgdump.restore", allowed);
     PgRestoreOptions o = {0};
@@ -89,6 +90,7 @@ static int l_restore(lua_State *L)
     o.clean = rt_lua_opt_boolean(L, 1, "clean", false);
     o.chunk_bytes = rt_lua_opt_integer(L, 1, "chunk_bytes", 0);
     o.digests = rt_lua_opt_boolean(L, 1, "digests", false);
+    o.set_digests = rt_lua_opt_boolean(L, 1, "set_digests", false);
     RtError err;
     rt_error_init(&err);
     RtSink *k = pgdump_restore_sink(&o, &err);
@@ -263,6 +265,50 @@ static int l_table_digest(lua_State *L)
     return 1;
 }
 
+/* pgdump.table_digests(url, {"public.a", ...}, {jobs = 2}) -> {["public.a"] = {rows, bytes,
+ * sha256, set_sha256}, ...}: conn:table_digest of each table, over `jobs` connections. */
+static int l_table_digests(lua_State *L)
+{
+    const char *url = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int jobs = 2;
+    if (!lua_isnoneornil(L, 3)) {
+        static const char *const allowed[] = {"jobs", NULL};
+        luaL_checktype(L, 3, LUA_TTABLE);
+        rt_lua_check_options(L, 3, "pgdump.table_digests", allowed);
+        jobs = jobs_opt(L, 3, "pgdump.table_digests");
+    }
+    size_t n = (size_t)luaL_len(L, 2);
+    /* the names and the results live in userdata, so a raise frees them */
+    const char **names = lua_newuserdatauv(L, (n ? n : 1) * sizeof *names, 0);
+    PgTableDigest *d = lua_newuserdatauv(L, (n ? n : 1) * sizeof *d, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_geti(L, 2, (lua_Integer)i + 1);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.tables", "pass a list of table names",
+                        "pgdump.table_digests: entry %d is not a table name", (int)i + 1);
+        names[i] = lua_tostring(L, -1); /* kept alive by the list argument */
+        lua_pop(L, 1);
+    }
+    RtError err;
+    rt_error_init(&err);
+    if (pgdump_table_digests(url, names, n, jobs, d, &err) != RT_OK) return rt_lua_raise(L, &err);
+    lua_createtable(L, 0, (int)n);
+    for (size_t i = 0; i < n; i++) {
+        lua_createtable(L, 0, 4);
+        lua_pushinteger(L, d[i].rows);
+        lua_setfield(L, -2, "rows");
+        lua_pushinteger(L, d[i].bytes);
+        lua_setfield(L, -2, "bytes");
+        lua_pushstring(L, d[i].sha256);
+        lua_setfield(L, -2, "sha256");
+        lua_pushstring(L, d[i].set_sha256);
+        lua_setfield(L, -2, "set_sha256");
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
 static int l_tostring(lua_State *L)
 {
     LConn *lc = luaL_checkudata(L, 1, CONN_MT);
@@ -322,6 +368,7 @@ int luaopen_pgdump(lua_State *L)
                                      {"restore", l_restore},
                                      {"connect", l_connect},
                                      {"conninfo_parse", l_conninfo_parse},
+                                     {"table_digests", l_table_digests},
                                      {NULL, NULL}};
     luaL_newlib(L, funcs);
     return 1;

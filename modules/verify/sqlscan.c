@@ -37,8 +37,8 @@ struct SqlScan {
     int64_t rows;
     bool complete, truncated, ended;
     /* row_digests: one SHA-256 per row (rows may span input buffers), summed per table */
-    bool row_digests, row_open;
-    EVP_MD_CTX *row_md;
+    bool row_digests;
+    PgRowHash *row_md;
 };
 
 SqlScan *sqlscan_new(void)
@@ -60,7 +60,7 @@ void sqlscan_free(SqlScan *s)
     }
     free(s->tables);
     sb_free(&s->line);
-    EVP_MD_CTX_free(s->row_md);
+    pgdump_row_hash_free(s->row_md);
     free(s);
 }
 
@@ -158,7 +158,7 @@ static int append_line(SqlScan *s, const uint8_t *p, size_t n, RtError *err)
 int sqlscan_set_row_digests(SqlScan *s, bool on, RtError *err)
 {
     s->row_digests = on;
-    if (on && !s->row_md && !(s->row_md = EVP_MD_CTX_new()))
+    if (on && !s->row_md && !(s->row_md = pgdump_row_hash_new()))
         return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
     return RT_OK;
 }
@@ -168,11 +168,7 @@ static void row_bytes(SqlScan *s, const uint8_t *p, size_t n)
     EVP_DigestUpdate(s->cur->md, p, n);
     s->cur->bytes += (int64_t)n;
     if (s->row_digests) {
-        if (!s->row_open) {
-            EVP_DigestInit_ex(s->row_md, EVP_sha256(), NULL);
-            s->row_open = true;
-        }
-        EVP_DigestUpdate(s->row_md, p, n);
+        pgdump_row_hash_update(s->row_md, p, n);
     }
 }
 
@@ -181,15 +177,9 @@ static void row_end(SqlScan *s)
 {
     s->cur->rows++;
     s->rows++;
-    if (s->row_digests && s->row_open) {
-        /* the row's hash added to the table's sum: what pgdump_set_digest_row does with the
-         * whole line at once (merging a digest whose sum is the hash is the same addition) */
-        PgSetDigest one;
-        unsigned hl = 0;
-        EVP_DigestFinal_ex(s->row_md, one.sum, &hl);
-        pgdump_set_digest_merge(&s->cur->set, &one);
-        s->row_open = false;
-    }
+    /* the row's hash added to the table's sum: what pgdump_set_digest_row does with the whole
+     * line at once */
+    if (s->row_digests) pgdump_row_hash_end(s->row_md, &s->cur->set);
 }
 
 int sqlscan_feed(SqlScan *s, const uint8_t *p, size_t len, RtError *err)

@@ -117,17 +117,63 @@ end)
 T.case("our restore loads our dump in parallel and matches the source", function()
   local dst = fresh("pgdump_ours")
   local r = pipe.run{pgdump.dump{url = SRC, jobs = 2, split_bytes = 1 << 20, row_digests = true, label = "dump"},
-                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, digests = true, label = "restore"}}
+                     pgdump.restore{url = dst, jobs = 2, chunk_bytes = 100000, digests = true, set_digests = true,
+                                    label = "restore"}}
   local restored = digests(dst)
   for name, d in pairs(r.dump.tables) do
     T.eq(r.restore.tables[name].rows, d.rows, name .. " rows loaded")
     T.eq(r.restore.tables[name].sha256, d.sha256, name .. " sha256 of the loaded stream")
+    -- the set digest of the rows the workers sent, summed over both connections
+    T.eq(r.restore.tables[name].set_sha256, d.set_sha256, name .. " set digest of the loaded rows")
     -- the restored table holds the dumped rows, whatever their physical order
     T.eq(restored[name].set_sha256, d.set_sha256, name .. " set digest")
   end
   T.ok(r.restore.indexes >= 2, "indexes built by the workers")
   same_tables(SRC_DIGESTS, digests(dst))
   check_objects(dst)
+end)
+
+T.case("set_digests: the rows' set digest as loaded, with rows cut across the sink's writes", function()
+  -- a 997-byte buffer cuts most rows of the dump between two writes into the sink
+  local file = tmp .. "/ours.sql"
+  local dst = fresh("pgdump_setdig")
+  local r = pipe.run{pipe.file(file), pgdump.restore{url = dst, jobs = 2, set_digests = true, label = "restore"},
+                     buffer_size = 997}
+  local n = 0
+  for name, d in pairs(SRC_DIGESTS) do
+    n = n + 1
+    T.eq(r.restore.tables[name].set_sha256, d.set_sha256, name .. " set digest of the loaded rows")
+    T.eq(r.restore.tables[name].rows, d.rows, name .. " rows")
+  end
+  T.eq(n, 6)
+  local plain = pipe.run{pipe.file(file), pgdump.restore{url = fresh("pgdump_setdig"), jobs = 1, label = "restore"}}
+  T.eq(plain.restore.tables["public.big"].set_sha256, nil, "no set digest unless asked for")
+end)
+
+T.case("table_digests reads several tables over parallel connections, as table_digest does one by one", function()
+  local names = {}
+  for name in pairs(SRC_DIGESTS) do names[#names + 1] = name end
+  table.sort(names)
+  for _, jobs in ipairs({1, 2, 8}) do -- 8: more connections than tables
+    local d = pgdump.table_digests(SRC, names, {jobs = jobs})
+    local n = 0
+    for name, got in pairs(d) do
+      n = n + 1
+      local want = SRC_DIGESTS[name]
+      T.ok(want, name .. " was asked for")
+      for _, k in ipairs({"rows", "bytes", "sha256", "set_sha256"}) do
+        T.eq(got[k], want[k], string.format("%s %s with %d jobs", name, k, jobs))
+      end
+    end
+    T.eq(n, #names, "one result per table")
+  end
+  T.eq(next(pgdump.table_digests(SRC, {})), nil, "no tables, no connection, an empty result")
+  -- a missing table: an error naming it, whichever connection met it
+  local err = T.raises(pgdump.table_digests, SRC, {"public.big", "public.no_such_table", "public.people"}, {jobs = 2})
+  T.match(tostring(err), "no_such_table")
+  T.raises(pgdump.table_digests, SRC, {"public.big", 7})
+  T.raises(pgdump.table_digests, SRC, names, {jobs = 0})
+  T.raises(pgdump.table_digests, SRC, names, {job = 2})
 end)
 
 T.case("our restore loads stock pg_dump output (with \\restrict lines) and matches the source", function()
