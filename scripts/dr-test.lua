@@ -517,10 +517,7 @@ local function markdown()
   w("")
   w("## Checklist")
   w("")
-  for _, c in ipairs(report.checklist) do
-    w(string.format("- [%s] %s: %s (%.2f s)%s", c.ok and "x" or " ", c.phase, c.item, c.seconds,
-                    c.error and (" — FAILED: " .. c.error) or (c.detail and (" — " .. c.detail) or "")))
-  end
+  for _, l in ipairs(require("clubio.dr_checks").checklist_lines(report.checklist)) do w(l) end
   if report.failover then
     w("")
     w("## Failover steps (" .. report.failover.run .. ")")

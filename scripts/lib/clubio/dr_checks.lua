@@ -57,4 +57,14 @@ function M.checklist(J, report)
   end
 end
 
+-- The report's checklist as Markdown lines ("- [x] phase: item (1.23 s) — detail").
+function M.checklist_lines(list)
+  local out = {}
+  for _, c in ipairs(list) do
+    out[#out + 1] = string.format("- [%s] %s: %s (%.2f s)%s", c.ok and "x" or " ", c.phase, c.item, c.seconds,
+                                  c.error and (" — FAILED: " .. c.error) or (c.detail and (" — " .. c.detail) or ""))
+  end
+  return out
+end
+
 return M

@@ -150,10 +150,7 @@ local function markdown(report, stamp)
   w("")
   w("## Checklist")
   w("")
-  for _, c in ipairs(report.checklist) do
-    w(string.format("- [%s] %s: %s (%.2f s)%s", c.ok and "x" or " ", c.phase, c.item, c.seconds,
-                    c.error and (" — FAILED: " .. c.error) or (c.detail and (" — " .. c.detail) or "")))
-  end
+  for _, l in ipairs(require("clubio.dr_checks").checklist_lines(report.checklist)) do w(l) end
   if report.tables then
     w("")
     w("## Tables (source at the loss vs restore)")
