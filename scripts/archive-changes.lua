@@ -175,8 +175,17 @@ if have_slot and not epoch and bases[1] and bases[1].manifest.changes.epoch then
 end
 if not have_slot then
   epoch = lib.new_epoch()
+  -- recorded before the slot exists: exports find the epoch there, and a failure here leaves
+  -- nothing half made
+  local ok, err = pcall(lib.write_epoch, db, cfg.publication, epoch)
+  if not ok then
+    clubio.fail{message = "cannot record the change archive's epoch on publication " .. cfg.publication .. ": " ..
+                          tostring(type(err) == "table" and err.message or err),
+                class = "config", code = "changes.epoch",
+                hint = "the archiver's role must own the publication (ALTER PUBLICATION " .. cfg.publication ..
+                       " OWNER TO <role>), or drop it and let archive-changes create it"}
+  end
   local info = cap:create_slot()
-  lib.write_epoch(db, cfg.publication, epoch)
   log.info("created replication slot " .. cfg.slot, {consistent_point = info.consistent_point, epoch = epoch})
   -- the first base is the slot's own snapshot: exactly the transactions before its consistent point
   local b = lib.take_base(c, cfg, {snapshot = info.snapshot, consistent_lsn = info.consistent_point, reason = "slot created",
