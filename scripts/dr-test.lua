@@ -538,34 +538,14 @@ local function markdown()
       w(string.format("| %s | %d | %d | %s |", t.table, t.primary_rows, t.dr_rows, t.match and "equal" or "**differ**"))
     end
   end
-  if report.checks then
-    w("")
-    w("## Application checks")
-    w("")
-    for _, c in ipairs(report.checks) do
-      w(string.format("- [%s] %s%s", c.ok and "x" or " ", c.name, c.error and (": " .. c.error) or ""))
-    end
-  end
-  if #report.notes > 0 then
-    w("")
-    w("## Notes")
-    w("")
-    for _, n in ipairs(report.notes) do w("- " .. n) end
-  end
+  for _, l in ipairs(require("clubio.dr_checks").report_tail_lines(report, "Application checks")) do w(l) end
   w("")
   return table.concat(o, "\n")
 end
 
 local base = report_dir .. "/dr-test-" .. stamp
 item("post-test", "write the report", function()
-  proc.run{argv = {"mkdir", "-p", report_dir}, check = true}
-  local json = log.redact(cjson.encode(report))
-  for path, text in pairs{[base .. ".json"] = json .. "\n", [base .. ".md"] = log.redact(markdown())} do
-    local ok, err = pcall(require("pipe").write_file, path, text, {overwrite = true})
-    if not ok then
-      clubio.fail{message = "cannot write " .. path .. ": " .. tostring(type(err) == "table" and err.message or err), code = "dr.report"}
-    end
-  end
+  require("clubio.dr_checks").write_report(report_dir, base, report, markdown())
   return {summary = base .. ".md"}
 end)
 report.report = {markdown = base .. ".md", json = base .. ".json"}

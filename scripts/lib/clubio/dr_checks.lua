@@ -67,4 +67,38 @@ function M.checklist_lines(list)
   return out
 end
 
+-- The report's end as Markdown lines: the application checks (under `title`) and the notes,
+-- each section only when it has something.
+function M.report_tail_lines(report, title)
+  local out = {}
+  if report.checks then
+    out[#out + 1] = ""
+    out[#out + 1] = "## " .. title
+    out[#out + 1] = ""
+    for _, c in ipairs(report.checks) do
+      out[#out + 1] = string.format("- [%s] %s%s", c.ok and "x" or " ", c.name, c.error and (": " .. c.error) or "")
+    end
+  end
+  if #report.notes > 0 then
+    out[#out + 1] = ""
+    out[#out + 1] = "## Notes"
+    out[#out + 1] = ""
+    for _, n in ipairs(report.notes) do out[#out + 1] = "- " .. n end
+  end
+  return out
+end
+
+-- Writes the report as base.json and base.md (both redacted, each replaced whole) in dir.
+function M.write_report(dir, base, report, markdown)
+  require("proc").run{argv = {"mkdir", "-p", dir}, check = true}
+  local json = log.redact(require("cjson").encode(report))
+  for path, text in pairs{[base .. ".json"] = json .. "\n", [base .. ".md"] = log.redact(markdown)} do
+    local ok, err = pcall(require("pipe").write_file, path, text, {overwrite = true})
+    if not ok then
+      clubio.fail{message = "cannot write " .. path .. ": " .. tostring(type(err) == "table" and err.message or err),
+                  class = "failure", code = "dr.report"}
+    end
+  end
+end
+
 return M

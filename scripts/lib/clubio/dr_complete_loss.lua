@@ -162,18 +162,7 @@ local function markdown(report, stamp)
                       t.match and "equal" or "**differ**"))
     end
   end
-  if report.checks then
-    w("")
-    w("## Application checks (on the restore)")
-    w("")
-    for _, c in ipairs(report.checks) do w(string.format("- [%s] %s%s", c.ok and "x" or " ", c.name, c.error and (": " .. c.error) or "")) end
-  end
-  if #report.notes > 0 then
-    w("")
-    w("## Notes")
-    w("")
-    for _, n in ipairs(report.notes) do w("- " .. n) end
-  end
+  for _, l in ipairs(require("clubio.dr_checks").report_tail_lines(report, "Application checks (on the restore)")) do w(l) end
   w("")
   return table.concat(o, "\n")
 end
@@ -540,13 +529,8 @@ function M.run(o)
                        met = report.passed.rto == true and report.passed.rpo == true}}
   local base = o.report_dir .. "/dr-test-complete-loss-" .. stamp
   item("post-test", "write the report", function()
-    proc.run{argv = {"mkdir", "-p", o.report_dir}, check = true}
     report.report = {markdown = base .. ".md", json = base .. ".json"}
-    local json = log.redact(cjson.encode(report))
-    for path, text in pairs{[base .. ".json"] = json .. "\n", [base .. ".md"] = log.redact(markdown(report, stamp))} do
-      local ok, err = pcall(require("pipe").write_file, path, text, {overwrite = true})
-      if not ok then fail("cannot write " .. path .. ": " .. tostring(type(err) == "table" and err.message or err), nil, "failure", "dr.report") end
-    end
+    require("clubio.dr_checks").write_report(o.report_dir, base, report, markdown(report, stamp))
     return {summary = base .. ".md"}
   end)
 
