@@ -475,12 +475,7 @@ for _, s in ipairs(SCENARIOS) do
   report.scenarios[#report.scenarios + 1] = e
 end
 
-local function dur(s)
-  if not s then return "not measured" end
-  if s < 120 then return string.format("%.1f s", s) end
-  if s < 7200 then return string.format("%.1f min", s / 60) end
-  return string.format("%.2f h", s / 3600)
-end
+local dur = require("clubio.dr_checks").duration
 local function yn(b) if b == nil then return "not measured" end return b and "met" or "**NOT met**" end
 
 local function markdown()

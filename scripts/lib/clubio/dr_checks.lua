@@ -67,6 +67,14 @@ function M.checklist_lines(list)
   return out
 end
 
+-- A measured duration for the report: "42.0 s", "3.5 min", "2.25 h", or "not measured".
+function M.duration(s)
+  if not s then return "not measured" end
+  if s < 120 then return string.format("%.1f s", s) end
+  if s < 7200 then return string.format("%.1f min", s / 60) end
+  return string.format("%.2f h", s / 3600)
+end
+
 -- The report's end as Markdown lines: the application checks (under `title`) and the notes,
 -- each section only when it has something.
 function M.report_tail_lines(report, title)

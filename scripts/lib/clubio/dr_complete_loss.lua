@@ -94,12 +94,7 @@ local function same(a, b)
   return a and b and not a.missing and not b.missing and a.rows == b.rows and a.set_sha256 == b.set_sha256
 end
 
-local function dur(s)
-  if not s then return "not measured" end
-  if s < 120 then return string.format("%.1f s", s) end
-  if s < 7200 then return string.format("%.1f min", s / 60) end
-  return string.format("%.2f h", s / 3600)
-end
+local dur = require("clubio.dr_checks").duration
 
 local function markdown(report, stamp)
   local m, o = report.measured, {}
