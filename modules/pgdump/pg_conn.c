@@ -12,6 +12,7 @@
 #include "modules/crypto/crypto.h"
 #include "pgdump.h"
 #include "redact.h"
+#include "timestamp.h"
 
 #include "io/cancel.h"
 
@@ -74,13 +75,6 @@ int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *wha
     return RT_ERR;
 }
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* PQconnectdbParams, but a cancel (signal, --timeout) ends the wait: PQconnectStartParams and
  * PQconnectPoll in poll() slices of 100 ms. libpq leaves connect_timeout to the caller in this
  * mode, so `limit` seconds is enforced here (*timed_out set). Returns NULL when cancelled (the
@@ -91,14 +85,14 @@ static PGconn *connect_cancellable(const char *const *keys, const char *const *v
 {
     PGconn *c = PQconnectStartParams(keys, vals, 0);
     if (!c || PQstatus(c) == CONNECTION_BAD) return c;
-    double deadline = mono_now() + limit;
+    double deadline = rt_monotonic() + limit;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     while (st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
         if (rt_cancelled()) {
             PQfinish(c);
             return NULL;
         }
-        if (mono_now() > deadline) {
+        if (rt_monotonic() > deadline) {
             *timed_out = true;
             return c;
         }
@@ -188,6 +182,26 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
     return c;
 }
 
+bool pgdump_wait_result(PGconn *c, PgWait *w)
+{
+    while (PQisBusy(c)) {
+        if (!w->cancelled && rt_cancelled()) {
+            PGcancel *cn = PQgetCancel(c);
+            char eb[128];
+            if (cn) PQcancel(cn, eb, sizeof eb);
+            PQfreeCancel(cn);
+            w->cancelled = true;
+            w->give_up = rt_monotonic() + 5;
+        }
+        /* a server that does not answer the cancel (network gone) is not waited for */
+        if (w->cancelled && (rt_monotonic() > w->give_up || rt_cancel_hurried())) return false;
+        struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
+        if (poll(&p, 1, 200) < 0 && errno != EINTR) return false;
+        if (!PQconsumeInput(c)) return false;
+    }
+    return true;
+}
+
 PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
                                   const char *const *params, bool *cancelled)
 {
@@ -200,23 +214,11 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
                   : PQsendQuery(c, sql)))
         return NULL;
     PGresult *last = NULL;
-    double give_up = 0;
+    PgWait w = {0};
     for (;;) {
-        while (PQisBusy(c)) {
-            if (!*cancelled && rt_cancelled()) {
-                PGcancel *cn = PQgetCancel(c);
-                char eb[128];
-                if (cn) PQcancel(cn, eb, sizeof eb);
-                PQfreeCancel(cn);
-                *cancelled = true;
-                give_up = mono_now() + 5;
-            }
-            /* a server that does not answer the cancel (network gone) is not waited for */
-            if (*cancelled && (mono_now() > give_up || rt_cancel_hurried())) return last;
-            struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
-            if (poll(&p, 1, 200) < 0 && errno != EINTR) break;
-            if (!PQconsumeInput(c)) break;
-        }
+        bool ok = pgdump_wait_result(c, &w);
+        *cancelled = w.cancelled;
+        if (!ok && w.cancelled) return last;
         PGresult *r = PQgetResult(c);
         if (!r) break;
         ExecStatusType st = PQresultStatus(r);
@@ -244,10 +246,10 @@ int pgdump_get_copy_data(PGconn *c, char **row, const atomic_bool *stop, bool *c
             if (cn) PQcancel(cn, eb, sizeof eb);
             PQfreeCancel(cn);
             *cancelled = true;
-            give_up = mono_now() + 5;
+            give_up = rt_monotonic() + 5;
         }
         /* a server that does not answer the cancel (network gone) is not waited for */
-        if (*cancelled && (mono_now() > give_up || rt_cancel_hurried())) return -2;
+        if (*cancelled && (rt_monotonic() > give_up || rt_cancel_hurried())) return -2;
         struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
         if (poll(&p, 1, 100) < 0 && errno != EINTR) return -2;
         if (!PQconsumeInput(c)) return -2;

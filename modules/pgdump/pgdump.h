@@ -31,6 +31,15 @@ void pgdump_describe(const char *url, char *out, size_t cap);
 int pgdump_conn_error(PGconn *c, RtError *err, const char *code, const char *what);
 /* Runs sql (no result rows expected); RT_ERR with the server's message; Ctrl-C cancels it. */
 int pgdump_exec(PGconn *c, const char *sql, RtError *err);
+/* Waits (in poll, 200 ms slices) until PQgetResult(c) will not block. On rt_cancelled() the
+ * server is asked once to cancel (w->cancelled set); false when the wait is given up — the
+ * server has not answered the cancel within 5 s, a second signal came, or the connection
+ * failed. Zero-initialise the PgWait once per exchange. */
+typedef struct PgWait {
+    bool cancelled;
+    double give_up;
+} PgWait;
+bool pgdump_wait_result(PGconn *c, PgWait *w);
 /* PQexec (PQexecParams when nparams > 0) that Ctrl-C interrupts: on rt_cancelled() the server
  * is asked to cancel the statement and *cancelled is set (the caller reports the cancel). */
 PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
