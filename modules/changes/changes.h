@@ -6,7 +6,7 @@
  * A segment's SQL (what the decoder writes, what the replay sink and psql read):
  *
  *   -- clubio-dr change archive segment (format 1)
- *   -- txn commit_lsn=0/1A2B3C0 end_lsn=0/1A2B3F8 xid=750 time=2026-12-02T18:00:00.123456Z
+ *   -- txn commit_lsn=0/1A2B3C0 xid=750 time=2026-12-02T18:00:00.123456Z
  *   BEGIN;
  *   COPY public.users (id, name) FROM stdin;      runs of inserts into one table
  *   1\tann
@@ -121,9 +121,10 @@ void chg_replayer_release(ChgReplayer *r);
 void chg_replayer_results(ChgReplayer *r, RtResults *res);
 
 /* A sink applying one segment's SQL inside one server transaction, committed at finish only if
- * the segment is whole and the SHA-256 of every byte received matches expect_sha256; runs of
- * inserts go by COPY (merged across transactions), other statements in multi-statement
- * batches. Results: this segment's applied, skipped and stopped. */
+ * the segment is whole and the SHA-256 of every byte received matches expect_sha256. Statements
+ * go through libpq's pipeline mode as prepared statements (each line's literals become its
+ * parameters; a shape is prepared once per replayer), long runs of inserts by COPY (merged
+ * across transactions). Results: this segment's applied, skipped and stopped. */
 RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err);
 
 /* A filter dropping ownership and privilege statements from a plain-SQL dump (strip.c). */

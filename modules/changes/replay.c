@@ -1,11 +1,15 @@
 /*
  * Replay: applies change-archive segments (the SQL pgoutput.c writes) to a database.
  *
- * Speed comes from fewer round trips, not from cutting corners: a segment is one server
- * transaction (so each archived transaction is applied whole or not at all, and a segment whose
- * bytes do not match its signed manifest applies nothing); runs of inserts into one table stream
- * through one COPY, merged across consecutive archived transactions; other statements go in
- * multi-statement batches of up to 1 MiB (one round trip each).
+ * Speed comes from fewer round trips and less parsing, not from cutting corners: a segment is
+ * one server transaction (so each archived transaction is applied whole or not at all, and a
+ * segment whose bytes do not match its signed manifest applies nothing). Statements go through
+ * libpq's pipeline mode as prepared statements: each line's quoted literals become parameters
+ * ("UPDATE public.t SET a = $1 WHERE id = $2"), so a shape is parsed and planned once per
+ * connection and then only bound and executed; the pipeline is synced (one round trip) every
+ * PIPE_MAX queries or PIPE_BYTES of parameters. Short runs of inserts into one table become
+ * executions of a prepared INSERT; runs of SHORT_RUN_ROWS or more stream through one COPY,
+ * merged across consecutive archived transactions (COPY leaves pipeline mode for its duration).
  *
  * Which transactions are applied: those committed at or before stop_time, not already in the
  * base (xid visible in the base's snapshot, or commit LSN <= the slot's consistent point), and
@@ -24,10 +28,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Prepared statements of this connection, by shape (open addressing, PREP_SLOTS entries; past
+ * PREP_MAX shapes, statements go unnamed). Named "clubio_rN", N = the shape's number. */
+#define PREP_SLOTS 8192
+#define PREP_MAX   4096
+
+typedef struct Prep {
+    char *shape;
+    uint32_t hash;
+    int number;
+} Prep;
+
 struct ChgReplayer {
     atomic_int refs;
     PGconn *conn;
     char what[256];
+    Prep *prep;      /* PREP_SLOTS entries, allocated on first use */
+    int nprep;       /* shapes prepared (or being prepared) */
+    bool prep_dirty; /* a pipeline failed: the server may lack some of them; start again */
+    bool broken;     /* a failed segment could not be rolled back: the connection is unusable */
     uint64_t applied_through;
     int64_t applied, skipped_base, skipped_dup, changes;
     int64_t last_time;
@@ -58,10 +77,20 @@ ChgReplayer *chg_replayer_new(const char *url, RtError *err)
     return r;
 }
 
+static void prep_clear(ChgReplayer *r)
+{
+    if (r->prep)
+        for (int i = 0; i < PREP_SLOTS; i++) free(r->prep[i].shape);
+    free(r->prep);
+    r->prep = NULL;
+    r->nprep = 0;
+}
+
 void chg_replayer_release(ChgReplayer *r)
 {
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1) return;
     if (r->conn) PQfinish(r->conn);
+    prep_clear(r);
     free(r);
 }
 
@@ -85,6 +114,11 @@ void chg_replayer_results(ChgReplayer *r, RtResults *res)
 
 enum { S_OUT, S_HEADER, S_IN, S_COPY };
 
+/* A sync (one round trip) every PIPE_MAX queries or PIPE_BYTES of values: the server's answers
+ * to them (some 30 bytes each) stay well inside the socket buffers, so neither side blocks. */
+#define PIPE_MAX   1000
+#define PIPE_BYTES (1u << 20)
+
 typedef struct Rp {
     ChgReplayer *r;
     ChgReplayOptions o;
@@ -99,9 +133,19 @@ typedef struct Rp {
     uint64_t cur_lsn;
     int64_t cur_time;
     int64_t cur_changes;
-    /* pending work on the server */
-    SBuf sql;
-    char *copy_header; /* the run of inserts under way ("COPY ... FROM stdin;") */
+    /* the pipeline */
+    bool piped;
+    int pending;                 /* queries sent since the last sync */
+    int pend_prep[PIPE_MAX + 2]; /* their shapes' numbers (-1: unnamed) for messages */
+    size_t pending_bytes;
+    SBuf shape, vals; /* one statement: its shape, its parameter values (NUL-separated) */
+    SBuf nulls;       /* one byte a value: 1 when it is NULL (rows of a run of inserts) */
+    SBuf run_shape;   /* the run's INSERT ... VALUES ($1, ...) */
+    int run_fields;
+    const char **vptr;
+    int vcap;
+    /* the run of inserts under way */
+    char *copy_header; /* "COPY ... FROM stdin;" */
     bool copy_open;    /* ... streaming through a COPY on the server */
     int64_t run_rows;
     SBuf copybuf;
@@ -114,20 +158,272 @@ typedef struct Rp {
 static int server_error(Rp *p, RtError *err, const char *what)
 {
     char w[400];
-    snprintf(w, sizeof w, "replay into %s failed %s", p->r->what, what);
+    snprintf(w, sizeof w, "replay into %s failed%s%s", p->r->what, *what ? " " : "", what);
     return pgdump_conn_error(p->r->conn, err, "changes.replay", w);
 }
 
-static int exec_ok(Rp *p, const char *sql, RtError *err)
+static int nomem(RtError *err)
 {
-    bool cancelled = false;
-    PGresult *res = pgdump_exec_cancellable(p->r->conn, sql, 0, NULL, &cancelled);
-    int st = PQresultStatus(res);
-    PQclear(res);
-    if (cancelled) return rt_cancel_error(err);
-    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) return server_error(p, err, "");
+    return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+}
+
+static int malformed(Rp *p, RtError *err, const char *what)
+{
+    (void)p;
+    rt_error_set(err, RT_CLASS_VERIFY, "verify.segment-malformed",
+                 "the segment is not a whole change-archive segment: %s", what);
+    rt_error_hint(err, "verify the chain with `clubio-dr run verify-export --changes`");
+    return RT_ERR;
+}
+
+/* ---- the pipeline ----------------------------------------------------------------------- */
+
+/* Sends a sync and reads every result up to it; the first error is the pipeline's error. */
+static int pl_sync(Rp *p, RtError *err)
+{
+    if (!p->piped || !p->pending) return RT_OK;
+    PGconn *c = p->r->conn;
+    if (PQpipelineSync(c) != 1) return server_error(p, err, "sending a pipeline sync");
+    int rc = RT_OK, at = 0;
+    PgWait w = {0};
+    for (;;) {
+        if (!pgdump_wait_result(c, &w) && w.cancelled) {
+            p->r->prep_dirty = true;
+            return rt_cancel_error(err);
+        }
+        if (PQstatus(c) == CONNECTION_BAD) {
+            p->r->prep_dirty = true;
+            return rc == RT_OK ? server_error(p, err, "") : rc;
+        }
+        PGresult *res = PQgetResult(c);
+        if (!res) {
+            at++; /* the end of one query's results */
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            break;
+        }
+        if (st == PGRES_FATAL_ERROR && rc == RT_OK) {
+            int n = at < p->pending ? p->pend_prep[at] : -1;
+            const char *shape = NULL;
+            if (n >= 0 && p->r->prep)
+                for (int i = 0; i < PREP_SLOTS; i++)
+                    if (p->r->prep[i].shape && p->r->prep[i].number == n)
+                        shape = p->r->prep[i].shape;
+            char line[400], w2[600];
+            snprintf(line, sizeof line, "%s", PQresultErrorMessage(res));
+            line[strcspn(line, "\n")] = 0;
+            snprintf(w2, sizeof w2, "at %.160s%s: %s", shape ? shape : "a statement",
+                     shape && strlen(shape) > 160 ? "..." : "", line);
+            rc = rt_error_set(err, RT_CLASS_FAILURE, "changes.replay", "replay into %s failed %s",
+                              p->r->what, w2);
+            p->r->prep_dirty = true;
+        }
+        PQclear(res);
+    }
+    p->pending = 0;
+    p->pending_bytes = 0;
+    return rc;
+}
+
+/* Ends pipeline mode (after a sync), for COPY, BEGIN and COMMIT. */
+static int pl_leave(Rp *p, RtError *err)
+{
+    if (!p->piped) return RT_OK;
+    int rc = pl_sync(p, err);
+    if (PQexitPipelineMode(p->r->conn) != 1 && rc == RT_OK)
+        rc = server_error(p, err, "leaving pipeline mode");
+    p->piped = false;
+    return rc;
+}
+
+static uint32_t shape_hash(const char *s)
+{
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+/* The number of the prepared statement for `shape`: *fresh when it must be prepared now, -1 when
+ * the cache is full (the statement goes unnamed). */
+static int prep_find(ChgReplayer *r, const char *shape, bool *fresh)
+{
+    *fresh = false;
+    if (!r->prep && !(r->prep = calloc(PREP_SLOTS, sizeof *r->prep))) return -1;
+    uint32_t h = shape_hash(shape);
+    for (uint32_t i = h & (PREP_SLOTS - 1);; i = (i + 1) & (PREP_SLOTS - 1)) {
+        Prep *e = &r->prep[i];
+        if (!e->shape) {
+            if (r->nprep >= PREP_MAX || !(e->shape = strdup(shape))) return -1;
+            e->hash = h;
+            e->number = r->nprep++;
+            *fresh = true;
+            return e->number;
+        }
+        if (e->hash == h && !strcmp(e->shape, shape)) return e->number;
+    }
+}
+
+/* Queues one statement (its shape and text parameters; NULL = SQL NULL) in the pipeline. */
+static int pl_send(Rp *p, const char *shape, int nparams, const char *const *vals, RtError *err)
+{
+    PGconn *c = p->r->conn;
+    if (!p->piped) {
+        if (p->r->prep_dirty) { /* statements of a failed pipeline may or may not exist */
+            PGresult *res = PQexec(c, "DEALLOCATE ALL");
+            PQclear(res);
+            prep_clear(p->r);
+            p->r->prep_dirty = false;
+        }
+        if (PQenterPipelineMode(c) != 1) return server_error(p, err, "entering pipeline mode");
+        p->piped = true;
+    }
+    bool fresh = false;
+    int n = nparams ? prep_find(p->r, shape, &fresh) : -1;
+    char name[24];
+    snprintf(name, sizeof name, "clubio_r%d", n);
+    if (fresh) {
+        if (PQsendPrepare(c, name, shape, nparams, NULL) != 1)
+            return server_error(p, err, "sending a statement");
+        p->pend_prep[p->pending++] = n;
+    }
+    int ok = n >= 0 ? PQsendQueryPrepared(c, name, nparams, vals, NULL, NULL, 0)
+                    : PQsendQueryParams(c, shape, nparams, NULL, vals, NULL, NULL, 0);
+    if (ok != 1) return server_error(p, err, "sending a statement");
+    p->pend_prep[p->pending++] = n;
+    for (int i = 0; i < nparams; i++)
+        if (vals[i]) p->pending_bytes += strlen(vals[i]);
+    if (n < 0) p->pending_bytes += strlen(shape);
+    if (p->pending >= PIPE_MAX || p->pending_bytes >= PIPE_BYTES) return pl_sync(p, err);
     return RT_OK;
 }
+
+/* Points p->vptr at the nparams NUL-separated values in p->vals; is_null (or NULL) marks the
+ * values that are SQL NULL. */
+static const char *const *value_pointers(Rp *p, int nparams, const char *is_null)
+{
+    if (nparams > p->vcap) {
+        int nc = nparams < 64 ? 64 : nparams;
+        const char **np = realloc(p->vptr, (size_t)nc * sizeof *np);
+        if (!np) return NULL;
+        p->vptr = np;
+        p->vcap = nc;
+    }
+    const char *v = p->vals.p;
+    for (int i = 0; i < nparams; i++) {
+        p->vptr[i] = is_null && is_null[i] ? NULL : v;
+        v += strlen(v) + 1;
+    }
+    return p->vptr;
+}
+
+static bool ident_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '$' || (unsigned char)c >= 0x80;
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* One statement line as pgoutput.c writes it -> its shape (each '...' or E'...' literal
+ * replaced by $n) and the literals' values in p->vals. false when the line is not of that form
+ * (an unterminated literal, an escape this does not read, a NUL byte): it then goes as it is. */
+static bool parametrize(Rp *p, const char *s, size_t len, int *nparams)
+{
+    p->shape.len = 0;
+    p->vals.len = 0;
+    int n = 0;
+    size_t i = 0;
+    while (i < len) {
+        char ch = s[i];
+        bool prev_ident = i > 0 && ident_char(s[i - 1]);
+        if (ch == '"') { /* a quoted identifier, copied whole */
+            size_t j = i + 1;
+            for (; j < len; j++)
+                if (s[j] == '"') {
+                    if (j + 1 < len && s[j + 1] == '"')
+                        j++;
+                    else
+                        break;
+                }
+            if (j >= len) return false;
+            sb_addn(&p->shape, s + i, j + 1 - i);
+            i = j + 1;
+            continue;
+        }
+        bool e = (ch == 'E' || ch == 'e') && i + 1 < len && s[i + 1] == '\'' && !prev_ident;
+        if (!(ch == '\'' && !prev_ident) && !e) {
+            sb_addc(&p->shape, ch);
+            i++;
+            continue;
+        }
+        size_t j = i + (e ? 2 : 1);
+        for (;;) {
+            if (j >= len) return false;
+            char c = s[j];
+            if (c == '\'') {
+                if (j + 1 < len && s[j + 1] == '\'') {
+                    sb_addc(&p->vals, '\'');
+                    j += 2;
+                    continue;
+                }
+                break;
+            }
+            if (c == '\\' && e) {
+                if (j + 1 >= len) return false;
+                char x = s[j + 1];
+                j += 2;
+                if (x == 'n')
+                    sb_addc(&p->vals, '\n');
+                else if (x == 'r')
+                    sb_addc(&p->vals, '\r');
+                else if (x == 't')
+                    sb_addc(&p->vals, '\t');
+                else if (x == 'b')
+                    sb_addc(&p->vals, '\b');
+                else if (x == 'f')
+                    sb_addc(&p->vals, '\f');
+                else if (x == 'x' && j < len && hex_digit(s[j]) >= 0) {
+                    int v = hex_digit(s[j++]);
+                    if (j < len && hex_digit(s[j]) >= 0) v = v * 16 + hex_digit(s[j++]);
+                    if (!v) return false;
+                    sb_addc(&p->vals, (char)v);
+                } else if (x >= '0' && x <= '7') {
+                    int v = x - '0';
+                    for (int k = 0; k < 2 && j < len && s[j] >= '0' && s[j] <= '7'; k++)
+                        v = v * 8 + (s[j++] - '0');
+                    if (!v) return false;
+                    sb_addc(&p->vals, (char)v);
+                } else if (x == 'u' || x == 'U' || x == 'x') {
+                    return false;
+                } else {
+                    sb_addc(&p->vals, x);
+                }
+                continue;
+            }
+            if (!c) return false;
+            sb_addc(&p->vals, c);
+            j++;
+        }
+        sb_addc(&p->vals, '\0'); /* the separator */
+        n++;
+        if (n > 65535) return false;
+        sb_addf(&p->shape, "$%d", n);
+        i = j + 1;
+    }
+    *nparams = n;
+    return !p->shape.oom && !p->vals.oom;
+}
+
+/* ---- statements and runs of inserts ----------------------------------------------------- */
 
 static int flush_copy_data(Rp *p, RtError *err)
 {
@@ -157,32 +453,22 @@ static int end_copy(Rp *p, RtError *err)
     return rc;
 }
 
-static int flush_sql(Rp *p, RtError *err)
-{
-    if (!p->sql.len) return RT_OK;
-    if (p->sql.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
-    int rc = exec_ok(p, p->sql.p, err);
-    p->sql.len = 0;
-    p->sql.p[0] = 0;
-    return rc;
-}
-
 static int ensure_begun(Rp *p, RtError *err)
 {
     if (p->begun) return RT_OK;
     p->begun = true;
-    return exec_ok(p, "BEGIN", err);
+    return pl_send(p, "BEGIN", 0, NULL, err);
 }
 
 /* A run of inserts into one table (COPY blocks of consecutive transactions with the same header)
- * is held back until it ends or grows: a short run goes into the statement batch as one
- * INSERT ... VALUES (no round trip of its own), a long one streams through a real COPY. */
+ * is held back until it ends or grows: a short run goes into the pipeline as executions of one
+ * prepared INSERT, a long one streams through a real COPY. */
 #define SHORT_RUN_ROWS  64
 #define SHORT_RUN_BYTES (64 * 1024)
 
 static int open_copy(Rp *p, RtError *err)
 {
-    if (flush_sql(p, err) != RT_OK) return RT_ERR;
+    if (pl_leave(p, err) != RT_OK) return RT_ERR;
     PGresult *res = PQexec(p->r->conn, p->copy_header);
     int st = PQresultStatus(res);
     PQclear(res);
@@ -191,49 +477,88 @@ static int open_copy(Rp *p, RtError *err)
     return flush_copy_data(p, err);
 }
 
-/* COPY text rows -> INSERT INTO <table> (<cols>) VALUES (E'...', NULL, ...), ...; appended to the
- * batch. COPY's backslash escapes mean the same in an E'' literal; only quotes need one. */
-static void rows_to_insert(Rp *p)
+/* One COPY text row -> its values in p->vals (COPY's backslash escapes undone) and p->nulls;
+ * the number of fields, or -1 when a value would hold a NUL byte (not valid text). */
+static int copy_row_values(Rp *p, const char *row, size_t len)
+{
+    p->vals.len = 0;
+    p->nulls.len = 0;
+    int n = 0;
+    const char *f = row, *end = row + len;
+    for (;;) {
+        const char *tab = memchr(f, '\t', (size_t)(end - f));
+        const char *fe = tab ? tab : end;
+        n++;
+        if (fe - f == 2 && f[0] == '\\' && f[1] == 'N') {
+            sb_addc(&p->nulls, 1);
+        } else {
+            sb_addc(&p->nulls, 0);
+            for (const char *c = f; c < fe; c++) {
+                if (*c != '\\' || c + 1 >= fe) {
+                    sb_addc(&p->vals, *c);
+                    continue;
+                }
+                char x = *++c;
+                int v = -1;
+                if (x == 'n')
+                    v = '\n';
+                else if (x == 'r')
+                    v = '\r';
+                else if (x == 't')
+                    v = '\t';
+                else if (x == 'b')
+                    v = '\b';
+                else if (x == 'f')
+                    v = '\f';
+                else if (x == 'v')
+                    v = '\v';
+                else if (x >= '0' && x <= '7') {
+                    v = x - '0';
+                    for (int k = 0; k < 2 && c + 1 < fe && c[1] >= '0' && c[1] <= '7'; k++)
+                        v = v * 8 + (*++c - '0');
+                } else if (x == 'x' && c + 1 < fe && hex_digit(c[1]) >= 0) {
+                    v = hex_digit(*++c);
+                    if (c + 1 < fe && hex_digit(c[1]) >= 0) v = v * 16 + hex_digit(*++c);
+                } else
+                    v = (unsigned char)x;
+                if (!(v & 0xff)) return -1;
+                sb_addc(&p->vals, (char)v);
+            }
+        }
+        sb_addc(&p->vals, '\0');
+        if (!tab) break;
+        f = tab + 1;
+    }
+    return n;
+}
+
+/* The short run in copybuf -> executions of INSERT INTO <table> (<columns>) VALUES ($1, ...). */
+static int rows_to_pipeline(Rp *p, RtError *err)
 {
     const char *h = p->copy_header;
     size_t hl = strlen(h);
-    sb_add(&p->sql, "INSERT INTO ");
-    sb_addn(&p->sql, h + 5, hl - 5 - 12);
-    sb_add(&p->sql, " VALUES ");
     const char *q = p->copybuf.p, *end = p->copybuf.p + p->copybuf.len;
-    bool first_row = true;
     while (q < end) {
         const char *eol = memchr(q, '\n', (size_t)(end - q));
         if (!eol) eol = end;
-        sb_add(&p->sql, first_row ? "(" : ",\n(");
-        first_row = false;
-        const char *f = q;
-        for (;;) {
-            const char *tab = memchr(f, '\t', (size_t)(eol - f));
-            const char *fe = tab ? tab : eol;
-            if (fe - f == 2 && f[0] == '\\' && f[1] == 'N') {
-                sb_add(&p->sql, "NULL");
-            } else {
-                sb_add(&p->sql, "E'");
-                const char *k = f;
-                for (const char *c = f; c < fe; c++) {
-                    if (*c != '\'') continue;
-                    sb_addn(&p->sql, k, (size_t)(c - k));
-                    sb_add(&p->sql, "\\'");
-                    k = c + 1;
-                }
-                sb_addn(&p->sql, k, (size_t)(fe - k));
-                sb_addc(&p->sql, '\'');
-            }
-            if (!tab) break;
-            sb_addc(&p->sql, ',');
-            f = tab + 1;
+        int n = copy_row_values(p, q, (size_t)(eol - q));
+        if (n < 0) return malformed(p, err, "a NUL byte in a COPY value");
+        if (n != p->run_fields) {
+            p->run_shape.len = 0;
+            sb_add(&p->run_shape, "INSERT INTO ");
+            sb_addn(&p->run_shape, h + 5, hl - 5 - 12); /* COPY <table> (<columns>) FROM stdin; */
+            sb_add(&p->run_shape, " VALUES (");
+            for (int i = 1; i <= n; i++) sb_addf(&p->run_shape, i > 1 ? ", $%d" : "$%d", i);
+            sb_addc(&p->run_shape, ')');
+            p->run_fields = n;
         }
-        sb_addc(&p->sql, ')');
+        const char *const *v = value_pointers(p, n, p->nulls.p);
+        if (!v || p->vals.oom || p->nulls.oom || p->run_shape.oom) return nomem(err);
+        if (pl_send(p, p->run_shape.p, n, v, err) != RT_OK) return RT_ERR;
         q = eol + 1;
     }
-    sb_add(&p->sql, ";\n");
     p->copybuf.len = 0;
+    return RT_OK;
 }
 
 static int end_run(Rp *p, RtError *err)
@@ -243,11 +568,11 @@ static int end_run(Rp *p, RtError *err)
     if (p->copy_open)
         rc = end_copy(p, err);
     else if (p->run_rows > 0)
-        rows_to_insert(p);
+        rc = rows_to_pipeline(p, err);
     free(p->copy_header);
     p->copy_header = NULL;
     p->run_rows = 0;
-    if (rc == RT_OK && p->sql.len >= (1u << 20)) rc = flush_sql(p, err);
+    p->run_fields = -1;
     return rc;
 }
 
@@ -256,7 +581,7 @@ static int start_copy(Rp *p, const char *header, RtError *err)
     if (p->copy_header && !strcmp(p->copy_header, header)) return RT_OK; /* merge the run */
     if (end_run(p, err) != RT_OK) return RT_ERR;
     p->copy_header = strdup(header);
-    if (!p->copy_header) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+    if (!p->copy_header) return nomem(err);
     return RT_OK;
 }
 
@@ -264,12 +589,25 @@ static int add_row(Rp *p, const char *s, size_t len, RtError *err)
 {
     sb_addn(&p->copybuf, s, len);
     sb_addc(&p->copybuf, '\n');
-    if (p->copybuf.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+    if (p->copybuf.oom) return nomem(err);
     p->run_rows++;
     if (p->copy_open) return p->copybuf.len >= 256 * 1024 ? flush_copy_data(p, err) : RT_OK;
     if (p->run_rows >= SHORT_RUN_ROWS || p->copybuf.len >= SHORT_RUN_BYTES)
         return open_copy(p, err);
     return RT_OK;
+}
+
+/* A statement line of an included transaction: prepared when its literals can be lifted out. */
+static int statement(Rp *p, const char *s, size_t len, RtError *err)
+{
+    int n = 0;
+    if (parametrize(p, s, len, &n)) {
+        const char *const *v = value_pointers(p, n, NULL);
+        if (!v) return nomem(err);
+        return pl_send(p, p->shape.p, n, v, err);
+    }
+    if (p->shape.oom || p->vals.oom) return nomem(err);
+    return pl_send(p, s, 0, NULL, err);
 }
 
 /* Is a 32-bit xid visible (committed) in the base's snapshot? Widened with xmax's epoch. */
@@ -286,15 +624,6 @@ static bool visible_in_base(const Rp *p, uint32_t xid)
     for (int i = 0; i < p->nxip; i++)
         if (p->xip[i] == full) return false;
     return true;
-}
-
-static int malformed(Rp *p, RtError *err, const char *what)
-{
-    (void)p;
-    rt_error_set(err, RT_CLASS_VERIFY, "verify.segment-malformed",
-                 "the segment is not a whole change-archive segment: %s", what);
-    rt_error_hint(err, "verify the chain with `clubio-dr run verify-export --changes`");
-    return RT_ERR;
 }
 
 static int on_txn_header(Rp *p, const char *s, RtError *err)
@@ -352,10 +681,7 @@ static int on_line(Rp *p, char *s, size_t len, RtError *err)
         if (!p->include) return RT_OK;
         p->cur_changes++;
         if (end_run(p, err) != RT_OK) return RT_ERR;
-        sb_addn(&p->sql, s, len);
-        sb_addc(&p->sql, '\n');
-        if (p->sql.len >= (1u << 20)) return flush_sql(p, err);
-        return RT_OK;
+        return statement(p, s, len, err);
     case S_COPY:
         if (!strcmp(s, "\\.")) {
             p->state = S_IN;
@@ -414,11 +740,15 @@ static void rollback(Rp *p)
         while ((res = PQgetResult(p->r->conn))) PQclear(res);
         p->copy_open = false;
     }
-    if (p->begun) {
+    RtError e;
+    rt_error_init(&e);
+    if (pl_leave(p, &e) != RT_OK && PQstatus(p->r->conn) != CONNECTION_OK) p->r->broken = true;
+    if (p->begun && !p->r->broken) {
         PGresult *res = PQexec(p->r->conn, "ROLLBACK");
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) p->r->broken = true;
         PQclear(res);
-        p->begun = false;
     }
+    p->begun = false;
 }
 
 static int rp_finish(void *self, RtError *err)
@@ -426,7 +756,7 @@ static int rp_finish(void *self, RtError *err)
     Rp *p = self;
     if (p->line.len) return malformed(p, err, "it ends inside a line");
     if (p->state != S_OUT) return malformed(p, err, "it ends inside a transaction");
-    if (end_run(p, err) != RT_OK || flush_sql(p, err) != RT_OK) return RT_ERR;
+    if (end_run(p, err) != RT_OK) return RT_ERR;
     if (p->expect) {
         char hex[65];
         pgdump_digest_final_hex(p->md, hex);
@@ -439,8 +769,8 @@ static int rp_finish(void *self, RtError *err)
         }
     }
     if (p->begun) {
+        if (pl_send(p, "COMMIT", 0, NULL, err) != RT_OK || pl_leave(p, err) != RT_OK) return RT_ERR;
         p->begun = false;
-        if (exec_ok(p, "COMMIT", err) != RT_OK) return RT_ERR;
     }
     ChgReplayer *r = p->r;
     r->applied += p->applied;
@@ -475,7 +805,11 @@ static void rp_destroy(void *self)
     if (!p) return;
     if (p->md) EVP_MD_CTX_free(p->md);
     free(p->line.p);
-    free(p->sql.p);
+    free(p->shape.p);
+    free(p->vals.p);
+    free(p->nulls.p);
+    free(p->run_shape.p);
+    free(p->vptr);
     free(p->copybuf.p);
     free(p->copy_header);
     free(p->base_snapshot);
@@ -532,9 +866,20 @@ RtSink *chg_replay_sink(ChgReplayer *r, const ChgReplayOptions *o, RtError *err)
         rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
         return NULL;
     }
+    if (r->broken) {
+        EVP_MD_CTX_free(p->md);
+        free(p);
+        free(k);
+        rt_error_set(err, RT_CLASS_FAILURE, "changes.replay",
+                     "replay into %s: the connection was left unusable by an earlier failure",
+                     r->what);
+        rt_error_hint(err, "open a new replayer (changes.replayer{url = ...})");
+        return NULL;
+    }
     atomic_fetch_add(&r->refs, 1);
     p->r = r;
     p->o = *o;
+    p->run_fields = -1;
     if (o->base_snapshot && *o->base_snapshot) {
         p->base_snapshot = strdup(o->base_snapshot);
         if (!p->base_snapshot || !parse_snapshot(p, o->base_snapshot)) {
