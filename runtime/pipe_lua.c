@@ -8,6 +8,13 @@
  *
  * Bytes never enter Lua: pipe.run hands the stages to the C pipe (runtime/io/pipe.c) and only
  * the results come back. Each stage can be used once.
+ *
+ *   local sp = pipe.spool{limit = 64 << 20}            -- bytes held in C between two pipes
+ *   local bg = pipe.start{ c:download{...}, crypto.decrypt{}, sp:sink() }   -- runs meanwhile
+ *   ...                                                -- other work
+ *   local r = bg:wait()                                -- its results, or its error raised
+ *   pipe.run{ sp:source(), pgdump.restore{...} }
+ *   -- bg:stop() (or leaving a <close> scope) stops a pipe still running: its sink aborts.
  */
 #include "host.h"
 #include "io/endpoints.h"
@@ -249,30 +256,32 @@ static int l_command_sink(lua_State *L)
 
 /* ---- run -------------------------------------------------------------------------------- */
 
-static int l_run(lua_State *L)
+/* Builds the pipe of the stage list at index 1 (checked before any stage is taken). */
+static RtPipe *build_pipe(lua_State *L, const char *what, RtProgressDisplay *disp)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     static const char *const allowed[] = {"buffer_size", "queue_depth", "progress", NULL};
-    rt_lua_check_options(L, 1, "pipe.run", allowed);
+    static const char *const allowed_bg[] = {"buffer_size", "queue_depth", NULL};
+    rt_lua_check_options(L, 1, what, disp ? allowed : allowed_bg);
     lua_Integer n = luaL_len(L, 1);
     if (n < 2)
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", "pipe.run{ source, filter..., sink }",
-                    "pipe.run needs at least a source and a sink");
+                    "%s needs at least a source and a sink", what);
     /* Check everything before taking ownership of anything. */
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
         RtLuaStage *s = luaL_testudata(L, -1, RT_STAGE_MT);
         if (!s)
-            rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL,
-                        "pipe.run: item %d is a %s, not a stage", (int)i, luaL_typename(L, -1));
+            rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL, "%s: item %d is a %s, not a stage",
+                        what, (int)i, luaL_typename(L, -1));
         if (!s->obj)
             rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", "create a new stage for each pipe",
-                        "pipe.run: stage %d (%s) was already used", (int)i, s->name);
+                        "%s: stage %d (%s) was already used", what, (int)i, s->name);
         int want = i == 1 ? RT_STAGE_SOURCE : i == n ? RT_STAGE_SINK : RT_STAGE_FILTER;
         if (s->kind != want) {
             static const char *const k[] = {"a source", "a filter", "a sink"};
             rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", "pipe.run{ source, filter..., sink }",
-                        "pipe.run: stage %d (%s) is %s, expected %s", (int)i, s->name, k[s->kind],
+                        "%s: stage %d (%s) is %s, expected %s", what, (int)i, s->name, k[s->kind],
                         k[want]);
         }
         lua_pop(L, 1);
@@ -282,17 +291,19 @@ static int l_run(lua_State *L)
     lua_Integer qd = rt_lua_opt_integer(L, 1, "queue_depth", 0);
     if (bs < 0 || bs > (lua_Integer)1 << 30 || qd < 0 || qd > 1024)
         rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL,
-                    "pipe.run: buffer_size or queue_depth out of range");
+                    "%s: buffer_size or queue_depth out of range", what);
     opts.buffer_size = (size_t)bs;
     opts.queue_depth = (int)qd;
-    RtProgressDisplay disp;
-    int pt = lua_getfield(L, 1, "progress");
-    const char *plabel = pt == LUA_TSTRING ? lua_tostring(L, -1) : "transfer";
-    rt_progress_display_init(&disp, plabel, pt == LUA_TBOOLEAN && !lua_toboolean(L, -1) ? 0 : -1);
-    lua_pop(L, 1);
-    if (disp.mode) {
-        opts.progress = rt_progress_display_cb;
-        opts.progress_ud = &disp;
+    if (disp) {
+        int pt = lua_getfield(L, 1, "progress");
+        const char *plabel = pt == LUA_TSTRING ? lua_tostring(L, -1) : "transfer";
+        rt_progress_display_init(disp, plabel,
+                                 pt == LUA_TBOOLEAN && !lua_toboolean(L, -1) ? 0 : -1);
+        lua_pop(L, 1);
+        if (disp->mode) {
+            opts.progress = rt_progress_display_cb;
+            opts.progress_ud = disp;
+        }
     }
     RtPipe *p = rt_pipe_new(&opts);
     if (!p) rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "out of memory");
@@ -310,6 +321,13 @@ static int l_run(lua_State *L)
             rt_pipe_set_sink(p, obj, label);
         lua_pop(L, 1);
     }
+    return p;
+}
+
+static int l_run(lua_State *L)
+{
+    RtProgressDisplay disp;
+    RtPipe *p = build_pipe(L, "pipe.run", &disp);
     RtError err;
     rt_error_init(&err);
     int rc = rt_pipe_run(p, &err); /* no Lua calls happen while this runs */
@@ -321,6 +339,132 @@ static int l_run(lua_State *L)
     rt_lua_push_results(L, rt_pipe_results(p));
     rt_pipe_free(p);
     return 1;
+}
+
+/* ---- pipes in the background: pipe.start{...} -> running; running:wait() -> results ------- */
+
+#define RUNNING_MT "clubio.pipe_running"
+
+typedef struct Running {
+    RtPipe *p;
+} Running;
+
+static int l_start(lua_State *L)
+{
+    Running *r = lua_newuserdatauv(L, sizeof *r, 0);
+    r->p = NULL;
+    luaL_setmetatable(L, RUNNING_MT);
+    r->p = build_pipe(L, "pipe.start", NULL);
+    RtError err;
+    rt_error_init(&err);
+    if (rt_pipe_start(r->p, &err) != RT_OK) {
+        rt_pipe_free(r->p);
+        r->p = NULL;
+        return rt_lua_raise(L, &err);
+    }
+    return 1;
+}
+
+static int running_wait(lua_State *L)
+{
+    Running *r = luaL_checkudata(L, 1, RUNNING_MT);
+    if (!r->p)
+        return rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL,
+                           "pipe.start: this pipe was already waited for or stopped");
+    RtError err;
+    rt_error_init(&err);
+    int rc = rt_pipe_wait(r->p, &err);
+    if (rc != RT_OK) {
+        rt_pipe_free(r->p);
+        r->p = NULL;
+        return rt_lua_raise(L, &err);
+    }
+    rt_lua_push_results(L, rt_pipe_results(r->p));
+    rt_pipe_free(r->p);
+    r->p = NULL;
+    return 1;
+}
+
+/* Stops the pipe if it still runs and waits for its threads: nothing runs on after this. */
+static int running_stop(lua_State *L)
+{
+    Running *r = luaL_checkudata(L, 1, RUNNING_MT);
+    if (r->p) {
+        rt_pipe_stop(r->p);
+        rt_pipe_free(r->p); /* joins */
+        r->p = NULL;
+    }
+    return 0;
+}
+
+/* ---- spools: bytes held in C between two pipes ------------------------------------------ */
+
+#define SPOOL_MT "clubio.pipe_spool"
+
+typedef struct SpoolUd {
+    RtSpool *s;
+} SpoolUd;
+
+static int l_spool(lua_State *L)
+{
+    static const char *const allowed[] = {"limit", NULL};
+    rt_lua_check_options(L, 1, "pipe.spool", allowed);
+    lua_Integer limit = rt_lua_opt_integer(L, 1, "limit", 256 * 1024 * 1024);
+    if (limit <= 0)
+        rt_lua_fail(L, RT_CLASS_USAGE, "usage.option", NULL, "pipe.spool: limit must be > 0");
+    SpoolUd *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->s = NULL;
+    luaL_setmetatable(L, SPOOL_MT);
+    if (!(u->s = rt_spool_new((size_t)limit)))
+        rt_lua_fail(L, RT_CLASS_FAILURE, RT_CODE_NOMEM, NULL, "out of memory");
+    return 1;
+}
+
+static SpoolUd *check_spool(lua_State *L)
+{
+    SpoolUd *u = luaL_checkudata(L, 1, SPOOL_MT);
+    if (!u->s) rt_lua_fail(L, RT_CLASS_USAGE, "usage.pipe", NULL, "the spool was released");
+    return u;
+}
+
+static int spool_sink(lua_State *L)
+{
+    SpoolUd *u = check_spool(L);
+    rt_lua_check_options(L, 2, "spool:sink", LABEL_ONLY);
+    RtError err;
+    rt_error_init(&err);
+    RtSink *k = rt_spool_sink(u->s, &err);
+    if (!k) return rt_lua_raise(L, &err);
+    rt_lua_push_sink(L, k);
+    rt_lua_label_from_options(L, 2);
+    return 1;
+}
+
+static int spool_source(lua_State *L)
+{
+    SpoolUd *u = check_spool(L);
+    rt_lua_check_options(L, 2, "spool:source", LABEL_ONLY);
+    RtError err;
+    rt_error_init(&err);
+    RtSource *s = rt_spool_source(u->s, &err);
+    if (!s) return rt_lua_raise(L, &err);
+    rt_lua_push_source(L, s);
+    rt_lua_label_from_options(L, 2);
+    return 1;
+}
+
+static int spool_bytes(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)rt_spool_bytes(check_spool(L)->s));
+    return 1;
+}
+
+static int spool_release(lua_State *L)
+{
+    SpoolUd *u = luaL_checkudata(L, 1, SPOOL_MT);
+    rt_spool_release(u->s);
+    u->s = NULL;
+    return 0;
 }
 
 int luaopen_pipe(lua_State *L)
@@ -336,7 +480,21 @@ int luaopen_pipe(lua_State *L)
                                  {"count", l_count},
                                  {"command", l_command},
                                  {"command_sink", l_command_sink},
+                                 {"start", l_start},
+                                 {"spool", l_spool},
                                  {NULL, NULL}};
+    static const luaL_Reg running_meta[] = {
+        {"__gc", running_stop}, {"__close", running_stop}, {NULL, NULL}};
+    static const luaL_Reg running_methods[] = {
+        {"wait", running_wait}, {"stop", running_stop}, {NULL, NULL}};
+    rt_lua_class(L, RUNNING_MT, running_meta, running_methods);
+    lua_pop(L, 1);
+    static const luaL_Reg spool_meta[] = {
+        {"__gc", spool_release}, {"__close", spool_release}, {NULL, NULL}};
+    static const luaL_Reg spool_methods[] = {
+        {"sink", spool_sink}, {"source", spool_source}, {"bytes", spool_bytes}, {NULL, NULL}};
+    rt_lua_class(L, SPOOL_MT, spool_meta, spool_methods);
+    lua_pop(L, 1);
     luaL_newlib(L, f);
     return 1;
 }

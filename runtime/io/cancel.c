@@ -6,12 +6,19 @@
 #include <stdatomic.h>
 #include <time.h>
 
-static atomic_int g_cancel; /* 0, or the RtErrorClass that cancelled */
-static atomic_int g_hurry;  /* a second signal came */
+static atomic_int g_cancel;                      /* 0, or the RtErrorClass that cancelled */
+static atomic_int g_hurry;                       /* a second signal came */
+static _Thread_local const atomic_bool *t_scope; /* this thread's pipe has stopped */
 
 bool rt_cancelled(void)
 {
-    return atomic_load_explicit(&g_cancel, memory_order_relaxed) != 0;
+    return atomic_load_explicit(&g_cancel, memory_order_relaxed) != 0 ||
+           (t_scope && atomic_load_explicit(t_scope, memory_order_relaxed));
+}
+
+void rt_cancel_scope(const atomic_bool *stopped)
+{
+    t_scope = stopped;
 }
 
 void rt_cancel(RtErrorClass reason)
@@ -38,9 +45,13 @@ bool rt_cancel_hurried(void)
 
 int rt_cancel_error(RtError *err)
 {
-    if (atomic_load(&g_cancel) == RT_CLASS_TIMEOUT)
+    int why = atomic_load(&g_cancel);
+    if (why == RT_CLASS_TIMEOUT)
         return rt_error_set(err, RT_CLASS_TIMEOUT, RT_CODE_TIMEOUT,
                             "timed out (--timeout expired)");
+    if (!why && t_scope && atomic_load(t_scope))
+        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.stopped",
+                            "stopped: the pipe failed elsewhere or was stopped");
     return rt_error_set(err, RT_CLASS_CANCELLED, RT_CODE_CANCELLED, "cancelled by signal");
 }
 

@@ -8,9 +8,14 @@
 
 #include "error.h"
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 bool rt_cancelled(void);
+/* Widens rt_cancelled() on the calling thread to `stopped` as well (NULL: no more): a pipe's
+ * stage threads see their pipe fail or stop (rt_pipe_stop) wherever they wait, as at a signal;
+ * the pipe keeps its first error. */
+void rt_cancel_scope(const atomic_bool *stopped);
 /* Sets the flag (async-signal-safe). reason: RT_CLASS_CANCELLED or RT_CLASS_TIMEOUT. */
 void rt_cancel(RtErrorClass reason);
 void rt_cancel_reset(void);

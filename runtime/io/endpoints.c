@@ -156,6 +156,148 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
     return src;
 }
 
+/* ---- spool ----------------------------------------------------------------------------- */
+
+struct RtSpool {
+    atomic_int refs;
+    SBuf data;
+    atomic_bool complete; /* the sink finished: the bytes are whole and no longer change */
+    bool has_sink;
+};
+
+RtSpool *rt_spool_new(size_t limit)
+{
+    RtSpool *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->complete, false);
+    s->data.limit = limit ? limit : SIZE_MAX;
+    return s;
+}
+
+void rt_spool_release(RtSpool *s)
+{
+    if (!s || atomic_fetch_sub(&s->refs, 1) != 1) return;
+    sb_free(&s->data);
+    free(s);
+}
+
+size_t rt_spool_bytes(const RtSpool *s)
+{
+    return atomic_load(&((RtSpool *)s)->complete) ? s->data.len : 0;
+}
+
+static int spool_write(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    RtSpool *s = self;
+    if (len > s->data.limit - s->data.len)
+        return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full", "spool full (limit %zu bytes)",
+                            s->data.limit);
+    sb_addn(&s->data, (const char *)data, len);
+    if (s->data.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+    return RT_OK;
+}
+
+static int spool_finish(void *self, RtError *err)
+{
+    (void)err;
+    atomic_store(&((RtSpool *)self)->complete, true);
+    return RT_OK;
+}
+
+static void spool_abort(void *self)
+{
+    sb_clear(&((RtSpool *)self)->data);
+}
+
+static void spool_results(void *self, RtResults *res)
+{
+    rt_results_int(res, "bytes", (int64_t)((RtSpool *)self)->data.len);
+}
+
+static void spool_release_stage(void *self)
+{
+    rt_spool_release(self);
+}
+
+static const RtSinkOps spool_sink_ops = {.name = "spool",
+                                         .write = spool_write,
+                                         .finish = spool_finish,
+                                         .abort = spool_abort,
+                                         .results = spool_results,
+                                         .destroy = spool_release_stage};
+
+RtSink *rt_spool_sink(RtSpool *s, RtError *err)
+{
+    if (s->has_sink) {
+        rt_error_set(err, RT_CLASS_USAGE, "io.spool", "a spool takes one sink");
+        return NULL;
+    }
+    RtSink *k = rt_sink_new();
+    if (!k) {
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+        return NULL;
+    }
+    s->has_sink = true;
+    atomic_fetch_add(&s->refs, 1);
+    rt_sink_init(k, &spool_sink_ops, s);
+    return k;
+}
+
+typedef struct SpoolSrc {
+    RtSpool *s;
+    size_t pos;
+} SpoolSrc;
+
+static int spool_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
+{
+    (void)err;
+    SpoolSrc *r = self;
+    size_t left = r->s->data.len - r->pos;
+    size_t n = left < cap ? left : cap;
+    if (n) memcpy(buf, r->s->data.p + r->pos, n);
+    r->pos += n;
+    *got = n;
+    *eof = r->pos == r->s->data.len;
+    return RT_OK;
+}
+
+static int64_t spool_size(void *self)
+{
+    return (int64_t)((SpoolSrc *)self)->s->data.len;
+}
+
+static void spool_src_destroy(void *self)
+{
+    SpoolSrc *r = self;
+    rt_spool_release(r->s);
+    free(r);
+}
+
+static const RtSourceOps spool_source_ops = {
+    .name = "spool", .read = spool_read, .size_hint = spool_size, .destroy = spool_src_destroy};
+
+RtSource *rt_spool_source(RtSpool *s, RtError *err)
+{
+    if (!atomic_load(&s->complete)) {
+        rt_error_set(err, RT_CLASS_USAGE, "io.spool",
+                     "the spool is not complete: its pipe has not finished");
+        return NULL;
+    }
+    RtSource *src = rt_source_new();
+    SpoolSrc *r = calloc(1, sizeof *r);
+    if (!src || !r) {
+        free(src);
+        free(r);
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+        return NULL;
+    }
+    atomic_fetch_add(&s->refs, 1);
+    r->s = s;
+    rt_source_init(src, &spool_source_ops, r);
+    return src;
+}
+
 /* ---- file and descriptor sinks ---------------------------------------------------------- */
 
 typedef struct FileSink {

@@ -31,6 +31,18 @@ RtSink *rt_fd_sink(int fd, const char *name, RtError *err);
 RtSink *rt_mem_sink(size_t limit, RtError *err);
 const uint8_t *rt_mem_sink_data(const RtSink *s, size_t *len);
 
+/* A spool: bytes held in memory between two pipes — one pipe writes them through
+ * rt_spool_sink(), a later one reads them through rt_spool_source() (e.g. the next segment
+ * fetched and decrypted while this one is applied). Up to `limit` bytes (beyond: error
+ * io.memory_full). The sink and each source hold a reference; a source made before the sink
+ * finished fails (io.spool). Results: sink { bytes }. */
+typedef struct RtSpool RtSpool;
+RtSpool *rt_spool_new(size_t limit); /* NULL on ENOMEM */
+void rt_spool_release(RtSpool *s);
+RtSink *rt_spool_sink(RtSpool *s, RtError *err);
+RtSource *rt_spool_source(RtSpool *s, RtError *err);
+size_t rt_spool_bytes(const RtSpool *s);
+
 /* Observing filter counting bytes; results: { bytes = N }. */
 RtFilter *rt_count_filter(RtError *err);
 

@@ -70,6 +70,12 @@ struct RtPipe {
     RtResults *results;
     bool setup_failed;
     RtError setup_err;
+    bool queues_ready; /* under mu: the queues exist (a stop may wake them) */
+    /* rt_pipe_start's thread */
+    pthread_t runner;
+    bool runner_started, runner_joined;
+    int runner_rc;
+    RtError runner_err;
     /* progress monitor */
     pthread_t monitor;
     bool monitor_started;
@@ -231,6 +237,25 @@ static void stage_error(Stage *s, RtError *err, const char *what)
         rt_error_set(err, RT_CLASS_FAILURE, "pipe.stage", "%s stage '%s' failed without saying why",
                      what, s->label);
     pipe_fail(s->pipe, err);
+}
+
+static void *source_main(void *arg);
+static void *observe_main(void *arg);
+static void *filter_main(void *arg);
+static void *sink_main(void *arg);
+
+/* Each stage thread sees its pipe's failure through rt_cancelled() (cancel.h). */
+static void *stage_thread(void *arg)
+{
+    Stage *s = arg;
+    rt_cancel_scope(&s->pipe->failed);
+    void *(*fn)(void *) = s->kind == ST_SOURCE ? source_main
+                          : s->kind == ST_SINK ? sink_main
+                          : s->u.flt->process  ? filter_main
+                                               : observe_main;
+    fn(s);
+    rt_cancel_scope(NULL);
+    return NULL;
 }
 
 static void *source_main(void *arg)
@@ -548,15 +573,14 @@ int rt_pipe_run(RtPipe *p, RtError *err)
         p->stages[p->n_stages - 1].u.sink->abort(p->stages[p->n_stages - 1].u.sink->self);
         return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory for pipe buffers");
     }
+    pthread_mutex_lock(&p->mu);
+    p->queues_ready = true;
+    pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
         s->in = i > 0 ? &p->queues[i - 1] : NULL;
         s->out = i < p->n_queues ? &p->queues[i] : NULL;
-        void *(*fn)(void *) = s->kind == ST_SOURCE ? source_main
-                              : s->kind == ST_SINK ? sink_main
-                              : s->u.flt->process  ? filter_main
-                                                   : observe_main;
-        if (pthread_create(&s->thread, NULL, fn, s) != 0) {
+        if (pthread_create(&s->thread, NULL, stage_thread, s) != 0) {
             RtError e;
             rt_error_init(&e);
             rt_error_set(&e, RT_CLASS_FAILURE, "pipe.thread", "cannot start a pipe thread");
@@ -596,6 +620,51 @@ int rt_pipe_run(RtPipe *p, RtError *err)
     return RT_OK;
 }
 
+static void *runner_main(void *arg)
+{
+    RtPipe *p = arg;
+    p->runner_rc = rt_pipe_run(p, &p->runner_err);
+    return NULL;
+}
+
+int rt_pipe_start(RtPipe *p, RtError *err)
+{
+    if (p->runner_started || p->ran)
+        return rt_error_set(err, RT_CLASS_USAGE, "pipe.setup", "bad pipe: it already ran");
+    rt_error_init(&p->runner_err);
+    if (pthread_create(&p->runner, NULL, runner_main, p) != 0)
+        return rt_error_set(err, RT_CLASS_FAILURE, "pipe.thread", "cannot start a pipe thread");
+    p->runner_started = true;
+    return RT_OK;
+}
+
+int rt_pipe_wait(RtPipe *p, RtError *err)
+{
+    if (!p->runner_started)
+        return rt_error_set(err, RT_CLASS_USAGE, "pipe.setup", "bad pipe: it was not started");
+    if (!p->runner_joined) {
+        pthread_join(p->runner, NULL);
+        p->runner_joined = true;
+    }
+    if (p->runner_rc != RT_OK) rt_error_copy(err, &p->runner_err);
+    return p->runner_rc;
+}
+
+void rt_pipe_stop(RtPipe *p)
+{
+    RtError e;
+    rt_error_init(&e);
+    rt_error_set(&e, RT_CLASS_FAILURE, "pipe.stopped", "the pipe was stopped");
+    pthread_mutex_lock(&p->mu);
+    bool wake = p->queues_ready;
+    if (!wake) {
+        if (!p->err.set) rt_error_copy(&p->err, &e);
+        atomic_store(&p->failed, true);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (wake) pipe_fail(p, &e);
+}
+
 const RtResults *rt_pipe_results(const RtPipe *p)
 {
     return p->results;
@@ -604,6 +673,11 @@ const RtResults *rt_pipe_results(const RtPipe *p)
 void rt_pipe_free(RtPipe *p)
 {
     if (!p) return;
+    if (p->runner_started && !p->runner_joined) {
+        rt_pipe_stop(p);
+        pthread_join(p->runner, NULL);
+        p->runner_joined = true;
+    }
     for (int i = 0; i < p->n_stages; i++) {
         Stage *s = &p->stages[i];
         /* a sink that never ran must not leave anything behind either */

@@ -26,18 +26,18 @@
 typedef struct RtPipe RtPipe;
 
 typedef struct RtProgress {
-    uint64_t bytes_in;   /* bytes read from the source */
-    uint64_t bytes_out;  /* bytes written to the sink */
-    int64_t total;       /* source size if known, else -1 */
-    double elapsed;      /* seconds since start */
-    bool final;          /* last call, after the pipe ended */
+    uint64_t bytes_in;  /* bytes read from the source */
+    uint64_t bytes_out; /* bytes written to the sink */
+    int64_t total;      /* source size if known, else -1 */
+    double elapsed;     /* seconds since start */
+    bool final;         /* last call, after the pipe ended */
 } RtProgress;
 
 typedef void (*RtProgressFn)(void *ud, const RtProgress *p);
 
 typedef struct RtPipeOptions {
-    size_t buffer_size;   /* bytes per buffer; default 256 KiB; 1 is allowed (tests) */
-    int queue_depth;      /* buffers in flight between two stages; default 4 */
+    size_t buffer_size;    /* bytes per buffer; default 256 KiB; 1 is allowed (tests) */
+    int queue_depth;       /* buffers in flight between two stages; default 4 */
     RtProgressFn progress; /* called from a monitor thread about every progress_interval s */
     void *progress_ud;
     double progress_interval; /* default 0.5 s */
@@ -51,6 +51,13 @@ int rt_pipe_add_filter(RtPipe *p, RtFilter *f, const char *label);
 int rt_pipe_set_sink(RtPipe *p, RtSink *sink, const char *label);
 /* Runs to completion (once). */
 int rt_pipe_run(RtPipe *p, RtError *err);
+/* Runs it on a thread of its own (once): the caller goes on while it runs, then rt_pipe_wait()
+ * joins it and returns what rt_pipe_run would have. */
+int rt_pipe_start(RtPipe *p, RtError *err);
+int rt_pipe_wait(RtPipe *p, RtError *err);
+/* Stops a started pipe early, as a cancel would (its error: "pipe.stopped"); the sink aborts.
+ * Stages see it through rt_cancelled() (their threads' cancel scope, cancel.h). */
+void rt_pipe_stop(RtPipe *p);
 /* After a successful run: { bytes_in, bytes_out, seconds, <label> = stage results... } */
 const RtResults *rt_pipe_results(const RtPipe *p);
 void rt_pipe_free(RtPipe *p);

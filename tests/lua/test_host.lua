@@ -92,6 +92,47 @@ T.case("pipes: a stage can be used once; kinds are checked", function()
   T.match(err.message, "unknown option 'bufer_size'")
 end)
 
+T.case("pipe.start and spools: a pipe runs in the background into memory; a later pipe reads it", function()
+  local data = ("0123456789abcdef"):rep(50000) -- 800,000 bytes, many buffers
+  local sp = pipe.spool{limit = #data}
+  local err = T.raises(sp.source, sp)
+  T.match(err.message, "not complete")
+  local running = pipe.start{pipe.string(data), pipe.count{label = "n"}, sp:sink(), buffer_size = 4096}
+  local r = running:wait()
+  T.eq(r.n.bytes, #data)
+  T.eq(r.spool.bytes, #data)
+  T.eq(sp:bytes(), #data)
+  err = T.raises(running.wait, running)
+  T.match(err.message, "already waited")
+  err = T.raises(sp.sink, sp)
+  T.match(err.message, "one sink")
+  -- read twice: a source does not consume the spool
+  for _ = 1, 2 do
+    local out = pipe.run{sp:source(), pipe.buffer{limit = #data}}
+    T.eq(out.buffer.data == data, true, "the same bytes")
+  end
+end)
+
+T.case("pipe.start: errors come out of wait(); a spool over its limit fails; stop ends a pipe", function()
+  local running = pipe.start{pipe.string(("x"):rep(11)), pipe.spool{limit = 10}:sink()}
+  local err = T.raises(running.wait, running)
+  T.eq(err.code, "io.memory_full")
+  -- a pipe stopped mid-way: its sink aborts (no file) and stop returns once its threads ended
+  local dir = T.tmpdir()
+  local slow = pipe.start{pipe.command{argv = {"sh", "-c", "echo start; sleep 30"}}, pipe.file_sink(dir .. "/out")}
+  local t0 = time.monotonic()
+  slow:stop()
+  T.ok(time.monotonic() - t0 < 20, "stop does not wait for the command to end")
+  T.eq(proc.run{argv = {"ls", "-A", dir}}.stdout, "", "nothing left behind")
+  err = T.raises(slow.wait, slow)
+  T.match(err.message, "already waited for or stopped")
+  -- bad options and stages are usage errors before anything starts
+  err = T.raises(pipe.start, {pipe.string("x"), pipe.buffer(), progress = true})
+  T.match(err.message, "unknown option 'progress'")
+  err = T.raises(pipe.spool, {limit = 0})
+  T.match(err.message, "limit must be > 0")
+end)
+
 T.case("pipes: a failing command leaves no output file", function()
   local dir = T.tmpdir()
   local err = T.raises(pipe.run, {pipe.command{argv = {"sh", "-c", "echo data; exit 4"}},
