@@ -13,7 +13,10 @@
 #   replay           restore-from-s3 --to latest's replay (download, decrypt, gunzip, apply) of
 #                    every segment, against `psql -f` of the same SQL (the segments decrypted and
 #                    concatenated beforehand, so psql gets the easier job) onto the same base;
-#                    ratio = psql time / our time, target: at least 5x
+#                    ratio = psql time / our time, target: at least 5x; measured twice: on the
+#                    sandbox's server (fsync and synchronous_commit off for test speed) and on a
+#                    stock server started for the purpose (initdb's defaults), the kind a restore
+#                    after a complete loss writes to
 # Both replays end in the same database (checked with table digests).
 set -eu
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -26,8 +29,11 @@ chmod 755 "$WORK"
 # BENCH_SANDBOX=STATE uses a running sandbox instead of starting one (its own objects and slot)
 STATE=${BENCH_SANDBOX:-$WORK/sandbox}
 ARCH_PID=
+STOCK_UP=
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
     [ -n "$ARCH_PID" ] && kill "$ARCH_PID" 2>/dev/null || true
+    [ -n "$STOCK_UP" ] && as_pg "$PGBIN/pg_ctl" -D "$STOCK_UP/data" -m immediate stop >/dev/null 2>&1 || true
     [ -n "${CHANGES_SLOT:-}" ] && [ -n "${BENCH_SANDBOX:-}" ] &&
         psql -X -q -d postgres -c "SELECT pg_drop_replication_slot('$CHANGES_SLOT')" >/dev/null 2>&1 || true
     [ -z "${BENCH_SANDBOX:-}" ] && "$ROOT/tests/sandbox/sandbox.sh" stop "$STATE" >/dev/null 2>&1 || true
@@ -42,7 +48,8 @@ BASE=${SANDBOX_PG_ADMIN_URL%/postgres}
 export CHANGES_DATABASE_URL=$BASE/bench_src DATABASE_URL=$BASE/bench_src ARCHIVE_INTERVAL=2
 RUN=$(date +%s)
 export CHANGES_PREFIX=bench-changes-$RUN/ EXPORT_PREFIX=bench-changes-$RUN/database/ CHANGES_SLOT=bench_changes_$RUN
-PGBENCH=${SANDBOX_PG_BIN:-/usr/lib/postgresql/15/bin}/pgbench
+PGBIN=${SANDBOX_PG_BIN:-/usr/lib/postgresql/15/bin}
+PGBENCH=$PGBIN/pgbench
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 newdb() { psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
@@ -125,39 +132,53 @@ BASEKEY=$(cat "$WORK/base")
 
 now() { date +%s.%N; }
 
-# psql -f onto the base
-newdb bench_psql
-RESTORE_TARGET_URL=$BASE/bench_psql "$BIN" run restore-from-s3 - "$BASEKEY" >/dev/null 2>&1
-t0=$(now)
-psql -X -q -v ON_ERROR_STOP=1 -d bench_psql -f "$WORK/all.sql" >/dev/null
-t1=$(now)
-PSQL_S=$(echo "$t1 - $t0" | bc)
-
-# ours: restore-from-s3 --to latest; its replay step's time
-newdb bench_ours
-RESTORE_TARGET_URL=$BASE/bench_ours "$BIN" run restore-from-s3 --to latest - --json >"$WORK/ours.json" 2>"$WORK/ours.log"
-OURS_S=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["result"]; print("%.3f" % r["replay_seconds"])' "$WORK/ours.json")
-
-# same result
-same=yes
-for t in items events; do
-    a=$("$BIN" -e "local db = require('pgdump').connect('$BASE/bench_psql'); return db:table_digest('$t').set_sha256")
-    b=$("$BIN" -e "local db = require('pgdump').connect('$BASE/bench_ours'); return db:table_digest('$t').set_sha256")
-    [ "$a" = "$b" ] || same=no
-done
+# compare BASE_URL LABEL: psql -f and restore-from-s3 --to latest, each onto a new database
+# holding the base, on the server of BASE_URL (PGPORT set for it); sets PSQL_S, OURS_S, SAME
+compare() {
+    newdb bench_psql
+    RESTORE_TARGET_URL=$1/bench_psql "$BIN" run restore-from-s3 - "$BASEKEY" >/dev/null 2>&1
+    t0=$(now)
+    psql -X -q -v ON_ERROR_STOP=1 -d bench_psql -f "$WORK/all.sql" >/dev/null
+    t1=$(now)
+    PSQL_S=$(echo "$t1 - $t0" | bc)
+    newdb bench_ours
+    RESTORE_TARGET_URL=$1/bench_ours "$BIN" run restore-from-s3 --to latest - --json >"$WORK/ours.json" 2>"$WORK/ours.log"
+    OURS_S=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["result"]; print("%.3f" % r["replay_seconds"])' "$WORK/ours.json")
+    SAME=yes
+    for t in items events; do
+        a=$("$BIN" -e "local db = require('pgdump').connect('$1/bench_psql'); return db:table_digest('$t').set_sha256")
+        b=$("$BIN" -e "local db = require('pgdump').connect('$1/bench_ours'); return db:table_digest('$t').set_sha256")
+        [ "$a" = "$b" ] || SAME=no
+    done
+    RATIO=$(echo "scale=2; $PSQL_S / $OURS_S" | bc)
+    echo "replay ($2): psql -f ${PSQL_S} s, restore-from-s3 replay ${OURS_S} s (with download and decryption): ${RATIO}x (target >= 5x); same result: $SAME"
+}
 
 CPU_MS=$(echo "scale=1; ($CPU1 - $CPU0) * 1000 / $(getconf CLK_TCK)" | bc)
 PER1K=$(echo "scale=2; $CPU_MS * 1000 / $NCHANGES" | bc)
 RPO_MAX=$(sort -n "$WORK/rpo" | grep -v '^$' | tail -1)
 RPO_MED=$(sort -n "$WORK/rpo" | grep -v '^$' | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-RATIO=$(echo "scale=2; $PSQL_S / $OURS_S" | bc)
 echo "load: $TX transactions in ${SECS} s (pgbench, 2 clients), $NCHANGES row changes in $NSEG segments"
 echo "RPO under load (ARCHIVE_INTERVAL=2): max ${RPO_MAX} s, median ${RPO_MED} s over $(grep -c . "$WORK/rpo") samples (target < 5 s)"
 echo "archiver CPU: ${CPU_MS} ms for $NCHANGES row changes = ${PER1K} ms per 1,000"
-echo "replay: psql -f ${PSQL_S} s, restore-from-s3 replay ${OURS_S} s (with download and decryption): ${RATIO}x (target >= 5x); same result: $same"
-echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 rc=0
-[ "$same" = yes ] || rc=1
+compare "$BASE" "the sandbox's server: fsync and synchronous_commit off"
+[ "$SAME" = yes ] || rc=1
 [ "$(echo "$RATIO >= 5" | bc)" = 1 ] || rc=1
+# The same on a stock server (initdb's defaults: fsync and synchronous_commit on), which is what
+# a restore after a complete loss writes to; the sandbox turns durability off for test speed.
+STOCK=$WORK/stock
+mkdir -p "$STOCK"
+[ "$(id -u)" -eq 0 ] && chown postgres: "$STOCK"
+SPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg "$PGBIN/initdb" -D "$STOCK/data" -U postgres -A trust >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$STOCK/data" -l "$STOCK/log" -w -o "-p $SPORT -k $STOCK -c listen_addresses=127.0.0.1" start >/dev/null
+STOCK_UP=$STOCK
+(
+    export PGPORT=$SPORT
+    compare "postgresql://postgres@127.0.0.1:$SPORT" "a stock server: fsync and synchronous_commit on"
+    [ "$SAME" = yes ]
+) || rc=1
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$(echo "$RPO_MAX < 5" | bc)" = 1 ] || rc=1
 exit $rc

@@ -9,6 +9,8 @@ local job = require "clubio.job"
 local M = {}
 
 local BASE_MARGIN = lib.BASE_MARGIN
+-- segments up to this size (their SQL) are fetched into memory one ahead of the replay
+local PREFETCH_MAX = 256 * 1024 * 1024
 
 -- Creates the roles (no password, NOLOGIN) that the target server does not have.
 function M.create_roles(target, roles)
@@ -115,14 +117,43 @@ function M.run(o)
     plan = string.format("transactions committed at or before %s, not in the base", to_text or "the last archived one"),
     hint = "the target holds the base and every segment before the failing one: drop it and restore again",
   }, function()
+    -- The next segment is fetched, checked and decrypted into memory (a spool, held in C) while
+    -- this one is applied, so that its download, the PBKDF2 of its decryption and its pipe's
+    -- start-up overlap the database's work. A segment larger than PREFETCH_MAX streams as before.
+    local function fetch_stages(m, sink)
+      return {c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.sha256{label = "stored"},
+              crypto.decrypt{}, crypto.gunzip{}, sink}
+    end
+    local function prefetch(m)
+      local bytes = m and m.plain and m.plain.bytes
+      if not bytes or bytes > PREFETCH_MAX then return nil end
+      local sp = pipe.spool{limit = math.max(bytes, 1)}
+      return {spool = sp, run = pipe.start(fetch_stages(m, sp:sink()))}
+    end
+    local ahead
+    local _ <close> = setmetatable({}, {__close = function() if ahead then ahead.run:stop() end end})
+    ahead = prefetch(segs[1])
     local ddl -- the latest schema change replayed so far: past it, the base lacks the new schema
-    for _, m in ipairs(segs) do
+    for i, m in ipairs(segs) do
       if m.schema_change and time.parse(m.last_time) > base.time then ddl = m end
-      local ok, r = pcall(pipe.run, {c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.sha256{label = "stored"},
-                         crypto.decrypt{}, crypto.gunzip{},
-                         rp:sink{stop_time = stop_text,
-                                 base_snapshot = bm.changes.snapshot_xids, base_lsn = bm.changes.consistent_lsn,
-                                 expect_sha256 = m.plain.sha256, label = "replay"}})
+      local cur = ahead
+      ahead = nil
+      local ok, r = pcall(function()
+        local sink = function()
+          return rp:sink{stop_time = stop_text, base_snapshot = bm.changes.snapshot_xids,
+                         base_lsn = bm.changes.consistent_lsn, expect_sha256 = m.plain.sha256, label = "replay"}
+        end
+        if not cur then
+          ahead = prefetch(segs[i + 1])
+          return pipe.run(fetch_stages(m, sink()))
+        end
+        local sp <close> = cur.spool
+        local fetched = cur.run:wait()
+        ahead = prefetch(segs[i + 1])
+        local applied = pipe.run{sp:source(), sink()}
+        applied.stored = fetched.stored
+        return applied
+      end)
       if not ok then
         if ddl and type(r) == "table" and r.class == "failure" then
           r.hint = string.format("the schema of %s changed at %s, after base %s was taken; choose a point before that, or after the next base export",
