@@ -145,7 +145,7 @@ T.case("the restore's digests: read over parallel connections, as table_digest r
              INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
              INSERT INTO "Odd ""name""" VALUES (1, 'one'), (2, NULL);]])
   local names = {"public.big", 'public."Odd ""name"""', "s.small", "public.gone", '"no such".t'}
-  local got = require("clubio.dr_complete_loss")._restored_digests(url, names)
+  local got = require("clubio.dr_complete_loss")._restored_digests(db, url, names)
   for _, t in ipairs{"public.big", 'public."Odd ""name"""', "s.small"} do
     local want = db:table_digest(t)
     T.eq(got[t].rows, want.rows, t)
@@ -156,9 +156,9 @@ T.case("the restore's digests: read over parallel connections, as table_digest r
   T.eq(got["public.gone"].missing, true)
   T.eq(got['"no such".t'].missing, true)
   -- one connection or more than there are tables: the same answer
-  T.eq(require("clubio.dr_complete_loss")._restored_digests(url, names, 1)["public.big"].set_sha256, got["public.big"].set_sha256)
-  T.eq(require("clubio.dr_complete_loss")._restored_digests(url, names, 8)['public."Odd ""name"""'].rows, 2)
-  T.eq(require("clubio.dr_complete_loss")._restored_digests(url, {"public.gone"}, 2)["public.gone"].missing, true)
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, names, 1)["public.big"].set_sha256, got["public.big"].set_sha256)
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, names, 8)['public."Odd ""name"""'].rows, 2)
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, {"public.gone"}, 2)["public.gone"].missing, true)
   db:close()
   admin:query("DROP DATABASE " .. db_name)
 end)

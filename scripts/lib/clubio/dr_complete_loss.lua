@@ -92,19 +92,15 @@ end
 
 -- The same for a database nobody writes to (the restore), so no snapshot is needed: the tables
 -- are read over RESTORE_JOBS connections at once (pgdump.table_digests, in C; as restore-from-s3
--- reads its restore back), the largest first so that the connections finish together. A table
--- the database does not have is reported missing.
-local function restored_digests(url, tables, jobs)
-  local out, quoted = {}, {}
+-- reads its restore back), the largest first so that the connections finish together. db is a
+-- connection to url (it finds which tables exist); a table the database lacks is reported missing.
+local function restored_digests(db, url, tables, jobs)
+  local out, quoted, names = {}, {}, {}
   for _, t in ipairs(tables) do quoted[#quoted + 1] = '"' .. t:gsub('[\\"]', '\\%0') .. '"' end
-  local names = {}
-  do
-    local db <close> = pgdump.connect(url)
-    for _, row in ipairs(db:query([[
-        SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL
-        ORDER BY pg_catalog.pg_table_size(pg_catalog.to_regclass(n)) DESC, n]], {"{" .. table.concat(quoted, ",") .. "}"})) do
-      names[#names + 1] = row.n
-    end
+  for _, row in ipairs(db:query([[
+      SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL
+      ORDER BY pg_catalog.pg_table_size(pg_catalog.to_regclass(n)) DESC, n]], {"{" .. table.concat(quoted, ",") .. "}"})) do
+    names[#names + 1] = row.n
   end
   local d = pgdump.table_digests(url, names, {jobs = jobs or tonumber(env.get("RESTORE_JOBS", "2"))})
   for _, t in ipairs(tables) do
@@ -462,7 +458,7 @@ function M.run(o)
         report.checks = results
         if bad > 0 then problems[#problems + 1] = string.format("%d of %d application checks failed on the restore", bad, #results) end
       end
-      after = restored_digests(target, tables)
+      after = restored_digests(db, target, tables)
       if #problems > 0 then fail(table.concat(problems, "; "), "the report lists what differs", "verify", "dr.complete_loss") end
       return {summary = string.format("%d tables digested%s%s", #tables,
                                       marker and (report.marker.restored and "; the marker is in" or "; the marker is not in (committed after the restore's point)") or "",
