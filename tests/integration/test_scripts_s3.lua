@@ -104,6 +104,8 @@ T.case("restore-from-s3: a target that alters the rows it loads fails the read-b
   -- the rows were loaded (all of them) but not as archived: the count check alone would pass
   T.eq(db:query("SELECT count(*) AS n FROM orders")[1].n, "3000")
   T.eq(db:query("SELECT count(*) AS n FROM pg_catalog.pg_trigger WHERE tgname = 'touch'")[1].n, "3")
+  db:close()
+  admin:query("DROP DATABASE scripts_dst3")
 end)
 
 T.case("verify.compare_restored: a restored table altered afterwards is caught", function()
