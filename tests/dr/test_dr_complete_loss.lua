@@ -13,7 +13,8 @@
 --     source is strict and passes, and the kept database equals the source (checked here too);
 --   - an existing empty database (DR_TEST_RESTORE_URL) is restored into and kept; a non-empty one
 --     is refused;
---   - a failing application check fails the rehearsal, and the scratch database is still dropped.
+--   - a failing application check fails the rehearsal, and the scratch database is still dropped;
+--   - the restore's digests (parallel connections) equal table_digest's, a missing table is missing.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. os.getenv("CLUBIO_DR_TEST_DIR") .. "/scripts/?.lua;" .. package.path
 local T = require "testing"
 local U = require "scriptutil"
@@ -133,6 +134,35 @@ T.case("usage and configuration errors change nothing", function()
   T.eq(m:query("SELECT to_regclass('public.clubio_dr_marker') IS NULL AS n", nil, {typed = true})[1].n, true, "no marker table")
 end)
 
+T.case("the restore's digests: read over parallel connections, as table_digest reads them; a missing table is missing", function()
+  local db_name = "drl_dig_" .. TAG
+  admin:query("CREATE DATABASE " .. db_name)
+  local url = base_url .. db_name
+  local db <close> = pgdump.connect(url)
+  db:query([[CREATE TABLE big (id int PRIMARY KEY, v text);
+             CREATE TABLE "Odd ""name""" (id int, "a b" text);
+             CREATE SCHEMA s; CREATE TABLE s.small (x int);
+             INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
+             INSERT INTO "Odd ""name""" VALUES (1, 'one'), (2, NULL);]])
+  local names = {"public.big", 'public."Odd ""name"""', "s.small", "public.gone", '"no such".t'}
+  local got = require("clubio.dr_complete_loss")._restored_digests(db, url, names)
+  for _, t in ipairs{"public.big", 'public."Odd ""name"""', "s.small"} do
+    local want = db:table_digest(t)
+    T.eq(got[t].rows, want.rows, t)
+    T.eq(got[t].set_sha256, want.set_sha256, t)
+    T.eq(got[t].missing, nil, t)
+  end
+  T.eq(got["public.big"].rows, 5000)
+  T.eq(got["public.gone"].missing, true)
+  T.eq(got['"no such".t'].missing, true)
+  -- one connection or more than there are tables: the same answer
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, names, 1)["public.big"].set_sha256, got["public.big"].set_sha256)
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, names, 8)['public."Odd ""name"""'].rows, 2)
+  T.eq(require("clubio.dr_complete_loss")._restored_digests(db, url, {"public.gone"}, 2)["public.gone"].missing, true)
+  db:close()
+  admin:query("DROP DATABASE " .. db_name)
+end)
+
 T.case("no archiver (no slot): fails before the loss, no scratch database", function()
   local r = run{"dr-test", "--scenario", "complete-loss"}
   T.eq(r.status, 4, r.all)
@@ -187,7 +217,9 @@ T.case("under a write load, --marker: passes from S3 alone; the RPO agrees with 
   end
   T.eq(bases, 2, "the first base and the marker table's")
   local md = read(rep.report.markdown)
-  if os.getenv("SHOW_REPORT") then io.stderr:write(md, "\n", r.stderr, "\n") end
+  if os.getenv("SHOW_REPORT") then
+    io.stderr:write(md, "\n", r.stderr, "\n", string.format("check the restore: %.3f s\n", m.check_seconds))
+  end
   T.match(md, "Result: %*%*PASSED%*%*")
   T.match(md, "| RTO %(loss to a checked database: create, restore, check%) | 8 hours | [%d.]+ s | met |")
   T.match(md, "| RPO %(source's last commit to the restore's last commit; the marker's commit%) | 24 hours | [%d.]+ s | met |")

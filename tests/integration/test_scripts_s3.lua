@@ -1,7 +1,7 @@
 -- The export scripts end to end on the sandbox (PostgreSQL, the S3 peer): demo-data,
 -- export-database, verify-export, restore-from-s3 into a scratch database, and the failure
--- paths a user meets — a missing variable, a wrong passphrase, a non-empty target, an archive
--- without a manifest, S3 unreachable.
+-- paths a user meets — a missing variable, a wrong passphrase, a non-empty target, a target that
+-- alters the rows it loads, an archive without a manifest, S3 unreachable.
 package.path = os.getenv("CLUBIO_DR_TEST_DIR") .. "/lua/?.lua;" .. package.path
 local T = require "testing"
 local proc, env, cjson, pgdump, s3 = require "proc", require "env", require "cjson", require "pgdump", require "s3"
@@ -67,6 +67,45 @@ T.case("restore-from-s3: into an empty database, checked against the manifest", 
   for _, t in ipairs{"users", "orders", "transactions"} do
     T.eq(db:table_digest(t).set_sha256, src:table_digest(t).set_sha256, t)
   end
+end)
+
+T.case("restore-from-s3: a target that alters the rows it loads fails the read-back check (exit 4)", function()
+  -- A realistic way for a restore to load other rows than the archive holds while the archive
+  -- passes its own SHA-256: the target's server rewrites them on the way in. Here, as some
+  -- platforms do, an event trigger gives every new table with an updated_at column a "touch
+  -- updated_at" row trigger; its functions live in pg_catalog, which the restore's emptiness
+  -- check rightly ignores, so the target counts as empty. The stream is intact and the COPY
+  -- succeeds; only reading the tables back and comparing them with the set digests of what was
+  -- sent (manifest.stored: the restore sink computes them, no scan) can tell.
+  local verify, bucket = require "verify", env.get("BACKUP_S3_BUCKET")
+  local m = assert(verify.check_manifest(s3.client{}:get(bucket, key .. verify.MANIFEST_SUFFIX)))
+  T.ok(m.stored and m.stored.sha256, "the manifest records the stored SHA-256: the restore takes the set-digest path")
+  admin:query("DROP DATABASE IF EXISTS scripts_dst3")
+  admin:query("CREATE DATABASE scripts_dst3")
+  local db <close> = pgdump.connect(url("scripts_dst3"))
+  db:query([[CREATE FUNCTION pg_catalog.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN NEW.updated_at := pg_catalog.now(); RETURN NEW; END $$]])
+  db:query([[CREATE FUNCTION pg_catalog.add_touch_trigger() RETURNS event_trigger LANGUAGE plpgsql AS $$
+    DECLARE r record;
+    BEGIN
+      FOR r IN SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+               WHERE c.command_tag = 'CREATE TABLE' AND c.object_type = 'table' AND EXISTS (
+                 SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.objid AND a.attname = 'updated_at') LOOP
+        EXECUTE pg_catalog.format('CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+                                  'EXECUTE FUNCTION pg_catalog.touch_updated_at()', r.objid::pg_catalog.regclass);
+      END LOOP;
+    END $$]])
+  db:query("CREATE EVENT TRIGGER add_touch_trigger ON ddl_command_end WHEN TAG IN ('CREATE TABLE') " ..
+           "EXECUTE FUNCTION pg_catalog.add_touch_trigger()")
+  local r = run({"restore-from-s3", "-", key}, {RESTORE_TARGET_URL = url("scripts_dst3")})
+  T.eq(r.status, 4, r.stderr)
+  T.match(r.stderr, "public%.orders: the restored rows differ from the archive's")
+  T.no_match(r.stderr, "SHA%-256 differs", "the archive itself is intact")
+  -- the rows were loaded (all of them) but not as archived: the count check alone would pass
+  T.eq(db:query("SELECT count(*) AS n FROM orders")[1].n, "3000")
+  T.eq(db:query("SELECT count(*) AS n FROM pg_catalog.pg_trigger WHERE tgname = 'touch'")[1].n, "3")
+  db:close()
+  admin:query("DROP DATABASE scripts_dst3")
 end)
 
 T.case("verify.compare_restored: a restored table altered afterwards is caught", function()

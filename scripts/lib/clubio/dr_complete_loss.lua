@@ -75,8 +75,8 @@ local function user_tables(db)
   return out
 end
 
--- Every table's rows and order-independent digest, from one snapshot (a consistent picture of a
--- source that is being written to).
+-- Every table's rows and order-independent digest, from one snapshot on one connection (a
+-- consistent picture of a source that is being written to).
 local function digests(db, tables)
   local out = {}
   db:query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -89,6 +89,26 @@ local function digests(db, tables)
   db:query("COMMIT")
   return out
 end
+
+-- The same for a database nobody writes to (the restore), so no snapshot is needed: the tables
+-- are read over RESTORE_JOBS connections at once (pgdump.table_digests, in C; as restore-from-s3
+-- reads its restore back), the largest first so that the connections finish together. db is a
+-- connection to url (it finds which tables exist); a table the database lacks is reported missing.
+local function restored_digests(db, url, tables, jobs)
+  local out, quoted, names = {}, {}, {}
+  for _, t in ipairs(tables) do quoted[#quoted + 1] = '"' .. t:gsub('[\\"]', '\\%0') .. '"' end
+  for _, row in ipairs(db:query([[
+      SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL
+      ORDER BY pg_catalog.pg_table_size(pg_catalog.to_regclass(n)) DESC, n]], {"{" .. table.concat(quoted, ",") .. "}"})) do
+    names[#names + 1] = row.n
+  end
+  local d = pgdump.table_digests(url, names, {jobs = jobs or tonumber(env.get("RESTORE_JOBS", "2"))})
+  for _, t in ipairs(tables) do
+    out[t] = d[t] and {rows = d[t].rows, set_sha256 = d[t].set_sha256} or {missing = true}
+  end
+  return out
+end
+M._restored_digests = restored_digests
 
 local function same(a, b)
   return a and b and not a.missing and not b.missing and a.rows == b.rows and a.set_sha256 == b.set_sha256
@@ -438,7 +458,7 @@ function M.run(o)
         report.checks = results
         if bad > 0 then problems[#problems + 1] = string.format("%d of %d application checks failed on the restore", bad, #results) end
       end
-      after = digests(db, tables)
+      after = restored_digests(db, target, tables)
       if #problems > 0 then fail(table.concat(problems, "; "), "the report lists what differs", "verify", "dr.complete_loss") end
       return {summary = string.format("%d tables digested%s%s", #tables,
                                       marker and (report.marker.restored and "; the marker is in" or "; the marker is not in (committed after the restore's point)") or "",
