@@ -16,7 +16,8 @@
 #                    ratio = psql time / our time, target: at least 5x; measured twice: on the
 #                    sandbox's server (fsync and synchronous_commit off for test speed) and on a
 #                    stock server started for the purpose (initdb's defaults), the kind a restore
-#                    after a complete loss writes to
+#                    after a complete loss writes to; each RUNS (3) times in alternating order,
+#                    the median of the runs' ratios; "ours" is restore-from-s3's replay_seconds
 # Both replays end in the same database (checked with table digests).
 set -eu
 BIN=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
@@ -133,25 +134,40 @@ BASEKEY=$(cat "$WORK/base")
 now() { date +%s.%N; }
 
 # compare BASE_URL LABEL: psql -f and restore-from-s3 --to latest, each onto a new database
-# holding the base, on the server of BASE_URL (PGPORT set for it); sets PSQL_S, OURS_S, SAME
-compare() {
+# holding the base, on the server of BASE_URL (PGPORT set for it), RUNS times in alternating
+# order; prints each run's figures and the median ratio; sets RATIO and SAME
+RUNS=${RUNS:-3}
+psql_once() {
     newdb bench_psql
     RESTORE_TARGET_URL=$1/bench_psql "$BIN" run restore-from-s3 - "$BASEKEY" >/dev/null 2>&1
     t0=$(now)
     psql -X -q -v ON_ERROR_STOP=1 -d bench_psql -f "$WORK/all.sql" >/dev/null
     t1=$(now)
     PSQL_S=$(echo "$t1 - $t0" | bc)
+}
+ours_once() {
     newdb bench_ours
     RESTORE_TARGET_URL=$1/bench_ours "$BIN" run restore-from-s3 --to latest - --json >"$WORK/ours.json" 2>"$WORK/ours.log"
     OURS_S=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["result"]; print("%.3f" % r["replay_seconds"])' "$WORK/ours.json")
+}
+compare() {
+    : >"$WORK/ratios"
+    runs=""
+    i=0
+    while [ $i -lt "$RUNS" ]; do
+        if [ $((i % 2)) = 0 ]; then psql_once "$1"; ours_once "$1"; else ours_once "$1"; psql_once "$1"; fi
+        echo "scale=2; $PSQL_S / $OURS_S" | bc >>"$WORK/ratios"
+        runs="$runs ${PSQL_S}/${OURS_S}"
+        i=$((i + 1))
+    done
     SAME=yes
     for t in items events; do
         a=$("$BIN" -e "local db = require('pgdump').connect('$1/bench_psql'); return db:table_digest('$t').set_sha256")
         b=$("$BIN" -e "local db = require('pgdump').connect('$1/bench_ours'); return db:table_digest('$t').set_sha256")
         [ "$a" = "$b" ] || SAME=no
     done
-    RATIO=$(echo "scale=2; $PSQL_S / $OURS_S" | bc)
-    echo "replay ($2): psql -f ${PSQL_S} s, restore-from-s3 replay ${OURS_S} s (with download and decryption): ${RATIO}x (target >= 5x); same result: $SAME"
+    RATIO=$(sort -n "$WORK/ratios" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    echo "replay ($2): median ${RATIO}x (target >= 5x) over $RUNS runs [psql -f s / ours s:$runs]; same result: $SAME"
 }
 
 CPU_MS=$(echo "scale=1; ($CPU1 - $CPU0) * 1000 / $(getconf CLK_TCK)" | bc)
