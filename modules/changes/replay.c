@@ -205,7 +205,7 @@ static int pl_sync(Rp *p, RtError *err)
             PQclear(res);
             break;
         }
-        if (st == PGRES_FATAL_ERROR && rc == RT_OK) {
+        if (st == PGRES_FATAL_ERROR && rc == RT_OK && !w.cancelled) {
             int n = at < p->pending ? p->pend_prep[at] : -1;
             const char *shape = NULL;
             if (n >= 0 && p->r->prep)
@@ -225,6 +225,10 @@ static int pl_sync(Rp *p, RtError *err)
     }
     p->pending = 0;
     p->pending_bytes = 0;
+    if (w.cancelled) { /* the server's "canceling statement" is our cancel, not its failure */
+        p->r->prep_dirty = true;
+        return rt_cancel_error(err);
+    }
     return rc;
 }
 

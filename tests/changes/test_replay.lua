@@ -148,4 +148,31 @@ T.case("a failing statement mid-pipeline: nothing of the segment, its shape name
   T.eq(c:query("SELECT v FROM bulk WHERE id = 9002")[1].v, "after the failure", "its insert")
 end)
 
+T.case("SIGTERM in the middle of a segment's pipeline: exit 130 soon, nothing of it committed", function()
+  -- one transaction of 300,000 updates: seconds of server work, mostly inside pipeline syncs
+  local lines = {}
+  for _ = 1, 300000 do lines[#lines + 1] = "UPDATE public.wide SET v = 'cancelled run' WHERE id = '1';" end
+  T.write(dir .. "/big.sql", segment{txn(lines)})
+  T.write(dir .. "/apply.lua", string.format([[
+    local pipe, changes = require "pipe", require "changes"
+    local rp <close> = changes.replayer{url = %q}
+    local f = assert(io.open(%q, "w")); f:close()
+    pipe.run{pipe.file(%q), rp:sink{}}
+  ]], base_url .. A, dir .. "/started", dir .. "/big.sql"))
+  local child <close> = proc.spawn{argv = {env.get("CLUBIO_DR_BIN"), "run", dir .. "/apply.lua"}}
+  T.wait_until("the replay to start", function() return io.open(dir .. "/started") ~= nil end)
+  local time = require "time"
+  time.sleep(0.7)
+  T.eq(child:poll(), nil, "still replaying when signalled")
+  local t0 = time.monotonic()
+  child:kill(15)
+  local status = child:wait(60)
+  print(string.format("exited %.2f s after SIGTERM", time.monotonic() - t0))
+  T.eq(status, 130, "the cancel's exit status")
+  local c <close> = pgdump.connect(base_url .. A)
+  T.eq(c:query("SELECT v FROM wide WHERE id = 1")[1].v, "shape 4200", "the segment was not committed")
+  T.eq(c:query("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()", {A})[1].n,
+       "0", "no statement left running on the server")
+end)
+
 os.exit(T.finish())
