@@ -162,6 +162,25 @@ static void cancel_hook(lua_State *L, lua_Debug *ar)
     rt_lua_raise(L, &err);
 }
 
+/* clubio.shielded(fn, ...): fn(...) with the cancel hook off, for cleanup that must run to its
+ * end after a signal (stop a child, record the outcome, release a lock); its waits must be
+ * cancellable in C (time.sleep, child:wait). Returns fn's results or raises its error; a cancel
+ * that came meanwhile is raised at the first instruction after it. */
+int rt_host_shielded(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_Hook hook = lua_gethook(L);
+    int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+    lua_sethook(L, NULL, 0, 0);
+    int rc = lua_pcall(L, lua_gettop(L) - 1, LUA_MULTRET, 0);
+    if (hook == cancel_hook && rt_cancelled())
+        lua_sethook(L, cancel_hook, LUA_MASKCOUNT, 1);
+    else
+        lua_sethook(L, hook, mask, count);
+    if (rc != LUA_OK) return lua_error(L);
+    return lua_gettop(L);
+}
+
 /* ---- errors ----------------------------------------------------------------------------- */
 
 static int error_tostring(lua_State *L)

@@ -32,6 +32,8 @@ void rt_lua_stage_set(RtLuaStage *s, void *obj, const char *name);
 void rt_host_set_error_mt(lua_State *L, int idx);
 
 lua_State *rt_host_new(void);
+/* clubio.shielded(fn, ...): fn with the cancel hook off (see host.c). */
+int rt_host_shielded(lua_State *L);
 /* Runs a script file with arguments; returns the process exit status. */
 int rt_host_run_script(lua_State *L, const char *path, int argc, char **argv);
 /* Runs a chunk and prints its results; returns the exit status. */

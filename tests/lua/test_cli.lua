@@ -141,6 +141,29 @@ T.case("SIGTERM cancels cleanly with exit 130", function()
   T.match(r.stderr, "cancelled")
 end)
 
+T.case("clubio.shielded: cleanup runs to its end after a signal; the cancel comes right after it", function()
+  local dir = T.tmpdir()
+  local path = script(string.format([[
+    local clubio, time = require "clubio", require "time"
+    clubio.shielded(function()
+      io.open(%q, "w"):close()
+      local t0 = time.monotonic()
+      while time.monotonic() - t0 < 1.0 do end -- Lua instructions: the cancel hook would raise here
+      io.open(%q, "w"):close()
+    end)
+    print("after the shield")]], dir .. "/started", dir .. "/done"))
+  local r = proc.run{argv = {"sh", "-c", '"$0" run "$1" & pid=$!; while [ ! -e "$2" ]; do sleep 0.01; done; kill -TERM $pid; wait $pid',
+                             BIN, path, dir .. "/started"}}
+  T.eq(r.status, 130, r.stderr)
+  T.ok(io.open(dir .. "/done") ~= nil, "the shielded function ran to its end")
+  T.no_match(r.stdout, "after the shield", "the cancel was raised as soon as the shield ended")
+  -- errors pass through; results come back
+  local ok, err = pcall(require("clubio").shielded, function() error({code = "x.y"}) end)
+  T.eq(ok, false)
+  T.eq(err.code, "x.y")
+  T.eq(select("#", require("clubio").shielded(function() return 1, nil, 3 end)), 3)
+end)
+
 T.case("list shows scripts with description and schedule; CLUBIO_DR_PATH overrides", function()
   local dir = T.tmpdir()
   local f = assert(io.open(dir .. "/site-check.lua", "w"))

@@ -87,11 +87,9 @@ function M.supervise(job, opts)
   local exits, recent, delay, alerted = 0, {}, job.restart_delay, false
   -- The host's cancel hook raises within a count of Lua instructions after a signal, wherever
   -- the code has got to. Here every wait is cancellable in C (child:wait, time.sleep), and the
-  -- stop path (stop the script, record "stopped", let the lock go) must run to its end: the hook
-  -- is off while we hold the lock.
-  local hook, mask, count = debug.gethook()
-  debug.sethook()
-  local pok, perr = pcall(function()
+  -- stop path (stop the script, record "stopped", let the lock go) must run to its end: it runs
+  -- shielded from the hook while we hold the lock (a cancel is raised once it is done).
+  local function loop()
     L.close_dead_runs(job.lock)
     while true do
       local started = time.now()
@@ -171,10 +169,12 @@ function M.supervise(job, opts)
       if not nap_until(delay, stopping) then return end
       delay = math.min(delay * 2, job.restart_max_delay)
     end
+  end
+  clubio.shielded(function()
+    local ok, err = pcall(loop)
+    lock:release()
+    if not ok then error(err, 0) end
   end)
-  lock:release()
-  if not clubio.cancelled() then debug.sethook(hook, mask, count) end
-  if not pok then error(perr, 0) end
   return exits
 end
 
