@@ -743,12 +743,15 @@ static int l_clubio_exit_error(lua_State *L)
 
 int luaopen_clubio(lua_State *L)
 {
-    static const luaL_Reg f[] = {
-        {"error", l_clubio_error},           {"fail", l_clubio_fail},
-        {"is_error", l_clubio_is_error},     {"cancelled", l_clubio_cancelled},
-        {"confirm", l_clubio_confirm},       {"hostname", l_clubio_hostname},
-        {"exit_error", l_clubio_exit_error}, {"shielded", rt_host_shielded},
-        {NULL, NULL}};
+    static const luaL_Reg f[] = {{"error", l_clubio_error},
+                                 {"fail", l_clubio_fail},
+                                 {"is_error", l_clubio_is_error},
+                                 {"cancelled", l_clubio_cancelled},
+                                 {"confirm", l_clubio_confirm},
+                                 {"hostname", l_clubio_hostname},
+                                 {"exit_error", l_clubio_exit_error},
+                                 {"shielded", rt_host_shielded},
+                                 {NULL, NULL}};
     luaL_newlib(L, f);
     lua_pushliteral(L, CLUBIO_DR_VERSION);
     lua_setfield(L, -2, "version");
