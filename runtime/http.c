@@ -3,6 +3,7 @@
  * capture and cancellation. See http.h for the contract.
  */
 #include "http.h"
+#include "sbuf.h"
 
 #include "io/cancel.h"
 #include "log.h"
@@ -77,8 +78,7 @@ const char *rt_http_header(const RtHttpResponse *r, const char *name)
 typedef struct Xfer {
     const RtHttpRequest *req;
     RtHttpResponse *resp;
-    size_t cap;
-    size_t alloc;
+    SBuf body; /* the captured body, capped at the request's max_body (handed to resp) */
     bool oom;
     bool callback_stopped;
     bool cancelled;
@@ -151,25 +151,10 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
         }
         return len;
     }
-    RtHttpResponse *r = x->resp;
-    size_t room = x->cap > r->body_len ? x->cap - r->body_len : 0;
-    size_t take = len < room ? len : room;
-    if (take < len) r->body_truncated = true;
-    if (take) {
-        if (r->body_len + take + 1 > x->alloc) {
-            size_t na = x->alloc ? x->alloc * 2 : 4096;
-            while (na < r->body_len + take + 1) na *= 2;
-            uint8_t *nb = realloc(r->body, na);
-            if (!nb) {
-                x->oom = true;
-                return 0;
-            }
-            r->body = nb;
-            x->alloc = na;
-        }
-        memcpy(r->body + r->body_len, data, take);
-        r->body_len += take;
-        r->body[r->body_len] = 0;
+    sb_addn(&x->body, data, len);
+    if (x->body.oom) {
+        x->oom = true;
+        return 0;
     }
     return len;
 }
@@ -240,8 +225,9 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
     CURL *c = h->curl;
     curl_easy_reset(c);
     h->errbuf[0] = 0;
-    BodyCtx bc = {.x = {.req = req, .resp = resp, .cap = req->max_body ? req->max_body : 1 << 20},
-                  .curl = c};
+    BodyCtx bc = {
+        .x = {.req = req, .resp = resp, .body = {.limit = req->max_body ? req->max_body : 1 << 20}},
+        .curl = c};
     ReadCtx rc = {.p = req->body, .left = req->body_len};
     struct curl_slist *hl = NULL;
     bool oom = false;
@@ -306,6 +292,9 @@ int rt_http_do(RtHttp *h, const RtHttpRequest *req, RtHttpResponse *resp, const 
 
     double t0 = rt_monotonic();
     CURLcode rc_ = curl_easy_perform(c);
+    resp->body = (uint8_t *)bc.x.body.p; /* the response owns it now */
+    resp->body_len = bc.x.body.len;
+    resp->body_truncated = bc.x.body.truncated;
     resp->seconds = rt_monotonic() - t0;
     curl_slist_free_all(hl);
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);

@@ -103,4 +103,15 @@ T.case("http.request: a JSON POST and its echo, and a refused connection as a re
   T.match(tostring(e), "not an http")
 end)
 
+T.case("http.request: the captured body is capped at max_body, and says it was cut", function()
+  local full = http.request{url = STUB .. "/_stub/requests"}
+  T.ok(#full.body > 20, "a body longer than the cap")
+  T.eq(full.truncated, false)
+  local cut = http.request{url = STUB .. "/_stub/requests", max_body = 20}
+  T.eq(cut.status, 200)
+  T.eq(#cut.body, 20)
+  T.eq(cut.body, full.body:sub(1, 20), "the body's first bytes")
+  T.eq(cut.truncated, true)
+end)
+
 os.exit(T.finish())
