@@ -73,14 +73,7 @@ local function load(n)
 end
 
 local TABLES = {"public.items", "public.kv", "public.full_t", "public.scratch"}
-local function state(db)
-  local s = {}
-  for _, t in ipairs(TABLES) do
-    local d = db:table_digest(t)
-    s[t] = string.format("%d rows %s", d.rows, d.set_sha256)
-  end
-  return s
-end
+local function state(db) return T.table_states(db, TABLES) end
 local function sequences(db)
   local out = {}
   for _, r in ipairs(db:query("SELECT sequencename, last_value FROM pg_sequences ORDER BY 1", nil, {typed = true})) do

@@ -97,12 +97,7 @@ local seg3 = segment{txn{"UPDATE public.t SET s = 'from segment 3' WHERE id = '1
 
 local function digests(db)
   local c <close> = pgdump.connect(base_url .. db)
-  local out = {}
-  for _, t in ipairs(TABLES) do
-    local d = c:table_digest(t)
-    out[t] = string.format("%d rows %s", d.rows, d.set_sha256)
-  end
-  return out
+  return T.table_states(c, TABLES)
 end
 local function psql_file(db, sql)
   local f = dir .. "/seg.sql"

@@ -104,6 +104,17 @@ function M.psql(db, sql)
   return r.stdout
 end
 
+-- Each table's rows and order-independent digest ("N rows <set_sha256>") over the open
+-- pgdump connection c: two databases hold the same rows when these are equal.
+function M.table_states(c, tables)
+  local out = {}
+  for _, t in ipairs(tables) do
+    local d = c:table_digest(t)
+    out[t] = string.format("%d rows %s", d.rows, d.set_sha256)
+  end
+  return out
+end
+
 function M.finish()
   print(string.format("%d passed, %d failed", passed, failed))
   return failed == 0 and 0 or 1
