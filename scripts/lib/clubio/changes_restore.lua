@@ -9,8 +9,9 @@ local job = require "clubio.job"
 local M = {}
 
 local BASE_MARGIN = lib.BASE_MARGIN
--- segments up to this size (their SQL) are fetched into memory one ahead of the replay
-local PREFETCH_MAX = 256 * 1024 * 1024
+-- segments up to this size (their SQL; CHANGES_MAX_BYTES cuts them at 64 MiB unless one
+-- transaction is larger) are fetched into memory one ahead of the replay: two at most are held
+local PREFETCH_MAX = 128 * 1024 * 1024
 
 -- Creates the roles (no password, NOLOGIN) that the target server does not have.
 function M.create_roles(target, roles)
