@@ -18,6 +18,9 @@
 -- the change archive's transactions committed at or before TIME (those the base holds and any
 -- archived twice skipped), each segment checked against its signed manifest before it is
 -- committed, then the sequences' values recorded with the last segment. See docs/changes.md.
+-- RESTORE_JOBS (2) connections load the base and read it back; RESTORE_PREFETCH_MB (128): --to
+-- fetches and decrypts the next segment into memory while one is applied, when its SQL is at
+-- most this size (0: stream each segment in turn).
 local env, pipe = require "env", require "pipe"
 local s3, crypto, pgdump, verify = require "s3", require "crypto", require "pgdump", require "verify"
 local clubio, log = require "clubio", require "log"

@@ -359,7 +359,13 @@ end)
 
 T.case("restore --to a point between two known transactions: exactly that state", function()
   admin:query("CREATE DATABASE chg_point_" .. TAG)
-  local r = run({"restore-from-s3", "--to", point, "-", "--json"}, {RESTORE_TARGET_URL = base_url .. "chg_point_" .. TAG})
+  local bad = run({"restore-from-s3", "--to", point, "-"}, {RESTORE_TARGET_URL = base_url .. "chg_point_" .. TAG,
+                                                            RESTORE_PREFETCH_MB = "lots"})
+  T.eq(bad.status, 2, bad.stderr)
+  T.match(bad.stderr, "RESTORE_PREFETCH_MB must be a number")
+  -- (segments streamed in turn, not fetched ahead: the path taken by segments too large to hold)
+  local r = run({"restore-from-s3", "--to", point, "-", "--json"}, {RESTORE_TARGET_URL = base_url .. "chg_point_" .. TAG,
+                                                                      RESTORE_PREFETCH_MB = "0"})
   T.eq(r.status, 0, r.stderr)
   local db <close> = pgdump.connect(base_url .. "chg_point_" .. TAG)
   local got = state(db)

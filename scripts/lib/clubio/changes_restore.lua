@@ -9,9 +9,6 @@ local job = require "clubio.job"
 local M = {}
 
 local BASE_MARGIN = lib.BASE_MARGIN
--- segments up to this size (their SQL; CHANGES_MAX_BYTES cuts them at 64 MiB unless one
--- transaction is larger) are fetched into memory one ahead of the replay: two at most are held
-local PREFETCH_MAX = 128 * 1024 * 1024
 
 -- Creates the roles (no password, NOLOGIN) that the target server does not have.
 function M.create_roles(target, roles)
@@ -83,6 +80,15 @@ function M.run(o)
   end
   -- the point as the replay compares it, to the microsecond when given in UTC
   local stop_text = to and (o.to:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.?%d*Z$") and o.to or to_text)
+  -- RESTORE_PREFETCH_MB (128): segments up to this size of SQL (CHANGES_MAX_BYTES cuts them at
+  -- 64 MiB unless one transaction is larger) are fetched one ahead of the replay, so two at most
+  -- are held in memory; 0 turns prefetching off
+  local prefetch_max = tonumber(env.get("RESTORE_PREFETCH_MB", "128"))
+  if not prefetch_max or prefetch_max < 0 then
+    clubio.fail{message = "RESTORE_PREFETCH_MB must be a number of MiB >= 0", class = "usage", code = "usage.env",
+                hint = "e.g. RESTORE_PREFETCH_MB=128 (the default), or 0 to stream every segment"}
+  end
+  prefetch_max = prefetch_max * 1024 * 1024
   local J = job.new("restore-from-s3")
   local dst = job.describe_url(target)
   local started = time.monotonic()
@@ -127,7 +133,7 @@ function M.run(o)
     end
     local function prefetch(m)
       local bytes = m and m.plain and m.plain.bytes
-      if not bytes or bytes > PREFETCH_MAX then return nil end
+      if not bytes or bytes > prefetch_max then return nil end
       local sp = pipe.spool{limit = math.max(bytes, 1)}
       return {spool = sp, run = pipe.start(fetch_stages(m, sp:sink()))}
     end
