@@ -47,6 +47,7 @@ struct ChgReplayer {
     int nprep;       /* shapes prepared (or being prepared) */
     bool prep_dirty; /* a pipeline failed: the server may lack some of them; start again */
     bool broken;     /* a failed segment could not be rolled back: the connection is unusable */
+    bool replica;    /* session_replication_role = replica is set: the target's triggers sleep */
     uint64_t applied_through;
     int64_t applied, skipped_base, skipped_dup, changes;
     int64_t last_time;
@@ -69,7 +70,8 @@ ChgReplayer *chg_replayer_new(const char *url, RtError *err)
     }
     /* Triggers and rules already ran on the source: their effects are in the archive too. */
     PGresult *res = PQexec(r->conn, "SET session_replication_role = replica");
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+    r->replica = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!r->replica)
         rt_warn("replay: cannot set session_replication_role (not a superuser?): triggers on %s "
                 "will fire during the replay",
                 r->what);
@@ -137,6 +139,7 @@ typedef struct Rp {
     bool piped;
     int pending;                 /* queries sent since the last sync */
     int pend_prep[PIPE_MAX + 2]; /* their shapes' numbers (-1: unnamed) for messages */
+    bool pend_row[PIPE_MAX + 2]; /* an archived row change: must touch exactly one row */
     size_t pending_bytes;
     SBuf shape, vals; /* one statement: its shape, its parameter values (NUL-separated) */
     SBuf nulls;       /* one byte a value: 1 when it is NULL (rows of a run of inserts) */
@@ -178,6 +181,16 @@ static int malformed(Rp *p, RtError *err, const char *what)
 
 /* ---- the pipeline ----------------------------------------------------------------------- */
 
+/* The shape of the at-th query since the last sync, for messages (NULL when unnamed). */
+static const char *shape_of(const Rp *p, int at)
+{
+    int n = at < p->pending ? p->pend_prep[at] : -1;
+    if (n < 0 || !p->r->prep) return NULL;
+    for (int i = 0; i < PREP_SLOTS; i++)
+        if (p->r->prep[i].shape && p->r->prep[i].number == n) return p->r->prep[i].shape;
+    return NULL;
+}
+
 /* Sends a sync and reads every result up to it; the first error is the pipeline's error. */
 static int pl_sync(Rp *p, RtError *err)
 {
@@ -206,12 +219,7 @@ static int pl_sync(Rp *p, RtError *err)
             break;
         }
         if (st == PGRES_FATAL_ERROR && rc == RT_OK && !w.cancelled) {
-            int n = at < p->pending ? p->pend_prep[at] : -1;
-            const char *shape = NULL;
-            if (n >= 0 && p->r->prep)
-                for (int i = 0; i < PREP_SLOTS; i++)
-                    if (p->r->prep[i].shape && p->r->prep[i].number == n)
-                        shape = p->r->prep[i].shape;
+            const char *shape = shape_of(p, at);
             char line[400], w2[600];
             snprintf(line, sizeof line, "%s", PQresultErrorMessage(res));
             line[strcspn(line, "\n")] = 0;
@@ -220,6 +228,23 @@ static int pl_sync(Rp *p, RtError *err)
             rc = rt_error_set(err, RT_CLASS_FAILURE, "changes.replay", "replay into %s failed %s",
                               p->r->what, w2);
             p->r->prep_dirty = true;
+        } else if (st == PGRES_COMMAND_OK && rc == RT_OK && at < p->pending && p->pend_row[at] &&
+                   strcmp(PQcmdTuples(res), "1") != 0) {
+            /* An archived UPDATE or DELETE names one row by its replica identity: finding none
+             * (or several) means the target does not hold what the source held then. */
+            const char *shape = shape_of(p, at);
+            rc = rt_error_set(err, RT_CLASS_VERIFY, "verify.replay-diverged",
+                              "replay into %s: an archived row change found %s rows instead of "
+                              "1 (%.160s%s): the target does not hold the rows the archive changes",
+                              p->r->what, PQcmdTuples(res), shape ? shape : "a statement",
+                              shape && strlen(shape) > 160 ? "..." : "");
+            rt_error_hint(err, "%s",
+                          p->r->replica ? "nothing of this segment was applied; restore again into "
+                                          "an empty database, and verify the chain "
+                                          "(verify-export --changes)"
+                                        : "nothing of this segment was applied; triggers on the "
+                                          "target may have changed rows (session_replication_role "
+                                          "could not be set): restore as a superuser");
         }
         PQclear(res);
     }
@@ -271,7 +296,8 @@ static int prep_find(ChgReplayer *r, const char *shape, bool *fresh)
 }
 
 /* Queues one statement (its shape and text parameters; NULL = SQL NULL) in the pipeline. */
-static int pl_send(Rp *p, const char *shape, int nparams, const char *const *vals, RtError *err)
+static int pl_send(Rp *p, const char *shape, int nparams, const char *const *vals, bool row,
+                   RtError *err)
 {
     PGconn *c = p->r->conn;
     if (!p->piped) {
@@ -291,11 +317,13 @@ static int pl_send(Rp *p, const char *shape, int nparams, const char *const *val
     if (fresh) {
         if (PQsendPrepare(c, name, shape, nparams, NULL) != 1)
             return server_error(p, err, "sending a statement");
+        p->pend_row[p->pending] = false;
         p->pend_prep[p->pending++] = n;
     }
     int ok = n >= 0 ? PQsendQueryPrepared(c, name, nparams, vals, NULL, NULL, 0)
                     : PQsendQueryParams(c, shape, nparams, NULL, vals, NULL, NULL, 0);
     if (ok != 1) return server_error(p, err, "sending a statement");
+    p->pend_row[p->pending] = row;
     p->pend_prep[p->pending++] = n;
     for (int i = 0; i < nparams; i++)
         if (vals[i]) p->pending_bytes += strlen(vals[i]);
@@ -461,7 +489,7 @@ static int ensure_begun(Rp *p, RtError *err)
 {
     if (p->begun) return RT_OK;
     p->begun = true;
-    return pl_send(p, "BEGIN", 0, NULL, err);
+    return pl_send(p, "BEGIN", 0, NULL, false, err);
 }
 
 /* A run of inserts into one table (COPY blocks of consecutive transactions with the same header)
@@ -558,7 +586,7 @@ static int rows_to_pipeline(Rp *p, RtError *err)
         }
         const char *const *v = value_pointers(p, n, p->nulls.p);
         if (!v || p->vals.oom || p->nulls.oom || p->run_shape.oom) return nomem(err);
-        if (pl_send(p, p->run_shape.p, n, v, err) != RT_OK) return RT_ERR;
+        if (pl_send(p, p->run_shape.p, n, v, false, err) != RT_OK) return RT_ERR;
         q = eol + 1;
     }
     p->copybuf.len = 0;
@@ -605,13 +633,14 @@ static int add_row(Rp *p, const char *s, size_t len, RtError *err)
 static int statement(Rp *p, const char *s, size_t len, RtError *err)
 {
     int n = 0;
+    bool row = !strncmp(s, "UPDATE ", 7) || !strncmp(s, "DELETE FROM ", 12);
     if (parametrize(p, s, len, &n)) {
         const char *const *v = value_pointers(p, n, NULL);
         if (!v) return nomem(err);
-        return pl_send(p, p->shape.p, n, v, err);
+        return pl_send(p, p->shape.p, n, v, row, err);
     }
     if (p->shape.oom || p->vals.oom) return nomem(err);
-    return pl_send(p, s, 0, NULL, err);
+    return pl_send(p, s, 0, NULL, row, err);
 }
 
 /* Is a 32-bit xid visible (committed) in the base's snapshot? Widened with xmax's epoch. */
@@ -760,7 +789,8 @@ static int rp_finish(void *self, RtError *err)
     Rp *p = self;
     if (p->line.len) return malformed(p, err, "it ends inside a line");
     if (p->state != S_OUT) return malformed(p, err, "it ends inside a transaction");
-    if (end_run(p, err) != RT_OK) return RT_ERR;
+    /* every statement's outcome is known (errors, row counts) before COMMIT is sent */
+    if (end_run(p, err) != RT_OK || pl_sync(p, err) != RT_OK) return RT_ERR;
     if (p->expect) {
         char hex[65];
         pgdump_digest_final_hex(p->md, hex);
@@ -773,7 +803,8 @@ static int rp_finish(void *self, RtError *err)
         }
     }
     if (p->begun) {
-        if (pl_send(p, "COMMIT", 0, NULL, err) != RT_OK || pl_leave(p, err) != RT_OK) return RT_ERR;
+        if (pl_send(p, "COMMIT", 0, NULL, false, err) != RT_OK || pl_leave(p, err) != RT_OK)
+            return RT_ERR;
         p->begun = false;
     }
     ChgReplayer *r = p->r;

@@ -143,6 +143,22 @@ T.case("a failing statement mid-pipeline: nothing of the segment, its shape name
   T.eq(c:query("SELECT v FROM bulk WHERE id = 9002")[1].v, "after the failure", "its insert")
 end)
 
+T.case("an archived UPDATE or DELETE that finds no row: the target has diverged; nothing applied", function()
+  local before = digests(A)
+  for _, line in ipairs{"UPDATE public.t SET s = 'gone' WHERE id = '999';", "DELETE FROM public.bulk WHERE id = '424242';"} do
+    local seg = segment{txn{"UPDATE public.t SET s = 'first' WHERE id = '2';"}, txn{line}}
+    local ok, err = pcall(pipe.run, {pipe.string(seg), rp:sink{label = "replay"}})
+    T.ok(not ok, "refused: " .. line)
+    T.eq(err.class, "verify", "a verification failure (exit 4)")
+    T.eq(err.code, "verify.replay-diverged")
+    T.match(err.message, "found 0 rows instead of 1")
+    T.match(err.message, line:match("^(%u+)"), "the statement's kind")
+    T.no_match(err.message, "999", "no values in the message")
+  end
+  local after = digests(A)
+  for _, t in ipairs(TABLES) do T.eq(after[t], before[t], t .. " unchanged") end
+end)
+
 T.case("SIGTERM in the middle of a segment's pipeline: exit 130 soon, nothing of it committed", function()
   -- one transaction of 300,000 updates: seconds of server work, mostly inside pipeline syncs
   local lines = {}
