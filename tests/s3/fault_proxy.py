@@ -15,6 +15,11 @@ substring `exclude`. actions:
   "delay"    wait `seconds`, then forward;
   "skew"     a RequestTimeTooSkewed 403 with a Date header `seconds` ahead;
   "truncate" forward, but cut the answer body in half;
+  "cut"      forward the headers and the first `bytes` bytes of the body, then wait `seconds`
+             or until the file `until_file` exists (at most 60 s), then close the connection;
+  "drop-range"  forward, then answer 200 without Content-Range (what a store or proxy that
+             ignores Range answers; the body is still the range: a request without its signed
+             Range header would not verify upstream);
   "require-header"  forward only when the request has header `header` equal to `value`, else
              403 AccessDenied (what a bucket policy that requires a KMS key answers);
   "blank-etag"  forward, then empty the ETag of the answer's body (Ceph RGW's completion), or
@@ -152,14 +157,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if rule.get("corrupt"):
                 et = ("1" if et[0] != "1" else "2") + et[1:]
             headers = [(k, f'"{et}"' if k.lower() == "etag" else v) for k, v in headers]
-        self.send_response(resp.status)
+        status = resp.status
+        if action == "drop-range" and status == 206:
+            status = 200
+            headers = [(k, v) for k, v in headers if k.lower() != "content-range"]
+        self.send_response(status)
         for k, v in headers:
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        keep_length = action == "truncate" or self.command == "HEAD"
+        keep_length = action in ("truncate", "cut") or self.command == "HEAD"
         self.send_header("Content-Length", str(int(resp.getheader("Content-Length") or len(data)) if keep_length else len(data)))
         self.end_headers()
-        if self.command != "HEAD":
+        if action == "cut":
+            self.wfile.write(data[: int(rule.get("bytes", len(data) // 2))])
+            self.wfile.flush()
+            until, end = rule.get("until_file"), time.time() + float(rule.get("seconds", 60 if rule.get("until_file") else 0))
+            while time.time() < end and not (until and os.path.exists(until)):
+                time.sleep(0.02)
+            self.close_connection = True
+        elif self.command != "HEAD":
             self.wfile.write(data)
         conn.close()
 

@@ -95,6 +95,63 @@ T.case("ranged downloads survive 503s, resets and cut bodies", function()
   T.ok(count("truncate") == 2, "bodies were cut")
 end)
 
+T.case("a range cut after the reader took its first bytes is completed from there, byte-identical", function()
+  -- the proxy sends the first 1 MiB of two ranges, then waits; their bytes must reach the sink
+  -- before those ranges are whole (they are handed on as they arrive), and the retries skip them
+  local key = RUN .. "/retried.bin"
+  local flag = tmp .. "/cut.flag"
+  os.remove(flag)
+  U.rules(P, string.format([=[[{"method": "GET", "match": "retried", "action": "cut", "bytes": %d,
+                                "until_file": %q, "times": 2}]]=], MiB, flag))
+  local out = tmp .. "/cut.out"
+  local script = tmp .. "/cut.lua"
+  U.write(script, string.format([[
+    local s3, pipe = require "s3", require "pipe"
+    local c = s3.client{endpoint = %q, retry_base = 0.02}
+    local r = pipe.run{c:download{bucket = %q, key = %q, part_size = 5 * 1024 * 1024, concurrency = 2,
+                                  label = "down"}, pipe.file_sink(%q)}
+    print("refetched " .. r.down.refetched_bytes .. " bytes " .. r.down.bytes)
+  ]], P.url, B, key, out))
+  U.sh(string.format("%s run %s > %s 2>&1 & echo $! > %s", U.q(os.getenv("CLUBIO_DR_BIN")), U.q(script),
+                     U.q(tmp .. "/cut.log"), U.q(tmp .. "/cut.pid")))
+  local pid = U.read(tmp .. "/cut.pid"):match("%d+")
+  -- the sink holds the first range's first MiB while the proxy still holds its connection
+  local seen = 0
+  for _ = 1, 1000 do
+    -- file_sink writes a temp file beside `out`, renamed at the end
+    seen = tonumber(U.out("cat " .. U.q(tmp) .. "/.cut.out.tmp-* 2>/dev/null | wc -c")) or 0
+    if seen >= MiB then break end
+    U.sh("sleep 0.02")
+  end
+  U.write(flag, "go")
+  U.out("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+  T.eq(seen, MiB, "the first range's bytes were handed on before it was whole")
+  T.eq(count("GET .*retried.* cut"), 2)
+  local log = U.read(tmp .. "/cut.log")
+  T.match(log, "refetched " .. 2 * MiB .. " bytes " .. (17 * MiB + 99), "the retries skipped what was stored")
+  T.eq(U.sha256(out), src_sha)
+end)
+
+T.case("a ranged GET answered 200 without Content-Range (Range ignored) enters the stream only if it is the whole object", function()
+  local key = RUN .. "/retried.bin"
+  -- a 200 to a range of a larger object cannot be trusted to hold that range: retried, then a
+  -- clear error, and nothing of it handed on
+  U.rules(P, [=[[{"method": "GET", "match": "retried", "action": "drop-range"}]]=])
+  local out = tmp .. "/norange.out"
+  local e = T.raises(pipe.run, {c:download{bucket = B, key = key, part_size = 5 * MiB, concurrency = 2},
+                                pipe.count{label = "n"}, pipe.file_sink(out)})
+  T.eq(e.code, "s3.short_read")
+  T.match(e.message, "without that range")
+  T.ok(count("GET .*retried.* drop%-range") >= 5, "retried")
+  -- an object of one range: the whole object is that range
+  local small = RUN .. "/small-one-range.bin"
+  direct:put(B, small, "just one range")
+  U.rules(P, [=[[{"method": "GET", "match": "small-one-range", "action": "drop-range"}]]=])
+  local r = pipe.run{c:download{bucket = B, key = small}, pipe.buffer{}}
+  T.eq(r.buffer.data, "just one range")
+  T.eq(count("small%-one%-range.* drop%-range"), 1)
+end)
+
 T.case("RequestTimeTooSkewed is explained with the measured offset", function()
   U.rules(P, [=[[{"action": "skew", "seconds": 3600}]]=])
   local e = T.raises(c.put, c, B, RUN .. "/skew", "x")
