@@ -66,6 +66,7 @@ struct Download {
     uint64_t bytes;
     uint64_t refetched; /* the slots' refetched, summed under mu */
     double t_start;     /* rt_monotonic() of the first read */
+    double waited;      /* seconds the reader waited for bytes */
 };
 
 /* Whether the answer being received (a 2xx: only those reach on_body; its status is known only
@@ -280,7 +281,9 @@ static int dl_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
                 return rt_cancel_error(err);
             }
             d->reader_waiting = true;
+            double t0 = rt_monotonic();
             rt_cond_wait_ms(&d->data_cv, &d->mu, 200);
+            d->waited += rt_monotonic() - t0;
             d->reader_waiting = false;
         }
         if (d->failed) {
@@ -308,7 +311,11 @@ static int dl_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof,
             d->cur_pos = 0;
             pthread_cond_broadcast(&d->cv);
             pthread_mutex_unlock(&d->mu);
-            if (d->cur >= d->nchunks) *eof = true;
+            if (d->cur >= d->nchunks) {
+                *eof = true;
+                rt_debug("s3 get %s: %llu bytes in %.2f s, %.2f s of it waiting for them", d->name,
+                         (unsigned long long)d->bytes, rt_monotonic() - d->t_start, d->waited);
+            }
         }
     }
     return RT_OK;
