@@ -49,7 +49,7 @@ local r = J:step("dump, compress, encrypt and upload", {
   hint = "nothing was left in S3 (the upload was aborted); check the database and bucket, then re-run",
 }, function()
   return pipe.run{
-    pgdump.dump{url = url, jobs = jobs, label = "dump"},
+    pgdump.dump{url = url, jobs = jobs, row_digests = true, label = "dump"},
     crypto.sha256{label = "plain"},
     crypto.gzip{level = level},
     crypto.encrypt{},
@@ -79,7 +79,11 @@ end
 -- (verify.protect: the removal runs even when the run is cancelled during the write)
 verify.protect(function() return J:step("write the manifest", {plan = "s3://" .. bucket .. "/" .. manifest_key}, function()
   local tables = {}
-  for name, t in pairs(r.dump.tables or {}) do tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes} end
+  -- set_sha256: the rows' order-independent digest, which a restore compares with the tables it
+  -- reads back (a parallel restore stores rows in another order), so it need not hash them itself
+  for name, t in pairs(r.dump.tables or {}) do
+    tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes, set_sha256 = t.set_sha256}
+  end
   local m = {
     format = verify.FORMAT, format_version = verify.FORMAT_VERSION,
     tool = {name = "clubio-dr", version = clubio.version},

@@ -46,6 +46,13 @@ T.case("export-database: a consistent export with its signed manifest", function
   T.eq(h.size, r.doc.result.stored_bytes)
   T.ok(c:head(env.get("BACKUP_S3_BUCKET"), key .. ".manifest.json"), "manifest written")
   T.no_match(r.stderr, env.get("SANDBOX_PG_ADMIN_PW"), "no password in the log")
+  -- each table's order-independent digest, as the source's own tables give it
+  local verify = require "verify"
+  local m = assert(verify.check_manifest(c:get(env.get("BACKUP_S3_BUCKET"), key .. verify.MANIFEST_SUFFIX)))
+  local src <close> = pgdump.connect(url("scripts_src"))
+  for _, t in ipairs{"users", "orders", "transactions"} do
+    T.eq(m.tables["public." .. t].set_sha256, src:table_digest(t).set_sha256, t .. "'s set digest in the manifest")
+  end
 end)
 
 T.case("verify-export: the latest export verifies without a database", function()
@@ -76,34 +83,54 @@ T.case("restore-from-s3: a target that alters the rows it loads fails the read-b
   -- updated_at" row trigger; its functions live in pg_catalog, which the restore's emptiness
   -- check rightly ignores, so the target counts as empty. The stream is intact and the COPY
   -- succeeds; only reading the tables back and comparing them with the set digests of what was
-  -- sent (manifest.stored: the restore sink computes them, no scan) can tell.
+  -- sent can tell: the export's, recorded in the manifest, or (an older manifest) those the
+  -- restore sink sums as it loads (manifest.stored: no scan).
   local verify, bucket = require "verify", env.get("BACKUP_S3_BUCKET")
   local m = assert(verify.check_manifest(s3.client{}:get(bucket, key .. verify.MANIFEST_SUFFIX)))
   T.ok(m.stored and m.stored.sha256, "the manifest records the stored SHA-256: the restore takes the set-digest path")
-  admin:query("DROP DATABASE IF EXISTS scripts_dst3")
-  admin:query("CREATE DATABASE scripts_dst3")
-  local db <close> = pgdump.connect(url("scripts_dst3"))
-  db:query([[CREATE FUNCTION pg_catalog.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN NEW.updated_at := pg_catalog.now(); RETURN NEW; END $$]])
-  db:query([[CREATE FUNCTION pg_catalog.add_touch_trigger() RETURNS event_trigger LANGUAGE plpgsql AS $$
-    DECLARE r record;
-    BEGIN
-      FOR r IN SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
-               WHERE c.command_tag = 'CREATE TABLE' AND c.object_type = 'table' AND EXISTS (
-                 SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.objid AND a.attname = 'updated_at') LOOP
-        EXECUTE pg_catalog.format('CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
-                                  'EXECUTE FUNCTION pg_catalog.touch_updated_at()', r.objid::pg_catalog.regclass);
-      END LOOP;
-    END $$]])
-  db:query("CREATE EVENT TRIGGER add_touch_trigger ON ddl_command_end WHEN TAG IN ('CREATE TABLE') " ..
-           "EXECUTE FUNCTION pg_catalog.add_touch_trigger()")
-  local r = run({"restore-from-s3", "-", key}, {RESTORE_TARGET_URL = url("scripts_dst3")})
-  T.eq(r.status, 4, r.stderr)
-  T.match(r.stderr, "public%.orders: the restored rows differ from the archive's")
-  T.no_match(r.stderr, "SHA%-256 differs", "the archive itself is intact")
-  -- the rows were loaded (all of them) but not as archived: the count check alone would pass
-  T.eq(db:query("SELECT count(*) AS n FROM orders")[1].n, "3000")
-  T.eq(db:query("SELECT count(*) AS n FROM pg_catalog.pg_trigger WHERE tgname = 'touch'")[1].n, "3")
+  local db
+  local function fresh_target() -- an empty database whose event trigger alters new tables' rows
+    if db then db:close() end
+    admin:query("DROP DATABASE IF EXISTS scripts_dst3")
+    admin:query("CREATE DATABASE scripts_dst3")
+    db = pgdump.connect(url("scripts_dst3"))
+    db:query([[CREATE FUNCTION pg_catalog.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN NEW.updated_at := pg_catalog.now(); RETURN NEW; END $$]])
+    db:query([[CREATE FUNCTION pg_catalog.add_touch_trigger() RETURNS event_trigger LANGUAGE plpgsql AS $$
+      DECLARE r record;
+      BEGIN
+        FOR r IN SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+                 WHERE c.command_tag = 'CREATE TABLE' AND c.object_type = 'table' AND EXISTS (
+                   SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.objid AND a.attname = 'updated_at') LOOP
+          EXECUTE pg_catalog.format('CREATE TRIGGER touch BEFORE INSERT OR UPDATE ON %s FOR EACH ROW '
+                                    'EXECUTE FUNCTION pg_catalog.touch_updated_at()', r.objid::pg_catalog.regclass);
+        END LOOP;
+      END $$]])
+    db:query("CREATE EVENT TRIGGER add_touch_trigger ON ddl_command_end WHEN TAG IN ('CREATE TABLE') " ..
+             "EXECUTE FUNCTION pg_catalog.add_touch_trigger()")
+  end
+  local function check()
+    fresh_target()
+    local r = run({"restore-from-s3", "-", key}, {RESTORE_TARGET_URL = url("scripts_dst3")})
+    T.eq(r.status, 4, r.stderr)
+    T.match(r.stderr, "public%.orders: the restored rows differ from the archive's")
+    T.no_match(r.stderr, "SHA%-256 differs", "the archive itself is intact")
+    -- the rows were loaded (all of them) but not as archived: the count check alone would pass
+    T.eq(db:query("SELECT count(*) AS n FROM orders")[1].n, "3000")
+    T.eq(db:query("SELECT count(*) AS n FROM pg_catalog.pg_trigger WHERE tgname = 'touch'")[1].n, "3")
+  end
+  -- compared with the set digests the export recorded in the manifest (the restore hashes nothing)
+  T.ok(m.tables["public.orders"].set_sha256, "the manifest has the set digests")
+  check()
+  -- an older manifest without them: the restore sums the set digests of what it loads itself
+  local c, mkey = s3.client{}, key .. verify.MANIFEST_SUFFIX
+  local original = c:get(bucket, mkey)
+  local old = assert(verify.check_manifest(original))
+  for _, t in pairs(old.tables) do t.set_sha256 = nil end
+  c:put(bucket, mkey, {body = verify.sign_manifest(old), content_type = "application/json"})
+  local ok, err = pcall(check)
+  c:put(bucket, mkey, {body = original, content_type = "application/json"})
+  if not ok then error(err, 0) end
   db:close()
   admin:query("DROP DATABASE scripts_dst3")
 end)

@@ -142,7 +142,8 @@ function M.take_base(c, cfg, opts)
     roles = M.roles(db)
   end
   local r = pipe.run{
-    pgdump.dump{url = cfg.url, jobs = tonumber(env.get("DUMP_JOBS", "2")), snapshot = opts.snapshot, label = "dump"},
+    pgdump.dump{url = cfg.url, jobs = tonumber(env.get("DUMP_JOBS", "2")), snapshot = opts.snapshot, row_digests = true,
+                label = "dump"},
     crypto.sha256{label = "plain"},
     crypto.gzip{level = cfg.level},
     crypto.encrypt{},
@@ -152,7 +153,11 @@ function M.take_base(c, cfg, opts)
                          ["clubio-version"] = clubio.version}, label = "upload"},
   }
   local tables = {}
-  for name, t in pairs(r.dump.tables or {}) do tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes} end
+  -- set_sha256: the rows' order-independent digest, which a restore compares with the tables it
+  -- reads back (a parallel restore stores rows in another order), so it need not hash them itself
+  for name, t in pairs(r.dump.tables or {}) do
+    tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes, set_sha256 = t.set_sha256}
+  end
   local m = {
     format = verify.FORMAT, format_version = verify.FORMAT_VERSION,
     tool = {name = "clubio-dr", version = clubio.version},
