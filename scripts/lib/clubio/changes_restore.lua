@@ -126,7 +126,7 @@ function M.run(o)
   }, function()
     -- The next segment is fetched, checked and decrypted into memory (a spool, held in C) while
     -- this one is applied, so that its download, the PBKDF2 of its decryption and its pipe's
-    -- start-up overlap the database's work. A segment larger than PREFETCH_MAX streams as before.
+    -- start-up overlap the database's work. A segment over RESTORE_PREFETCH_MB streams as before.
     local function fetch_stages(m, sink)
       return {c:download{bucket = cfg.bucket, key = m.archive.key}, crypto.sha256{label = "stored"},
               crypto.decrypt{}, crypto.gunzip{}, sink}
