@@ -137,9 +137,9 @@ typedef struct Rp {
     int64_t cur_changes;
     /* the pipeline */
     bool piped;
-    int pending;                 /* queries sent since the last sync */
-    int pend_prep[PIPE_MAX + 2]; /* their shapes' numbers (-1: unnamed) for messages */
-    bool pend_row[PIPE_MAX + 2]; /* an archived row change: must touch exactly one row */
+    int pending;                          /* queries sent since the last sync */
+    const char *pend_shape[PIPE_MAX + 2]; /* their prepared shapes (NULL: unnamed), for messages */
+    bool pend_row[PIPE_MAX + 2];          /* an archived row change: must touch exactly one row */
     size_t pending_bytes;
     SBuf shape, vals; /* one statement: its shape, its parameter values (NUL-separated) */
     SBuf nulls;       /* one byte a value: 1 when it is NULL (rows of a run of inserts) */
@@ -181,14 +181,11 @@ static int malformed(Rp *p, RtError *err, const char *what)
 
 /* ---- the pipeline ----------------------------------------------------------------------- */
 
-/* The shape of the at-th query since the last sync, for messages (NULL when unnamed). */
+/* The shape of the at-th query since the last sync, for messages (NULL when unnamed); a cached
+ * shape stays put until prep_clear, which runs only outside a pipeline. */
 static const char *shape_of(const Rp *p, int at)
 {
-    int n = at < p->pending ? p->pend_prep[at] : -1;
-    if (n < 0 || !p->r->prep) return NULL;
-    for (int i = 0; i < PREP_SLOTS; i++)
-        if (p->r->prep[i].shape && p->r->prep[i].number == n) return p->r->prep[i].shape;
-    return NULL;
+    return at < p->pending ? p->pend_shape[at] : NULL;
 }
 
 /* Sends a sync and reads every result up to it; the first error is the pipeline's error. */
@@ -275,23 +272,23 @@ static uint32_t shape_hash(const char *s)
     return h;
 }
 
-/* The number of the prepared statement for `shape`: *fresh when it must be prepared now, -1 when
- * the cache is full (the statement goes unnamed). */
-static int prep_find(ChgReplayer *r, const char *shape, bool *fresh)
+/* The prepared statement for `shape`: *fresh when it must be prepared now, NULL when the cache is
+ * full (the statement goes unnamed). */
+static const Prep *prep_find(ChgReplayer *r, const char *shape, bool *fresh)
 {
     *fresh = false;
-    if (!r->prep && !(r->prep = calloc(PREP_SLOTS, sizeof *r->prep))) return -1;
+    if (!r->prep && !(r->prep = calloc(PREP_SLOTS, sizeof *r->prep))) return NULL;
     uint32_t h = shape_hash(shape);
     for (uint32_t i = h & (PREP_SLOTS - 1);; i = (i + 1) & (PREP_SLOTS - 1)) {
         Prep *e = &r->prep[i];
         if (!e->shape) {
-            if (r->nprep >= PREP_MAX || !(e->shape = strdup(shape))) return -1;
+            if (r->nprep >= PREP_MAX || !(e->shape = strdup(shape))) return NULL;
             e->hash = h;
             e->number = r->nprep++;
             *fresh = true;
-            return e->number;
+            return e;
         }
-        if (e->hash == h && !strcmp(e->shape, shape)) return e->number;
+        if (e->hash == h && !strcmp(e->shape, shape)) return e;
     }
 }
 
@@ -311,23 +308,23 @@ static int pl_send(Rp *p, const char *shape, int nparams, const char *const *val
         p->piped = true;
     }
     bool fresh = false;
-    int n = nparams ? prep_find(p->r, shape, &fresh) : -1;
+    const Prep *e = nparams ? prep_find(p->r, shape, &fresh) : NULL;
     char name[24];
-    snprintf(name, sizeof name, "clubio_r%d", n);
+    snprintf(name, sizeof name, "clubio_r%d", e ? e->number : -1);
     if (fresh) {
         if (PQsendPrepare(c, name, shape, nparams, NULL) != 1)
             return server_error(p, err, "sending a statement");
         p->pend_row[p->pending] = false;
-        p->pend_prep[p->pending++] = n;
+        p->pend_shape[p->pending++] = e->shape;
     }
-    int ok = n >= 0 ? PQsendQueryPrepared(c, name, nparams, vals, NULL, NULL, 0)
-                    : PQsendQueryParams(c, shape, nparams, NULL, vals, NULL, NULL, 0);
+    int ok = e ? PQsendQueryPrepared(c, name, nparams, vals, NULL, NULL, 0)
+               : PQsendQueryParams(c, shape, nparams, NULL, vals, NULL, NULL, 0);
     if (ok != 1) return server_error(p, err, "sending a statement");
     p->pend_row[p->pending] = row;
-    p->pend_prep[p->pending++] = n;
+    p->pend_shape[p->pending++] = e ? e->shape : NULL;
     for (int i = 0; i < nparams; i++)
         if (vals[i]) p->pending_bytes += strlen(vals[i]);
-    if (n < 0) p->pending_bytes += strlen(shape);
+    if (!e) p->pending_bytes += strlen(shape);
     if (p->pending >= PIPE_MAX || p->pending_bytes >= PIPE_BYTES) return pl_sync(p, err);
     return RT_OK;
 }
@@ -363,6 +360,60 @@ static int hex_digit(char c)
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
     if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
+}
+
+/* The byte a backslash escape stands for; *s points just after the backslash (*s < end) and moves
+ * past the escape. COPY text (copy) and E'' literals read the same letters (\b \f \n \r \t),
+ * octal \ooo and hex \xhh, any other character standing for itself; COPY also reads \v. -1 for
+ * a NUL byte (not valid text); in an E'' literal, -2 for what only the server reads here (\u,
+ * \U, \x without a hex digit). */
+static int unescape(const char **s, const char *end, bool copy)
+{
+    char x = *(*s)++;
+    int v;
+    switch (x) {
+    case 'b':
+        v = '\b';
+        break;
+    case 'f':
+        v = '\f';
+        break;
+    case 'n':
+        v = '\n';
+        break;
+    case 'r':
+        v = '\r';
+        break;
+    case 't':
+        v = '\t';
+        break;
+    case 'v':
+        v = copy ? '\v' : 'v';
+        break;
+    case 'u':
+    case 'U':
+        if (!copy) return -2;
+        v = x;
+        break;
+    case 'x':
+        if (*s < end && hex_digit(**s) >= 0) {
+            v = hex_digit(*(*s)++);
+            if (*s < end && hex_digit(**s) >= 0) v = v * 16 + hex_digit(*(*s)++);
+        } else if (!copy) {
+            return -2;
+        } else {
+            v = 'x';
+        }
+        break;
+    default:
+        v = (unsigned char)x;
+        if (x >= '0' && x <= '7') {
+            v = x - '0';
+            for (int k = 0; k < 2 && *s < end && **s >= '0' && **s <= '7'; k++)
+                v = v * 8 + (*(*s)++ - '0');
+        }
+    }
+    return (v & 0xff) ? v & 0xff : -1;
 }
 
 /* One statement line as pgoutput.c writes it -> its shape (each '...' or E'...' literal
@@ -411,34 +462,11 @@ static bool parametrize(Rp *p, const char *s, size_t len, int *nparams)
             }
             if (c == '\\' && e) {
                 if (j + 1 >= len) return false;
-                char x = s[j + 1];
-                j += 2;
-                if (x == 'n')
-                    sb_addc(&p->vals, '\n');
-                else if (x == 'r')
-                    sb_addc(&p->vals, '\r');
-                else if (x == 't')
-                    sb_addc(&p->vals, '\t');
-                else if (x == 'b')
-                    sb_addc(&p->vals, '\b');
-                else if (x == 'f')
-                    sb_addc(&p->vals, '\f');
-                else if (x == 'x' && j < len && hex_digit(s[j]) >= 0) {
-                    int v = hex_digit(s[j++]);
-                    if (j < len && hex_digit(s[j]) >= 0) v = v * 16 + hex_digit(s[j++]);
-                    if (!v) return false;
-                    sb_addc(&p->vals, (char)v);
-                } else if (x >= '0' && x <= '7') {
-                    int v = x - '0';
-                    for (int k = 0; k < 2 && j < len && s[j] >= '0' && s[j] <= '7'; k++)
-                        v = v * 8 + (s[j++] - '0');
-                    if (!v) return false;
-                    sb_addc(&p->vals, (char)v);
-                } else if (x == 'u' || x == 'U' || x == 'x') {
-                    return false;
-                } else {
-                    sb_addc(&p->vals, x);
-                }
+                const char *at = s + j + 1;
+                int v = unescape(&at, s + len, false);
+                if (v < 0) return false;
+                sb_addc(&p->vals, (char)v);
+                j = (size_t)(at - s);
                 continue;
             }
             if (!c) return false;
@@ -525,35 +553,15 @@ static int copy_row_values(Rp *p, const char *row, size_t len)
             sb_addc(&p->nulls, 1);
         } else {
             sb_addc(&p->nulls, 0);
-            for (const char *c = f; c < fe; c++) {
+            const char *c = f;
+            while (c < fe) {
                 if (*c != '\\' || c + 1 >= fe) {
-                    sb_addc(&p->vals, *c);
+                    sb_addc(&p->vals, *c++);
                     continue;
                 }
-                char x = *++c;
-                int v = -1;
-                if (x == 'n')
-                    v = '\n';
-                else if (x == 'r')
-                    v = '\r';
-                else if (x == 't')
-                    v = '\t';
-                else if (x == 'b')
-                    v = '\b';
-                else if (x == 'f')
-                    v = '\f';
-                else if (x == 'v')
-                    v = '\v';
-                else if (x >= '0' && x <= '7') {
-                    v = x - '0';
-                    for (int k = 0; k < 2 && c + 1 < fe && c[1] >= '0' && c[1] <= '7'; k++)
-                        v = v * 8 + (*++c - '0');
-                } else if (x == 'x' && c + 1 < fe && hex_digit(c[1]) >= 0) {
-                    v = hex_digit(*++c);
-                    if (c + 1 < fe && hex_digit(c[1]) >= 0) v = v * 16 + hex_digit(*++c);
-                } else
-                    v = (unsigned char)x;
-                if (!(v & 0xff)) return -1;
+                c++;
+                int v = unescape(&c, fe, true);
+                if (v < 0) return -1;
                 sb_addc(&p->vals, (char)v);
             }
         }
