@@ -133,13 +133,9 @@ J:step("compare with the manifest", {plan = "stored SHA-256, per-table rows and 
   -- reads each through db:table_digest; they are read beforehand over RESTORE_JOBS connections
   -- (largest first), which halves the check on two cores, and handed to it through `read_back`.
   local db <close> = pgdump.connect(target)
-  local quoted = {}
-  for name in pairs(manifest.tables or {}) do quoted[#quoted + 1] = '"' .. name:gsub('[\\"]', '\\%0') .. '"' end
   local names = {}
-  for _, row in ipairs(db:query("SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL",
-                                {"{" .. table.concat(quoted, ",") .. "}"})) do names[#names + 1] = row.n end
-  table.sort(names, function(a, b) return (manifest.tables[a].bytes or 0) > (manifest.tables[b].bytes or 0) end)
-  local digests = pgdump.table_digests(target, names, {jobs = tonumber(env.get("RESTORE_JOBS", "2"))})
+  for name in pairs(manifest.tables or {}) do names[#names + 1] = name end
+  local digests = verify.existing_table_digests(db, target, names, tonumber(env.get("RESTORE_JOBS", "2")))
   local read_back = setmetatable({table_digest = function(_, name) return digests[name] or db:table_digest(name) end},
                                  {__index = function(_, k) return function(_, ...) return db[k](db, ...) end end})
   local _, _, _, bad, msg = verify.compare_restored(read_back, manifest.tables, r.scan.tables)

@@ -152,12 +152,7 @@ function M.take_base(c, cfg, opts)
              metadata = {["clubio-format"] = "plain-sql+gzip+openssl-enc-aes-256-cbc-pbkdf2",
                          ["clubio-version"] = clubio.version}, label = "upload"},
   }
-  local tables = {}
-  -- set_sha256: the rows' order-independent digest, which a restore compares with the tables it
-  -- reads back (a parallel restore stores rows in another order), so it need not hash them itself
-  for name, t in pairs(r.dump.tables or {}) do
-    tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes, set_sha256 = t.set_sha256}
-  end
+  local tables = verify.manifest_tables(r.dump.tables)
   local m = {
     format = verify.FORMAT, format_version = verify.FORMAT_VERSION,
     tool = {name = "clubio-dr", version = clubio.version},

@@ -91,18 +91,12 @@ local function digests(db, tables)
 end
 
 -- The same for a database nobody writes to (the restore), so no snapshot is needed: the tables
--- are read over RESTORE_JOBS connections at once (pgdump.table_digests, in C; as restore-from-s3
--- reads its restore back), the largest first so that the connections finish together. db is a
--- connection to url (it finds which tables exist); a table the database lacks is reported missing.
+-- are read over RESTORE_JOBS connections at once, as restore-from-s3 reads its restore back
+-- (verify.existing_table_digests). db is a connection to url; a table the database lacks is
+-- reported missing.
 local function restored_digests(db, url, tables, jobs)
-  local out, quoted, names = {}, {}, {}
-  for _, t in ipairs(tables) do quoted[#quoted + 1] = '"' .. t:gsub('[\\"]', '\\%0') .. '"' end
-  for _, row in ipairs(db:query([[
-      SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL
-      ORDER BY pg_catalog.pg_table_size(pg_catalog.to_regclass(n)) DESC, n]], {"{" .. table.concat(quoted, ",") .. "}"})) do
-    names[#names + 1] = row.n
-  end
-  local d = pgdump.table_digests(url, names, {jobs = jobs or tonumber(env.get("RESTORE_JOBS", "2"))})
+  local d = require("verify").existing_table_digests(db, url, tables, jobs or tonumber(env.get("RESTORE_JOBS", "2")))
+  local out = {}
   for _, t in ipairs(tables) do
     out[t] = d[t] and {rows = d[t].rows, set_sha256 = d[t].set_sha256} or {missing = true}
   end

@@ -164,6 +164,18 @@ return function(M)
   ---------------------------------------------------------------------------------------------
   -- Compares the per-table figures of a scan (or a restore) with the manifest's. Returns nil
   -- when they agree, else the first table that differs and what differs.
+  -- A manifest's `tables` from a dump's per-table results (pgdump.dump{row_digests = true}):
+  -- rows, bytes, the ordered sha256, and set_sha256, the rows' order-independent digest, which a
+  -- restore compares with the tables it reads back (a parallel restore stores rows in another
+  -- order), so that it need not hash them itself.
+  function M.manifest_tables(dump_tables)
+    local tables = {}
+    for name, t in pairs(dump_tables or {}) do
+      tables[name] = {rows = t.rows, sha256 = t.sha256, bytes = t.bytes, set_sha256 = t.set_sha256}
+    end
+    return tables
+  end
+
   function M.compare_tables(want, got)
     local names = {}
     for name in pairs(want or {}) do names[#names + 1] = name end

@@ -99,6 +99,21 @@ return function(M)
     return k
   end
 
+  -- The digests ({rows, bytes, sha256, set_sha256}) of those of `names` (schema-qualified) that
+  -- exist in the database at url (db: a connection to it), read over `jobs` connections at once
+  -- (pgdump.table_digests, in C), the largest first so that the connections finish together.
+  -- A table the database lacks is absent from the result.
+  function M.existing_table_digests(db, url, names, jobs)
+    local quoted, found = {}, {}
+    for _, n in ipairs(names) do quoted[#quoted + 1] = '"' .. n:gsub('[\\"]', '\\%0') .. '"' end
+    for _, row in ipairs(db:query([[
+        SELECT n FROM pg_catalog.unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL
+        ORDER BY pg_catalog.pg_table_size(pg_catalog.to_regclass(n)) DESC, n]], {"{" .. table.concat(quoted, ",") .. "}"})) do
+      found[#found + 1] = row.n
+    end
+    return pgdump.table_digests(url, found, {jobs = jobs})
+  end
+
   -- Reads every manifest table back from a restored database (a pgdump connection) and compares
   -- it with the archive: row counts with the manifest's, and the order-independent digest with
   -- the one the restore stream's scan computed (verify.sql_scan{row_digests = true}) or, when
