@@ -106,8 +106,9 @@ RtSource *rt_fd_source(int fd, const char *name, RtError *err)
 /* ---- memory source ---------------------------------------------------------------------- */
 
 typedef struct MemSrc {
-    uint8_t *data;
+    uint8_t *data; /* owned, unless it is a spool's (then the spool holds it) */
     size_t len, pos;
+    RtSpool *spool;
 } MemSrc;
 
 static int mem_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
@@ -130,7 +131,10 @@ static int64_t mem_size(void *self)
 static void mem_src_destroy(void *self)
 {
     MemSrc *s = self;
-    free(s->data);
+    if (s->spool)
+        rt_spool_release(s->spool);
+    else
+        free(s->data);
     free(s);
 }
 
@@ -153,148 +157,6 @@ RtSource *rt_mem_source(const void *data, size_t len, RtError *err)
     s->data = copy;
     s->len = len;
     rt_source_init(src, &memory_source_ops, s);
-    return src;
-}
-
-/* ---- spool ----------------------------------------------------------------------------- */
-
-struct RtSpool {
-    atomic_int refs;
-    SBuf data;
-    atomic_bool complete; /* the sink finished: the bytes are whole and no longer change */
-    bool has_sink;
-};
-
-RtSpool *rt_spool_new(size_t limit)
-{
-    RtSpool *s = calloc(1, sizeof *s);
-    if (!s) return NULL;
-    atomic_init(&s->refs, 1);
-    atomic_init(&s->complete, false);
-    s->data.limit = limit ? limit : SIZE_MAX;
-    return s;
-}
-
-void rt_spool_release(RtSpool *s)
-{
-    if (!s || atomic_fetch_sub(&s->refs, 1) != 1) return;
-    sb_free(&s->data);
-    free(s);
-}
-
-size_t rt_spool_bytes(const RtSpool *s)
-{
-    return atomic_load(&((RtSpool *)s)->complete) ? s->data.len : 0;
-}
-
-static int spool_write(void *self, const uint8_t *data, size_t len, RtError *err)
-{
-    RtSpool *s = self;
-    if (len > s->data.limit - s->data.len)
-        return rt_error_set(err, RT_CLASS_FAILURE, "io.memory_full", "spool full (limit %zu bytes)",
-                            s->data.limit);
-    sb_addn(&s->data, (const char *)data, len);
-    if (s->data.oom) return rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
-    return RT_OK;
-}
-
-static int spool_finish(void *self, RtError *err)
-{
-    (void)err;
-    atomic_store(&((RtSpool *)self)->complete, true);
-    return RT_OK;
-}
-
-static void spool_abort(void *self)
-{
-    sb_clear(&((RtSpool *)self)->data);
-}
-
-static void spool_results(void *self, RtResults *res)
-{
-    rt_results_int(res, "bytes", (int64_t)((RtSpool *)self)->data.len);
-}
-
-static void spool_release_stage(void *self)
-{
-    rt_spool_release(self);
-}
-
-static const RtSinkOps spool_sink_ops = {.name = "spool",
-                                         .write = spool_write,
-                                         .finish = spool_finish,
-                                         .abort = spool_abort,
-                                         .results = spool_results,
-                                         .destroy = spool_release_stage};
-
-RtSink *rt_spool_sink(RtSpool *s, RtError *err)
-{
-    if (s->has_sink) {
-        rt_error_set(err, RT_CLASS_USAGE, "io.spool", "a spool takes one sink");
-        return NULL;
-    }
-    RtSink *k = rt_sink_new();
-    if (!k) {
-        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
-        return NULL;
-    }
-    s->has_sink = true;
-    atomic_fetch_add(&s->refs, 1);
-    rt_sink_init(k, &spool_sink_ops, s);
-    return k;
-}
-
-typedef struct SpoolSrc {
-    RtSpool *s;
-    size_t pos;
-} SpoolSrc;
-
-static int spool_read(void *self, uint8_t *buf, size_t cap, size_t *got, bool *eof, RtError *err)
-{
-    (void)err;
-    SpoolSrc *r = self;
-    size_t left = r->s->data.len - r->pos;
-    size_t n = left < cap ? left : cap;
-    if (n) memcpy(buf, r->s->data.p + r->pos, n);
-    r->pos += n;
-    *got = n;
-    *eof = r->pos == r->s->data.len;
-    return RT_OK;
-}
-
-static int64_t spool_size(void *self)
-{
-    return (int64_t)((SpoolSrc *)self)->s->data.len;
-}
-
-static void spool_src_destroy(void *self)
-{
-    SpoolSrc *r = self;
-    rt_spool_release(r->s);
-    free(r);
-}
-
-static const RtSourceOps spool_source_ops = {
-    .name = "spool", .read = spool_read, .size_hint = spool_size, .destroy = spool_src_destroy};
-
-RtSource *rt_spool_source(RtSpool *s, RtError *err)
-{
-    if (!atomic_load(&s->complete)) {
-        rt_error_set(err, RT_CLASS_USAGE, "io.spool",
-                     "the spool is not complete: its pipe has not finished");
-        return NULL;
-    }
-    RtSource *src = rt_source_new();
-    SpoolSrc *r = calloc(1, sizeof *r);
-    if (!src || !r) {
-        free(src);
-        free(r);
-        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
-        return NULL;
-    }
-    atomic_fetch_add(&s->refs, 1);
-    r->s = s;
-    rt_source_init(src, &spool_source_ops, r);
     return src;
 }
 
@@ -608,6 +470,113 @@ const uint8_t *rt_mem_sink_data(const RtSink *k, size_t *len)
     const MemSink *s = k->self;
     *len = s->len;
     return s->p ? (const uint8_t *)s->p : (const uint8_t *)"";
+}
+
+/* ---- spool: a memory sink that a later pipe reads as a memory source ------------------------ */
+
+struct RtSpool {
+    atomic_int refs;
+    SBuf data;            /* written as the memory sink writes its SBuf */
+    atomic_bool complete; /* the sink finished: the bytes are whole and no longer change */
+    bool has_sink;
+};
+
+RtSpool *rt_spool_new(size_t limit)
+{
+    RtSpool *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    atomic_init(&s->refs, 1);
+    atomic_init(&s->complete, false);
+    s->data.limit = limit ? limit : SIZE_MAX;
+    return s;
+}
+
+void rt_spool_release(RtSpool *s)
+{
+    if (!s || atomic_fetch_sub(&s->refs, 1) != 1) return;
+    sb_free(&s->data);
+    free(s);
+}
+
+size_t rt_spool_bytes(const RtSpool *s)
+{
+    return atomic_load(&((RtSpool *)s)->complete) ? s->data.len : 0;
+}
+
+static int spool_write(void *self, const uint8_t *data, size_t len, RtError *err)
+{
+    return msink_write(&((RtSpool *)self)->data, data, len, err);
+}
+
+static int spool_finish(void *self, RtError *err)
+{
+    (void)err;
+    atomic_store(&((RtSpool *)self)->complete, true);
+    return RT_OK;
+}
+
+static void spool_abort(void *self)
+{
+    msink_abort(&((RtSpool *)self)->data);
+}
+
+static void spool_results(void *self, RtResults *res)
+{
+    rt_results_int(res, "bytes", (int64_t)((RtSpool *)self)->data.len);
+}
+
+static void spool_release_stage(void *self)
+{
+    rt_spool_release(self);
+}
+
+static const RtSinkOps spool_sink_ops = {.name = "spool",
+                                         .write = spool_write,
+                                         .finish = spool_finish,
+                                         .abort = spool_abort,
+                                         .results = spool_results,
+                                         .destroy = spool_release_stage};
+
+RtSink *rt_spool_sink(RtSpool *s, RtError *err)
+{
+    if (s->has_sink) {
+        rt_error_set(err, RT_CLASS_USAGE, "io.spool", "a spool takes one sink");
+        return NULL;
+    }
+    RtSink *k = rt_sink_new();
+    if (!k) {
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+        return NULL;
+    }
+    s->has_sink = true;
+    atomic_fetch_add(&s->refs, 1);
+    rt_sink_init(k, &spool_sink_ops, s);
+    return k;
+}
+
+/* The memory source's functions over the spool's bytes (a reference, not a copy). */
+static const RtSourceOps spool_source_ops = {
+    .name = "spool", .read = mem_read, .size_hint = mem_size, .destroy = mem_src_destroy};
+
+RtSource *rt_spool_source(RtSpool *s, RtError *err)
+{
+    if (!atomic_load(&s->complete)) {
+        rt_error_set(err, RT_CLASS_USAGE, "io.spool",
+                     "the spool is not complete: its pipe has not finished");
+        return NULL;
+    }
+    RtSource *src = rt_source_new();
+    MemSrc *r = calloc(1, sizeof *r);
+    if (!src || !r) {
+        free(src);
+        free(r);
+        rt_error_set(err, RT_CLASS_FAILURE, RT_CODE_NOMEM, "out of memory");
+        return NULL;
+    }
+    atomic_fetch_add(&s->refs, 1);
+    *r = (MemSrc){.data = (uint8_t *)s->data.p, .len = s->data.len, .spool = s};
+    rt_source_init(src, &spool_source_ops, r);
+    return src;
 }
 
 /* ---- count filter ----------------------------------------------------------------------- */
