@@ -92,8 +92,9 @@ static void pipe_fail(RtPipe *p, const RtError *err)
     else if (!p->err.set)
         rt_error_set(&p->err, RT_CLASS_FAILURE, "pipe.failed", "a pipe stage failed");
     atomic_store(&p->failed, true);
+    bool wake = p->queues_ready; /* (a stop may come before the queues exist) */
     pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->n_queues; i++) {
+    for (int i = 0; wake && i < p->n_queues; i++) {
         pthread_mutex_lock(&p->queues[i].mu);
         pthread_cond_broadcast(&p->queues[i].cond);
         pthread_mutex_unlock(&p->queues[i].mu);
@@ -655,14 +656,7 @@ void rt_pipe_stop(RtPipe *p)
     RtError e;
     rt_error_init(&e);
     rt_error_set(&e, RT_CLASS_FAILURE, "pipe.stopped", "the pipe was stopped");
-    pthread_mutex_lock(&p->mu);
-    bool wake = p->queues_ready;
-    if (!wake) {
-        if (!p->err.set) rt_error_copy(&p->err, &e);
-        atomic_store(&p->failed, true);
-    }
-    pthread_mutex_unlock(&p->mu);
-    if (wake) pipe_fail(p, &e);
+    pipe_fail(p, &e);
 }
 
 const RtResults *rt_pipe_results(const RtPipe *p)
