@@ -182,19 +182,26 @@ PGconn *pgdump_connect(const char *url, const char *application_name, RtError *e
     return c;
 }
 
+/* On a cancel (or `stop`), asks the server once to cancel what runs (w->cancelled set; it has 5 s
+ * to answer); false once that time is over or a second signal came: a server that does not
+ * answer the cancel (network gone) is not waited for. */
+static bool cancel_step(PGconn *c, PgWait *w, bool stop)
+{
+    if (!w->cancelled && (rt_cancelled() || stop)) {
+        PGcancel *cn = PQgetCancel(c);
+        char eb[128];
+        if (cn) PQcancel(cn, eb, sizeof eb);
+        PQfreeCancel(cn);
+        w->cancelled = true;
+        w->give_up = rt_monotonic() + 5;
+    }
+    return !(w->cancelled && (rt_monotonic() > w->give_up || rt_cancel_hurried()));
+}
+
 bool pgdump_wait_result(PGconn *c, PgWait *w)
 {
     while (PQisBusy(c)) {
-        if (!w->cancelled && rt_cancelled()) {
-            PGcancel *cn = PQgetCancel(c);
-            char eb[128];
-            if (cn) PQcancel(cn, eb, sizeof eb);
-            PQfreeCancel(cn);
-            w->cancelled = true;
-            w->give_up = rt_monotonic() + 5;
-        }
-        /* a server that does not answer the cancel (network gone) is not waited for */
-        if (w->cancelled && (rt_monotonic() > w->give_up || rt_cancel_hurried())) return false;
+        if (!cancel_step(c, w, false)) return false;
         struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
         if (poll(&p, 1, 200) < 0 && errno != EINTR) return false;
         if (!PQconsumeInput(c)) return false;
@@ -236,20 +243,13 @@ PGresult *pgdump_exec_cancellable(PGconn *c, const char *sql, int nparams,
 
 int pgdump_get_copy_data(PGconn *c, char **row, const atomic_bool *stop, bool *cancelled)
 {
-    double give_up = 0;
+    PgWait w = {.cancelled = *cancelled};
     for (;;) {
         int n = PQgetCopyData(c, row, 1);
         if (n != 0) return n;
-        if (!*cancelled && (rt_cancelled() || (stop && atomic_load(stop)))) {
-            PGcancel *cn = PQgetCancel(c);
-            char eb[128];
-            if (cn) PQcancel(cn, eb, sizeof eb);
-            PQfreeCancel(cn);
-            *cancelled = true;
-            give_up = rt_monotonic() + 5;
-        }
-        /* a server that does not answer the cancel (network gone) is not waited for */
-        if (*cancelled && (rt_monotonic() > give_up || rt_cancel_hurried())) return -2;
+        bool go_on = cancel_step(c, &w, stop && atomic_load(stop));
+        *cancelled = w.cancelled;
+        if (!go_on) return -2;
         struct pollfd p = {.fd = PQsocket(c), .events = POLLIN};
         if (poll(&p, 1, 100) < 0 && errno != EINTR) return -2;
         if (!PQconsumeInput(c)) return -2;
