@@ -159,14 +159,13 @@ static int fetch(Download *d, RtHttp *h, Slot *s, RtError *err)
         /* A short or overlong body (a proxy cut it), or not the range asked for (a store that
          * ignored Range): fetch it again. */
         if (tries >= d->c->retry.max_attempts) {
+            const char *cr = rt_http_header(&r, "Content-Range");
             if (s->bad_range)
                 rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
                                   "s3 get %s: range %lld-%lld: the store answered http %ld "
                                   "without that range (Content-Range %s)",
                                   d->name, (long long)from, (long long)to, r.status,
-                                  rt_http_header(&r, "Content-Range")
-                                      ? rt_http_header(&r, "Content-Range")
-                                      : "missing");
+                                  cr ? cr : "missing");
             else
                 rc = rt_error_set(err, RT_CLASS_FAILURE, "s3.short_read",
                                   "s3 get %s: range %lld-%lld returned %zu bytes instead of %zu",
